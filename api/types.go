@@ -1,0 +1,75 @@
+// Package api holds the control API's wire types and the Go client that the
+// CLI (and anyone else) uses to talk to a running Berth server.
+package api
+
+import (
+	"github.com/berthhq/berth"
+)
+
+// ConnectRequest is the body of POST /v1/connect.
+type ConnectRequest struct {
+	Key                string             `json:"key,omitempty"`
+	Spawn              *berth.SpawnConfig `json:"spawn,omitempty"`
+	User               string             `json:"user,omitempty"`
+	Wait               bool               `json:"wait,omitempty"`
+	WaitTimeoutSeconds int                `json:"wait_timeout_seconds,omitempty"`
+}
+
+// ConnectResponse is the answer to POST /v1/connect.
+type ConnectResponse struct {
+	BackendID string       `json:"backend_id"`
+	Key       string       `json:"key,omitempty"`
+	Spawned   bool         `json:"spawned"`
+	State     berth.State  `json:"state"`
+	Reason    berth.Reason `json:"reason,omitempty"`
+	ExitCode  *int         `json:"exit_code,omitempty"`
+	URL       string       `json:"url"`
+	Token     string       `json:"token"`
+	StatusURL string       `json:"status_url"`
+	// FencingToken is the backend's fencing token (grows per key holder).
+	FencingToken int64 `json:"fencing_token"`
+}
+
+// TerminateRequest is the body of POST /v1/backends/{id}/terminate.
+type TerminateRequest struct {
+	Hard bool `json:"hard"`
+}
+
+// BackendList is the answer to GET /v1/backends.
+type BackendList struct {
+	Backends []*berth.Backend `json:"backends"`
+}
+
+// StateEvent is the data of each `event: state` on the events stream.
+type StateEvent struct {
+	State    berth.State  `json:"state"`
+	Reason   berth.Reason `json:"reason,omitempty"`
+	ExitCode *int         `json:"exit_code,omitempty"`
+	Message  string       `json:"message,omitempty"`
+	At       string       `json:"at"`
+}
+
+// ErrorBody is every error response: {"error": {"code", "message", "field"}}.
+type ErrorBody struct {
+	Error ErrorDetail `json:"error"`
+}
+
+// ErrorDetail describes one error. Field names the request field at fault,
+// when there is one.
+type ErrorDetail struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	Field   string `json:"field,omitempty"`
+}
+
+// Error codes.
+const (
+	CodeBadRequest   = "bad_request"
+	CodeUnauthorized = "unauthorized"
+	CodeNotFound     = "not_found"
+	CodeConflict     = "conflict"
+	CodeTooLarge     = "too_large"
+	CodeGone         = "gone"
+	CodeInternal     = "internal"
+	CodeUnavailable  = "unavailable"
+)

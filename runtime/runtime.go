@@ -1,0 +1,96 @@
+// Package runtime defines the contract between Berth and whatever actually
+// runs backends (local processes, Docker containers, Kubernetes pods).
+//
+// The shape follows Nomad's task drivers: Start returns a Handle whose opaque
+// State is persisted by Berth, so that a restarted Berth can Recover running
+// backends instead of killing them. A runtime never touches Berth's store.
+package runtime
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+
+	"github.com/berthhq/berth"
+)
+
+// ErrGone is returned by Recover (and Wait) when the instance a handle names no
+// longer exists.
+var ErrGone = errors.New("runtime: instance is gone")
+
+// Spec is everything a runtime needs to start one backend.
+type Spec struct {
+	BackendID string
+	Key       string
+	Spawn     berth.SpawnConfig
+	// Env is the full environment Berth adds to the backend's own: PORT,
+	// BERTH_* and the spawn's env. Runtimes add nothing else but PATH-like
+	// basics where the platform needs them.
+	Env map[string]string
+	// Port is where the backend must listen (also in Env["PORT"]). For the
+	// process runtime it is a free port on 127.0.0.1; container runtimes may
+	// choose their own and report the reachable address in the Handle.
+	Port int
+	// StateDir, when set, is a host directory the backend gets as
+	// BERTH_STATE_DIR (mode dir and volume). Container runtimes mount it.
+	StateDir string
+	// Logs receives the backend's stdout and stderr, interleaved as written.
+	Logs io.Writer
+}
+
+// Handle describes one running instance. Addr and State are persisted with the
+// backend's record.
+type Handle struct {
+	BackendID string `json:"backend_id"`
+	Runtime   string `json:"runtime"`
+	// Addr is host:port where the proxy reaches the backend's HTTP server.
+	Addr string `json:"addr"`
+	// State is the runtime's own opaque data (pid and start time, container id…).
+	State []byte `json:"state,omitempty"`
+}
+
+// Exit is how an instance ended.
+type Exit struct {
+	// Code is the exit status; -1 when unknown (e.g. killed by a signal, or
+	// recovered without a parent to collect the status).
+	Code int
+	// Signal names the signal that killed it, if any ("SIGKILL").
+	Signal string
+	// OOMKilled is set when the runtime knows the instance ran out of memory.
+	OOMKilled bool
+	// Err is set when the runtime could not tell how the instance ended.
+	Err error
+	At  time.Time
+}
+
+// Runtime runs backends. All methods are safe for concurrent use.
+type Runtime interface {
+	// Name is the runtime's name as it appears in records ("process", "docker").
+	Name() string
+	// Start launches the backend and returns as soon as it is running (not
+	// necessarily ready). On error nothing is left running.
+	Start(ctx context.Context, spec Spec) (*Handle, error)
+	// Wait blocks until the instance exits or ctx is done, and reports how it
+	// ended. It works on recovered handles too.
+	Wait(ctx context.Context, h *Handle) (Exit, error)
+	// Stop sends signal (a name from berth.Signals; empty = the runtime's or
+	// image's default), waits up to grace for the instance to exit, then kills
+	// it (and every process it started). grace 0 kills at once. Stop returns
+	// once the instance is gone. Stopping a gone instance is not an error.
+	Stop(ctx context.Context, h *Handle, signal string, grace time.Duration) error
+	// Recover re-attaches to an instance after a Berth restart, resuming log
+	// capture into logs. Returns ErrGone if it is no longer running.
+	Recover(ctx context.Context, h *Handle, logs io.Writer) error
+	// Cleanup removes what the runtime keeps for an instance once it has
+	// exited (log files, stopped containers). Safe to call more than once.
+	Cleanup(ctx context.Context, h *Handle) error
+}
+
+// Lister is implemented by runtimes that can enumerate what they run, so
+// Berth can remove instances it no longer owns after a restart.
+type Lister interface {
+	// List returns the backend IDs of every instance this runtime (under this
+	// Berth's identity) is running, with their handles.
+	List(ctx context.Context) ([]*Handle, error)
+}

@@ -1,0 +1,251 @@
+package berth
+
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
+// SpawnConfig says what to run for a backend and how to treat it.
+type SpawnConfig struct {
+	Image                 string            `json:"image,omitempty"`
+	Command               []string          `json:"command,omitempty"`
+	Env                   map[string]string `json:"env,omitempty"`
+	MaxIdleSeconds        *int              `json:"max_idle_seconds,omitempty"`
+	LifetimeSeconds       int               `json:"lifetime_seconds,omitempty"`
+	GraceSeconds          *int              `json:"grace_seconds,omitempty"`
+	StartupTimeoutSeconds int               `json:"startup_timeout_seconds,omitempty"`
+	StopSignal            string            `json:"stop_signal,omitempty"`
+	PullPolicy            string            `json:"pull_policy,omitempty"`
+	Resources             Resources         `json:"resources,omitempty"`
+	State                 StateConfig       `json:"state,omitempty"`
+	// ReadOnlyRootFS asks container runtimes for a read-only root filesystem.
+	ReadOnlyRootFS bool `json:"read_only_root_fs,omitempty"`
+}
+
+// Resources are per-backend limits. Zero means the runtime's default.
+type Resources struct {
+	CPUMillis int `json:"cpu_millis,omitempty"`
+	MemoryMB  int `json:"memory_mb,omitempty"`
+	Pids      int `json:"pids,omitempty"`
+}
+
+// StateConfig says how a backend's state is persisted.
+type StateConfig struct {
+	Mode                StateMode `json:"mode,omitempty"`
+	SaveIntervalSeconds int       `json:"save_interval_seconds,omitempty"`
+}
+
+// StateMode is one of the ways Berth keeps a backend's state.
+type StateMode string
+
+const (
+	StateModeNone   StateMode = "none"
+	StateModeBlob   StateMode = "blob"
+	StateModeDir    StateMode = "dir"
+	StateModeVolume StateMode = "volume"
+)
+
+// Defaults and bounds for spawn configuration.
+const (
+	DefaultMaxIdle        = 300 * time.Second
+	DefaultGrace          = 10 * time.Second
+	DefaultStartupTimeout = 60 * time.Second
+	DefaultSaveInterval   = 30 * time.Second
+
+	maxSeconds      = 7 * 24 * 3600 // a week: anything longer is a mistake
+	maxGraceSeconds = 3600
+	maxEnvEntries   = 256
+	maxArgs         = 1024
+)
+
+// MaxIdle is the idle timeout; 0 means the backend is never stopped for idleness.
+func (c *SpawnConfig) MaxIdle() time.Duration {
+	if c.MaxIdleSeconds == nil {
+		return DefaultMaxIdle
+	}
+	return time.Duration(*c.MaxIdleSeconds) * time.Second
+}
+
+// Lifetime is the longest a backend may run; 0 means unbounded.
+func (c *SpawnConfig) Lifetime() time.Duration {
+	return time.Duration(c.LifetimeSeconds) * time.Second
+}
+
+// Grace is how long a stop waits after the stop signal before killing.
+func (c *SpawnConfig) Grace() time.Duration {
+	if c.GraceSeconds == nil {
+		return DefaultGrace
+	}
+	return time.Duration(*c.GraceSeconds) * time.Second
+}
+
+// StartupTimeout bounds starting → ready.
+func (c *SpawnConfig) StartupTimeout() time.Duration {
+	if c.StartupTimeoutSeconds == 0 {
+		return DefaultStartupTimeout
+	}
+	return time.Duration(c.StartupTimeoutSeconds) * time.Second
+}
+
+// SaveInterval is how often state is saved when changed.
+func (c *SpawnConfig) SaveInterval() time.Duration {
+	if c.State.SaveIntervalSeconds == 0 {
+		return DefaultSaveInterval
+	}
+	return time.Duration(c.State.SaveIntervalSeconds) * time.Second
+}
+
+// StateMode returns the state mode, "none" when unset.
+func (c *SpawnConfig) StateMode() StateMode {
+	if c.State.Mode == "" {
+		return StateModeNone
+	}
+	return c.State.Mode
+}
+
+// Validate checks the config; errors are *FieldError naming a field under
+// prefix (e.g. "spawn.command").
+func (c *SpawnConfig) Validate(prefix string) error {
+	f := func(name string) string { return prefix + "." + name }
+	if c.Image == "" && len(c.Command) == 0 {
+		return fieldErr(f("command"), "give a command (process runtime) or an image (docker)")
+	}
+	if len(c.Command) > maxArgs {
+		return fieldErr(f("command"), "has %d arguments; at most %d allowed", len(c.Command), maxArgs)
+	}
+	if len(c.Command) > 0 && strings.TrimSpace(c.Command[0]) == "" {
+		return fieldErr(f("command"), "the program (first element) must not be empty")
+	}
+	for i, a := range c.Command {
+		if strings.IndexByte(a, 0) >= 0 {
+			return fieldErr(fmt.Sprintf("%s[%d]", f("command"), i), "must not contain NUL bytes")
+		}
+	}
+	if strings.IndexByte(c.Image, 0) >= 0 || strings.ContainsAny(c.Image, " \t\n") {
+		return fieldErr(f("image"), "is not a valid image reference")
+	}
+	if len(c.Env) > maxEnvEntries {
+		return fieldErr(f("env"), "has %d entries; at most %d allowed", len(c.Env), maxEnvEntries)
+	}
+	for k, v := range c.Env {
+		if k == "" || strings.ContainsAny(k, "=\x00") {
+			return fieldErr(f("env"), "variable name %q is not valid", k)
+		}
+		if strings.IndexByte(v, 0) >= 0 {
+			return fieldErr(f("env."+k), "must not contain NUL bytes")
+		}
+		if reservedEnv(k) {
+			return fieldErr(f("env."+k), "is set by Berth and cannot be overridden")
+		}
+	}
+	if err := secondsField(f("max_idle_seconds"), c.MaxIdleSeconds, maxSeconds); err != nil {
+		return err
+	}
+	if c.LifetimeSeconds < 0 || c.LifetimeSeconds > maxSeconds {
+		return fieldErr(f("lifetime_seconds"), "must be between 0 (unbounded) and %d", maxSeconds)
+	}
+	if err := secondsField(f("grace_seconds"), c.GraceSeconds, maxGraceSeconds); err != nil {
+		return err
+	}
+	if c.StartupTimeoutSeconds < 0 || c.StartupTimeoutSeconds > 3600 {
+		return fieldErr(f("startup_timeout_seconds"), "must be between 1 and 3600 (0 means the default, 60)")
+	}
+	if c.StopSignal != "" {
+		if _, ok := Signals[strings.ToUpper(c.StopSignal)]; !ok {
+			return fieldErr(f("stop_signal"), "%q is not a known signal; use e.g. SIGTERM, SIGINT, SIGQUIT", c.StopSignal)
+		}
+	}
+	switch c.PullPolicy {
+	case "", "if_not_present", "always", "never":
+	default:
+		return fieldErr(f("pull_policy"), "must be if_not_present, always or never")
+	}
+	if c.Resources.CPUMillis < 0 || c.Resources.CPUMillis > 1_000_000 {
+		return fieldErr(f("resources.cpu_millis"), "must be between 0 and 1000000")
+	}
+	if c.Resources.MemoryMB < 0 || c.Resources.MemoryMB > 1<<20 {
+		return fieldErr(f("resources.memory_mb"), "must be between 0 and 1048576")
+	}
+	if c.Resources.Pids < 0 || c.Resources.Pids > 1<<22 {
+		return fieldErr(f("resources.pids"), "must be between 0 and 4194304")
+	}
+	switch c.State.Mode {
+	case "", StateModeNone, StateModeBlob, StateModeDir, StateModeVolume:
+	default:
+		return fieldErr(f("state.mode"), "must be none, blob, dir or volume")
+	}
+	if c.State.SaveIntervalSeconds < 0 || c.State.SaveIntervalSeconds > 86400 {
+		return fieldErr(f("state.save_interval_seconds"), "must be between 1 and 86400 (0 means the default, 30)")
+	}
+	return nil
+}
+
+func secondsField(name string, v *int, max int) error {
+	if v != nil && (*v < 0 || *v > max) {
+		return fieldErr(name, "must be between 0 and %d", max)
+	}
+	return nil
+}
+
+// reservedEnv names the variables Berth sets for every backend.
+func reservedEnv(k string) bool {
+	return k == "PORT" || strings.HasPrefix(k, "BERTH_")
+}
+
+// Signals are the stop signals a spawn may name, by number.
+var Signals = map[string]int{
+	"SIGHUP": 1, "SIGINT": 2, "SIGQUIT": 3, "SIGKILL": 9, "SIGUSR1": 10,
+	"SIGUSR2": 12, "SIGTERM": 15, "SIGWINCH": 28,
+	"HUP": 1, "INT": 2, "QUIT": 3, "KILL": 9, "USR1": 10, "USR2": 12, "TERM": 15, "WINCH": 28,
+}
+
+// ExpandArgs replaces ${NAME} and $NAME in args with values from env, so
+// programs that take their port as a flag run unchanged. Unknown names expand
+// to the empty string, as in a shell.
+func ExpandArgs(args []string, env map[string]string) []string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		out[i] = expand(a, env)
+	}
+	return out
+}
+
+func expand(s string, env map[string]string) string {
+	if strings.IndexByte(s, '$') < 0 {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] != '$' || i+1 == len(s) {
+			b.WriteByte(s[i])
+			continue
+		}
+		if s[i+1] == '$' { // "$$" is a literal dollar
+			b.WriteByte('$')
+			i++
+			continue
+		}
+		if s[i+1] == '{' {
+			end := strings.IndexByte(s[i+2:], '}')
+			if end < 0 {
+				b.WriteString(s[i:])
+				break
+			}
+			b.WriteString(env[s[i+2:i+2+end]])
+			i += 2 + end
+			continue
+		}
+		j := i + 1
+		for j < len(s) && (s[j] == '_' || s[j] >= 'A' && s[j] <= 'Z' || s[j] >= 'a' && s[j] <= 'z' || j > i+1 && s[j] >= '0' && s[j] <= '9') {
+			j++
+		}
+		if j == i+1 {
+			b.WriteByte('$')
+			continue
+		}
+		b.WriteString(env[s[i+1:j]])
+		i = j - 1
+	}
+	return b.String()
+}
