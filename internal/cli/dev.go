@@ -1,0 +1,96 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/berthhq/berth"
+	"github.com/berthhq/berth/api"
+	"github.com/berthhq/berth/server"
+)
+
+func init() {
+	register("dev", "run Berth locally: API, proxy and a demo backend in one process", false, runDev)
+}
+
+func runDev(ctx context.Context, args []string, stdio Stdio) error {
+	o := serverOptions{dev: true}
+	fs := newFlags("dev", stdio)
+	o.flags(fs)
+	noDemo := fs.Bool("no-demo", false, "do not start the demo notepad backend")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usagef("unexpected argument %q", fs.Arg(0))
+	}
+	return serve(ctx, &o, stdio, func(s *runningServer) {
+		printBanner(ctx, s, stdio, !*noDemo)
+	})
+}
+
+// demoSpawn runs this very binary's hidden demo-backend subcommand, so the
+// first run needs nothing but berth itself.
+func demoSpawn() (*berth.SpawnConfig, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	return &berth.SpawnConfig{
+		Command: []string{exe, "demo-backend"},
+		State:   berth.StateConfig{Mode: berth.StateModeBlob, SaveIntervalSeconds: 5},
+	}, nil
+}
+
+func printBanner(ctx context.Context, s *runningServer, stdio Stdio, demo bool) {
+	w := stdio.Out
+	fmt.Fprintf(w, "\nBerth dev is running (runtimes: %s).\n", strings.Join(s.runtime, ", "))
+	fmt.Fprintf(w, "  control API  %s   (no API key in dev)\n", s.apiURL)
+	fmt.Fprintf(w, "  proxy        %s\n", s.public)
+	if demo {
+		spawn, err := demoSpawn()
+		if err == nil {
+			cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			_, err = s.manager.Connect(cctx, &api.ConnectRequest{Key: "demo", Spawn: spawn, Wait: true})
+			cancel()
+		}
+		if err != nil {
+			fmt.Fprintf(w, "\n  (the demo backend did not start: %v)\n", err)
+		} else {
+			fmt.Fprintf(w, "\nOpen the demo notepad in two browser tabs and type in one:\n  %s/demo\n", s.apiURL)
+			fmt.Fprintln(w, "  (each visit connects to the backend for key \"demo\", starting it again if it went idle)")
+		}
+	}
+	fmt.Fprintf(w, `
+Spawn your own backend (any program that serves HTTP on $PORT):
+  curl -s -X POST %s/v1/connect \
+    -d '{"key":"doc-42","spawn":{"command":["python3","-m","http.server","${PORT}"]},"wait":true}'
+  or: berth connect --wait doc-42 -- python3 -m http.server '${PORT}'
+Then open the "url" it returns. List backends with: berth ps
+
+Press Ctrl-C to stop Berth and its backends.
+`, s.apiURL)
+}
+
+// mountDemo adds GET /demo to the dev API: it connects to the demo key and
+// redirects the browser to a fresh proxy URL, starting the backend again if
+// it went idle.
+func mountDemo(mux *http.ServeMux, m *server.Manager) {
+	mux.HandleFunc("GET /demo", func(w http.ResponseWriter, r *http.Request) {
+		spawn, err := demoSpawn()
+		if err != nil {
+			server.WriteError(w, err)
+			return
+		}
+		resp, err := m.Connect(r.Context(), &api.ConnectRequest{Key: "demo", Spawn: spawn, User: "browser", Wait: true})
+		if err != nil {
+			server.WriteError(w, err)
+			return
+		}
+		http.Redirect(w, r, resp.URL, http.StatusFound)
+	})
+}

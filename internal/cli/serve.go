@@ -1,0 +1,281 @@
+package cli
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/berthhq/berth/logs"
+	"github.com/berthhq/berth/proxy"
+	"github.com/berthhq/berth/runtime"
+	"github.com/berthhq/berth/runtime/process"
+	"github.com/berthhq/berth/server"
+	"github.com/berthhq/berth/store"
+	"github.com/berthhq/berth/store/sqlite"
+	"github.com/berthhq/berth/token"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+func init() {
+	register("serve", "run Berth for production (API key required)", false, runServe)
+}
+
+// serverOptions are the settings shared by `berth serve` and `berth dev`:
+// dev is the same server with loopback defaults and no API key.
+type serverOptions struct {
+	APIAddr        string
+	ProxyAddr      string
+	BackendAPIAddr string
+	PublicURL      string
+	DataDir        string
+	Runtime        string
+	Store          string
+	Blobs          string
+	APIKey         string
+	TokenKey       string
+	LogLevel       string
+	ShutdownGrace  time.Duration
+	dev            bool
+}
+
+func (o *serverOptions) flags(fs *flag.FlagSet) {
+	fs.StringVar(&o.APIAddr, "api-addr", envOr("BERTH_API_ADDR", "127.0.0.1:7070"), "control API listen address (BERTH_API_ADDR)")
+	fs.StringVar(&o.ProxyAddr, "proxy-addr", envOr("BERTH_PROXY_ADDR", "127.0.0.1:7080"), "public proxy listen address (BERTH_PROXY_ADDR)")
+	fs.StringVar(&o.BackendAPIAddr, "backend-api-addr", envOr("BERTH_BACKEND_API_ADDR", "127.0.0.1:7071"), "backend API listen address (BERTH_BACKEND_API_ADDR)")
+	fs.StringVar(&o.PublicURL, "public-url", envOr("BERTH_PUBLIC_URL", ""), "proxy base URL as browsers reach it (BERTH_PUBLIC_URL; default http://<proxy-addr>)")
+	fs.StringVar(&o.DataDir, "data-dir", envOr("BERTH_DATA_DIR", ".berth"), "where Berth keeps its records, logs and blobs (BERTH_DATA_DIR)")
+	fs.StringVar(&o.Runtime, "runtime", envOr("BERTH_RUNTIME", "auto"), "auto, process or docker (BERTH_RUNTIME); auto adds docker when an engine answers")
+	fs.StringVar(&o.Store, "store", envOr("BERTH_STORE", ""), "records: sqlite:PATH or postgres://… (BERTH_STORE; default sqlite:<data-dir>/berth.db)")
+	fs.StringVar(&o.Blobs, "blobs", envOr("BERTH_BLOBS", ""), "saved state: file:DIR, s3://bucket/prefix?endpoint=…, postgres://… (BERTH_BLOBS; default file:<data-dir>/blobs)")
+	fs.StringVar(&o.TokenKey, "token-key", envOr("BERTH_TOKEN_KEY", ""), "secret for signing proxy tokens, 32+ bytes (BERTH_TOKEN_KEY; default: generated once into <data-dir>/token.key)")
+	fs.StringVar(&o.LogLevel, "log-level", envOr("BERTH_LOG_LEVEL", "info"), "debug, info, warn or error (BERTH_LOG_LEVEL)")
+	fs.DurationVar(&o.ShutdownGrace, "shutdown-timeout", 60*time.Second, "how long a shutdown waits for backends to stop")
+}
+
+func runServe(ctx context.Context, args []string, stdio Stdio) error {
+	var o serverOptions
+	fs := newFlags("serve", stdio)
+	o.flags(fs)
+	fs.StringVar(&o.APIKey, "api-key", envOr("BERTH_API_KEY", ""), "API key clients must send as a Bearer token (BERTH_API_KEY; required)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return usagef("unexpected argument %q", fs.Arg(0))
+	}
+	if o.APIKey == "" {
+		return usagef("--api-key (or BERTH_API_KEY) is required; use `berth dev` for a local server without one")
+	}
+	return serve(ctx, &o, stdio, nil)
+}
+
+// server is a running Berth: the parts dev needs to print its banner.
+type runningServer struct {
+	manager *server.Manager
+	apiURL  string
+	public  string
+	runtime []string
+}
+
+// serve runs Berth until ctx is done, then stops its backends and returns.
+// ready, if set, is called once every listener is up.
+func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runningServer)) error {
+	log, err := newLogger(o.LogLevel, stdio.Err)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
+		return fmt.Errorf("create data dir: %w", err)
+	}
+	st, err := openStore(o)
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+
+	signer, err := openSigner(o)
+	if err != nil {
+		return err
+	}
+	runtimes, err := openRuntimes(ctx, o, log)
+	if err != nil {
+		return err
+	}
+
+	// Listen before reconciling so a port clash fails fast, before any
+	// backend is touched.
+	apiLn, err := net.Listen("tcp", o.APIAddr)
+	if err != nil {
+		return fmt.Errorf("control API: %w (is another Berth running? use --api-addr)", err)
+	}
+	proxyLn, err := net.Listen("tcp", o.ProxyAddr)
+	if err != nil {
+		apiLn.Close()
+		return fmt.Errorf("proxy: %w (use --proxy-addr)", err)
+	}
+	public := o.PublicURL
+	if public == "" {
+		public = "http://" + proxyLn.Addr().String()
+	}
+	apiURL := "http://" + apiLn.Addr().String()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics := server.NewMetrics(reg)
+	mgr, err := server.New(server.Config{
+		Store:     st,
+		Runtimes:  runtimes,
+		Logs:      logs.New(logs.Config{}),
+		Signer:    signer,
+		Logger:    log,
+		Metrics:   metrics,
+		PublicURL: public,
+		APIURL:    apiURL,
+		FreePort:  process.FreePort,
+		Node:      "local",
+	})
+	if err != nil {
+		return err
+	}
+	if err := mgr.Reconcile(ctx); err != nil {
+		return err
+	}
+
+	mux := http.NewServeMux()
+	if o.dev {
+		mountDemo(mux, mgr)
+	}
+	apiSrv := &http.Server{
+		Handler:           server.NewAPI(server.APIConfig{Manager: mgr, APIKey: o.APIKey, Gatherer: reg, Logger: log, Mux: mux}),
+		ReadHeaderTimeout: 10 * time.Second,
+	}
+	px := proxy.New(proxy.Config{Resolver: mgr, Signer: signer, Logger: log})
+	proxySrv := &http.Server{Handler: px, ReadHeaderTimeout: 30 * time.Second}
+
+	errC := make(chan error, 2)
+	go func() { errC <- apiSrv.Serve(apiLn) }()
+	go func() { errC <- proxySrv.Serve(proxyLn) }()
+	log.Info("berth is up", "api", apiURL, "proxy", public, "data", o.DataDir, "runtimes", runtimeNames(runtimes))
+	if ready != nil {
+		ready(&runningServer{manager: mgr, apiURL: apiURL, public: public, runtime: runtimeNames(runtimes)})
+	}
+
+	var serveErr error
+	select {
+	case <-ctx.Done():
+	case serveErr = <-errC:
+	}
+	log.Info("shutting down: stopping backends", "live", mgr.LiveCount())
+	sctx, cancel := context.WithTimeout(context.Background(), o.ShutdownGrace)
+	defer cancel()
+	if err := mgr.Shutdown(sctx); err != nil {
+		log.Error("shutdown", "err", err)
+	}
+	px.Close()
+	apiSrv.Shutdown(sctx)
+	proxySrv.Shutdown(sctx)
+	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
+		return serveErr
+	}
+	log.Info("stopped")
+	return nil
+}
+
+func openStore(o *serverOptions) (store.Store, error) {
+	spec := o.Store
+	if spec == "" {
+		spec = "sqlite:" + filepath.Join(o.DataDir, "berth.db")
+	}
+	switch {
+	case strings.HasPrefix(spec, "sqlite:"):
+		st, err := sqlite.Open(strings.TrimPrefix(spec, "sqlite:"))
+		if err != nil {
+			return nil, fmt.Errorf("open store: %w", err)
+		}
+		return st, nil
+	case strings.HasPrefix(spec, "postgres://"), strings.HasPrefix(spec, "postgresql://"):
+		return nil, errors.New("--store postgres:// is not available in this build yet; use sqlite:PATH")
+	}
+	return nil, usagef("--store %q: use sqlite:PATH or postgres://…", spec)
+}
+
+// openSigner loads the token key, generating one into the data dir on first
+// use so tokens stay valid across restarts.
+func openSigner(o *serverOptions) (*token.Signer, error) {
+	key := []byte(o.TokenKey)
+	if len(key) == 0 {
+		path := filepath.Join(o.DataDir, "token.key")
+		var err error
+		key, err = os.ReadFile(path)
+		if errors.Is(err, os.ErrNotExist) {
+			key = make([]byte, 32)
+			rand.Read(key)
+			err = os.WriteFile(path, key, 0o600)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("token key: %w", err)
+		}
+	}
+	s, err := token.NewSigner(key)
+	if err != nil {
+		return nil, fmt.Errorf("--token-key: %w", err)
+	}
+	return s, nil
+}
+
+func openRuntimes(ctx context.Context, o *serverOptions, log *slog.Logger) (map[string]runtime.Runtime, error) {
+	rts := make(map[string]runtime.Runtime)
+	switch o.Runtime {
+	case "auto", "process", "docker":
+	default:
+		return nil, usagef("--runtime %q: use auto, process or docker", o.Runtime)
+	}
+	if o.Runtime == "auto" || o.Runtime == "process" {
+		p, err := process.New(process.Config{Dir: filepath.Join(o.DataDir, "run"), Logger: log.With("runtime", "process")})
+		if err != nil {
+			return nil, fmt.Errorf("process runtime: %w", err)
+		}
+		rts["process"] = p
+	}
+	if o.Runtime == "auto" || o.Runtime == "docker" {
+		d, err := openDocker(ctx, o, log)
+		switch {
+		case err == nil:
+			rts["docker"] = d
+		case o.Runtime == "docker":
+			return nil, fmt.Errorf("docker runtime: %w", err)
+		default:
+			log.Info("docker runtime not available; image spawns will be refused", "why", err)
+		}
+	}
+	return rts, nil
+}
+
+func runtimeNames(rts map[string]runtime.Runtime) []string {
+	var names []string
+	for _, n := range []string{"process", "docker", "kubernetes"} {
+		if rts[n] != nil {
+			names = append(names, n)
+		}
+	}
+	return names
+}
+
+func newLogger(level string, w io.Writer) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, usagef("--log-level %q: use debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}

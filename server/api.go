@@ -1,0 +1,361 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/berthhq/berth"
+	"github.com/berthhq/berth/api"
+	"github.com/berthhq/berth/store"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// MaxBodyBytes bounds every control API request body.
+const MaxBodyBytes = 1 << 20
+
+// APIConfig configures the control API handler.
+type APIConfig struct {
+	Manager *Manager
+	// APIKey, when set, is required as "Authorization: Bearer <key>" on every
+	// route but /healthz.
+	APIKey   string
+	Gatherer prometheus.Gatherer
+	Logger   *slog.Logger
+	// Extra routes (the state API) are mounted by the caller on Mux.
+	Mux *http.ServeMux
+}
+
+// NewAPI returns the control API as an http.Handler.
+func NewAPI(cfg APIConfig) http.Handler {
+	a := &apiServer{m: cfg.Manager, log: cfg.Logger}
+	if a.log == nil {
+		a.log = slog.New(slog.DiscardHandler)
+	}
+	mux := cfg.Mux
+	if mux == nil {
+		mux = http.NewServeMux()
+	}
+	mux.Handle("POST /v1/connect", a.handle(a.connect))
+	mux.Handle("GET /v1/backends", a.handle(a.list))
+	mux.Handle("GET /v1/backends/{id}", a.handle(a.get))
+	mux.Handle("POST /v1/backends/{id}/terminate", a.handle(a.terminate))
+	mux.Handle("GET /v1/backends/{id}/events", a.handle(a.events))
+	mux.Handle("GET /v1/backends/{id}/logs", a.handle(a.logs))
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		fmt.Fprintf(w, `{"status":"ok","backends":%d}`+"\n", a.m.LiveCount())
+	})
+	if cfg.Gatherer != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
+	}
+	mux.Handle("/", a.handle(func(w http.ResponseWriter, r *http.Request) error {
+		return &HTTPError{Status: http.StatusNotFound, Code: api.CodeNotFound, Message: "no such route: " + r.Method + " " + r.URL.Path}
+	}))
+	var h http.Handler = mux
+	if cfg.APIKey != "" {
+		h = requireKey(cfg.APIKey, h)
+	}
+	return h
+}
+
+func requireKey(key string, next http.Handler) http.Handler {
+	want := []byte("Bearer " + key)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/healthz" {
+			next.ServeHTTP(w, r)
+			return
+		}
+		got := []byte(r.Header.Get("Authorization"))
+		if subtle.ConstantTimeCompare(got, want) != 1 {
+			WriteError(w, &HTTPError{Status: http.StatusUnauthorized, Code: api.CodeUnauthorized,
+				Message: "missing or wrong API key; send Authorization: Bearer <api key>"})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+type apiServer struct {
+	m   *Manager
+	log *slog.Logger
+}
+
+// HTTPError is an error with the status and code the client should see.
+type HTTPError struct {
+	Status  int
+	Code    string
+	Message string
+	Field   string
+}
+
+func (e *HTTPError) Error() string { return e.Message }
+
+// handle turns a handler's error into the JSON error body.
+func (a *apiServer) handle(fn func(http.ResponseWriter, *http.Request) error) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := fn(w, r); err != nil {
+			if he := toHTTPError(err); he.Status >= 500 {
+				a.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
+			}
+			WriteError(w, err)
+		}
+	})
+}
+
+func toHTTPError(err error) *HTTPError {
+	var he *HTTPError
+	var fe *berth.FieldError
+	switch {
+	case errors.As(err, &he):
+		return he
+	case errors.As(err, &fe):
+		return &HTTPError{Status: http.StatusBadRequest, Code: api.CodeBadRequest, Message: fe.Error(), Field: fe.Field}
+	case errors.Is(err, berth.ErrNotFound):
+		return &HTTPError{Status: http.StatusNotFound, Code: api.CodeNotFound, Message: err.Error()}
+	case errors.Is(err, berth.ErrKeyHeld), errors.Is(err, berth.ErrConflict):
+		return &HTTPError{Status: http.StatusConflict, Code: api.CodeConflict, Message: err.Error()}
+	case errors.Is(err, errShuttingDown):
+		return &HTTPError{Status: http.StatusServiceUnavailable, Code: api.CodeUnavailable, Message: err.Error()}
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return &HTTPError{Status: http.StatusServiceUnavailable, Code: api.CodeUnavailable, Message: err.Error()}
+	}
+	return &HTTPError{Status: http.StatusInternalServerError, Code: api.CodeInternal, Message: "internal error; see the server log"}
+}
+
+// WriteError writes err as the JSON error body with a fitting status.
+func WriteError(w http.ResponseWriter, err error) {
+	he := toHTTPError(err)
+	writeJSON(w, he.Status, api.ErrorBody{Error: api.ErrorDetail{Code: he.Code, Message: he.Message, Field: he.Field}})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetIndent("", "  ")
+	enc.Encode(v)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(buf.Bytes())
+}
+
+// DecodeJSON reads a request body strictly: at most MaxBodyBytes, one JSON
+// value, no unknown fields. Errors name the field at fault when they can.
+func DecodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
+	return decodeStrict(r.Body, v)
+}
+
+func decodeStrict(body io.Reader, v any) error {
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if err == nil {
+		if dec.More() {
+			return badRequest("body", "must hold exactly one JSON object")
+		}
+		if _, err := dec.Token(); err != io.EOF {
+			return badRequest("body", "has data after the JSON object")
+		}
+		return nil
+	}
+	var mbe *http.MaxBytesError
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &mbe):
+		return &HTTPError{Status: http.StatusBadRequest, Code: api.CodeTooLarge, Field: "body",
+			Message: fmt.Sprintf("body: larger than the %d-byte limit", mbe.Limit)}
+	case errors.Is(err, io.EOF):
+		return badRequest("body", "is empty; send a JSON object")
+	case errors.As(err, &se):
+		return badRequest("body", fmt.Sprintf("is not valid JSON (at byte %d): %v", se.Offset, err))
+	case errors.As(err, &te):
+		field := te.Field
+		if field == "" {
+			field = "body"
+		}
+		return badRequest(field, fmt.Sprintf("must be %s, not %s", jsonKind(te.Type.Kind().String()), te.Value))
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
+		return badRequest(name, "is not a known field")
+	}
+	return badRequest("body", "is not valid JSON: "+err.Error())
+}
+
+func jsonKind(k string) string {
+	switch k {
+	case "int", "int64", "int32", "uint", "float64":
+		return "a number"
+	case "map", "struct", "ptr":
+		return "an object"
+	case "slice":
+		return "an array"
+	}
+	return "a " + k
+}
+
+func badRequest(field, msg string) error {
+	return &HTTPError{Status: http.StatusBadRequest, Code: api.CodeBadRequest, Field: field, Message: field + ": " + msg}
+}
+
+func (a *apiServer) connect(w http.ResponseWriter, r *http.Request) error {
+	var req api.ConnectRequest
+	if err := DecodeJSON(w, r, &req); err != nil {
+		return err
+	}
+	resp, err := a.m.Connect(r.Context(), &req)
+	if err != nil {
+		return err
+	}
+	status := http.StatusOK
+	if resp.Spawned {
+		status = http.StatusCreated
+	}
+	writeJSON(w, status, resp)
+	return nil
+}
+
+func (a *apiServer) get(w http.ResponseWriter, r *http.Request) error {
+	b, err := a.m.Backend(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return notFound(r.PathValue("id"), err)
+	}
+	writeJSON(w, http.StatusOK, b)
+	return nil
+}
+
+func notFound(id string, err error) error {
+	if errors.Is(err, berth.ErrNotFound) {
+		return &HTTPError{Status: http.StatusNotFound, Code: api.CodeNotFound, Message: "backend " + id + " not found"}
+	}
+	return err
+}
+
+func (a *apiServer) list(w http.ResponseWriter, r *http.Request) error {
+	q := r.URL.Query()
+	f := store.Filter{Key: q.Get("key"), State: berth.State(q.Get("state")), Limit: 1000}
+	if f.Key != "" {
+		if err := berth.ValidateKey(f.Key); err != nil {
+			return badRequest("key", err.Error())
+		}
+	}
+	if f.State != "" && !f.State.Valid() {
+		return badRequest("state", "must be one of scheduled, starting, ready, terminating, terminated")
+	}
+	if q.Get("live") == "true" {
+		f.Live = true
+	}
+	bs, err := a.m.Backends(r.Context(), f)
+	if err != nil {
+		return err
+	}
+	if bs == nil {
+		bs = []*berth.Backend{}
+	}
+	writeJSON(w, http.StatusOK, api.BackendList{Backends: bs})
+	return nil
+}
+
+func (a *apiServer) terminate(w http.ResponseWriter, r *http.Request) error {
+	var req api.TerminateRequest
+	if r.ContentLength != 0 {
+		if err := DecodeJSON(w, r, &req); err != nil {
+			return err
+		}
+	}
+	id := r.PathValue("id")
+	if err := a.m.Terminate(r.Context(), id, req.Hard); err != nil {
+		return notFound(id, err)
+	}
+	writeJSON(w, http.StatusAccepted, map[string]any{"backend_id": id, "terminating": true, "hard": req.Hard})
+	return nil
+}
+
+// events streams a backend's history, then its live state changes, as
+// Server-Sent Events; the stream ends after terminated.
+func (a *apiServer) events(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	ctx := r.Context()
+	// Subscribe before reading history so no change falls in between.
+	changed, cancel := a.m.Subscribe(id)
+	defer cancel()
+	evs, err := a.m.Events(ctx, id, 0)
+	if err != nil {
+		return err
+	}
+	if len(evs) == 0 {
+		if _, err := a.m.Backend(ctx, id); err != nil {
+			return notFound(id, err)
+		}
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	var last int64
+	keepalive := time.NewTicker(15 * time.Second)
+	defer keepalive.Stop()
+	for {
+		for _, e := range evs {
+			last = e.Seq
+			data, _ := json.Marshal(api.StateEvent{State: e.State, Reason: e.Reason, ExitCode: e.ExitCode,
+				Message: e.Message, At: e.At.UTC().Format(time.RFC3339Nano)})
+			fmt.Fprintf(w, "id: %d\nevent: state\ndata: %s\n\n", e.Seq, data)
+			if e.State == berth.StateTerminated {
+				rc.Flush()
+				return nil
+			}
+		}
+		if err := rc.Flush(); err != nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-keepalive.C:
+			fmt.Fprint(w, ": keepalive\n\n")
+			evs = nil
+			continue
+		case <-changed:
+		}
+		if evs, err = a.m.Events(ctx, id, last); err != nil {
+			return nil // the stream has started; the client reconnects
+		}
+	}
+}
+
+func (a *apiServer) logs(w http.ResponseWriter, r *http.Request) error {
+	id := r.PathValue("id")
+	follow := r.URL.Query().Get("follow")
+	if follow != "" && follow != "true" && follow != "false" && follow != "1" && follow != "0" {
+		return badRequest("follow", "must be true or false")
+	}
+	if _, err := a.m.Backend(r.Context(), id); err != nil {
+		return notFound(id, err)
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(http.StatusOK)
+	a.m.Logs(r.Context(), id, follow == "true" || follow == "1", flushWriter{w})
+	return nil
+}
+
+// flushWriter flushes after each write so followed logs arrive as written.
+type flushWriter struct{ w http.ResponseWriter }
+
+func (f flushWriter) Write(p []byte) (int, error) {
+	n, err := f.w.Write(p)
+	http.NewResponseController(f.w).Flush()
+	return n, err
+}

@@ -1,0 +1,481 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/berthhq/berth"
+	"github.com/berthhq/berth/runtime"
+	"github.com/berthhq/berth/store"
+)
+
+// epoch anchors monotonic activity times: wall clocks may jump, idle
+// deadlines must not.
+var epoch = time.Now()
+
+func monoNow() int64 { return int64(time.Since(epoch)) }
+
+// instance is the in-memory half of a live backend. Its lifecycle goroutine
+// (Manager.run) is the only writer of its state.
+type instance struct {
+	id, key string
+	rt      runtime.Runtime
+
+	ready chan struct{} // closed once the backend is ready or terminated
+	done  chan struct{} // closed once terminated
+	stopC chan struct{} // signalled by requestStop
+
+	active     atomic.Int64 // open requests and WebSockets
+	lastActive atomic.Int64 // monoNow() of the last activity
+
+	mu        sync.Mutex
+	b         *berth.Backend
+	addr      string
+	stopWhy   berth.Reason
+	stopHard  bool
+	readyOnce sync.Once
+}
+
+func newInstance(b *berth.Backend, rt runtime.Runtime) *instance {
+	inst := &instance{
+		id:    b.ID,
+		key:   b.Key,
+		rt:    rt,
+		b:     b,
+		ready: make(chan struct{}),
+		done:  make(chan struct{}),
+		stopC: make(chan struct{}, 1),
+	}
+	inst.lastActive.Store(monoNow())
+	return inst
+}
+
+// Begin and End implement proxy.Activity: every request and every open
+// WebSocket keeps the backend from going idle.
+func (i *instance) Begin() {
+	i.active.Add(1)
+	i.lastActive.Store(monoNow())
+}
+
+func (i *instance) End() {
+	i.lastActive.Store(monoNow())
+	i.active.Add(-1)
+}
+
+func (i *instance) snapshot() *berth.Backend {
+	i.mu.Lock()
+	b := *i.b
+	i.mu.Unlock()
+	if b.State.Live() {
+		at := time.Now().Add(-time.Duration(monoNow() - i.lastActive.Load())).UTC()
+		b.LastActiveAt = &at
+	}
+	return &b
+}
+
+func (i *instance) state() berth.State {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.b.State
+}
+
+func (i *instance) terminating() bool {
+	s := i.state()
+	return s == berth.StateTerminating || s == berth.StateTerminated
+}
+
+func (i *instance) markReady() { i.readyOnce.Do(func() { close(i.ready) }) }
+
+// requestStop asks the lifecycle to stop the backend. The first reason wins;
+// a later hard request still upgrades a graceful stop to a kill.
+func (i *instance) requestStop(why berth.Reason, hard bool) {
+	i.mu.Lock()
+	if i.stopWhy == "" {
+		i.stopWhy = why
+	}
+	if hard {
+		i.stopHard = true
+	}
+	i.mu.Unlock()
+	select {
+	case i.stopC <- struct{}{}:
+	default:
+	}
+}
+
+func (i *instance) stopRequest() (berth.Reason, bool) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.stopWhy, i.stopHard
+}
+
+// recovery carries what Reconcile learned about a backend it re-adopted.
+type recovery struct {
+	handle *runtime.Handle
+}
+
+// run drives one backend from scheduled (or its recovered state) to
+// terminated. It is the only code that moves the backend's state.
+func (m *Manager) run(inst *instance, rec *recovery) {
+	ctx := m.ctx
+	b := inst.snapshot()
+	log := m.log.With("backend", b.ID, "key", b.Key)
+	defer m.finish(inst)
+
+	var h *runtime.Handle
+	if rec != nil {
+		h = rec.handle
+	} else {
+		var err error
+		h, err = m.start(ctx, inst, b, log)
+		if err != nil {
+			log.Warn("spawn failed", "err", err)
+			m.terminate(inst, berth.ReasonSpawnFailed, nil, err.Error())
+			return
+		}
+	}
+	inst.mu.Lock()
+	inst.addr = h.Addr
+	inst.mu.Unlock()
+
+	exitC := make(chan runtime.Exit, 1)
+	go func() {
+		e, err := inst.rt.Wait(ctx, h)
+		if err != nil && e.Err == nil {
+			e.Err = err
+			e.Code = -1
+		}
+		exitC <- e
+	}()
+
+	if inst.state() != berth.StateReady {
+		if !m.awaitReady(ctx, inst, b, h, exitC, log) {
+			return
+		}
+	} else {
+		inst.markReady()
+	}
+	m.supervise(ctx, inst, b, h, exitC, log)
+}
+
+// start builds the runtime spec and starts the backend.
+func (m *Manager) start(ctx context.Context, inst *instance, b *berth.Backend, log *slog.Logger) (*runtime.Handle, error) {
+	spec := runtime.Spec{
+		BackendID: b.ID,
+		Key:       b.Key,
+		Spawn:     b.Spawn,
+		Env:       make(map[string]string, len(b.Spawn.Env)+6),
+	}
+	for k, v := range b.Spawn.Env {
+		spec.Env[k] = v
+	}
+	spec.Port = 8080 // containers each have their own network namespace
+	if inst.rt.Name() == "process" && m.cfg.FreePort != nil {
+		p, err := m.cfg.FreePort()
+		if err != nil {
+			return nil, fmt.Errorf("pick a port: %w", err)
+		}
+		spec.Port = p
+	}
+	spec.Env["PORT"] = strconv.Itoa(spec.Port)
+	spec.Env["BERTH_BACKEND_ID"] = b.ID
+	spec.Env["BERTH_KEY"] = b.Key
+	spec.Env["BERTH_SECRET"] = b.Secret
+	spec.Env["BERTH_FENCING_TOKEN"] = strconv.FormatInt(b.FencingToken, 10)
+	m.cfg.Logs.Open(b.ID)
+	spec.Logs = m.cfg.Logs.Writer(b.ID)
+	if m.cfg.Hooks.BeforeStart != nil {
+		if err := m.cfg.Hooks.BeforeStart(ctx, b, &spec); err != nil {
+			return nil, fmt.Errorf("prepare state: %w", err)
+		}
+	}
+	if !m.transition(inst, store.Transition{To: berth.StateStarting}) {
+		return nil, errors.New("backend left scheduled before it started")
+	}
+	h, err := inst.rt.Start(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.cfg.Store.SetHandle(ctx, b.ID, encodeHandle(h)); err != nil {
+		// Without a persisted handle a restarted Berth could not find this
+		// backend again, so do not let it run.
+		inst.rt.Stop(ctx, h, "", 0)
+		inst.rt.Cleanup(ctx, h)
+		return nil, fmt.Errorf("record runtime handle: %w", err)
+	}
+	log.Debug("started", "addr", h.Addr)
+	return h, nil
+}
+
+// awaitReady waits for the backend to answer HTTP. It returns false when the
+// backend ended instead (already driven to terminated).
+func (m *Manager) awaitReady(ctx context.Context, inst *instance, b *berth.Backend, h *runtime.Handle, exitC chan runtime.Exit, log *slog.Logger) bool {
+	started := time.Now()
+	rctx, cancel := context.WithTimeout(ctx, b.Spawn.StartupTimeout())
+	defer cancel()
+	readyC := make(chan error, 1)
+	go func() { readyC <- pollReady(rctx, h.Addr) }()
+
+	for {
+		select {
+		case err := <-readyC:
+			if err != nil {
+				if ctx.Err() != nil {
+					return true // shutting down; supervise sees the stop
+				}
+				log.Warn("startup timeout", "after", b.Spawn.StartupTimeout())
+				m.stopAndTerminate(inst, h, exitC, berth.ReasonStartupTimeout, false, log)
+				return false
+			}
+			inst.lastActive.Store(monoNow())
+			m.transition(inst, store.Transition{To: berth.StateReady})
+			inst.markReady()
+			m.cfg.Metrics.startup.Observe(time.Since(started).Seconds())
+			return true
+		case e := <-exitC:
+			cancel()
+			m.exited(inst, h, e, log)
+			return false
+		case <-inst.stopC:
+			cancel()
+			why, hard := inst.stopRequest()
+			m.stopAndTerminate(inst, h, exitC, why, hard, log)
+			return false
+		}
+	}
+}
+
+// supervise watches a ready backend until it exits or must stop.
+func (m *Manager) supervise(ctx context.Context, inst *instance, b *berth.Backend, h *runtime.Handle, exitC chan runtime.Exit, log *slog.Logger) {
+	maxIdle := b.Spawn.MaxIdle()
+	var idle *time.Timer
+	var idleC <-chan time.Time
+	if maxIdle > 0 {
+		idle = time.NewTimer(maxIdle)
+		defer idle.Stop()
+		idleC = idle.C
+	}
+	// isIdle reports whether the backend has been idle for maxIdle, and
+	// otherwise points the timer at the next moment it could be.
+	isIdle := func() bool {
+		if inst.active.Load() > 0 {
+			idle.Reset(maxIdle)
+			return false
+		}
+		left := maxIdle - time.Duration(monoNow()-inst.lastActive.Load())
+		if left <= 0 {
+			return true
+		}
+		idle.Reset(left)
+		return false
+	}
+	life := lifetimeC(b)
+	for {
+		select {
+		case e := <-exitC:
+			m.exited(inst, h, e, log)
+			return
+		case <-inst.stopC:
+			why, hard := inst.stopRequest()
+			m.stopAndTerminate(inst, h, exitC, why, hard, log)
+			return
+		case <-idleC:
+			if isIdle() {
+				log.Info("idle", "after", maxIdle)
+				m.stopAndTerminate(inst, h, exitC, berth.ReasonIdle, false, log)
+				return
+			}
+		case <-life:
+			m.stopAndTerminate(inst, h, exitC, berth.ReasonLifetime, false, log)
+			return
+		}
+	}
+}
+
+// lifetimeC fires when the backend reaches its lifetime, measured from its
+// creation; nil (never) when unbounded.
+func lifetimeC(b *berth.Backend) <-chan time.Time {
+	if b.Spawn.Lifetime() <= 0 {
+		return nil
+	}
+	return time.After(time.Until(b.CreatedAt.Add(b.Spawn.Lifetime())))
+}
+
+// exited handles a backend that ended on its own.
+func (m *Manager) exited(inst *instance, h *runtime.Handle, e runtime.Exit, log *slog.Logger) {
+	why := berth.ReasonExited
+	if e.Code != 0 || e.Signal != "" || e.OOMKilled {
+		why = berth.ReasonCrashed
+	}
+	msg := exitMessage(e)
+	log.Info("backend exited", "code", e.Code, "signal", e.Signal)
+	m.transition(inst, store.Transition{To: berth.StateTerminating, Reason: why, Message: msg})
+	m.afterExit(inst)
+	m.terminate(inst, why, exitCode(e), msg)
+	inst.rt.Cleanup(context.Background(), h)
+}
+
+// stopAndTerminate stops a running backend and records its end.
+func (m *Manager) stopAndTerminate(inst *instance, h *runtime.Handle, exitC chan runtime.Exit, why berth.Reason, hard bool, log *slog.Logger) {
+	b := inst.snapshot()
+	m.transition(inst, store.Transition{To: berth.StateTerminating, Reason: why})
+	grace := b.Spawn.Grace()
+	if hard {
+		grace = 0
+	}
+	// Stop in the background so a hard terminate can cut a graceful stop short.
+	stopped := make(chan error, 1)
+	go func() { stopped <- inst.rt.Stop(context.Background(), h, b.Spawn.StopSignal, grace) }()
+	var e runtime.Exit
+	for waiting := true; waiting; {
+		select {
+		case err := <-stopped:
+			if err != nil {
+				log.Error("stop failed", "err", err)
+			}
+			stopped = nil
+		case e = <-exitC:
+			waiting = false
+		case <-inst.stopC:
+			if _, hard := inst.stopRequest(); hard && grace > 0 {
+				grace = 0
+				go inst.rt.Stop(context.Background(), h, "", 0)
+			}
+		}
+	}
+	m.afterExit(inst)
+	m.terminate(inst, why, exitCode(e), exitMessage(e))
+	inst.rt.Cleanup(context.Background(), h)
+}
+
+// afterExit runs the state hook until it succeeds: the key stays held (the
+// backend stays terminating) while its final state is not durable.
+func (m *Manager) afterExit(inst *instance) {
+	if m.cfg.Hooks.AfterExit == nil {
+		return
+	}
+	backoff := 200 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := m.cfg.Hooks.AfterExit(context.Background(), inst.snapshot())
+		if err == nil {
+			return
+		}
+		m.log.Error("final state save failed; retrying", "backend", inst.id, "attempt", attempt, "err", err)
+		m.cfg.Metrics.saveErrors.Inc()
+		m.recordEvent(inst, fmt.Sprintf("final state save failed (attempt %d): %v; retrying in %s", attempt, err, backoff))
+		time.Sleep(backoff)
+		backoff = min(backoff*2, 30*time.Second)
+	}
+}
+
+func exitCode(e runtime.Exit) *int {
+	if e.Code < 0 || e.Err != nil {
+		return nil
+	}
+	c := e.Code
+	return &c
+}
+
+func exitMessage(e runtime.Exit) string {
+	switch {
+	case e.OOMKilled:
+		return "killed: out of memory"
+	case e.Signal != "":
+		return "killed by " + e.Signal
+	case e.Err != nil:
+		return e.Err.Error()
+	case e.Code >= 0:
+		return "exit code " + strconv.Itoa(e.Code)
+	}
+	return ""
+}
+
+// transition moves the backend forward in the store and in memory, and tells
+// subscribers. It reports whether the move happened.
+func (m *Manager) transition(inst *instance, t store.Transition) bool {
+	if t.At.IsZero() {
+		t.At = time.Now().UTC()
+	}
+	b, err := m.cfg.Store.Transition(context.Background(), inst.id, t)
+	if err != nil {
+		if !errors.Is(err, berth.ErrInvalidTransition) {
+			m.log.Error("record state", "backend", inst.id, "to", t.To, "err", err)
+		}
+		return false
+	}
+	inst.mu.Lock()
+	inst.b.State, inst.b.Reason, inst.b.ExitCode = b.State, b.Reason, b.ExitCode
+	inst.b.ReadyAt, inst.b.TerminatedAt = b.ReadyAt, b.TerminatedAt
+	inst.mu.Unlock()
+	m.publish(inst.id)
+	return true
+}
+
+// recordEvent notes something about a backend without changing its state.
+func (m *Manager) recordEvent(inst *instance, msg string) {
+	if r, ok := m.cfg.Store.(interface {
+		AddEvent(ctx context.Context, id string, msg string) error
+	}); ok {
+		r.AddEvent(context.Background(), inst.id, msg)
+		m.publish(inst.id)
+	}
+}
+
+func (m *Manager) terminate(inst *instance, why berth.Reason, code *int, msg string) {
+	if at := inst.snapshot().LastActiveAt; at != nil {
+		m.cfg.Store.SetLastActive(context.Background(), inst.id, *at)
+	}
+	m.transition(inst, store.Transition{To: berth.StateTerminated, Reason: why, ExitCode: code, Message: msg})
+	m.cfg.Metrics.terminations.WithLabelValues(string(why)).Inc()
+}
+
+// finish releases everything a backend held in memory.
+func (m *Manager) finish(inst *instance) {
+	inst.markReady()
+	m.forget(inst)
+	m.cfg.Logs.Finish(inst.id)
+	close(inst.done)
+	m.publish(inst.id)
+}
+
+// pollReady returns nil once something answers HTTP at addr, polling with a
+// short, growing backoff: a refused connection costs microseconds, so early
+// polls are cheap and catch fast starters within a millisecond or two.
+func pollReady(ctx context.Context, addr string) error {
+	client := &http.Client{
+		Transport: &http.Transport{
+			DialContext:       (&net.Dialer{Timeout: time.Second}).DialContext,
+			DisableKeepAlives: true,
+		},
+		Timeout: 2 * time.Second,
+	}
+	defer client.CloseIdleConnections()
+	url := "http://" + addr + "/"
+	wait := 500 * time.Microsecond
+	t := time.NewTimer(0)
+	defer t.Stop()
+	<-t.C
+	for {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			return nil
+		}
+		t.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+		wait = min(wait*3/2, 20*time.Millisecond)
+	}
+}

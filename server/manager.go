@@ -1,0 +1,474 @@
+// Package server is Berth's control plane: the Manager that takes keys, spawns
+// backends through a runtime, drives each backend's lifecycle (readiness, idle
+// and lifetime limits, stops) and records every step in the store; and the
+// HTTP control API in front of it.
+//
+// The Manager is the only writer of lifecycle state. It keeps live backends in
+// memory so warm connects and proxy lookups never touch the store, and it
+// reconciles the store against the runtimes when it starts, so a Berth killed
+// with SIGKILL leaves nothing running unaccounted for.
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base32"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/berthhq/berth"
+	"github.com/berthhq/berth/api"
+	"github.com/berthhq/berth/logs"
+	"github.com/berthhq/berth/runtime"
+	"github.com/berthhq/berth/store"
+	"github.com/berthhq/berth/token"
+)
+
+// Config configures a Manager.
+type Config struct {
+	Store    store.Store
+	Runtimes map[string]runtime.Runtime // by name: "process", "docker"
+	Logs     *logs.Store
+	Signer   *token.Signer
+	Logger   *slog.Logger
+	Metrics  *Metrics
+
+	// PublicURL is the proxy's base URL as browsers reach it.
+	PublicURL string
+	// APIURL is the control API's base URL, for status_url.
+	APIURL string
+	// TokenTTL is how long a connect's token is valid (default one hour).
+	TokenTTL time.Duration
+	// FreePort picks a port for runtimes that need one chosen by Berth.
+	FreePort func() (int, error)
+	// Hooks let the state layer take part in a backend's life.
+	Hooks Hooks
+	// Node names this Berth in records.
+	Node string
+}
+
+// Hooks are called by the lifecycle around starts and stops. All are optional.
+// An error from BeforeStart fails the spawn; an error from AfterExit keeps the
+// backend in terminating and is retried, because its state must not be lost.
+type Hooks struct {
+	// BeforeStart may add env vars and a state dir to the spec.
+	BeforeStart func(ctx context.Context, b *berth.Backend, spec *runtime.Spec) error
+	// AfterExit runs after the backend exited, before it is terminated.
+	AfterExit func(ctx context.Context, b *berth.Backend) error
+}
+
+func (c *Config) setDefaults() {
+	if c.TokenTTL == 0 {
+		c.TokenTTL = time.Hour
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Metrics == nil {
+		c.Metrics = NewMetrics(nil)
+	}
+	if c.PublicURL == "" {
+		c.PublicURL = "http://127.0.0.1:7080"
+	}
+	if c.APIURL == "" {
+		c.APIURL = "http://127.0.0.1:7070"
+	}
+	c.PublicURL = strings.TrimRight(c.PublicURL, "/")
+	c.APIURL = strings.TrimRight(c.APIURL, "/")
+}
+
+// Manager owns every live backend of this Berth.
+type Manager struct {
+	cfg  Config
+	log  *slog.Logger
+	hub  *hub
+	ctx  context.Context // cancelled by Shutdown after backends stopped
+	stop context.CancelFunc
+	wg   sync.WaitGroup
+
+	mu       sync.Mutex
+	live     map[string]*instance // by backend id
+	byKey    map[string]*instance // live key holders
+	closing  bool
+	spawning map[string]*pending // keys whose CreateBackend is in flight
+}
+
+// pending lets concurrent connects for one key share a single CreateBackend.
+type pending struct {
+	done chan struct{}
+	inst *instance
+	err  error
+}
+
+// New makes a Manager. Call Reconcile before serving.
+func New(cfg Config) (*Manager, error) {
+	cfg.setDefaults()
+	if cfg.Store == nil || cfg.Logs == nil || cfg.Signer == nil || len(cfg.Runtimes) == 0 {
+		return nil, errors.New("server: store, logs, signer and a runtime are required")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Manager{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		hub:      newHub(),
+		ctx:      ctx,
+		stop:     cancel,
+		live:     make(map[string]*instance),
+		byKey:    make(map[string]*instance),
+		spawning: make(map[string]*pending),
+	}, nil
+}
+
+// ConnectResult is what Connect returns.
+type ConnectResult struct {
+	Backend *berth.Backend
+	Spawned bool
+}
+
+// Connect gets the live backend for req.Key or spawns one. It validates the
+// request (errors are *berth.FieldError).
+func (m *Manager) Connect(ctx context.Context, req *api.ConnectRequest) (*api.ConnectResponse, error) {
+	if err := validateConnect(req); err != nil {
+		return nil, err
+	}
+	inst, spawned, err := m.getOrSpawn(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	m.cfg.Metrics.connects.WithLabelValues(strconv.FormatBool(spawned)).Inc()
+	if req.Wait {
+		wait := time.Duration(req.WaitTimeoutSeconds) * time.Second
+		if wait == 0 {
+			wait = 60 * time.Second
+		}
+		wctx, cancel := context.WithTimeout(ctx, wait)
+		select {
+		case <-inst.ready:
+		case <-wctx.Done():
+		}
+		cancel()
+	}
+	b := inst.snapshot()
+	user := req.User
+	tok := m.cfg.Signer.Issue(b.ID, user, time.Now().Add(m.cfg.TokenTTL))
+	return &api.ConnectResponse{
+		BackendID:    b.ID,
+		Key:          b.Key,
+		Spawned:      spawned,
+		State:        b.State,
+		Reason:       b.Reason,
+		ExitCode:     b.ExitCode,
+		URL:          m.cfg.PublicURL + "/" + tok + "/",
+		Token:        tok,
+		StatusURL:    m.cfg.APIURL + "/v1/backends/" + b.ID + "/events",
+		FencingToken: b.FencingToken,
+	}, nil
+}
+
+func validateConnect(req *api.ConnectRequest) error {
+	if req.Key != "" {
+		if err := berth.ValidateKey(req.Key); err != nil {
+			return &berth.FieldError{Field: "key", Message: err.Error()}
+		}
+	}
+	if len(req.User) > 256 {
+		return &berth.FieldError{Field: "user", Message: "must be at most 256 characters"}
+	}
+	if req.WaitTimeoutSeconds < 0 || req.WaitTimeoutSeconds > 3600 {
+		return &berth.FieldError{Field: "wait_timeout_seconds", Message: "must be between 1 and 3600 (0 means the default, 60)"}
+	}
+	if req.Spawn == nil {
+		if req.Key == "" {
+			return &berth.FieldError{Field: "spawn", Message: "is required when no key is given"}
+		}
+		return nil
+	}
+	return req.Spawn.Validate("spawn")
+}
+
+// getOrSpawn returns the key's live instance, or creates one. Concurrent
+// callers for one key share a single store write.
+func (m *Manager) getOrSpawn(ctx context.Context, req *api.ConnectRequest) (*instance, bool, error) {
+	for {
+		if req.Key == "" {
+			inst, err := m.spawn(ctx, req)
+			return inst, err == nil, err
+		}
+		m.mu.Lock()
+		if m.closing {
+			m.mu.Unlock()
+			return nil, false, errShuttingDown
+		}
+		if inst := m.byKey[req.Key]; inst != nil {
+			m.mu.Unlock()
+			if inst.terminating() {
+				// The key is still held until the old backend's final save
+				// completes; wait for that, then take the key afresh.
+				if err := waitDone(ctx, inst); err != nil {
+					return nil, false, err
+				}
+				continue
+			}
+			return inst, false, nil
+		}
+		if p := m.spawning[req.Key]; p != nil {
+			m.mu.Unlock()
+			select {
+			case <-p.done:
+			case <-ctx.Done():
+				return nil, false, ctx.Err()
+			}
+			if p.err != nil {
+				return nil, false, p.err
+			}
+			return p.inst, false, nil
+		}
+		if req.Spawn == nil {
+			m.mu.Unlock()
+			return nil, false, fmt.Errorf("key %q is not held by a live backend and the request has no spawn config: %w", req.Key, berth.ErrNotFound)
+		}
+		p := &pending{done: make(chan struct{})}
+		m.spawning[req.Key] = p
+		m.mu.Unlock()
+
+		p.inst, p.err = m.spawn(ctx, req)
+		m.mu.Lock()
+		delete(m.spawning, req.Key)
+		m.mu.Unlock()
+		close(p.done)
+		if errors.Is(p.err, errRetry) {
+			continue
+		}
+		return p.inst, p.err == nil, p.err
+	}
+}
+
+var (
+	errShuttingDown = errors.New("berth is shutting down")
+	errRetry        = errors.New("retry")
+)
+
+func waitDone(ctx context.Context, inst *instance) error {
+	select {
+	case <-inst.done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("waiting for the key's previous backend to finish terminating: %w", ctx.Err())
+	}
+}
+
+// spawn records a new backend and starts its lifecycle.
+func (m *Manager) spawn(ctx context.Context, req *api.ConnectRequest) (*instance, error) {
+	rt, err := m.runtimeFor(req.Spawn)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now().UTC()
+	b := &berth.Backend{
+		ID:        newID(),
+		Key:       req.Key,
+		User:      req.User,
+		State:     berth.StateScheduled,
+		Runtime:   rt.Name(),
+		Spawn:     *req.Spawn,
+		Secret:    newSecret(),
+		Node:      m.cfg.Node,
+		CreatedAt: now,
+	}
+	holder, created, err := m.cfg.Store.CreateBackend(ctx, b)
+	if err != nil {
+		return nil, fmt.Errorf("record backend: %w", err)
+	}
+	if !created {
+		// The store knows a holder this Manager does not have in memory: it
+		// was recovered by Reconcile or is being torn down. Wait briefly.
+		m.mu.Lock()
+		inst := m.live[holder.ID]
+		m.mu.Unlock()
+		if inst == nil {
+			return nil, fmt.Errorf("key %q is held by backend %s, which this server does not manage: %w", req.Key, holder.ID, berth.ErrKeyHeld)
+		}
+		return inst, errRetry
+	}
+	inst := newInstance(b, rt)
+	m.mu.Lock()
+	m.live[b.ID] = inst
+	if b.Key != "" {
+		m.byKey[b.Key] = inst
+	}
+	m.mu.Unlock()
+	m.cfg.Metrics.spawns.Inc()
+	m.publish(b.ID)
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		m.run(inst, nil)
+	}()
+	return inst, nil
+}
+
+func (m *Manager) runtimeFor(sc *berth.SpawnConfig) (runtime.Runtime, error) {
+	if sc.Image != "" {
+		if rt := m.cfg.Runtimes["docker"]; rt != nil {
+			return rt, nil
+		}
+		if rt := m.cfg.Runtimes["kubernetes"]; rt != nil {
+			return rt, nil
+		}
+		return nil, &berth.FieldError{Field: "spawn.image", Message: "no container runtime is available on this server (is Docker running?); give spawn.command to run a local process instead"}
+	}
+	if rt := m.cfg.Runtimes["process"]; rt != nil {
+		return rt, nil
+	}
+	return nil, &berth.FieldError{Field: "spawn.command", Message: "this server has no process runtime; give spawn.image"}
+}
+
+// Backend returns a backend's record, with live activity folded in.
+func (m *Manager) Backend(ctx context.Context, id string) (*berth.Backend, error) {
+	m.mu.Lock()
+	inst := m.live[id]
+	m.mu.Unlock()
+	if inst != nil {
+		return inst.snapshot(), nil
+	}
+	b, err := m.cfg.Store.Backend(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// Backends lists backends from the store, with live activity folded in.
+func (m *Manager) Backends(ctx context.Context, f store.Filter) ([]*berth.Backend, error) {
+	bs, err := m.cfg.Store.Backends(ctx, f)
+	if err != nil {
+		return nil, err
+	}
+	m.mu.Lock()
+	for i, b := range bs {
+		if inst := m.live[b.ID]; inst != nil {
+			bs[i] = inst.snapshot()
+		}
+	}
+	m.mu.Unlock()
+	return bs, nil
+}
+
+// Terminate asks a backend to stop. Hard stops kill at once.
+func (m *Manager) Terminate(ctx context.Context, id string, hard bool) error {
+	m.mu.Lock()
+	inst := m.live[id]
+	m.mu.Unlock()
+	if inst == nil {
+		if _, err := m.cfg.Store.Backend(ctx, id); err != nil {
+			return err
+		}
+		return nil // already terminated: terminating again is a no-op
+	}
+	inst.requestStop(berth.ReasonRequested, hard)
+	return nil
+}
+
+// Events returns a backend's history after seq.
+func (m *Manager) Events(ctx context.Context, id string, after int64) ([]berth.Event, error) {
+	return m.cfg.Store.Events(ctx, id, after)
+}
+
+// Subscribe returns a channel that receives a value whenever backend id
+// changes state, and a function to stop the subscription.
+func (m *Manager) Subscribe(id string) (<-chan struct{}, func()) {
+	return m.hub.subscribe(id)
+}
+
+func (m *Manager) publish(id string) { m.hub.publish(id) }
+
+// Logs copies a backend's output to w, following it if asked.
+func (m *Manager) Logs(ctx context.Context, id string, follow bool, w io.Writer) error {
+	if _, err := m.Backend(ctx, id); err != nil {
+		return err
+	}
+	err := m.cfg.Logs.Copy(ctx, id, follow, w)
+	if errors.Is(err, berth.ErrNotFound) {
+		return nil // a backend whose output is no longer kept: empty log
+	}
+	return err
+}
+
+// Shutdown stops every live backend gracefully (each within its grace
+// period) and waits for their lifecycles to end, or for ctx.
+func (m *Manager) Shutdown(ctx context.Context) error {
+	m.mu.Lock()
+	m.closing = true
+	insts := make([]*instance, 0, len(m.live))
+	for _, inst := range m.live {
+		insts = append(insts, inst)
+	}
+	m.mu.Unlock()
+	for _, inst := range insts {
+		inst.requestStop(berth.ReasonRequested, false)
+	}
+	done := make(chan struct{})
+	go func() { m.wg.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = fmt.Errorf("backends still stopping: %w", ctx.Err())
+	}
+	m.stop()
+	return err
+}
+
+// LiveCount is the number of backends this Manager runs.
+func (m *Manager) LiveCount() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.live)
+}
+
+func (m *Manager) forget(inst *instance) {
+	m.mu.Lock()
+	delete(m.live, inst.id)
+	if inst.key != "" && m.byKey[inst.key] == inst {
+		delete(m.byKey, inst.key)
+	}
+	m.mu.Unlock()
+}
+
+func encodeHandle(h *runtime.Handle) []byte {
+	b, _ := json.Marshal(h) // a Handle always marshals
+	return b
+}
+
+func decodeHandle(b []byte) (*runtime.Handle, error) {
+	if len(b) == 0 {
+		return nil, errors.New("no runtime handle recorded")
+	}
+	var h runtime.Handle
+	if err := json.Unmarshal(b, &h); err != nil {
+		return nil, fmt.Errorf("decode runtime handle: %w", err)
+	}
+	return &h, nil
+}
+
+var idEncoding = base32.NewEncoding("abcdefghijklmnopqrstuvwxyz234567").WithPadding(base32.NoPadding)
+
+func newID() string {
+	var b [10]byte
+	rand.Read(b[:])
+	return "bk_" + idEncoding.EncodeToString(b[:])
+}
+
+func newSecret() string {
+	var b [24]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
