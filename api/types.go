@@ -3,6 +3,8 @@
 package api
 
 import (
+	"time"
+
 	"github.com/berthhq/berth"
 )
 
@@ -73,3 +75,26 @@ const (
 	CodeInternal     = "internal"
 	CodeUnavailable  = "unavailable"
 )
+
+// StateVersion is one saved state of a key, as listed by GET /v1/state.
+type StateVersion struct {
+	Version int64     `json:"version"`
+	Size    int64     `json:"size"`
+	SavedAt time.Time `json:"saved_at"`
+	// BackendID is the backend whose save this was, when known.
+	BackendID string `json:"backend_id,omitempty"`
+	// Current marks the version GET /v1/state/data returns without ?version=.
+	Current bool `json:"current,omitempty"`
+}
+
+// StateVersionList is the answer to GET /v1/state?key=K, newest first.
+type StateVersionList struct {
+	Key      string         `json:"key"`
+	Versions []StateVersion `json:"versions"`
+}
+
+// StateRestoreRequest is the body of POST /v1/state/restore.
+type StateRestoreRequest struct {
+	Key     string `json:"key"`
+	Version int64  `json:"version"`
+}
