@@ -1,0 +1,219 @@
+package state
+
+import (
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+
+	"github.com/berthhq/berth"
+	"github.com/berthhq/berth/api"
+	"github.com/berthhq/berth/blob"
+)
+
+// BackendAPI serves the backends' own API (BERTH_STATE_URL):
+// GET and PUT /v1/backends/{id}/state, authenticated by the backend's secret.
+func (s *Service) BackendAPI() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/backends/{id}/state", s.getOwn)
+	mux.HandleFunc("PUT /v1/backends/{id}/state", s.putOwn)
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeErr(w, http.StatusNotFound, api.CodeNotFound, "", "no such route on the backend API: "+r.Method+" "+r.URL.Path)
+	})
+	return mux
+}
+
+// caller authenticates a backend by its secret. A backend that is not live
+// here gets 409: it no longer holds its key.
+func (s *Service) caller(w http.ResponseWriter, r *http.Request) (*berth.Backend, bool) {
+	id := r.PathValue("id")
+	b, live := s.cfg.Holders.LiveBackend(id)
+	secret := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if b == nil || subtle.ConstantTimeCompare([]byte(secret), []byte(b.Secret)) != 1 {
+		if !live && b == nil {
+			// Unknown or terminated: say so without revealing which.
+			writeErr(w, http.StatusConflict, api.CodeConflict, "", "backend "+id+" does not hold its key (terminated or unknown)")
+			return nil, false
+		}
+		writeErr(w, http.StatusUnauthorized, api.CodeUnauthorized, "", "send Authorization: Bearer $BERTH_SECRET")
+		return nil, false
+	}
+	if b.Spawn.StateMode() != berth.StateModeBlob {
+		writeErr(w, http.StatusConflict, api.CodeConflict, "spawn.state.mode", "this backend's state mode is "+string(b.Spawn.StateMode())+", not blob")
+		return nil, false
+	}
+	return b, true
+}
+
+func (s *Service) getOwn(w http.ResponseWriter, r *http.Request) {
+	b, ok := s.caller(w, r)
+	if !ok {
+		return
+	}
+	rc, err := s.Load(r.Context(), b.Key)
+	if errors.Is(err, blob.ErrNotFound) {
+		writeErr(w, http.StatusNotFound, api.CodeNotFound, "", "no saved state for key "+b.Key)
+		return
+	}
+	if err != nil {
+		s.log.Error("load state", "key", b.Key, "err", err)
+		writeErr(w, http.StatusServiceUnavailable, api.CodeUnavailable, "", "the blob store is unavailable; retry")
+		return
+	}
+	defer rc.Close()
+	w.Header().Set("Content-Type", "application/octet-stream")
+	io.Copy(w, rc)
+}
+
+func (s *Service) putOwn(w http.ResponseWriter, r *http.Request) {
+	b, ok := s.caller(w, r)
+	if !ok {
+		return
+	}
+	if r.ContentLength > s.cfg.MaxStateBytes {
+		writeErr(w, http.StatusRequestEntityTooLarge, api.CodeTooLarge, "body", fmt.Sprintf("state is %d bytes; the limit is %d", r.ContentLength, s.cfg.MaxStateBytes))
+		return
+	}
+	info, spooled, err := s.Save(r.Context(), b, r.Body)
+	switch {
+	case errors.Is(err, ErrTooLarge):
+		writeErr(w, http.StatusRequestEntityTooLarge, api.CodeTooLarge, "body", fmt.Sprintf("state is larger than the %d-byte limit", s.cfg.MaxStateBytes))
+	case errors.Is(err, blob.ErrFenced):
+		writeErr(w, http.StatusConflict, api.CodeConflict, "", "refused: a newer holder of key "+b.Key+" has taken over (fencing token "+itoa(b.FencingToken)+" is stale)")
+	case err != nil:
+		s.log.Error("save state", "key", b.Key, "err", err)
+		writeErr(w, http.StatusInternalServerError, api.CodeInternal, "", "saving state failed; retry")
+	case spooled:
+		writeJSON(w, http.StatusAccepted, map[string]any{"key": b.Key, "spooled": true,
+			"message": "kept on Berth's disk; it will be uploaded when the blob store is back"})
+	default:
+		writeJSON(w, http.StatusOK, info)
+	}
+}
+
+// Mount adds the control API's state routes to mux: history, one saved
+// state, and restore. Keys go in query strings or bodies because they may
+// contain '/'.
+func (s *Service) Mount(mux *http.ServeMux) {
+	mux.HandleFunc("GET /v1/state", s.versions)
+	mux.HandleFunc("GET /v1/state/data", s.data)
+	mux.HandleFunc("POST /v1/state/restore", s.restore)
+}
+
+func queryKey(w http.ResponseWriter, r *http.Request) (string, bool) {
+	key := r.URL.Query().Get("key")
+	if err := berth.ValidateKey(key); err != nil {
+		writeErr(w, http.StatusBadRequest, api.CodeBadRequest, "key", "key: "+err.Error())
+		return "", false
+	}
+	return key, true
+}
+
+// VersionList is the answer to GET /v1/state.
+type VersionList struct {
+	Key      string      `json:"key"`
+	Versions []blob.Info `json:"versions"`
+}
+
+func (s *Service) versions(w http.ResponseWriter, r *http.Request) {
+	key, ok := queryKey(w, r)
+	if !ok {
+		return
+	}
+	vs, err := s.cfg.Blobs.Versions(r.Context(), key)
+	if err != nil && !errors.Is(err, blob.ErrNotFound) {
+		s.blobErr(w, key, err)
+		return
+	}
+	if vs == nil {
+		vs = []blob.Info{}
+	}
+	writeJSON(w, http.StatusOK, VersionList{Key: key, Versions: vs})
+}
+
+func (s *Service) data(w http.ResponseWriter, r *http.Request) {
+	key, ok := queryKey(w, r)
+	if !ok {
+		return
+	}
+	var rc io.ReadCloser
+	var err error
+	if v := r.URL.Query().Get("version"); v != "" {
+		rc, _, err = s.cfg.Blobs.GetVersion(r.Context(), key, v)
+	} else {
+		rc, err = s.Load(r.Context(), key)
+	}
+	if err != nil {
+		s.blobErr(w, key, err)
+		return
+	}
+	defer rc.Close()
+	w.Header().Set("Content-Type", "application/octet-stream")
+	io.Copy(w, rc)
+}
+
+// RestoreRequest is the body of POST /v1/state/restore.
+type RestoreRequest struct {
+	Key     string `json:"key"`
+	Version string `json:"version"`
+}
+
+func (s *Service) restore(w http.ResponseWriter, r *http.Request) {
+	var req RestoreRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeErr(w, http.StatusBadRequest, api.CodeBadRequest, "body", "body: send {\"key\": …, \"version\": …}: "+err.Error())
+		return
+	}
+	if err := berth.ValidateKey(req.Key); err != nil {
+		writeErr(w, http.StatusBadRequest, api.CodeBadRequest, "key", "key: "+err.Error())
+		return
+	}
+	if req.Version == "" {
+		writeErr(w, http.StatusBadRequest, api.CodeBadRequest, "version", "version: required; list them with GET /v1/state?key=")
+		return
+	}
+	if s.cfg.Holders.KeyLive(req.Key) {
+		writeErr(w, http.StatusConflict, api.CodeConflict, "key", "key "+req.Key+" is live; terminate its backend before restoring")
+		return
+	}
+	if err := s.spool.flush(r.Context(), req.Key); err != nil {
+		s.blobErr(w, req.Key, err)
+		return
+	}
+	// Restore as the key's current fence: it is no holder's write, and any
+	// later holder's token is larger.
+	info, err := s.cfg.Blobs.Restore(r.Context(), req.Key, req.Version, currentFence(r.Context(), s.cfg.Blobs, req.Key))
+	if err != nil {
+		s.blobErr(w, req.Key, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, info)
+}
+
+func (s *Service) blobErr(w http.ResponseWriter, key string, err error) {
+	switch {
+	case errors.Is(err, blob.ErrNotFound):
+		writeErr(w, http.StatusNotFound, api.CodeNotFound, "", "no saved state for key "+key+" (or no such version)")
+	case errors.Is(err, blob.ErrFenced):
+		writeErr(w, http.StatusConflict, api.CodeConflict, "", err.Error())
+	default:
+		s.log.Error("blob store", "key", key, "err", err)
+		writeErr(w, http.StatusServiceUnavailable, api.CodeUnavailable, "", "the blob store is unavailable; retry")
+	}
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeErr(w http.ResponseWriter, status int, code, field, msg string) {
+	writeJSON(w, status, api.ErrorBody{Error: api.ErrorDetail{Code: code, Message: msg, Field: field}})
+}
