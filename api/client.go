@@ -8,7 +8,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"strconv"
 	"strings"
 
 	"github.com/berthhq/berth"
@@ -89,11 +88,21 @@ func (c *Client) Backend(ctx context.Context, id string) (*berth.Backend, error)
 // Backends lists backends, newest first. Empty key or state match everything.
 func (c *Client) Backends(ctx context.Context, key string, state berth.State) ([]*berth.Backend, error) {
 	q := url.Values{}
-	if key != "" {
-		q.Set("key", key)
-	}
 	if state != "" {
 		q.Set("state", string(state))
+	}
+	return c.backends(ctx, key, q)
+}
+
+// LiveBackends lists the backends that are not terminated, newest first; an
+// empty key matches every key.
+func (c *Client) LiveBackends(ctx context.Context, key string) ([]*berth.Backend, error) {
+	return c.backends(ctx, key, url.Values{"live": {"true"}})
+}
+
+func (c *Client) backends(ctx context.Context, key string, q url.Values) ([]*berth.Backend, error) {
+	if key != "" {
+		q.Set("key", key)
 	}
 	var list BackendList
 	if err := c.call(ctx, http.MethodGet, "/v1/backends", q, nil, &list); err != nil {
@@ -172,7 +181,7 @@ func (c *Client) Health(ctx context.Context) error {
 	return c.call(ctx, http.MethodGet, "/healthz", nil, nil, nil)
 }
 
-// StateVersions lists the saved states of a key, newest first.
+// StateVersions lists the saved states of a key.
 func (c *Client) StateVersions(ctx context.Context, key string) ([]StateVersion, error) {
 	var list StateVersionList
 	if err := c.call(ctx, http.MethodGet, "/v1/state", url.Values{"key": {key}}, nil, &list); err != nil {
@@ -181,12 +190,12 @@ func (c *Client) StateVersions(ctx context.Context, key string) ([]StateVersion,
 	return list.Versions, nil
 }
 
-// StateData copies one saved state of a key to w; version 0 means the current
-// one. The error matches berth.ErrNotFound if there is no such save.
-func (c *Client) StateData(ctx context.Context, key string, version int64, w io.Writer) error {
+// StateData copies one saved state of a key to w; an empty version means the
+// current one. The error matches berth.ErrNotFound if there is no such save.
+func (c *Client) StateData(ctx context.Context, key, version string, w io.Writer) error {
 	q := url.Values{"key": {key}}
-	if version != 0 {
-		q.Set("version", strconv.FormatInt(version, 10))
+	if version != "" {
+		q.Set("version", version)
 	}
 	resp, err := c.send(ctx, http.MethodGet, "/v1/state/data", q, nil, "")
 	if err != nil {
@@ -199,10 +208,15 @@ func (c *Client) StateData(ctx context.Context, key string, version int64, w io.
 	return nil
 }
 
-// StateRestore makes an earlier save of a key the current one. The error
-// matches berth.ErrConflict while a live backend holds the key.
-func (c *Client) StateRestore(ctx context.Context, key string, version int64) error {
-	return c.call(ctx, http.MethodPost, "/v1/state/restore", nil, StateRestoreRequest{Key: key, Version: version}, nil)
+// StateRestore makes an earlier save of a key the current one and returns
+// the new current version. The error matches berth.ErrConflict while a live
+// backend holds the key.
+func (c *Client) StateRestore(ctx context.Context, key, version string) (*StateVersion, error) {
+	var v StateVersion
+	if err := c.call(ctx, http.MethodPost, "/v1/state/restore", nil, StateRestoreRequest{Key: key, Version: version}, &v); err != nil {
+		return nil, err
+	}
+	return &v, nil
 }
 
 func backendPath(id, suffix string) string {
@@ -283,4 +297,3 @@ func decodeError(resp *http.Response) error {
 	}
 	return e
 }
-

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -98,6 +99,18 @@ func TestClient_Backends(t *testing.T) {
 				t.Errorf("Backends = %+v, want one backend bk_1", got)
 			}
 		})
+	}
+}
+
+func TestClient_LiveBackends(t *testing.T) {
+	c := newTestClient(t, func(w http.ResponseWriter, r *http.Request) {
+		if want := "key=doc&live=true"; r.URL.RawQuery != want {
+			t.Errorf("query = %q, want %q", r.URL.RawQuery, want)
+		}
+		writeJSON(w, http.StatusOK, BackendList{})
+	})
+	if _, err := c.LiveBackends(context.Background(), "doc"); err != nil {
+		t.Fatal(err)
 	}
 }
 
@@ -321,12 +334,13 @@ func TestClient_State(t *testing.T) {
 			if q.Get("key") != "tenant/doc" {
 				t.Errorf("key = %q", q.Get("key"))
 			}
-			writeJSON(w, http.StatusOK, StateVersionList{Key: "tenant/doc", Versions: []StateVersion{{Version: 2, Current: true}, {Version: 1}}})
+			writeJSON(w, http.StatusOK, StateVersionList{Key: "tenant/doc", Versions: []StateVersion{{Version: "v2", Size: 5}, {Version: "v1"}}})
 		case "GET /v1/state/data":
-			io.WriteString(w, q.Get("key")+"@"+q.Get("version"))
+			_, hasVersion := q["version"]
+			io.WriteString(w, q.Get("key")+"@"+q.Get("version")+" "+strconv.FormatBool(hasVersion))
 		case "POST /v1/state/restore":
 			_ = json.NewDecoder(r.Body).Decode(&restored)
-			w.WriteHeader(http.StatusNoContent)
+			writeJSON(w, http.StatusOK, StateVersion{Version: "v3"})
 		default:
 			t.Errorf("unexpected %s %s", r.Method, r.URL)
 		}
@@ -336,22 +350,26 @@ func TestClient_State(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(vs) != 2 || vs[0].Version != 2 || !vs[0].Current {
-		t.Errorf("versions = %+v", vs)
+	if want := []StateVersion{{Version: "v2", Size: 5}, {Version: "v1"}}; !reflect.DeepEqual(vs, want) {
+		t.Errorf("versions = %+v, want %+v", vs, want)
 	}
-	for version, want := range map[int64]string{0: "tenant/doc@", 1: "tenant/doc@1"} {
+	for version, want := range map[string]string{"": "tenant/doc@ false", "v1": "tenant/doc@v1 true"} {
 		var b strings.Builder
 		if err := c.StateData(ctx, "tenant/doc", version, &b); err != nil {
 			t.Fatal(err)
 		}
 		if b.String() != want {
-			t.Errorf("StateData(version %d) = %q, want %q", version, b.String(), want)
+			t.Errorf("StateData(version %q) = %q, want %q", version, b.String(), want)
 		}
 	}
-	if err := c.StateRestore(ctx, "tenant/doc", 1); err != nil {
+	v, err := c.StateRestore(ctx, "tenant/doc", "v1")
+	if err != nil {
 		t.Fatal(err)
 	}
-	if want := (StateRestoreRequest{Key: "tenant/doc", Version: 1}); restored != want {
+	if want := (StateRestoreRequest{Key: "tenant/doc", Version: "v1"}); restored != want {
 		t.Errorf("restore body = %+v, want %+v", restored, want)
+	}
+	if v.Version != "v3" {
+		t.Errorf("restored version = %q, want v3", v.Version)
 	}
 }

@@ -76,18 +76,15 @@ const (
 	CodeUnavailable  = "unavailable"
 )
 
-// StateVersion is one saved state of a key, as listed by GET /v1/state.
+// StateVersion is one saved state of a key, as listed by GET /v1/state and
+// returned by POST /v1/state/restore. Version is opaque: pass it back as is.
 type StateVersion struct {
-	Version int64     `json:"version"`
+	Version string    `json:"version"`
 	Size    int64     `json:"size"`
 	SavedAt time.Time `json:"saved_at"`
-	// BackendID is the backend whose save this was, when known.
-	BackendID string `json:"backend_id,omitempty"`
-	// Current marks the version GET /v1/state/data returns without ?version=.
-	Current bool `json:"current,omitempty"`
 }
 
-// StateVersionList is the answer to GET /v1/state?key=K, newest first.
+// StateVersionList is the answer to GET /v1/state?key=K.
 type StateVersionList struct {
 	Key      string         `json:"key"`
 	Versions []StateVersion `json:"versions"`
@@ -96,5 +93,5 @@ type StateVersionList struct {
 // StateRestoreRequest is the body of POST /v1/state/restore.
 type StateRestoreRequest struct {
 	Key     string `json:"key"`
-	Version int64  `json:"version"`
+	Version string `json:"version"`
 }

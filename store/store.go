@@ -15,6 +15,7 @@ import (
 )
 
 // Store keeps Berth's records. All methods are safe for concurrent use.
+// Times come back in UTC and are kept to at least the microsecond.
 type Store interface {
 	// CreateBackend records a new backend in state scheduled. If b.Key is set
 	// it atomically takes the key: when a live backend already holds it, the
@@ -22,12 +23,18 @@ type Store interface {
 	// b gets the key's next fencing token (larger than every earlier one),
 	// is inserted, and created=true. b.ID, b.CreatedAt and b.Spawn must be set.
 	// The scheduled event is appended in the same transaction.
+	//
+	// When created, the holder is b itself, with b.State, b.FencingToken and
+	// b.CreatedAt set as stored. A keyless backend (b.Key == "") holds
+	// nothing and is always created. An existing b.ID gives berth.ErrConflict
+	// (wrapped) and takes no key.
 	CreateBackend(ctx context.Context, b *berth.Backend) (holder *berth.Backend, created bool, err error)
 
 	// Backend returns one backend, or berth.ErrNotFound.
 	Backend(ctx context.Context, id string) (*berth.Backend, error)
 
-	// Backends lists backends matching f, newest first.
+	// Backends lists backends matching f, newest first (by CreatedAt, ties
+	// broken by ID).
 	Backends(ctx context.Context, f Filter) ([]*berth.Backend, error)
 
 	// KeyHolder returns the live backend holding key, or berth.ErrNotFound.
@@ -37,15 +44,21 @@ type Store interface {
 	// is terminated — frees its key, all in one transaction. It returns
 	// berth.ErrInvalidTransition (wrapped) if the backend's current state may
 	// not move to t.To, and berth.ErrNotFound if there is no such backend.
+	// When several callers race to the same state, exactly one succeeds.
+	// It returns the backend as updated.
 	Transition(ctx context.Context, id string, t Transition) (*berth.Backend, error)
 
-	// SetHandle persists the runtime handle of a backend.
+	// SetHandle persists the runtime handle of a backend, or returns
+	// berth.ErrNotFound.
 	SetHandle(ctx context.Context, id string, handle []byte) error
 
-	// SetLastActive records the last time a backend saw traffic.
+	// SetLastActive records the last time a backend saw traffic, or returns
+	// berth.ErrNotFound.
 	SetLastActive(ctx context.Context, id string, at time.Time) error
 
 	// Events returns a backend's history with Seq > after, oldest first.
+	// Seq grows with each event of a backend, so a reader can resume after
+	// the last Seq it saw. An unknown backend has no events (no error).
 	Events(ctx context.Context, id string, after int64) ([]berth.Event, error)
 
 	Close() error
@@ -53,11 +66,15 @@ type Store interface {
 
 // Transition is one forward move of a backend's state.
 type Transition struct {
-	To       berth.State
+	To berth.State
+	// Reason and ExitCode, when empty, keep the backend's earlier values, so
+	// a reason given on the way to terminating survives into terminated.
 	Reason   berth.Reason
 	ExitCode *int
 	Message  string
-	At       time.Time
+	// At is when it happened; zero means now. Moving to ready sets ReadyAt,
+	// moving to terminated sets TerminatedAt.
+	At time.Time
 }
 
 // Filter selects backends in Backends. Zero fields match everything.
@@ -65,6 +82,7 @@ type Filter struct {
 	Key   string
 	State berth.State
 	// Live selects only backends that are not terminated.
-	Live  bool
+	Live bool
+	// Limit caps the number of results; 0 means no cap.
 	Limit int
 }

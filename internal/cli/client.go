@@ -51,6 +51,14 @@ func (o *clientOptions) explain(err error) error {
 	return err
 }
 
+// usageLine makes -h start with how to call the verb, then its flags.
+func usageLine(fs *flag.FlagSet, line string) {
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: %s\n\nFlags:\n", line)
+		fs.PrintDefaults()
+	}
+}
+
 // parseInterspersed parses flags found anywhere among args, so both
 // `berth logs -f ID` and `berth logs ID -f` work, and returns the other
 // arguments in order. Everything after "--" is an argument.
@@ -58,7 +66,10 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 	var rest []string
 	for {
 		if err := fs.Parse(args); err != nil {
-			return nil, err
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, usagef("%v", err) // the flag package has printed the flags
 		}
 		left := fs.Args()
 		if len(left) == 0 {

@@ -17,6 +17,7 @@ func init() {
 func runEvents(ctx context.Context, args []string, stdio Stdio) error {
 	var o clientOptions
 	fs := newFlags("events", stdio)
+	usageLine(fs, "berth events ID")
 	o.flags(fs)
 	rest, err := parseInterspersed(fs, args)
 	if err != nil {

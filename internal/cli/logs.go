@@ -9,6 +9,7 @@ func init() {
 func runLogs(ctx context.Context, args []string, stdio Stdio) error {
 	var o clientOptions
 	fs := newFlags("logs", stdio)
+	usageLine(fs, "berth logs [-f] ID")
 	o.flags(fs)
 	follow := fs.Bool("f", false, "follow: keep printing new output until the backend ends")
 	rest, err := parseInterspersed(fs, args)

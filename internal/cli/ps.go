@@ -17,6 +17,7 @@ func init() {
 func runPs(ctx context.Context, args []string, stdio Stdio) error {
 	var o clientOptions
 	fs := newFlags("ps", stdio)
+	usageLine(fs, "berth ps [--key KEY] [--state STATE] [--all] [--json]")
 	o.flags(fs)
 	key := fs.String("key", "", "only the backends of this `key`")
 	state := fs.String("state", "", "only backends in this `state` (scheduled, starting, ready, terminating, terminated)")
@@ -33,20 +34,15 @@ func runPs(ctx context.Context, args []string, stdio Stdio) error {
 		return usagef("--state %q is not a state; use scheduled, starting, ready, terminating or terminated", *state)
 	}
 
-	list, err := o.client().Backends(ctx, *key, berth.State(*state))
+	c := o.client()
+	var list []*berth.Backend
+	if *all || *state != "" {
+		list, err = c.Backends(ctx, *key, berth.State(*state))
+	} else {
+		list, err = c.LiveBackends(ctx, *key)
+	}
 	if err != nil {
 		return o.explain(err)
-	}
-	// The API has no "live" filter, so without --all or --state the
-	// terminated backends are dropped here.
-	if !*all && *state == "" {
-		live := list[:0]
-		for _, b := range list {
-			if b.State.Live() {
-				live = append(live, b)
-			}
-		}
-		list = live
 	}
 
 	if *asJSON {

@@ -12,6 +12,7 @@ func init() {
 func runTerminate(ctx context.Context, args []string, stdio Stdio) error {
 	var o clientOptions
 	fs := newFlags("terminate", stdio)
+	usageLine(fs, "berth terminate [--hard] ID")
 	o.flags(fs)
 	hard := fs.Bool("hard", false, "kill at once instead of sending the stop signal and waiting the grace period")
 	rest, err := parseInterspersed(fs, args)

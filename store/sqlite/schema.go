@@ -36,11 +36,12 @@ CREATE TABLE backends (
 	terminated_at  BIGINT,
 	last_active_at BIGINT
 );
-CREATE INDEX backends_created ON backends (created_at);
-CREATE INDEX backends_key ON backends (key, created_at);
+-- Listings are newest first, ties broken by id.
+CREATE INDEX backends_created ON backends (created_at, id);
+CREATE INDEX backends_key ON backends (key, created_at, id);
 -- Reconcile lists live backends at every start; the history of terminated
 -- ones only grows.
-CREATE INDEX backends_live ON backends (created_at) WHERE state <> 'terminated';
+CREATE INDEX backends_live ON backends (created_at, id) WHERE state <> 'terminated';
 
 -- A key row is never deleted: fencing must keep growing across holders.
 -- holder is set only while a live backend holds the key. The reference is

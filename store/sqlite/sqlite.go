@@ -60,22 +60,25 @@ func Open(path string) (*Store, error) {
 	return s, nil
 }
 
-func open(path string) (s *Store, err error) {
+func open(path string) (_ *Store, err error) {
 	// synchronous=NORMAL in WAL mode keeps every commit atomic and consistent;
 	// only the last commits before a power loss (not a process crash) can be
-	// lost. busy_timeout covers other processes (berth CLI tools, backups)
-	// holding the file.
+	// lost. busy_timeout covers other processes holding the file (a second
+	// berth, the sqlite3 shell, a backup). Write transactions begin
+	// IMMEDIATE so a transaction that reads before it writes never has to
+	// upgrade its lock, which could fail with SQLITE_BUSY at once.
 	params := url.Values{
 		"_busy_timeout": {"10000"},
 		"_foreign_keys": {"on"},
 		"_journal_mode": {"WAL"},
 		"_synchronous":  {"NORMAL"},
+		"_txlock":       {"immediate"},
 	}
-	w, err := sql.Open("sqlite", path+"?"+params.Encode()+"&_txlock=immediate")
+	w, err := sql.Open("sqlite", path+"?"+params.Encode())
 	if err != nil {
 		return nil, err
 	}
-	s = &Store{w: w}
+	s := &Store{w: w}
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -92,6 +95,7 @@ func open(path string) (s *Store, err error) {
 	}
 
 	params.Del("_journal_mode") // persistent in the file; set above
+	params.Del("_txlock")
 	params.Set("_query_only", "on")
 	s.r, err = sql.Open("sqlite", path+"?"+params.Encode())
 	if err != nil {

@@ -1,0 +1,173 @@
+package e2e
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+// TestBadInput: every malformed request gets a 400 (or 404) with the JSON
+// error body naming the field at fault, and nothing is spawned for it.
+func TestBadInput(t *testing.T) {
+	t.Parallel()
+	s := start(t, opts{})
+	cmd := fmt.Sprintf("[%q]", bin.testbackend)
+	spawn := func(extra string) string {
+		if extra != "" {
+			extra = "," + extra
+		}
+		return fmt.Sprintf(`{"key":"k","spawn":{"command":%s%s}}`, cmd, extra)
+	}
+
+	t.Run("connect", func(t *testing.T) {
+		tests := []struct {
+			name, body string
+			status     int
+			field      string // the field the error must name
+		}{
+			{"malformed JSON", `{"key":`, 400, "body"},
+			{"not an object", `[1,2]`, 400, "body"},
+			{"empty body", ``, 400, "body"},
+			{"trailing data", spawn("") + ` {}`, 400, "body"},
+			{"unknown field", `{"key":"k","bogus":1,"spawn":{"command":` + cmd + `}}`, 400, "bogus"},
+			{"unknown spawn field", `{"key":"k","spawn":{"command":` + cmd + `,"comand":["x"]}}`, 400, "spawn.comand"},
+			{"wrong type", `{"key":5}`, 400, "key"},
+			{"body over 1 MiB", `{"key":"k","user":"` + strings.Repeat("a", 1<<20) + `"}`, 400, "body"},
+			{"key with a space", `{"key":"doc 42","spawn":{"command":` + cmd + `}}`, 400, "key"},
+			{"key with a bad char", `{"key":"doc#42","spawn":{"command":` + cmd + `}}`, 400, "key"},
+			{"key of 129 chars", `{"key":"` + strings.Repeat("k", 129) + `","spawn":{"command":` + cmd + `}}`, 400, "key"},
+			{"empty command", `{"key":"k","spawn":{"command":[]}}`, 400, "spawn.command"},
+			{"empty program", `{"key":"k","spawn":{"command":[""]}}`, 400, "spawn.command"},
+			{"no spawn and no key", `{}`, 400, "spawn"},
+			{"negative max_idle_seconds", spawn(`"max_idle_seconds":-1`), 400, "spawn.max_idle_seconds"},
+			{"absurd max_idle_seconds", spawn(`"max_idle_seconds":100000000`), 400, "spawn.max_idle_seconds"},
+			{"negative lifetime_seconds", spawn(`"lifetime_seconds":-5`), 400, "spawn.lifetime_seconds"},
+			{"negative grace_seconds", spawn(`"grace_seconds":-1`), 400, "spawn.grace_seconds"},
+			{"negative startup_timeout_seconds", spawn(`"startup_timeout_seconds":-1`), 400, "spawn.startup_timeout_seconds"},
+			{"negative wait_timeout_seconds", `{"key":"k","wait":true,"wait_timeout_seconds":-1,"spawn":{"command":` + cmd + `}}`, 400, "wait_timeout_seconds"},
+			{"unknown stop signal", spawn(`"stop_signal":"SIGBOGUS"`), 400, "spawn.stop_signal"},
+			{"reserved env var", spawn(`"env":{"PORT":"1"}`), 400, "spawn.env.PORT"},
+			// Valid keys up to the limit pass validation: not held and no
+			// spawn config is 404, proving the key itself was accepted.
+			{"key of 128 chars, not held", `{"key":"` + strings.Repeat("k", 128) + `"}`, 404, ""},
+			{"key with every allowed char, not held", `{"key":"aZ09._:/@-"}`, 404, ""},
+		}
+		for _, tt := range tests {
+			t.Run(tt.name, func(t *testing.T) {
+				resp, body := s.do(t, http.MethodPost, "/v1/connect", tt.body)
+				if resp.StatusCode != tt.status {
+					t.Fatalf("status %d, want %d; body %s", resp.StatusCode, tt.status, body)
+				}
+				if ct := resp.Header.Get("Content-Type"); !strings.HasPrefix(ct, "application/json") {
+					t.Errorf("Content-Type %q, want application/json", ct)
+				}
+				e := apiError(t, body)
+				if e.Field != tt.field {
+					t.Errorf("error field %q, want %q (error %+v)", e.Field, tt.field, e)
+				}
+			})
+		}
+		// None of that may have started anything.
+		if list, err := s.Client.Backends(testCtx(t, 5e9), "", ""); err != nil || len(list) != 0 {
+			t.Errorf("after only bad requests: backends %v, err %v; want none", list, err)
+		}
+	})
+
+	t.Run("unknown backend", func(t *testing.T) {
+		for _, r := range []struct{ method, path, body string }{
+			{"GET", "/v1/backends/bk_doesnotexist", ""},
+			{"POST", "/v1/backends/bk_doesnotexist/terminate", `{"hard":false}`},
+			{"GET", "/v1/backends/bk_doesnotexist/events", ""},
+			{"GET", "/v1/backends/bk_doesnotexist/logs", ""},
+		} {
+			resp, body := s.do(t, r.method, r.path, r.body)
+			if resp.StatusCode != http.StatusNotFound {
+				t.Errorf("%s %s: %d %s, want 404", r.method, r.path, resp.StatusCode, body)
+				continue
+			}
+			if e := apiError(t, body); e.Code != "not_found" {
+				t.Errorf("%s %s: code %q, want not_found", r.method, r.path, e.Code)
+			}
+		}
+	})
+
+	t.Run("bad list filter", func(t *testing.T) {
+		resp, body := s.do(t, http.MethodGet, "/v1/backends?state=sleeping", "")
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Fatalf("status %d %s, want 400", resp.StatusCode, body)
+		}
+		if e := apiError(t, body); e.Field != "state" {
+			t.Errorf("field %q, want state", e.Field)
+		}
+	})
+
+	t.Run("bad terminate body", func(t *testing.T) {
+		resp, body := s.do(t, http.MethodPost, "/v1/backends/bk_doesnotexist/terminate", `{"hard":`)
+		if resp.StatusCode != http.StatusBadRequest {
+			t.Fatalf("status %d %s, want 400", resp.StatusCode, body)
+		}
+		apiError(t, body)
+	})
+}
+
+// TestServeAPIKey: berth serve refuses control API calls without the right
+// key; the proxy needs no key (its tokens are the credential).
+func TestServeAPIKey(t *testing.T) {
+	t.Parallel()
+	const key = "e2e-secret-api-key"
+	s := start(t, opts{serve: true, apiKey: key})
+
+	for _, tt := range []struct {
+		name, auth string
+		want       int
+	}{
+		{"no key", "", 401},
+		{"wrong key", "Bearer nope", 401},
+		{"key without Bearer", key, 401},
+		{"right key", "Bearer " + key, 200},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			for _, path := range []string{"/v1/backends", "/v1/backends/bk_x/events", "/metrics"} {
+				req, _ := http.NewRequestWithContext(testCtx(t, 10e9), http.MethodGet, s.API+path, nil)
+				if tt.auth != "" {
+					req.Header.Set("Authorization", tt.auth)
+				}
+				resp, body := send(t, req)
+				want := tt.want
+				if path == "/v1/backends/bk_x/events" && want == 200 {
+					want = 404 // authorised, and there is no such backend
+				}
+				if resp.StatusCode != want {
+					t.Errorf("GET %s: %d %s, want %d", path, resp.StatusCode, body, want)
+					continue
+				}
+				if want == 401 {
+					if e := apiError(t, body); e.Code != "unauthorized" {
+						t.Errorf("GET %s: code %q, want unauthorized", path, e.Code)
+					}
+				}
+			}
+			req, _ := http.NewRequestWithContext(testCtx(t, 10e9), http.MethodPost, s.API+"/v1/connect",
+				strings.NewReader(fmt.Sprintf(`{"key":"k","spawn":{"command":[%q]}}`, bin.testbackend)))
+			if tt.auth != "" {
+				req.Header.Set("Authorization", tt.auth)
+			}
+			resp, body := send(t, req)
+			if tt.want == 401 && resp.StatusCode != 401 {
+				t.Errorf("POST /v1/connect: %d %s, want 401", resp.StatusCode, body)
+			}
+			if tt.want == 200 && resp.StatusCode/100 != 2 {
+				t.Errorf("POST /v1/connect: %d %s, want 2xx", resp.StatusCode, body)
+			}
+		})
+	}
+
+	t.Run("proxy needs no API key", func(t *testing.T) {
+		c := s.spawnReady(t, "proxied", tb(nil))
+		resp, body := get(t, c.URL, nil)
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s: %d %s, want 200", c.URL, resp.StatusCode, body)
+		}
+	})
+}

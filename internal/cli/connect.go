@@ -1,0 +1,254 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/berthhq/berth"
+	"github.com/berthhq/berth/api"
+)
+
+func init() {
+	register("connect", "get the backend for a key, spawning it if needed", false, runConnect)
+}
+
+const connectUsage = "berth connect [flags] KEY -- CMD ARGS…  (KEY - or --no-key: always a new backend)"
+
+func runConnect(ctx context.Context, args []string, stdio Stdio) error {
+	var o clientOptions
+	fs := newFlags("connect", stdio)
+	usageLine(fs, connectUsage)
+	o.flags(fs)
+	var (
+		env                               envVars
+		maxIdle, lifetime, grace, startup secondsFlag
+	)
+	image := fs.String("image", "", "container `image` to run (docker runtime); a command after -- overrides its own")
+	fs.Var(&env, "env", "`K=V` in the backend's environment (repeatable)")
+	fs.Var(&maxIdle, "max-idle", "stop after this `duration` with no connection, e.g. 5m or 300 (0: never; default 5m)")
+	fs.Var(&lifetime, "lifetime", "stop after this `duration` in any case (default: no limit)")
+	fs.Var(&grace, "grace", "how long a stop waits after the stop signal before killing, as a `duration` (default 10s)")
+	fs.Var(&startup, "startup-timeout", "how long the backend may take to accept HTTP on $PORT, as a `duration` (default 60s)")
+	stateMode := fs.String("state-mode", "", "how state is kept between sessions: none, blob, dir or volume (`mode`)")
+	user := fs.String("user", "", "the `user` the returned URL is for")
+	noKey := fs.Bool("no-key", false, "spawn a new backend that holds no key (same as KEY -)")
+	wait := fs.Bool("wait", false, "show state changes until the backend is ready; fail if it terminates")
+	asJSON := fs.Bool("json", false, "print the server's response as JSON")
+
+	// After "--" nothing is a flag: it is the backend's command line.
+	flagArgs, command := args, []string(nil)
+	if i := slices.Index(args, "--"); i >= 0 {
+		flagArgs, command = args[:i], args[i+1:]
+	}
+	rest, err := parseInterspersed(fs, flagArgs)
+	if err != nil {
+		return err
+	}
+
+	var key string
+	switch {
+	case len(rest) > 1:
+		return usagef("unexpected argument %q; put the backend's command after --: %s", rest[1], connectUsage)
+	case len(rest) == 1 && rest[0] != "-":
+		key = rest[0]
+		if *noKey {
+			return usagef("--no-key contradicts KEY %q; give one or the other", key)
+		}
+		if err := berth.ValidateKey(key); err != nil {
+			return usagef("KEY %q: %v", key, err)
+		}
+	case len(rest) == 0 && !*noKey:
+		return usagef("give the KEY the backend is for (e.g. a document id), or - for a new keyless one: %s", connectUsage)
+	}
+	switch berth.StateMode(*stateMode) {
+	case "", berth.StateModeNone, berth.StateModeBlob, berth.StateModeDir, berth.StateModeVolume:
+	default:
+		return usagef("--state-mode %q: use none, blob, dir or volume", *stateMode)
+	}
+
+	req := api.ConnectRequest{Key: key, User: *user, Wait: *wait && *asJSON}
+	if *image != "" || len(command) > 0 {
+		req.Spawn = &berth.SpawnConfig{
+			Image:                 *image,
+			Command:               command,
+			Env:                   env,
+			MaxIdleSeconds:        maxIdle.ptr(),
+			LifetimeSeconds:       lifetime.n,
+			GraceSeconds:          grace.ptr(),
+			StartupTimeoutSeconds: startup.n,
+			State:                 berth.StateConfig{Mode: berth.StateMode(*stateMode)},
+		}
+	} else if name := firstSet(fs, "env", "max-idle", "lifetime", "grace", "startup-timeout", "state-mode"); name != "" {
+		return usagef("--%s only applies to a new backend: give its command after -- or --image: %s", name, connectUsage)
+	} else if key == "" {
+		return usagef("a backend without a key is always new: give its command after -- or --image: %s", connectUsage)
+	}
+
+	c := o.client()
+	start := time.Now()
+	resp, err := c.Connect(ctx, req)
+	if err != nil {
+		return o.explain(err)
+	}
+	if *asJSON {
+		if err := printJSON(stdio.Out, resp); err != nil {
+			return err
+		}
+		return terminatedErr(resp.BackendID, resp.State, resp.Reason, resp.ExitCode, "")
+	}
+
+	last := api.StateEvent{State: resp.State, Reason: resp.Reason, ExitCode: resp.ExitCode}
+	if *wait && resp.State.Live() && resp.State != berth.StateReady {
+		if last, err = waitReady(ctx, c, resp.BackendID, start, stdio.Out); err != nil {
+			return o.explain(err)
+		}
+	}
+	if err := terminatedErr(resp.BackendID, last.State, last.Reason, last.ExitCode, last.Message); err != nil {
+		return err
+	}
+	verb := "Connected to"
+	if resp.Spawned {
+		verb = "Spawned"
+	}
+	forKey := ""
+	if resp.Key != "" {
+		forKey = fmt.Sprintf(" for key %q", resp.Key)
+	}
+	fmt.Fprintf(stdio.Out, "%s backend %s%s — %s.\n\n    %s\n\n", verb, resp.BackendID, forKey, last.State, resp.URL)
+	return nil
+}
+
+// errReady stops the events stream once the backend is ready.
+var errReady = errors.New("ready")
+
+// waitReady prints each state change of a backend, with the time since the
+// command started, until it is ready or terminated, and returns the last one.
+func waitReady(ctx context.Context, c *api.Client, id string, start time.Time, w io.Writer) (api.StateEvent, error) {
+	var last api.StateEvent
+	err := c.Events(ctx, id, func(e api.StateEvent) error {
+		change := string(e.State)
+		if last.State != "" {
+			change = fmt.Sprintf("%s → %s", last.State, e.State)
+		}
+		if r := reasonText(e.Reason, e.ExitCode); r != "" {
+			change += "  " + r
+		}
+		if e.Message != "" {
+			change += "  " + e.Message
+		}
+		fmt.Fprintf(w, "%8.3fs  %s\n", time.Since(start).Seconds(), change)
+		last = e
+		if e.State == berth.StateReady {
+			return errReady
+		}
+		return nil
+	})
+	if errors.Is(err, errReady) {
+		err = nil
+	}
+	return last, err
+}
+
+// terminatedErr is the command's error when the backend it got is terminated.
+func terminatedErr(id string, s berth.State, r berth.Reason, exitCode *int, msg string) error {
+	if s != berth.StateTerminated {
+		return nil
+	}
+	err := fmt.Sprintf("backend %s terminated", id)
+	if rt := reasonText(r, exitCode); rt != "" {
+		err += ": " + rt
+	}
+	if msg != "" {
+		err += ": " + msg
+	}
+	return errors.New(err + fmt.Sprintf(" (see its output: berth logs %s)", id))
+}
+
+// firstSet returns the first of names that was given on the command line.
+func firstSet(fs *flag.FlagSet, names ...string) string {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	for _, n := range names {
+		if set[n] {
+			return n
+		}
+	}
+	return ""
+}
+
+// secondsFlag is a flag for the API's *_seconds fields that takes either
+// seconds ("300") or a duration ("5m").
+type secondsFlag struct {
+	n   int
+	set bool
+}
+
+func (f *secondsFlag) String() string {
+	if f == nil || !f.set {
+		return ""
+	}
+	return strconv.Itoa(f.n)
+}
+
+func (f *secondsFlag) Set(s string) error {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		d, derr := time.ParseDuration(s)
+		if derr != nil {
+			return errors.New("want seconds or a duration such as 30s, 5m or 1h")
+		}
+		if d%time.Second != 0 {
+			return errors.New("must be whole seconds")
+		}
+		n = int(d / time.Second)
+	}
+	if n < 0 {
+		return errors.New("must not be negative")
+	}
+	f.n, f.set = n, true
+	return nil
+}
+
+// ptr is the value for optional fields where 0 means something (never idle).
+func (f *secondsFlag) ptr() *int {
+	if !f.set {
+		return nil
+	}
+	n := f.n
+	return &n
+}
+
+// envVars collects repeated --env K=V flags.
+type envVars map[string]string
+
+func (e *envVars) String() string {
+	if e == nil {
+		return ""
+	}
+	kv := make([]string, 0, len(*e))
+	for k, v := range *e {
+		kv = append(kv, k+"="+v)
+	}
+	sort.Strings(kv)
+	return strings.Join(kv, " ")
+}
+
+func (e *envVars) Set(s string) error {
+	k, v, ok := strings.Cut(s, "=")
+	if !ok || k == "" {
+		return errors.New("want K=V")
+	}
+	if *e == nil {
+		*e = envVars{}
+	}
+	(*e)[k] = v
+	return nil
+}

@@ -1,0 +1,380 @@
+// Package proxy is Berth's public HTTP and WebSocket proxy: it turns
+// /<token>/<path…> into a request for <path…> on the backend the token names.
+//
+// The proxy trusts nothing from the client beyond a valid token: it strips
+// every X-Berth-* header the client sent and the client's X-Forwarded-*
+// headers before setting its own. It never reads the store; backends are
+// found through a Resolver.
+package proxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httputil"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/berthhq/berth"
+	"github.com/berthhq/berth/api"
+	"github.com/berthhq/berth/token"
+)
+
+// ErrGone is what a Resolver returns for a backend that has terminated.
+var ErrGone = errors.New("backend is gone")
+
+// Resolver finds where a backend listens.
+type Resolver interface {
+	// Resolve returns the route to backendID. While the backend is starting
+	// it waits, until the backend is ready or ctx is done (then it returns
+	// an error wrapping ctx.Err()). It returns ErrGone for a terminated
+	// backend and berth.ErrNotFound for one it does not know.
+	Resolve(ctx context.Context, backendID string) (Route, error)
+}
+
+// Route says how to reach one ready backend.
+type Route struct {
+	BackendID string
+	Addr      string // host:port
+	Secret    string // sent to the backend as X-Berth-Secret
+	Activity  Activity
+}
+
+// Activity hears about traffic to a backend, so Berth can tell when it is
+// idle. Begin is called when a request or WebSocket starts and End when it
+// finishes; a WebSocket is in flight until it closes.
+type Activity interface {
+	Begin()
+	End()
+}
+
+// Headers the proxy sets toward the backend.
+const (
+	HeaderBackend = "X-Berth-Backend"
+	HeaderUser    = "X-Berth-User"
+	HeaderSecret  = "X-Berth-Secret"
+)
+
+// DefaultStartTimeout is how long a request waits for a starting backend
+// unless Config.StartTimeout says otherwise.
+const DefaultStartTimeout = 30 * time.Second
+
+// Config configures a Proxy.
+type Config struct {
+	Resolver Resolver      // required
+	Signer   *token.Signer // required
+	// StartTimeout bounds how long a request waits for a backend that is
+	// still starting; 0 means DefaultStartTimeout.
+	StartTimeout time.Duration
+	Logger       *slog.Logger      // nil: discard
+	Now          func() time.Time // nil: time.Now; for tests
+}
+
+// Validate reports the first missing or invalid field.
+func (c Config) Validate() error {
+	switch {
+	case c.Resolver == nil:
+		return errors.New("proxy: Resolver is required")
+	case c.Signer == nil:
+		return errors.New("proxy: Signer is required")
+	case c.StartTimeout < 0:
+		return fmt.Errorf("proxy: StartTimeout %v is negative", c.StartTimeout)
+	}
+	return nil
+}
+
+// Proxy is the public proxy, an http.Handler. Close it on shutdown: an
+// http.Server's Shutdown does not close upgraded (WebSocket) connections.
+type Proxy struct {
+	cfg       Config
+	log       *slog.Logger
+	transport *http.Transport
+	rp        httputil.ReverseProxy
+
+	mu       sync.Mutex
+	closed   bool
+	upgraded map[*upgradedConn]struct{}
+}
+
+var _ http.Handler = (*Proxy)(nil)
+
+// New returns a Proxy. It panics if cfg is invalid, which is a programming
+// error; see Config.Validate.
+func New(cfg Config) *Proxy {
+	if err := cfg.Validate(); err != nil {
+		panic(err)
+	}
+	if cfg.StartTimeout == 0 {
+		cfg.StartTimeout = DefaultStartTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	p := &Proxy{
+		cfg:       cfg,
+		log:       cfg.Logger,
+		transport: newTransport(),
+		upgraded:  make(map[*upgradedConn]struct{}),
+	}
+	p.rp = httputil.ReverseProxy{
+		Rewrite:        p.rewrite,
+		Transport:      p.transport,
+		FlushInterval:  -1, // stream: server-sent events and long polls must not wait in a buffer
+		BufferPool:     bufferPool{},
+		ErrorHandler:   p.forwardError,
+		ModifyResponse: p.modifyResponse,
+	}
+	return p
+}
+
+// Close closes every upgraded connection and refuses new upgrades. Plain
+// requests are left to http.Server.Shutdown.
+func (p *Proxy) Close() error {
+	p.mu.Lock()
+	p.closed = true
+	conns := p.upgraded
+	p.upgraded = make(map[*upgradedConn]struct{})
+	p.mu.Unlock()
+	for c := range conns {
+		c.ReadWriteCloser.Close()
+	}
+	p.transport.CloseIdleConnections()
+	return nil
+}
+
+// forward is what ServeHTTP learned about a request, for rewrite.
+type forward struct {
+	route         Route
+	claims        token.Claims
+	path, rawPath string
+}
+
+type forwardKey struct{}
+
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if err := p.serve(w, r); err != nil {
+		p.writeError(w, r, err)
+	}
+}
+
+func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
+	tok, path, rawPath, ok := splitToken(r.URL.Path, r.URL.RawPath)
+	if tok == "" {
+		return &httpError{status: http.StatusUnauthorized, code: api.CodeUnauthorized, msg: "missing token: use the URL Berth returned from connect"}
+	}
+	claims, err := p.cfg.Signer.Verify(tok, p.cfg.Now())
+	if err != nil {
+		msg := "invalid token"
+		if errors.Is(err, token.ErrExpired) {
+			msg = "token expired: connect again for a fresh URL"
+		}
+		return &httpError{status: http.StatusUnauthorized, code: api.CodeUnauthorized, msg: msg, err: err}
+	}
+	if !ok {
+		// Relative URLs in the backend's pages resolve against /<token>/.
+		loc := "/" + tok + "/"
+		if r.URL.RawQuery != "" {
+			loc += "?" + r.URL.RawQuery
+		}
+		w.Header().Set("Location", loc)
+		w.WriteHeader(http.StatusPermanentRedirect)
+		return nil
+	}
+
+	route, err := p.resolve(r.Context(), claims.BackendID)
+	if err != nil {
+		return err
+	}
+	if a := route.Activity; a != nil {
+		a.Begin()
+		defer a.End() // for an upgrade, ServeHTTP returns when the connection closes
+	}
+	f := &forward{route: route, claims: claims, path: path, rawPath: rawPath}
+	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), forwardKey{}, f)))
+	return nil
+}
+
+func (p *Proxy) resolve(ctx context.Context, id string) (Route, error) {
+	rctx, cancel := context.WithTimeout(ctx, p.cfg.StartTimeout)
+	route, err := p.cfg.Resolver.Resolve(rctx, id)
+	cancel()
+	switch {
+	case err == nil && route.Addr == "":
+		return Route{}, &httpError{status: http.StatusBadGateway, code: api.CodeUnavailable, msg: "backend unavailable", err: errors.New("resolver returned no address")}
+	case err == nil:
+		return route, nil
+	case errors.Is(err, ErrGone), errors.Is(err, berth.ErrNotFound):
+		// A validly signed token for a backend nobody knows: it was deleted.
+		return Route{}, &httpError{status: http.StatusGone, code: api.CodeGone, msg: "backend has terminated: connect again", err: err}
+	case ctx.Err() != nil:
+		return Route{}, errClientGone
+	case rctx.Err() != nil:
+		return Route{}, &httpError{status: http.StatusServiceUnavailable, code: api.CodeUnavailable, msg: "backend is still starting", err: err}
+	}
+	return Route{}, &httpError{status: http.StatusBadGateway, code: api.CodeUnavailable, msg: "backend unavailable", err: err}
+}
+
+// splitToken splits "/<token>/<rest>" into the token and "/<rest>", in both
+// the decoded path and, when the client's escaping differs from the default,
+// the raw one. ok is false when nothing follows the token.
+func splitToken(path, rawPath string) (tok, rest, rawRest string, ok bool) {
+	if len(path) < 2 || path[0] != '/' {
+		return "", "", "", false
+	}
+	tok, rest, ok = strings.Cut(path[1:], "/")
+	if !ok {
+		return tok, "", "", false
+	}
+	rest = path[1+len(tok):]
+	if rawPath != "" {
+		if i := strings.IndexByte(rawPath[1:], '/'); i >= 0 {
+			// If the client escaped a slash inside the token, rawRest no
+			// longer matches rest and url.URL falls back to rest.
+			rawRest = rawPath[1+i:]
+		}
+	}
+	return tok, rest, rawRest, true
+}
+
+// rewrite builds the request to the backend. ReverseProxy has already
+// removed hop-by-hop and client X-Forwarded-* headers from pr.Out.
+func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
+	f := pr.In.Context().Value(forwardKey{}).(*forward)
+	out := pr.Out
+	out.URL.Scheme = "http"
+	out.URL.Host = f.route.Addr
+	out.URL.Path = f.path
+	out.URL.RawPath = f.rawPath
+	// out.Host stays the client's Host, so backends that check a WebSocket's
+	// Origin against Host (most libraries do by default) accept it.
+	pr.SetXForwarded()
+
+	h := out.Header
+	for k := range h {
+		if isBerthHeader(k) {
+			delete(h, k)
+		}
+	}
+	h[HeaderBackend] = []string{f.route.BackendID}
+	h[HeaderUser] = []string{f.claims.User}
+	h[HeaderSecret] = []string{f.route.Secret}
+}
+
+// isBerthHeader reports whether k starts with X-Berth-, ignoring case and
+// treating _ as -, since CGI-style frameworks (Rack, Django, PHP) map
+// X-Berth_Secret and X-Berth-Secret to the same variable.
+func isBerthHeader(k string) bool {
+	const prefix = "x-berth-"
+	if len(k) < len(prefix) {
+		return false
+	}
+	for i := 0; i < len(prefix); i++ {
+		c := k[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		} else if c == '_' {
+			c = '-'
+		}
+		if c != prefix[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// modifyResponse tracks upgraded connections so Close can close them.
+func (p *Proxy) modifyResponse(res *http.Response) error {
+	if res.StatusCode != http.StatusSwitchingProtocols {
+		return nil
+	}
+	rwc, ok := res.Body.(io.ReadWriteCloser)
+	if !ok {
+		return nil // ReverseProxy reports this itself
+	}
+	c := &upgradedConn{ReadWriteCloser: rwc, p: p}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return errClosed // ReverseProxy closes the body
+	}
+	p.upgraded[c] = struct{}{}
+	res.Body = c
+	return nil
+}
+
+// upgradedConn is the backend side of an upgraded connection. Closing it
+// ends ReverseProxy's copy loop, which then closes the client side too.
+type upgradedConn struct {
+	io.ReadWriteCloser
+	p *Proxy
+}
+
+func (c *upgradedConn) Close() error {
+	c.p.mu.Lock()
+	delete(c.p.upgraded, c)
+	c.p.mu.Unlock()
+	return c.ReadWriteCloser.Close()
+}
+
+var (
+	errClosed     = errors.New("proxy is closed")
+	errClientGone = errors.New("client went away")
+)
+
+// forwardError handles ReverseProxy's failures to reach the backend.
+func (p *Proxy) forwardError(w http.ResponseWriter, r *http.Request, err error) {
+	p.writeError(w, r, &httpError{status: http.StatusBadGateway, code: api.CodeUnavailable, msg: "backend unavailable", err: err})
+}
+
+// httpError is an error with the status and body the client gets; err, if
+// any, is the detail that goes only to the log.
+type httpError struct {
+	status    int
+	code, msg string
+	err       error
+}
+
+func (e *httpError) Error() string {
+	if e.err == nil {
+		return e.msg
+	}
+	return e.msg + ": " + e.err.Error()
+}
+
+func (e *httpError) Unwrap() error { return e.err }
+
+func (p *Proxy) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	if r.Context().Err() != nil || errors.Is(err, errClientGone) {
+		return // nobody to answer
+	}
+	var he *httpError
+	if !errors.As(err, &he) {
+		he = &httpError{status: http.StatusInternalServerError, code: api.CodeInternal, msg: "internal error", err: err}
+	}
+	log := p.log.With("path", r.URL.Path)
+	if f, ok := r.Context().Value(forwardKey{}).(*forward); ok {
+		log = log.With("backend", f.route.BackendID)
+	}
+	level := slog.LevelWarn
+	if he.status < 500 {
+		level = slog.LevelDebug
+	}
+	log.Log(r.Context(), level, "proxy: "+he.msg, "status", he.status, "err", he.err)
+
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	if he.status == http.StatusServiceUnavailable {
+		h.Set("Retry-After", "1")
+	}
+	w.WriteHeader(he.status)
+	json.NewEncoder(w).Encode(api.ErrorBody{Error: api.ErrorDetail{Code: he.code, Message: he.msg}})
+}

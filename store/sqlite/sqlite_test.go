@@ -1,0 +1,120 @@
+package sqlite_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/berthhq/berth"
+	"github.com/berthhq/berth/store"
+	"github.com/berthhq/berth/store/sqlite"
+	"github.com/berthhq/berth/store/storetest"
+)
+
+func openAt(t testing.TB, path string) *sqlite.Store {
+	t.Helper()
+	s, err := sqlite.Open(path)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	return s
+}
+
+func TestStore(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store {
+		return openAt(t, filepath.Join(t.TempDir(), "berth.db"))
+	})
+}
+
+func TestStore_Reopen(t *testing.T) {
+	// A nested, not yet existing directory: Open creates it.
+	path := filepath.Join(t.TempDir(), "data", "nested", "berth.db")
+	storetest.RunReopen(t, func(t *testing.T) store.Store { return openAt(t, path) })
+}
+
+func TestOpen_BadPath(t *testing.T) {
+	for _, path := range []string{"", ":memory:", "/tmp/x.db?mode=ro"} {
+		if s, err := sqlite.Open(path); err == nil {
+			s.Close()
+			t.Errorf("Open(%q): no error", path)
+		}
+	}
+}
+
+func TestStore_AddEvent(t *testing.T) {
+	ctx := t.Context()
+	s := openAt(t, filepath.Join(t.TempDir(), "berth.db"))
+	defer s.Close()
+	b := &berth.Backend{ID: "bk_1", Key: "doc-1", CreatedAt: time.Now()}
+	if _, _, err := s.CreateBackend(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.AddEvent(ctx, "bk_1", "pulling image"); err != nil {
+		t.Fatal(err)
+	}
+	es, err := s.Events(ctx, "bk_1", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(es) != 2 || es[1].State != berth.StateScheduled || es[1].Message != "pulling image" {
+		t.Errorf("events = %+v; want scheduled, then the note in state scheduled", es)
+	}
+	if err := s.AddEvent(ctx, "bk_missing", "x"); !errors.Is(err, berth.ErrNotFound) {
+		t.Errorf("AddEvent of a missing backend: %v, want ErrNotFound", err)
+	}
+}
+
+// BenchmarkSpawnCycle measures a backend's whole life in the store: create,
+// then starting, ready, terminating, terminated. Keys repeat, so taking a key
+// exercises both a new key and a freed one.
+func BenchmarkSpawnCycle(b *testing.B) {
+	s := openAt(b, filepath.Join(b.TempDir(), "berth.db"))
+	defer s.Close()
+	i := 0
+	for b.Loop() {
+		if err := spawnCycle(b.Context(), s, fmt.Sprintf("bk_%d", i), fmt.Sprintf("doc-%d", i%1000)); err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "spawns/s")
+}
+
+// BenchmarkSpawnCycleParallel is BenchmarkSpawnCycle from many goroutines,
+// as a busy server runs it: writers queue for the one write connection.
+func BenchmarkSpawnCycleParallel(b *testing.B) {
+	s := openAt(b, filepath.Join(b.TempDir(), "berth.db"))
+	defer s.Close()
+	var n atomic.Int64
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := n.Add(1)
+			if err := spawnCycle(b.Context(), s, fmt.Sprintf("bk_%d", i), fmt.Sprintf("doc-%d", i)); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "spawns/s")
+}
+
+func spawnCycle(ctx context.Context, s *sqlite.Store, id, key string) error {
+	bk := &berth.Backend{
+		ID: id, Key: key, Runtime: "process", Secret: "secret",
+		Spawn:     berth.SpawnConfig{Command: []string{"./server"}, Env: map[string]string{"A": "1"}},
+		CreatedAt: time.Now(),
+	}
+	if _, created, err := s.CreateBackend(ctx, bk); err != nil || !created {
+		return fmt.Errorf("CreateBackend %s: created %v, %v", id, created, err)
+	}
+	for _, to := range []berth.State{berth.StateStarting, berth.StateReady, berth.StateTerminating, berth.StateTerminated} {
+		if _, err := s.Transition(ctx, id, store.Transition{To: to, Reason: berth.ReasonIdle}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
