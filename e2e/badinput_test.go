@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 )
 
 // TestBadInput: every malformed request gets a 400 (or 404) with the JSON
@@ -69,7 +70,7 @@ func TestBadInput(t *testing.T) {
 			})
 		}
 		// None of that may have started anything.
-		if list, err := s.Client.Backends(testCtx(t, 5e9), "", ""); err != nil || len(list) != 0 {
+		if list, err := s.Client.Backends(testCtx(t, 5*time.Second), "", ""); err != nil || len(list) != 0 {
 			t.Errorf("after only bad requests: backends %v, err %v; want none", list, err)
 		}
 	})
@@ -129,7 +130,7 @@ func TestServeAPIKey(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			for _, path := range []string{"/v1/backends", "/v1/backends/bk_x/events", "/metrics"} {
-				req, _ := http.NewRequestWithContext(testCtx(t, 10e9), http.MethodGet, s.API+path, nil)
+				req, _ := http.NewRequestWithContext(testCtx(t, 10*time.Second), http.MethodGet, s.API+path, nil)
 				if tt.auth != "" {
 					req.Header.Set("Authorization", tt.auth)
 				}
@@ -148,7 +149,7 @@ func TestServeAPIKey(t *testing.T) {
 					}
 				}
 			}
-			req, _ := http.NewRequestWithContext(testCtx(t, 10e9), http.MethodPost, s.API+"/v1/connect",
+			req, _ := http.NewRequestWithContext(testCtx(t, 10*time.Second), http.MethodPost, s.API+"/v1/connect",
 				strings.NewReader(fmt.Sprintf(`{"key":"k","spawn":{"command":[%q]}}`, bin.testbackend)))
 			if tt.auth != "" {
 				req.Header.Set("Authorization", tt.auth)

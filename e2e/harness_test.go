@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -612,4 +611,22 @@ func apiError(t *testing.T, body []byte) api.ErrorDetail {
 	return eb.Error
 }
 
-var errStop = errors.New("stop")
+// connectJSON encodes a connect request as a raw body.
+func connectJSON(t *testing.T, req api.ConnectRequest) string {
+	t.Helper()
+	b, err := json.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+// decode parses a JSON body into a T, failing the test if it cannot.
+func decode[T any](t *testing.T, body []byte) *T {
+	t.Helper()
+	v := new(T)
+	if err := json.Unmarshal(body, v); err != nil {
+		t.Fatalf("decode %T from %q: %v", v, body, err)
+	}
+	return v
+}

@@ -145,7 +145,7 @@ func TestKeys(t *testing.T) {
 			}
 			last = c.FencingToken
 			// The backend itself sees the same number.
-			if env := echo(t, c.URL, nil).Env; env["BERTH_FENCING_TOKEN"] != itoa(c.FencingToken) {
+			if env := tbEnv(t, c.URL); env["BERTH_FENCING_TOKEN"] != itoa(c.FencingToken) {
 				t.Errorf("holder %d: BERTH_FENCING_TOKEN=%q, want %d", i, env["BERTH_FENCING_TOKEN"], c.FencingToken)
 			}
 			s.terminate(t, c.BackendID, i%2 == 0)

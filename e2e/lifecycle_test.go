@@ -2,7 +2,10 @@ package e2e
 
 import (
 	"net/http"
+	"os"
+	"path/filepath"
 	"slices"
+	"strconv"
 	"testing"
 	"time"
 
@@ -28,7 +31,7 @@ func TestLifecycle(t *testing.T) {
 		sp.MaxIdleSeconds = ptr(2)
 		c := s.spawnReady(t, "idle", sp)
 		before := time.Now()
-		echo(t, c.URL, nil) // the last activity
+		echo(t, c.URL, "", nil) // the last activity
 		after := time.Now()
 		b := s.waitTerminated(t, c.BackendID, 10*time.Second)
 		if b.Reason != berth.ReasonIdle {
@@ -45,7 +48,7 @@ func TestLifecycle(t *testing.T) {
 
 	t.Run("open websocket keeps it alive", func(t *testing.T) {
 		t.Parallel()
-		sp := tb(nil)
+		sp := demo()
 		sp.MaxIdleSeconds = ptr(2)
 		c := s.spawnReady(t, "idle-ws", sp)
 		ctx := testCtx(t, 30*time.Second)
@@ -58,6 +61,7 @@ func TestLifecycle(t *testing.T) {
 		}
 		// The socket works, too.
 		wsRoundTrip(t, ctx, conn, "still here")
+		closing := time.Now()
 		conn.Close(websocket.StatusNormalClosure, "")
 		closed := time.Now()
 		b := s.waitTerminated(t, c.BackendID, 10*time.Second)
@@ -65,7 +69,7 @@ func TestLifecycle(t *testing.T) {
 			t.Fatalf("reason %q, want idle", b.Reason)
 		}
 		stop := eventAt(t, s.history(t, c.BackendID), berth.StateTerminating)
-		if early := closed.Add(2 * time.Second).Sub(stop); early > slack {
+		if early := closing.Add(2 * time.Second).Sub(stop); early > slack {
 			t.Errorf("idle stop %v before the deadline (2s after the WebSocket closed)", early)
 		}
 		if late := stop.Sub(closed.Add(2 * time.Second)); late > time.Second {
@@ -75,7 +79,7 @@ func TestLifecycle(t *testing.T) {
 
 	t.Run("lifetime", func(t *testing.T) {
 		t.Parallel()
-		sp := tb(nil)
+		sp := demo()
 		sp.LifetimeSeconds = 2
 		sp.MaxIdleSeconds = ptr(0) // never idle: only the lifetime ends it
 		c := s.spawnReady(t, "lifetime", sp)
@@ -178,8 +182,22 @@ func TestLifecycle(t *testing.T) {
 		}
 		t.Run("process group killed/"+name, func(t *testing.T) {
 			t.Parallel()
-			c := s.spawnReady(t, "group-"+name, tb(map[string]string{"TB_CHILD": "1"}))
+			// The child ignores SIGTERM and is in the backend's process
+			// group: only killing the group stops it.
+			pidfile := filepath.Join(t.TempDir(), "child.pid")
+			c := s.spawnReady(t, "group-"+name, tb(map[string]string{"TB_CHILD": "1", "TB_CHILD_PIDFILE": pidfile}))
+			raw, err := os.ReadFile(pidfile)
+			if err != nil {
+				t.Fatalf("the test backend wrote no child pid: %v", err)
+			}
+			child, err := strconv.Atoi(string(raw))
+			if err != nil || !alive(child) {
+				t.Fatalf("child pid %q: %v, alive %v", raw, err, alive(child))
+			}
 			pids := waitPIDs(t, c.BackendID, 2)
+			if !slices.Contains(pids, child) {
+				t.Fatalf("child %d not among the backend's processes %v", child, pids)
+			}
 			s.terminate(t, c.BackendID, hard)
 			s.waitTerminated(t, c.BackendID, 10*time.Second)
 			for _, pid := range pids {
@@ -211,7 +229,7 @@ func TestLifecycle(t *testing.T) {
 		{"exit 3 on its own", map[string]string{"TB_EXIT_AFTER_MS": "300", "TB_EXIT_CODE": "3"}, "", berth.ReasonCrashed, 3},
 		{"exit 0 when asked", nil, "exit?code=0", berth.ReasonExited, 0},
 		{"exit 7 when asked", nil, "exit?code=7", berth.ReasonCrashed, 7},
-		{"crash", nil, "crash", berth.ReasonCrashed, -1},
+		{"crash", nil, "crash", berth.ReasonCrashed, 2}, // a Go panic exits 2
 	}
 	for _, tt := range exits {
 		t.Run(tt.name, func(t *testing.T) {

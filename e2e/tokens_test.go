@@ -81,10 +81,10 @@ func TestTokens(t *testing.T) {
 	t.Run("user bound to token", func(t *testing.T) {
 		c1 := s.connect(t, api.ConnectRequest{Key: "tok-a", User: "alice"})
 		c2 := s.connect(t, api.ConnectRequest{Key: "tok-a", User: "bob"})
-		if u := echo(t, c1.URL, nil).header("X-Berth-User"); u != "alice" {
+		if u := echo(t, c1.URL, "", nil).Headers.Get("X-Berth-User"); u != "alice" {
 			t.Errorf("alice's token: X-Berth-User %q", u)
 		}
-		if u := echo(t, c2.URL, nil).header("X-Berth-User"); u != "bob" {
+		if u := echo(t, c2.URL, "", nil).Headers.Get("X-Berth-User"); u != "bob" {
 			t.Errorf("bob's token: X-Berth-User %q", u)
 		}
 	})

@@ -95,6 +95,7 @@ type Proxy struct {
 	log       *slog.Logger
 	transport *http.Transport
 	rp        httputil.ReverseProxy
+	buffers   bufferPool
 
 	mu       sync.Mutex
 	closed   bool
@@ -127,8 +128,8 @@ func New(cfg Config) *Proxy {
 	p.rp = httputil.ReverseProxy{
 		Rewrite:        p.rewrite,
 		Transport:      p.transport,
-		FlushInterval:  -1, // stream: server-sent events and long polls must not wait in a buffer
-		BufferPool:     bufferPool{},
+		FlushInterval:  0,
+		BufferPool:     &p.buffers,
 		ErrorHandler:   p.forwardError,
 		ModifyResponse: p.modifyResponse,
 	}
@@ -206,20 +207,23 @@ func (p *Proxy) resolve(ctx context.Context, id string) (Route, error) {
 	rctx, cancel := context.WithTimeout(ctx, p.cfg.StartTimeout)
 	route, err := p.cfg.Resolver.Resolve(rctx, id)
 	cancel()
+	he := func(status int, msg string, err error) error {
+		return &httpError{status: status, code: api.CodeUnavailable, msg: msg, err: err, backend: id}
+	}
 	switch {
 	case err == nil && route.Addr == "":
-		return Route{}, &httpError{status: http.StatusBadGateway, code: api.CodeUnavailable, msg: "backend unavailable", err: errors.New("resolver returned no address")}
+		return Route{}, he(http.StatusBadGateway, "backend unavailable", errors.New("resolver returned no address"))
 	case err == nil:
 		return route, nil
 	case errors.Is(err, ErrGone), errors.Is(err, berth.ErrNotFound):
 		// A validly signed token for a backend nobody knows: it was deleted.
-		return Route{}, &httpError{status: http.StatusGone, code: api.CodeGone, msg: "backend has terminated: connect again", err: err}
+		return Route{}, &httpError{status: http.StatusGone, code: api.CodeGone, msg: "backend has terminated: connect again", err: err, backend: id}
 	case ctx.Err() != nil:
 		return Route{}, errClientGone
-	case rctx.Err() != nil:
-		return Route{}, &httpError{status: http.StatusServiceUnavailable, code: api.CodeUnavailable, msg: "backend is still starting", err: err}
+	case errors.Is(rctx.Err(), context.DeadlineExceeded):
+		return Route{}, he(http.StatusServiceUnavailable, "backend is still starting", err)
 	}
-	return Route{}, &httpError{status: http.StatusBadGateway, code: api.CodeUnavailable, msg: "backend unavailable", err: err}
+	return Route{}, he(http.StatusBadGateway, "backend unavailable", err)
 }
 
 // splitToken splits "/<token>/<rest>" into the token and "/<rest>", in both
@@ -340,6 +344,7 @@ type httpError struct {
 	status    int
 	code, msg string
 	err       error
+	backend   string // for the log
 }
 
 func (e *httpError) Error() string {
@@ -359,15 +364,18 @@ func (p *Proxy) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if !errors.As(err, &he) {
 		he = &httpError{status: http.StatusInternalServerError, code: api.CodeInternal, msg: "internal error", err: err}
 	}
-	log := p.log.With("path", r.URL.Path)
-	if f, ok := r.Context().Value(forwardKey{}).(*forward); ok {
-		log = log.With("backend", f.route.BackendID)
-	}
 	level := slog.LevelWarn
 	if he.status < 500 {
 		level = slog.LevelDebug
 	}
-	log.Log(r.Context(), level, "proxy: "+he.msg, "status", he.status, "err", he.err)
+	// Never log the path: its first segment is a bearer token.
+	attrs := []any{"status", he.status, "err", he.err}
+	if f, ok := r.Context().Value(forwardKey{}).(*forward); ok {
+		attrs = append(attrs, "backend", f.route.BackendID)
+	} else if he.backend != "" {
+		attrs = append(attrs, "backend", he.backend)
+	}
+	p.log.Log(r.Context(), level, "proxy: "+he.msg, attrs...)
 
 	h := w.Header()
 	h.Set("Content-Type", "application/json")

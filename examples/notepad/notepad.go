@@ -45,9 +45,11 @@ const (
 	// maxText bounds the document, so one tab cannot make every other
 	// tab download megabytes on each keystroke.
 	maxText = 1 << 20
-	// stopTimeout bounds the graceful part of shutdown (closing
-	// connections, then saving), inside Berth's default grace period.
-	stopTimeout = 8 * time.Second
+	// Shutdown gives open tabs closeTimeout to finish the close handshake,
+	// then Save saveTimeout: together well inside Berth's default 10s grace
+	// period, after which the process is killed and the save lost.
+	closeTimeout = 3 * time.Second
+	saveTimeout  = 5 * time.Second
 	writeTimeout = 10 * time.Second
 )
 
@@ -85,13 +87,50 @@ type server struct {
 	log *slog.Logger
 	id  identity
 	doc doc
-	// stopping is closed when shutdown begins: WebSocket handlers, which
-	// http.Server.Shutdown neither waits for nor closes, say goodbye.
+
+	// WebSocket handlers outlive http.Server.Shutdown, which neither
+	// waits for nor closes hijacked connections, so the server tracks them:
+	// stopping is closed to ask them to say goodbye, and sockets counts
+	// them so shutdown can wait. mu orders every Add before the Wait.
+	mu       sync.Mutex
+	stopped  bool
 	stopping chan struct{}
-	// sockets counts running WebSocket handlers so shutdown can wait for
-	// them. Each Add happens before the handler's request is hijacked,
-	// hence before http.Server.Shutdown returns and Wait starts.
-	sockets sync.WaitGroup
+	sockets  sync.WaitGroup
+	// connCtx is what socket I/O runs under; kill cancels it to drop the
+	// connections that did not close in time.
+	connCtx context.Context
+	kill    context.CancelFunc
+}
+
+func newServer(log *slog.Logger, id identity) *server {
+	s := &server{log: log, id: id, stopping: make(chan struct{})}
+	s.connCtx, s.kill = context.WithCancel(context.Background())
+	s.doc.editors = make(map[*editor]struct{})
+	return s
+}
+
+// track registers a WebSocket handler, or reports false once stopping.
+func (s *server) track() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return false
+	}
+	s.sockets.Add(1)
+	return true
+}
+
+// stop asks every WebSocket handler to close its connection, waits up to
+// closeTimeout for them, then drops those left.
+func (s *server) stop() {
+	s.mu.Lock()
+	s.stopped = true
+	close(s.stopping)
+	s.mu.Unlock()
+	t := time.AfterFunc(closeTimeout, s.kill)
+	s.sockets.Wait()
+	t.Stop()
+	s.kill()
 }
 
 // serve is Run on a given listener, which it closes.
@@ -100,8 +139,7 @@ func serve(ctx context.Context, ln net.Listener, cfg Config, id identity) error 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &server{log: log, id: id, stopping: make(chan struct{})}
-	s.doc.editors = make(map[*editor]struct{})
+	s := newServer(log, id)
 	if cfg.Load != nil {
 		text, err := cfg.Load(ctx)
 		if err != nil {
@@ -129,20 +167,23 @@ func serve(ctx context.Context, ln net.Listener, cfg Config, id identity) error 
 	}
 
 	log.Info("notepad shutting down")
-	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
+	stopCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), closeTimeout)
 	defer cancel()
-	close(s.stopping)
 	if serr := hs.Shutdown(stopCtx); serr != nil {
 		hs.Close() // out of time: drop what is left of plain requests
 	}
-	s.sockets.Wait()
+	s.stop()
 	if err == nil {
 		<-served // http.ErrServerClosed, now that Shutdown has returned
 	}
 
+	// Every reader has ended, so the text saved includes every edit a tab
+	// was told was applied.
 	if cfg.Save != nil {
-		text, _, _ := s.doc.state(nil)
-		if serr := cfg.Save(stopCtx, []byte(text)); serr != nil {
+		saveCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), saveTimeout)
+		defer cancel()
+		text := s.doc.snapshot(nil).Text
+		if serr := cfg.Save(saveCtx, []byte(text)); serr != nil {
 			return errors.Join(err, fmt.Errorf("notepad: save: %w", serr))
 		}
 		log.Info("notepad saved", "bytes", len(text))
@@ -182,8 +223,8 @@ type docJSON struct {
 }
 
 func (s *server) apiDoc(w http.ResponseWriter, r *http.Request) {
-	var d docJSON
-	d.Text, d.Version, d.Editors = s.doc.state(nil)
+	m := s.doc.snapshot(nil)
+	d := docJSON{Text: m.Text, Version: m.Version, Editors: m.Editors}
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(d)
 }
@@ -210,14 +251,11 @@ type (
 )
 
 func (s *server) socket(w http.ResponseWriter, r *http.Request) {
-	s.sockets.Add(1)
-	defer s.sockets.Done()
-	select {
-	case <-s.stopping:
+	if !s.track() {
 		http.Error(w, "shutting down", http.StatusServiceUnavailable)
 		return
-	default:
 	}
+	defer s.sockets.Done()
 
 	// Through Berth's proxy the page's origin is Berth's public URL, which
 	// this backend cannot know; the proxy has already checked the token and
@@ -238,27 +276,24 @@ func (s *server) socket(w http.ResponseWriter, r *http.Request) {
 	s.log.Debug("editor joined", "remote", r.RemoteAddr)
 
 	// The reader is the only other goroutine; this handler owns it and
-	// returns only after it has ended. It reads with a context that
-	// shutdown does not cancel, because a cancelled read drops the
-	// connection without the close handshake we want to send.
+	// returns only after it has ended. Reads and writes run under connCtx,
+	// not the stopping signal: a cancelled read drops the connection
+	// without the close handshake that tells the tab to reconnect.
 	readErr := make(chan error, 1)
-	go func() { readErr <- s.readEdits(r.Context(), c, e) }()
+	go func() { readErr <- s.readEdits(s.connCtx, c, e) }()
 
 	for {
 		select {
 		case <-e.notify:
-			if err := s.send(r.Context(), c, e); err != nil {
+			if err := s.send(s.connCtx, c, e); err != nil {
 				c.CloseNow()
 				<-readErr
 				return
 			}
 		case err := <-readErr:
-			var ce websocket.CloseError
-			if errors.As(err, &ce) || errors.Is(err, context.Canceled) {
-				c.Close(websocket.StatusNormalClosure, "")
-			} else {
-				s.log.Debug("editor dropped", "remote", r.RemoteAddr, "err", err)
-			}
+			// The tab left, or the reader already closed the
+			// connection over a bad message.
+			s.log.Debug("editor left", "remote", r.RemoteAddr, "err", err)
 			return
 		case <-s.stopping:
 			c.Close(websocket.StatusGoingAway, "server shutting down")
@@ -271,12 +306,9 @@ func (s *server) socket(w http.ResponseWriter, r *http.Request) {
 func (s *server) readEdits(ctx context.Context, c *websocket.Conn, e *editor) error {
 	for {
 		var m editMsg
+		// On a message that is not JSON, wsjson closes the connection
+		// itself (StatusInvalidFramePayloadData).
 		if err := wsjson.Read(ctx, c, &m); err != nil {
-			var syn *json.SyntaxError
-			var typ *json.UnmarshalTypeError
-			if errors.As(err, &syn) || errors.As(err, &typ) {
-				c.Close(websocket.StatusUnsupportedData, "expected {\"seq\": n, \"text\": \"…\"}")
-			}
 			return err
 		}
 		if len(m.Text) > maxText {
@@ -288,9 +320,7 @@ func (s *server) readEdits(ctx context.Context, c *websocket.Conn, e *editor) er
 }
 
 func (s *server) send(ctx context.Context, c *websocket.Conn, e *editor) error {
-	var m stateMsg
-	m.Text, m.Version, m.Editors = s.doc.state(e)
-	m.Ack = s.doc.ack(e)
+	m := s.doc.snapshot(e)
 	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
 	defer cancel()
 	return wsjson.Write(ctx, c, m)
@@ -357,15 +387,15 @@ func (d *doc) pokeAll() {
 	}
 }
 
-// state returns the document and how many editors have it open.
-func (d *doc) state(*editor) (text string, version int64, editors int) {
+// snapshot returns the state as editor e (or nil: nobody) should see it.
+// The ack is read with the text, under one lock: an ack newer than the text
+// would make the tab apply a text older than its own last edit.
+func (d *doc) snapshot(e *editor) stateMsg {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.text, d.version, len(d.editors)
-}
-
-func (d *doc) ack(e *editor) int64 {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return e.ack
+	m := stateMsg{Text: d.text, Version: d.version, Editors: len(d.editors)}
+	if e != nil {
+		m.Ack = e.ack
+	}
+	return m
 }

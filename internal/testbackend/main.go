@@ -1,0 +1,182 @@
+// Command testbackend is the backend the runtime tests run: a tiny static
+// HTTP server whose behaviour is steered by TB_* environment variables. It
+// must stay pure Go with no dependencies outside the standard library, since
+// it also runs in a FROM scratch image (no shell, no libc).
+//
+// Endpoints (on $PORT, all interfaces):
+//
+//	GET /             200, JSON object of the whole environment
+//	/echo             JSON of the request: method, url, headers, body
+//	/log?line=X       prints X to stdout
+//	/exit?code=N      replies, then exits with code N
+//	/crash            replies, then panics (exit status 2)
+//	/sleep?ms=N       replies after N milliseconds
+//
+// Knobs: TB_READY_DELAY_MS (wait before listening), TB_LOG_LINES (print N
+// numbered lines to stdout and to stderr at start), TB_EXIT_AFTER_MS and
+// TB_EXIT_CODE (exit on a timer), TB_IGNORE_SIGTERM=1 (ignore SIGTERM),
+// TB_TERM_DELAY_MS (on SIGTERM or SIGINT, wait then exit 0), TB_CHILD=1 (start
+// a copy of itself in the same process group that ignores SIGTERM and sleeps;
+// its pid is written to $TB_CHILD_PIDFILE before the server listens),
+// TB_ALLOC_MB (allocate and touch N MiB before listening).
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// ballast keeps TB_ALLOC_MB alive.
+var ballast []byte
+
+func main() {
+	if os.Getenv("TB_ROLE") == "child" {
+		signal.Ignore(syscall.SIGTERM, syscall.SIGINT)
+		select {}
+	}
+	for i := 1; i <= envInt("TB_LOG_LINES"); i++ {
+		fmt.Fprintf(os.Stdout, "tb stdout %d\n", i)
+		fmt.Fprintf(os.Stderr, "tb stderr %d\n", i)
+	}
+	if os.Getenv("TB_CHILD") == "1" {
+		if err := startChild(); err != nil {
+			fatal("start child: %v", err)
+		}
+	}
+	if mb := envInt("TB_ALLOC_MB"); mb > 0 {
+		ballast = make([]byte, mb<<20)
+		for i := 0; i < len(ballast); i += 4096 {
+			ballast[i] = 1
+		}
+		fmt.Printf("allocated %d MiB\n", mb)
+	}
+	handleSignals()
+	if ms := envInt("TB_EXIT_AFTER_MS"); ms > 0 {
+		time.AfterFunc(time.Duration(ms)*time.Millisecond, func() { os.Exit(envInt("TB_EXIT_CODE")) })
+	}
+	time.Sleep(time.Duration(envInt("TB_READY_DELAY_MS")) * time.Millisecond)
+
+	ln, err := net.Listen("tcp", ":"+os.Getenv("PORT"))
+	if err != nil {
+		fatal("listen: %v", err)
+	}
+	fmt.Fprintf(os.Stderr, "listening on %s\n", ln.Addr())
+	fatal("serve: %v", http.Serve(ln, mux()))
+}
+
+func mux() *http.ServeMux {
+	m := http.NewServeMux()
+	m.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		env := make(map[string]string)
+		for _, kv := range os.Environ() {
+			k, v, _ := strings.Cut(kv, "=")
+			env[k] = v
+		}
+		writeJSON(w, env)
+	})
+	m.HandleFunc("/echo", func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		writeJSON(w, map[string]any{
+			"method": r.Method, "url": r.URL.String(), "headers": r.Header, "body": string(body),
+		})
+	})
+	m.HandleFunc("/log", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Println(r.URL.Query().Get("line"))
+	})
+	m.HandleFunc("/exit", func(w http.ResponseWriter, r *http.Request) {
+		code, _ := strconv.Atoi(r.URL.Query().Get("code"))
+		reply(w, "exiting")
+		os.Exit(code)
+	})
+	m.HandleFunc("/crash", func(w http.ResponseWriter, r *http.Request) {
+		reply(w, "crashing")
+		// Outside the handler's goroutine, where net/http would recover it.
+		go func() { panic("testbackend: crash requested") }()
+		select {}
+	})
+	m.HandleFunc("/sleep", func(w http.ResponseWriter, r *http.Request) {
+		ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
+		time.Sleep(time.Duration(ms) * time.Millisecond)
+		reply(w, "slept")
+	})
+	return m
+}
+
+// handleSignals implements the SIGTERM knobs; SIGINT is treated alike so
+// tests can check that a named stop signal is delivered.
+func handleSignals() {
+	if os.Getenv("TB_IGNORE_SIGTERM") == "1" {
+		signal.Ignore(syscall.SIGTERM)
+	}
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, syscall.SIGTERM, syscall.SIGINT)
+	go func() {
+		sig := <-c
+		fmt.Fprintf(os.Stderr, "got %s\n", name(sig))
+		time.Sleep(time.Duration(envInt("TB_TERM_DELAY_MS")) * time.Millisecond)
+		os.Exit(0)
+	}()
+}
+
+// startChild starts a copy of this program in the same process group, so
+// tests can check that stopping a backend stops everything it started.
+func startChild() error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(self)
+	cmd.Env = append(os.Environ(), "TB_ROLE=child")
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	if f := os.Getenv("TB_CHILD_PIDFILE"); f != "" {
+		tmp := f + ".tmp"
+		if err := os.WriteFile(tmp, []byte(strconv.Itoa(cmd.Process.Pid)), 0o644); err != nil {
+			return err
+		}
+		return os.Rename(tmp, f)
+	}
+	return nil
+}
+
+func name(s os.Signal) string {
+	switch s {
+	case syscall.SIGTERM:
+		return "SIGTERM"
+	case syscall.SIGINT:
+		return "SIGINT"
+	}
+	return s.String()
+}
+
+func reply(w http.ResponseWriter, msg string) {
+	w.Header().Set("Connection", "close")
+	fmt.Fprintln(w, msg)
+	w.(http.Flusher).Flush()
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+func envInt(k string) int {
+	n, _ := strconv.Atoi(os.Getenv(k))
+	return n
+}
+
+func fatal(format string, args ...any) {
+	fmt.Fprintf(os.Stderr, "testbackend: "+format+"\n", args...)
+	os.Exit(1)
+}

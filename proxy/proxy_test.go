@@ -1,0 +1,452 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/berthhq/berth"
+	"github.com/berthhq/berth/api"
+	"github.com/berthhq/berth/token"
+)
+
+var (
+	testKey = bytes.Repeat([]byte("k"), token.MinKeyLen)
+	now     = time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+)
+
+// resolver answers from a map, and makes a backend wait on starting[id]
+// (when present) as if it were starting.
+type resolver struct {
+	mu       sync.Mutex
+	routes   map[string]Route
+	errs     map[string]error
+	starting map[string]chan struct{}
+	calls    atomic.Int64
+}
+
+func (r *resolver) Resolve(ctx context.Context, id string) (Route, error) {
+	r.calls.Add(1)
+	r.mu.Lock()
+	ready := r.starting[id]
+	r.mu.Unlock()
+	if ready != nil {
+		select {
+		case <-ready:
+		case <-ctx.Done():
+			return Route{}, fmt.Errorf("backend %s is starting: %w", id, ctx.Err())
+		}
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.errs[id]; err != nil {
+		return Route{}, err
+	}
+	route, ok := r.routes[id]
+	if !ok {
+		return Route{}, berth.ErrNotFound
+	}
+	return route, nil
+}
+
+// activity counts Begin and End calls.
+type activity struct{ begins, ends atomic.Int64 }
+
+func (a *activity) Begin() { a.begins.Add(1) }
+func (a *activity) End()   { a.ends.Add(1) }
+
+// waitFor polls cond, because the proxy calls End after the client has its
+// response.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+type fixture struct {
+	proxy    *Proxy
+	server   *httptest.Server // serves proxy
+	signer   *token.Signer
+	resolver *resolver
+	activity *activity
+}
+
+// newFixture proxies backend "bk_1" (for user alice) to backend.
+func newFixture(t testing.TB, backend http.Handler) *fixture {
+	t.Helper()
+	be := httptest.NewServer(backend)
+	t.Cleanup(be.Close)
+	signer, err := token.NewSigner(testKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{signer: signer, activity: &activity{}}
+	f.resolver = &resolver{
+		routes: map[string]Route{"bk_1": {
+			BackendID: "bk_1", Addr: be.Listener.Addr().String(), Secret: "s3cret", Activity: f.activity,
+		}},
+		errs:     map[string]error{},
+		starting: map[string]chan struct{}{},
+	}
+	f.proxy = New(Config{
+		Resolver:     f.resolver,
+		Signer:       signer,
+		StartTimeout: 5 * time.Second,
+		Now:          func() time.Time { return now },
+	})
+	f.server = httptest.NewServer(f.proxy)
+	t.Cleanup(func() {
+		f.proxy.Close()
+		f.server.Close()
+	})
+	return f
+}
+
+func (f *fixture) token(backendID string) string {
+	return f.signer.Issue(backendID, "alice", now.Add(time.Hour))
+}
+
+// get fetches path from the proxy without following redirects.
+func (f *fixture) get(t *testing.T, path string, header http.Header) (*http.Response, string) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, f.server.URL+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	c := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	res, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res, string(body)
+}
+
+func echoURI(w http.ResponseWriter, r *http.Request) { io.WriteString(w, r.RequestURI) }
+
+func TestProxy_Path(t *testing.T) {
+	f := newFixture(t, http.HandlerFunc(echoURI))
+	tok := f.token("bk_1")
+	tests := []struct{ path, want string }{
+		{"/", "/"},
+		{"/a/b", "/a/b"},
+		{"/a/b/?x=1&y=%20z", "/a/b/?x=1&y=%20z"},
+		{"/a%2Fb/c", "/a%2Fb/c"},
+		{"/caf%C3%A9", "/caf%C3%A9"},
+		{"/?", "/?"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.path, func(t *testing.T) {
+			res, body := f.get(t, "/"+tok+tt.path, nil)
+			if res.StatusCode != http.StatusOK || body != tt.want {
+				t.Errorf("GET /<token>%s = %d %q, want 200 %q", tt.path, res.StatusCode, body, tt.want)
+			}
+		})
+	}
+}
+
+func TestProxy_Redirect(t *testing.T) {
+	f := newFixture(t, http.HandlerFunc(echoURI))
+	tok := f.token("bk_1")
+	for path, want := range map[string]string{
+		"/" + tok:           "/" + tok + "/",
+		"/" + tok + "?a=1":  "/" + tok + "/?a=1",
+		"/" + tok + "?a=%2": "/" + tok + "/?a=%2",
+	} {
+		res, _ := f.get(t, path, nil)
+		if res.StatusCode != http.StatusPermanentRedirect || res.Header.Get("Location") != want {
+			t.Errorf("GET %s = %d Location %q, want 308 %q", path, res.StatusCode, res.Header.Get("Location"), want)
+		}
+	}
+}
+
+func TestProxy_Unauthorized(t *testing.T) {
+	f := newFixture(t, http.HandlerFunc(echoURI))
+	other, err := token.NewSigner(bytes.Repeat([]byte("o"), token.MinKeyLen))
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := f.token("bk_1")
+	tampered := []byte(good)
+	tampered[len(tampered)/2] ^= 'A' ^ 'B'
+	tests := map[string]string{
+		"missing":   "/",
+		"no path":   "",
+		"garbage":   "/hello/world",
+		"tampered":  "/" + string(tampered) + "/",
+		"expired":   "/" + f.signer.Issue("bk_1", "alice", now) + "/",
+		"other key": "/" + other.Issue("bk_1", "alice", now.Add(time.Hour)) + "/",
+		"redirect":  "/" + f.signer.Issue("bk_1", "alice", now.Add(-time.Hour)),
+	}
+	for name, path := range tests {
+		t.Run(name, func(t *testing.T) {
+			res, body := f.get(t, path, nil)
+			if res.StatusCode != http.StatusUnauthorized {
+				t.Fatalf("status = %d, want 401; body %s", res.StatusCode, body)
+			}
+			var eb api.ErrorBody
+			if err := json.Unmarshal([]byte(body), &eb); err != nil || eb.Error.Code != api.CodeUnauthorized || eb.Error.Message == "" {
+				t.Errorf("body = %s (%v), want an unauthorized error body", body, err)
+			}
+		})
+	}
+	if n := f.resolver.calls.Load(); n != 0 {
+		t.Errorf("resolver called %d times for unauthorized requests", n)
+	}
+}
+
+func TestProxy_ResolveErrors(t *testing.T) {
+	f := newFixture(t, http.HandlerFunc(echoURI))
+	f.proxy.cfg.StartTimeout = 50 * time.Millisecond
+	f.resolver.errs["bk_gone"] = fmt.Errorf("lookup: %w", ErrGone)
+	f.resolver.errs["bk_broken"] = errors.New("store is down")
+	f.resolver.routes["bk_dead"] = Route{BackendID: "bk_dead", Addr: "127.0.0.1:1"}
+	f.resolver.starting["bk_slow"] = make(chan struct{})
+
+	tests := []struct {
+		id     string
+		status int
+		code   string
+	}{
+		{"bk_gone", http.StatusGone, api.CodeGone},
+		{"bk_unknown", http.StatusGone, api.CodeGone},
+		{"bk_slow", http.StatusServiceUnavailable, api.CodeUnavailable},
+		{"bk_broken", http.StatusBadGateway, api.CodeUnavailable},
+		{"bk_dead", http.StatusBadGateway, api.CodeUnavailable},
+	}
+	for _, tt := range tests {
+		t.Run(tt.id, func(t *testing.T) {
+			res, body := f.get(t, "/"+f.token(tt.id)+"/", nil)
+			var eb api.ErrorBody
+			json.Unmarshal([]byte(body), &eb)
+			if res.StatusCode != tt.status || eb.Error.Code != tt.code {
+				t.Errorf("got %d %s, want %d %s", res.StatusCode, body, tt.status, tt.code)
+			}
+			if strings.Contains(body, "store is down") {
+				t.Errorf("body %s leaks an internal error", body)
+			}
+		})
+	}
+}
+
+func TestProxy_WaitsForStart(t *testing.T) {
+	f := newFixture(t, http.HandlerFunc(echoURI))
+	ready := make(chan struct{})
+	f.resolver.starting["bk_1"] = ready
+	time.AfterFunc(100*time.Millisecond, func() { close(ready) })
+
+	res, body := f.get(t, "/"+f.token("bk_1")+"/x", nil)
+	if res.StatusCode != http.StatusOK || body != "/x" {
+		t.Errorf("got %d %q, want 200 /x", res.StatusCode, body)
+	}
+}
+
+func TestProxy_Headers(t *testing.T) {
+	var got http.Header
+	var host string
+	f := newFixture(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, host = r.Header.Clone(), r.Host
+	}))
+	res, _ := f.get(t, "/"+f.token("bk_1")+"/", http.Header{
+		"X-Berth-Secret":    {"forged"},
+		"X-Berth-User":      {"mallory"},
+		"x-berth-backend":   {"bk_other"},
+		"X-Berth-Anything":  {"x"},
+		"X-Berth_secret":    {"forged"},
+		"X-Forwarded-For":   {"6.6.6.6"},
+		"X-Forwarded-Host":  {"evil.example"},
+		"X-Forwarded-Proto": {"https"},
+		"Forwarded":         {"for=6.6.6.6"},
+		"X-Other":           {"kept"},
+	})
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("status = %d", res.StatusCode)
+	}
+	proxyHost := strings.TrimPrefix(f.server.URL, "http://")
+	want := map[string][]string{
+		"X-Berth-Backend":   {"bk_1"},
+		"X-Berth-User":      {"alice"},
+		"X-Berth-Secret":    {"s3cret"},
+		"X-Berth-Anything":  nil,
+		"X-Berth_secret":    nil,
+		"X-Forwarded-For":   {"127.0.0.1"},
+		"X-Forwarded-Host":  {proxyHost},
+		"X-Forwarded-Proto": {"http"},
+		"Forwarded":         nil,
+		"X-Other":           {"kept"},
+	}
+	for k, v := range want {
+		if !equal(got[k], v) {
+			t.Errorf("%s = %q, want %q", k, got[k], v)
+		}
+	}
+	if host != proxyHost {
+		t.Errorf("Host = %q, want the client's %q", host, proxyHost)
+	}
+}
+
+func equal(a, b []string) bool { return strings.Join(a, "\n") == strings.Join(b, "\n") && len(a) == len(b) }
+
+func TestIsBerthHeader(t *testing.T) {
+	tests := map[string]bool{
+		"X-Berth-Secret": true, "x-berth-user": true, "X-BERTH-": true, "X_Berth_Secret": true,
+		"X-Berth": false, "X-Berthe-Secret": false, "X-Forwarded-For": false, "": false,
+	}
+	for k, want := range tests {
+		if got := isBerthHeader(k); got != want {
+			t.Errorf("isBerthHeader(%q) = %v, want %v", k, got, want)
+		}
+	}
+}
+
+func TestProxy_Streaming(t *testing.T) {
+	release := make(chan struct{})
+	f := newFixture(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		io.WriteString(w, "data: one\n\n")
+		w.(http.Flusher).Flush()
+		<-release
+		io.WriteString(w, "data: two\n\n")
+	}))
+	defer close(release)
+
+	res, err := http.Get(f.server.URL + "/" + f.token("bk_1") + "/events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	// The first event arrives while the backend is still blocked.
+	line, err := bufio.NewReader(res.Body).ReadString('\n')
+	if err != nil || line != "data: one\n" {
+		t.Errorf("first line = %q, %v", line, err)
+	}
+}
+
+// wsEcho accepts a WebSocket and echoes messages until it closes.
+func wsEcho(w http.ResponseWriter, r *http.Request) {
+	c, err := websocket.Accept(w, r, nil)
+	if err != nil {
+		return
+	}
+	defer c.CloseNow()
+	for {
+		typ, msg, err := c.Read(r.Context())
+		if err != nil {
+			return
+		}
+		if err := c.Write(r.Context(), typ, msg); err != nil {
+			return
+		}
+	}
+}
+
+func (f *fixture) dialWS(t *testing.T) *websocket.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(f.server.URL, "http")+"/"+f.token("bk_1")+"/ws", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.CloseNow() })
+	return c
+}
+
+func TestProxy_WebSocket(t *testing.T) {
+	f := newFixture(t, http.HandlerFunc(wsEcho))
+	c := f.dialWS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for _, msg := range []string{"hello", "world"} {
+		if err := c.Write(ctx, websocket.MessageText, []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		_, got, err := c.Read(ctx)
+		if err != nil || string(got) != msg {
+			t.Fatalf("echo = %q, %v; want %q", got, err, msg)
+		}
+	}
+	if b, e := f.activity.begins.Load(), f.activity.ends.Load(); b != 1 || e != 0 {
+		t.Errorf("open WebSocket: begins=%d ends=%d, want 1 0", b, e)
+	}
+	c.Close(websocket.StatusNormalClosure, "")
+	waitFor(t, "End after the WebSocket closed", func() bool { return f.activity.ends.Load() == 1 })
+}
+
+func TestProxy_Activity(t *testing.T) {
+	f := newFixture(t, http.HandlerFunc(echoURI))
+	tok := f.token("bk_1")
+	for range 5 {
+		f.get(t, "/"+tok+"/", nil)
+	}
+	waitFor(t, "5 balanced Begin/End", func() bool {
+		return f.activity.begins.Load() == 5 && f.activity.ends.Load() == 5
+	})
+}
+
+func TestProxy_Close(t *testing.T) {
+	f := newFixture(t, http.HandlerFunc(wsEcho))
+	c := f.dialWS(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := c.Write(ctx, websocket.MessageText, []byte("hi")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.Read(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	f.proxy.Close()
+	if _, _, err := c.Read(ctx); err == nil || ctx.Err() != nil {
+		t.Errorf("Read after Close = %v (ctx %v), want the connection closed promptly", err, ctx.Err())
+	}
+	waitFor(t, "End after Close", func() bool { return f.activity.ends.Load() == 1 })
+
+	// New upgrades are refused.
+	_, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(f.server.URL, "http")+"/"+f.token("bk_1")+"/ws", nil)
+	if err == nil {
+		t.Error("WebSocket dial after Close succeeded")
+	}
+}
+
+func TestConfig_Validate(t *testing.T) {
+	signer, _ := token.NewSigner(testKey)
+	tests := map[string]Config{
+		"no resolver":      {Signer: signer},
+		"no signer":        {Resolver: &resolver{}},
+		"negative timeout": {Resolver: &resolver{}, Signer: signer, StartTimeout: -1},
+	}
+	for name, cfg := range tests {
+		if err := cfg.Validate(); err == nil {
+			t.Errorf("%s: Validate = nil", name)
+		}
+	}
+	if err := (Config{Resolver: &resolver{}, Signer: signer}).Validate(); err != nil {
+		t.Errorf("Validate = %v", err)
+	}
+}

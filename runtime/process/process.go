@@ -1,0 +1,521 @@
+// Package process is the runtime that runs each backend as a local process
+// group: it works on any Linux host and is what `berth dev` uses when no
+// Docker engine answers.
+//
+// Every backend gets a directory Dir/<backend id> holding its working
+// directory (work/, also $HOME), its $TMPDIR (tmp/), its output log
+// (output.log) and its handle (handle.json, which List reads). The backend
+// writes stdout and stderr straight to output.log, so it survives Berth
+// being killed (no pipe to break), and the runtime tails that file into
+// Spec.Logs. A restarted Berth re-attaches through Recover, checking the pid
+// together with the process start time, so a reused pid is never mistaken
+// for the backend.
+//
+// Stop signals the whole process group, waits up to the grace period for the
+// leader, then SIGKILLs the group, and keeps killing until no process of the
+// group is left. The runtime never signals a group it cannot prove is its
+// own: when the leader's pid now belongs to a process with another start
+// time, the group is gone and nothing is sent.
+//
+// Limits enforced, and nothing else:
+//   - RLIMIT_NOFILE: soft and hard limit min(Berth's hard limit, 65536), set
+//     right after start.
+//   - Only when Config.CgroupDir names a delegated cgroup v2 directory: each
+//     backend runs in its own cgroup CgroupDir/<id>, entered atomically at
+//     clone (CLONE_INTO_CGROUP), with memory.max from resources.memory_mb
+//     (swap is not limited), cpu.max from resources.cpu_millis and pids.max
+//     from resources.pids, for each controller enabled in CgroupDir's
+//     cgroup.subtree_control (a limit whose controller is missing is logged
+//     and skipped). Stop then also kills through cgroup.kill, which reaches
+//     processes that left the process group, and Wait reports OOMKilled from
+//     memory.events.
+//
+// Without CgroupDir, memory, CPU and pid limits are not enforced. RLIMIT_AS
+// is deliberately not used: Go, JVM and V8 programs reserve far more address
+// space than they use and fail under it. RLIMIT_NPROC counts every process
+// of the user, not of one backend, so it cannot bound a backend either.
+package process
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"maps"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/berthhq/berth"
+	"github.com/berthhq/berth/runtime"
+	"golang.org/x/sys/unix"
+)
+
+// Name is the runtime's name in records.
+const Name = "process"
+
+const (
+	handleFile         = "handle.json"
+	logFile            = "output.log"
+	defaultMaxLogBytes = 8 << 20
+	maxOpenFiles       = 65536
+	// killTimeout bounds how long Stop waits for a SIGKILLed group to empty.
+	killTimeout = 10 * time.Second
+	defaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+)
+
+// errUnknownExit is the Exit.Err of a recovered backend: only a process's
+// parent learns its exit status, and after a restart Berth is not the parent.
+var errUnknownExit = errors.New("process: exit status unknown: the backend was recovered after a restart of Berth, which is therefore not its parent")
+
+var (
+	_ runtime.Runtime = (*Runtime)(nil)
+	_ runtime.Lister  = (*Runtime)(nil)
+)
+
+// Config configures the process runtime.
+type Config struct {
+	// Dir holds one directory per backend. Required; created if missing.
+	Dir    string
+	Logger *slog.Logger
+	// MaxLogBytes bounds the disk a backend's output log takes while the
+	// runtime tails it. Default 8 MiB.
+	MaxLogBytes int64
+	// CgroupDir, when set, is a cgroup v2 directory delegated to Berth: it
+	// must be writable, hold no processes itself, and have the controllers to
+	// enforce (memory, cpu, pids) in its cgroup.subtree_control. Empty means
+	// no cgroups, and no memory, CPU or pid limits.
+	CgroupDir string
+}
+
+// Validate checks the config.
+func (c *Config) Validate() error {
+	if c.Dir == "" {
+		return errors.New("process: Dir is required")
+	}
+	if c.MaxLogBytes < 0 {
+		return errors.New("process: MaxLogBytes must not be negative")
+	}
+	if c.CgroupDir != "" {
+		if err := checkCgroupDir(c.CgroupDir); err != nil {
+			return fmt.Errorf("process: CgroupDir: %w", err)
+		}
+	}
+	return nil
+}
+
+// Runtime runs backends as local process groups.
+type Runtime struct {
+	dir       string
+	cgroupDir string
+	maxLog    int64
+	log       *slog.Logger
+
+	mu    sync.Mutex
+	insts map[string]*instance // by backend id, until Cleanup
+}
+
+// New returns a process runtime keeping its files under cfg.Dir.
+func New(cfg Config) (*Runtime, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	dir, err := filepath.Abs(cfg.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("process: %w", err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("process: %w", err)
+	}
+	r := &Runtime{dir: dir, cgroupDir: cfg.CgroupDir, maxLog: cfg.MaxLogBytes, log: cfg.Logger, insts: make(map[string]*instance)}
+	if r.maxLog == 0 {
+		r.maxLog = defaultMaxLogBytes
+	}
+	if r.log == nil {
+		r.log = slog.New(slog.DiscardHandler)
+	}
+	if r.cgroupDir == "" {
+		r.log.Info("memory, CPU and pid limits are not enforced for process backends; set a delegated cgroup v2 directory to enforce them")
+	}
+	return r, nil
+}
+
+// Name returns "process".
+func (r *Runtime) Name() string { return Name }
+
+// FreePort returns a TCP port on 127.0.0.1 that is free right now, for a
+// process backend to listen on.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, fmt.Errorf("process: find a free port: %w", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// state is what Handle.State holds.
+type state struct {
+	PID  int `json:"pid"`
+	PGID int `json:"pgid"`
+	// Start is field 22 of /proc/<pid>/stat, so a reused pid is told apart.
+	Start  uint64 `json:"start_time"`
+	Log    string `json:"log"`
+	Cgroup string `json:"cgroup,omitempty"`
+}
+
+// Start runs spec's command in a new process group.
+func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (*runtime.Handle, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	id := spec.BackendID
+	if err := checkID(id); err != nil {
+		return nil, err
+	}
+	if len(spec.Spawn.Command) == 0 {
+		return nil, fmt.Errorf("process: start %s: the spawn has no command", id)
+	}
+	if spec.Port <= 0 {
+		return nil, fmt.Errorf("process: start %s: no port", id)
+	}
+	log := r.log.With("backend", id)
+	base := filepath.Join(r.dir, id)
+	work, tmp := filepath.Join(base, "work"), filepath.Join(base, "tmp")
+	for _, d := range []string{work, tmp} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("process: start %s: %w", id, err)
+		}
+	}
+	h, err := r.start(spec, base, work, tmp, log)
+	if err != nil {
+		os.RemoveAll(base)
+		return nil, fmt.Errorf("process: start %s: %w", id, err)
+	}
+	return h, nil
+}
+
+func (r *Runtime) start(spec runtime.Spec, base, work, tmp string, log *slog.Logger) (*runtime.Handle, error) {
+	args := berth.ExpandArgs(spec.Spawn.Command, spec.Env)
+	path, err := program(args[0])
+	if err != nil {
+		return nil, err
+	}
+	logPath := filepath.Join(base, logFile)
+	out, err := os.OpenFile(logPath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	defer out.Close() // the child has its own copy
+	cmd := &exec.Cmd{
+		Path:        path,
+		Args:        args,
+		Dir:         work,
+		Env:         environ(spec, work, tmp),
+		Stdout:      out,
+		Stderr:      out,
+		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
+	}
+	var cg string
+	if r.cgroupDir != "" {
+		var fd int
+		cg, fd, err = makeCgroup(r.cgroupDir, spec.BackendID, spec.Spawn.Resources, log)
+		if err != nil {
+			return nil, fmt.Errorf("create cgroup: %w", err)
+		}
+		defer unix.Close(fd)
+		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, fd
+	}
+	if err := cmd.Start(); err != nil {
+		if cg != "" {
+			removeCgroup(cg, spec.BackendID)
+		}
+		return nil, err
+	}
+	pid := cmd.Process.Pid
+	h := &runtime.Handle{BackendID: spec.BackendID, Runtime: Name, Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(spec.Port))}
+	st := state{PID: pid, PGID: pid, Log: logPath, Cgroup: cg}
+	// Until cmd.Wait reaps it, pid (and so the group) cannot name another
+	// process, so a failure here can kill the group outright.
+	if err := r.record(h, &st, base); err != nil {
+		unix.Kill(-pid, unix.SIGKILL)
+		cmd.Wait()
+		if cg != "" {
+			removeCgroup(cg, spec.BackendID)
+		}
+		return nil, err
+	}
+	inst := newInstance(st)
+	inst.follow(spec.Logs, r.maxLog, log) // before it can end, so no output is missed
+	go func() {
+		err := cmd.Wait()
+		inst.finish(exitOf(err, cmd.ProcessState))
+	}()
+	r.mu.Lock()
+	r.insts[spec.BackendID] = inst
+	r.mu.Unlock()
+	log.Debug("started", "pid", pid, "command", args)
+	return h, nil
+}
+
+// record completes st for the started process, limits it, and writes the
+// handle to disk for List.
+func (r *Runtime) record(h *runtime.Handle, st *state, base string) error {
+	s, err := readStat(st.PID)
+	if err != nil {
+		return err
+	}
+	st.Start = s.start
+	if err := limitFiles(st.PID); err != nil {
+		return err
+	}
+	if h.State, err = json.Marshal(st); err != nil {
+		return err
+	}
+	return writeHandle(filepath.Join(base, handleFile), h)
+}
+
+// program resolves the command's program. A relative path is relative to
+// Berth's working directory (where `berth dev` runs), not the backend's.
+func program(name string) (string, error) {
+	if strings.ContainsRune(name, '/') {
+		return filepath.Abs(name)
+	}
+	return exec.LookPath(name)
+}
+
+// environ is a minimal base environment, then spec.Env, which may override
+// it; Berth's own environment does not leak into backends.
+func environ(spec runtime.Spec, work, tmp string) []string {
+	path := os.Getenv("PATH")
+	if path == "" {
+		path = defaultPath
+	}
+	env := []string{"PATH=" + path, "HOME=" + work, "TMPDIR=" + tmp}
+	for _, k := range slices.Sorted(maps.Keys(spec.Env)) {
+		env = append(env, k+"="+spec.Env[k])
+	}
+	if spec.StateDir != "" {
+		env = append(env, "BERTH_STATE_DIR="+spec.StateDir)
+	}
+	return env
+}
+
+// limitFiles caps the open files of pid at min(its hard limit, maxOpenFiles).
+func limitFiles(pid int) error {
+	var cur unix.Rlimit
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &cur); err != nil {
+		return fmt.Errorf("read RLIMIT_NOFILE: %w", err)
+	}
+	n := min(cur.Max, maxOpenFiles)
+	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: n, Max: n}, nil); err != nil {
+		return fmt.Errorf("set RLIMIT_NOFILE: %w", err)
+	}
+	return nil
+}
+
+func exitOf(err error, ps *os.ProcessState) runtime.Exit {
+	if ps == nil {
+		return runtime.Exit{Code: -1, Err: err}
+	}
+	if ws, ok := ps.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return runtime.Exit{Code: -1, Signal: unix.SignalName(ws.Signal())}
+	}
+	return runtime.Exit{Code: ps.ExitCode()}
+}
+
+// Wait blocks until the backend exits. For a backend recovered after a
+// restart the exit code is unknown: Code is -1 and Err says why.
+func (r *Runtime) Wait(ctx context.Context, h *runtime.Handle) (runtime.Exit, error) {
+	inst, err := r.instance(h)
+	if err != nil {
+		return runtime.Exit{Code: -1, Err: err, At: time.Now()}, err
+	}
+	select {
+	case <-inst.done:
+		if errors.Is(inst.exit.Err, runtime.ErrGone) {
+			return inst.exit, runtime.ErrGone
+		}
+		return inst.exit, nil
+	case <-ctx.Done():
+		return runtime.Exit{}, ctx.Err()
+	}
+}
+
+// Stop signals the backend's process group, waits up to grace for it to
+// exit, then kills the group.
+func (r *Runtime) Stop(ctx context.Context, h *runtime.Handle, signal string, grace time.Duration) error {
+	sig, err := parseSignal(signal)
+	if err != nil {
+		return err
+	}
+	inst, err := r.instance(h)
+	if err != nil {
+		return err
+	}
+	if grace > 0 && sig != unix.SIGKILL {
+		if err := inst.signal(sig); err != nil {
+			return fmt.Errorf("process: stop %s: %w", h.BackendID, err)
+		}
+		t := time.NewTimer(grace)
+		defer t.Stop()
+		select {
+		case <-inst.done:
+		case <-t.C:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if err := inst.kill(ctx); err != nil {
+		return fmt.Errorf("process: stop %s: %w", h.BackendID, err)
+	}
+	return nil
+}
+
+func parseSignal(name string) (unix.Signal, error) {
+	if name == "" {
+		return unix.SIGTERM, nil
+	}
+	n, ok := berth.Signals[strings.ToUpper(name)]
+	if !ok {
+		return 0, fmt.Errorf("process: unknown signal %q", name)
+	}
+	return unix.Signal(n), nil
+}
+
+// Recover re-attaches to a backend after a restart and tails its output log
+// from the start, so logs may repeat what an earlier Berth already captured.
+func (r *Runtime) Recover(ctx context.Context, h *runtime.Handle, logs io.Writer) error {
+	inst, err := r.instance(h)
+	if err != nil {
+		return err
+	}
+	if !inst.follow(logs, r.maxLog, r.log.With("backend", h.BackendID)) {
+		return runtime.ErrGone
+	}
+	return nil
+}
+
+// Cleanup removes the backend's directory and cgroup. It refuses while the
+// backend still runs.
+func (r *Runtime) Cleanup(ctx context.Context, h *runtime.Handle) error {
+	if err := checkID(h.BackendID); err != nil {
+		return err
+	}
+	st, err := decodeState(h)
+	if err == nil && alive(st.PID, st.Start) {
+		return fmt.Errorf("process: cleanup %s: still running; stop it first", h.BackendID)
+	}
+	r.mu.Lock()
+	inst := r.insts[h.BackendID]
+	delete(r.insts, h.BackendID)
+	r.mu.Unlock()
+	if inst != nil {
+		select { // let the tail finish before its file goes
+		case <-inst.done:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if st.Cgroup != "" {
+		if err := removeCgroup(st.Cgroup, h.BackendID); err != nil {
+			return fmt.Errorf("process: cleanup %s: %w", h.BackendID, err)
+		}
+	}
+	if err := os.RemoveAll(filepath.Join(r.dir, h.BackendID)); err != nil {
+		return fmt.Errorf("process: cleanup %s: %w", h.BackendID, err)
+	}
+	return nil
+}
+
+// List returns the handle of every backend under Dir not yet cleaned up,
+// whether it still runs or not.
+func (r *Runtime) List(ctx context.Context) ([]*runtime.Handle, error) {
+	ents, err := os.ReadDir(r.dir)
+	if err != nil {
+		return nil, fmt.Errorf("process: list: %w", err)
+	}
+	var hs []*runtime.Handle
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(r.dir, e.Name(), handleFile))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // not a backend, or one still starting
+		}
+		if err != nil {
+			return nil, fmt.Errorf("process: list: %w", err)
+		}
+		var h runtime.Handle
+		if err := json.Unmarshal(b, &h); err != nil {
+			r.log.Warn("skipping an unreadable handle", "file", filepath.Join(r.dir, e.Name(), handleFile), "err", err)
+			continue
+		}
+		hs = append(hs, &h)
+	}
+	return hs, nil
+}
+
+func writeHandle(path string, h *runtime.Handle) error {
+	b, err := json.Marshal(h)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func checkID(id string) error {
+	if id == "" || id == "." || id == ".." || strings.ContainsAny(id, "/\x00") {
+		return fmt.Errorf("process: backend id %q cannot name a directory", id)
+	}
+	return nil
+}
+
+func decodeState(h *runtime.Handle) (state, error) {
+	var st state
+	if err := json.Unmarshal(h.State, &st); err != nil {
+		return st, fmt.Errorf("process: handle of %s: %w", h.BackendID, err)
+	}
+	// Never let a bad handle turn kill(-pgid) into kill(0) or kill(-1).
+	if st.PID <= 1 || st.PGID <= 1 {
+		return st, fmt.Errorf("process: handle of %s names no process", h.BackendID)
+	}
+	return st, nil
+}
+
+// instance returns the instance h names: the one this Runtime started or
+// attached to, or else a new attachment to the running process. An
+// attachment to a process that is gone is an instance that has ended, with
+// runtime.ErrGone as its Exit.Err.
+func (r *Runtime) instance(h *runtime.Handle) (*instance, error) {
+	if err := checkID(h.BackendID); err != nil {
+		return nil, err
+	}
+	st, err := decodeState(h)
+	if err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	inst := r.insts[h.BackendID]
+	if inst != nil && inst.st == st {
+		return inst, nil
+	}
+	inst = attach(st)
+	if r.insts[h.BackendID] == nil {
+		r.insts[h.BackendID] = inst
+	}
+	return inst, nil
+}
