@@ -71,7 +71,7 @@ type Config struct {
 	// StartTimeout bounds how long a request waits for a backend that is
 	// still starting; 0 means DefaultStartTimeout.
 	StartTimeout time.Duration
-	Logger       *slog.Logger      // nil: discard
+	Logger       *slog.Logger     // nil: discard
 	Now          func() time.Time // nil: time.Now; for tests
 }
 
@@ -94,8 +94,11 @@ type Proxy struct {
 	cfg       Config
 	log       *slog.Logger
 	transport *http.Transport
-	rp        httputil.ReverseProxy
-	buffers   bufferPool
+	rp        httputil.ReverseProxy // requests with a body, upgrades
+	fwd       forwarder             // plain GET and HEAD
+	// noForwarder sends every request through rp, for BenchmarkProxy.
+	noForwarder bool
+	buffers     bufferPool
 
 	mu       sync.Mutex
 	closed   bool
@@ -119,15 +122,24 @@ func New(cfg Config) *Proxy {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	dialer := newDialer()
 	p := &Proxy{
 		cfg:       cfg,
 		log:       cfg.Logger,
-		transport: newTransport(),
+		transport: newTransport(dialer),
 		upgraded:  make(map[*upgradedConn]struct{}),
 	}
+	p.fwd = forwarder{
+		dialer:      dialer,
+		idleTimeout: idleConnTimeout,
+		maxIdle:     maxIdlePerBackend,
+		buffers:     &p.buffers,
+	}
 	p.rp = httputil.ReverseProxy{
-		Rewrite:        p.rewrite,
-		Transport:      p.transport,
+		Rewrite:   p.rewrite,
+		Transport: p.transport,
+		// Zero, not -1: ReverseProxy already flushes streams (no length, or
+		// text/event-stream) at once; -1 would add a flush to every response.
 		FlushInterval:  0,
 		BufferPool:     &p.buffers,
 		ErrorHandler:   p.forwardError,
@@ -148,6 +160,7 @@ func (p *Proxy) Close() error {
 		c.ReadWriteCloser.Close()
 	}
 	p.transport.CloseIdleConnections()
+	p.fwd.close()
 	return nil
 }
 
@@ -199,6 +212,15 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
 		defer a.End() // for an upgrade, ServeHTTP returns when the connection closes
 	}
 	f := &forward{route: route, claims: claims, path: path, rawPath: rawPath}
+	if plain(r) && !p.noForwarder {
+		if err := p.fwd.forward(w, r, f); err != nil {
+			if r.Context().Err() != nil {
+				return errClientGone
+			}
+			return &httpError{status: http.StatusBadGateway, code: api.CodeUnavailable, msg: "backend unavailable", err: err, backend: route.BackendID}
+		}
+		return nil
+	}
 	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), forwardKey{}, f)))
 	return nil
 }
@@ -257,6 +279,8 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	out.URL.Host = f.route.Addr
 	out.URL.Path = f.path
 	out.URL.RawPath = f.rawPath
+	// Pass the query on as sent; the backend alone interprets it.
+	out.URL.RawQuery = pr.In.URL.RawQuery
 	// out.Host stays the client's Host, so backends that check a WebSocket's
 	// Origin against Host (most libraries do by default) accept it.
 	pr.SetXForwarded()

@@ -10,6 +10,9 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/http/httptrace"
+	"net/textproto"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -127,7 +130,18 @@ func (f *fixture) token(backendID string) string {
 // get fetches path from the proxy without following redirects.
 func (f *fixture) get(t *testing.T, path string, header http.Header) (*http.Response, string) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, f.server.URL+path, nil)
+	return f.do(t, http.MethodGet, path, header, "")
+}
+
+// do sends a request to the proxy without following redirects. A body sends
+// the request through ReverseProxy rather than the forwarder.
+func (f *fixture) do(t *testing.T, method, path string, header http.Header, body string) (*http.Response, string) {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, f.server.URL+path, rd)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -140,17 +154,26 @@ func (f *fixture) get(t *testing.T, path string, header http.Header) (*http.Resp
 		t.Fatal(err)
 	}
 	defer res.Body.Close()
-	body, err := io.ReadAll(res.Body)
+	got, err := io.ReadAll(res.Body)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return res, string(body)
+	return res, string(got)
 }
 
 func echoURI(w http.ResponseWriter, r *http.Request) { io.WriteString(w, r.RequestURI) }
 
+// paths are the two ways through the proxy: the forwarder takes plain GETs,
+// ReverseProxy takes requests with a body.
+var paths = []struct{ method, body string }{{http.MethodGet, ""}, {http.MethodPost, "body"}}
+
 func TestProxy_Path(t *testing.T) {
-	f := newFixture(t, http.HandlerFunc(echoURI))
+	var gotBody string
+	f := newFixture(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		gotBody = string(b)
+		echoURI(w, r)
+	}))
 	tok := f.token("bk_1")
 	tests := []struct{ path, want string }{
 		{"/", "/"},
@@ -159,14 +182,17 @@ func TestProxy_Path(t *testing.T) {
 		{"/a%2Fb/c", "/a%2Fb/c"},
 		{"/caf%C3%A9", "/caf%C3%A9"},
 		{"/?", "/?"},
+		{"/?a=1;b=2", "/?a=1;b=2"},
 	}
-	for _, tt := range tests {
-		t.Run(tt.path, func(t *testing.T) {
-			res, body := f.get(t, "/"+tok+tt.path, nil)
-			if res.StatusCode != http.StatusOK || body != tt.want {
-				t.Errorf("GET /<token>%s = %d %q, want 200 %q", tt.path, res.StatusCode, body, tt.want)
-			}
-		})
+	for _, m := range paths {
+		for _, tt := range tests {
+			t.Run(m.method+tt.path, func(t *testing.T) {
+				res, body := f.do(t, m.method, "/"+tok+tt.path, nil, m.body)
+				if res.StatusCode != http.StatusOK || body != tt.want || gotBody != m.body {
+					t.Errorf("%s /<token>%s = %d %q, backend read %q; want 200 %q, %q", m.method, tt.path, res.StatusCode, body, gotBody, tt.want, m.body)
+				}
+			})
+		}
 	}
 }
 
@@ -271,22 +297,10 @@ func TestProxy_Headers(t *testing.T) {
 	var host string
 	f := newFixture(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got, host = r.Header.Clone(), r.Host
+		w.Header().Set("Connection", "X-Hop")
+		w.Header().Set("X-Hop", "dropped")
+		w.Header().Set("X-Reply", "kept")
 	}))
-	res, _ := f.get(t, "/"+f.token("bk_1")+"/", http.Header{
-		"X-Berth-Secret":    {"forged"},
-		"X-Berth-User":      {"mallory"},
-		"x-berth-backend":   {"bk_other"},
-		"X-Berth-Anything":  {"x"},
-		"X-Berth_secret":    {"forged"},
-		"X-Forwarded-For":   {"6.6.6.6"},
-		"X-Forwarded-Host":  {"evil.example"},
-		"X-Forwarded-Proto": {"https"},
-		"Forwarded":         {"for=6.6.6.6"},
-		"X-Other":           {"kept"},
-	})
-	if res.StatusCode != http.StatusOK {
-		t.Fatalf("status = %d", res.StatusCode)
-	}
 	proxyHost := strings.TrimPrefix(f.server.URL, "http://")
 	want := map[string][]string{
 		"X-Berth-Backend":   {"bk_1"},
@@ -298,19 +312,63 @@ func TestProxy_Headers(t *testing.T) {
 		"X-Forwarded-Host":  {proxyHost},
 		"X-Forwarded-Proto": {"http"},
 		"Forwarded":         nil,
+		"X-Hop":             nil,
 		"X-Other":           {"kept"},
 	}
-	for k, v := range want {
-		if !equal(got[k], v) {
-			t.Errorf("%s = %q, want %q", k, got[k], v)
-		}
-	}
-	if host != proxyHost {
-		t.Errorf("Host = %q, want the client's %q", host, proxyHost)
+	for _, m := range paths {
+		t.Run(m.method, func(t *testing.T) {
+			res, _ := f.do(t, m.method, "/"+f.token("bk_1")+"/", http.Header{
+				"X-Berth-Secret":    {"forged"},
+				"X-Berth-User":      {"mallory"},
+				"x-berth-backend":   {"bk_other"},
+				"X-Berth-Anything":  {"x"},
+				"X-Berth_secret":    {"forged"},
+				"X-Forwarded-For":   {"6.6.6.6"},
+				"X-Forwarded-Host":  {"evil.example"},
+				"X-Forwarded-Proto": {"https"},
+				"Forwarded":         {"for=6.6.6.6"},
+				"Connection":        {"X-Hop"},
+				"X-Hop":             {"dropped"},
+				"X-Other":           {"kept"},
+			}, m.body)
+			if res.StatusCode != http.StatusOK {
+				t.Fatalf("status = %d", res.StatusCode)
+			}
+			for k, v := range want {
+				if !slices.Equal(got[k], v) {
+					t.Errorf("request %s = %q, want %q", k, got[k], v)
+				}
+			}
+			if host != proxyHost {
+				t.Errorf("Host = %q, want the client's %q", host, proxyHost)
+			}
+			if res.Header.Get("X-Reply") != "kept" || res.Header["X-Hop"] != nil {
+				t.Errorf("response headers %v: want X-Reply kept and X-Hop dropped", res.Header)
+			}
+		})
 	}
 }
 
-func equal(a, b []string) bool { return strings.Join(a, "\n") == strings.Join(b, "\n") && len(a) == len(b) }
+// A user name is any string the application passes to connect; it must not
+// be able to inject headers.
+func TestProxy_HeaderInjection(t *testing.T) {
+	var calls atomic.Int64
+	f := newFixture(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { calls.Add(1) }))
+	tok := f.signer.Issue("bk_1", "alice\r\nX-Berth-Secret: forged", now.Add(time.Hour))
+	for _, m := range paths {
+		res, _ := f.do(t, m.method, "/"+tok+"/", nil, m.body)
+		if res.StatusCode != http.StatusBadGateway {
+			t.Errorf("%s: status = %d, want 502", m.method, res.StatusCode)
+		}
+	}
+	if calls.Load() != 0 {
+		t.Error("the backend received a request with an injected header")
+	}
+}
+
+func equal(a, b []string) bool {
+	return strings.Join(a, "\n") == strings.Join(b, "\n") && len(a) == len(b)
+}
 
 func TestIsBerthHeader(t *testing.T) {
 	tests := map[string]bool{
@@ -449,4 +507,112 @@ func TestConfig_Validate(t *testing.T) {
 	if err := (Config{Resolver: &resolver{}, Signer: signer}).Validate(); err != nil {
 		t.Errorf("Validate = %v", err)
 	}
+}
+
+func TestProxy_Head(t *testing.T) {
+	f := newFixture(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "5")
+		io.WriteString(w, "hello")
+	}))
+	tok := f.token("bk_1")
+	for range 2 { // the second HEAD reuses the connection
+		res, body := f.do(t, http.MethodHead, "/"+tok+"/", nil, "")
+		if res.StatusCode != http.StatusOK || res.ContentLength != 5 || body != "" {
+			t.Errorf("HEAD = %d length %d body %q, want 200 length 5 and no body", res.StatusCode, res.ContentLength, body)
+		}
+	}
+	if _, body := f.get(t, "/"+tok+"/", nil); body != "hello" {
+		t.Errorf("GET after HEAD = %q, want hello", body)
+	}
+}
+
+func TestProxy_Trailers(t *testing.T) {
+	f := newFixture(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Trailer", "X-Sum")
+		io.WriteString(w, "data")
+		w.(http.Flusher).Flush()
+		w.Header().Set("X-Sum", "42")
+		w.Header().Set(http.TrailerPrefix+"X-Late", "late")
+	}))
+	res, err := http.Get(f.server.URL + "/" + f.token("bk_1") + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadAll(res.Body)
+	res.Body.Close()
+	if res.Trailer.Get("X-Sum") != "42" || res.Trailer.Get("X-Late") != "late" {
+		t.Errorf("trailers = %v, want X-Sum: 42 and X-Late: late", res.Trailer)
+	}
+}
+
+func TestProxy_EarlyHints(t *testing.T) {
+	f := newFixture(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Link", "</app.css>; rel=preload")
+		w.WriteHeader(http.StatusEarlyHints)
+		io.WriteString(w, "ok")
+	}))
+	var hints []int
+	trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+		hints = append(hints, code)
+		return nil
+	}}
+	req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), http.MethodGet, f.server.URL+"/"+f.token("bk_1")+"/", nil)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	if !slices.Equal(hints, []int{http.StatusEarlyHints}) || res.StatusCode != http.StatusOK || string(body) != "ok" {
+		t.Errorf("got 1xx %v then %d %q, want [103] then 200 ok", hints, res.StatusCode, body)
+	}
+}
+
+// A backend that closes idle keep-alive connections (as Node does after
+// five seconds) must not fail the next request.
+func TestProxy_StaleConnection(t *testing.T) {
+	be := httptest.NewUnstartedServer(http.HandlerFunc(echoURI))
+	be.Config.IdleTimeout = 10 * time.Millisecond
+	be.Start()
+	defer be.Close()
+	f := newFixture(t, http.HandlerFunc(echoURI))
+	f.resolver.routes["bk_2"] = Route{BackendID: "bk_2", Addr: be.Listener.Addr().String()}
+	tok := f.token("bk_2")
+	for i := range 3 {
+		res, body := f.get(t, "/"+tok+"/x", nil)
+		if res.StatusCode != http.StatusOK || body != "/x" {
+			t.Fatalf("request %d = %d %q, want 200 /x", i, res.StatusCode, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// A client that gives up on a long poll releases the backend's request.
+func TestProxy_ClientCancel(t *testing.T) {
+	cancelled := make(chan struct{})
+	f := newFixture(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		<-r.Context().Done()
+		close(cancelled)
+	}))
+	for _, m := range paths {
+		t.Run(m.method, func(t *testing.T) {
+			cancelled = make(chan struct{})
+			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			defer cancel()
+			var body io.Reader
+			if m.body != "" {
+				body = strings.NewReader(m.body)
+			}
+			req, _ := http.NewRequestWithContext(ctx, m.method, f.server.URL+"/"+f.token("bk_1")+"/poll", body)
+			if _, err := http.DefaultClient.Do(req); err == nil {
+				t.Fatal("request succeeded; want it cancelled")
+			}
+			select {
+			case <-cancelled:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the backend's request was not cancelled")
+			}
+		})
+	}
+	waitFor(t, "balanced Begin/End", func() bool { return f.activity.begins.Load() == 2 && f.activity.ends.Load() == 2 })
 }

@@ -7,18 +7,29 @@ import (
 	"time"
 )
 
-// newTransport returns the transport shared by every backend: HTTP/1.1 with
-// many idle keep-alive connections per backend, so steady traffic never
-// dials, and no compression, so bodies pass through untouched.
-func newTransport() *http.Transport {
+// Connection pooling toward backends, for both the forwarder and the
+// transport: many idle keep-alive connections per backend, so steady
+// traffic never dials.
+const (
+	maxIdlePerBackend = 1024
+	idleConnTimeout   = 90 * time.Second
+)
+
+func newDialer() *net.Dialer {
+	return &net.Dialer{
+		// Backends are ready when routed to; a slow dial means a dead host.
+		Timeout:   3 * time.Second,
+		KeepAlive: 30 * time.Second,
+	}
+}
+
+// newTransport returns the transport for requests the forwarder does not
+// take: HTTP/1.1, and no compression, so bodies pass through untouched.
+func newTransport(d *net.Dialer) *http.Transport {
 	return &http.Transport{
-		DialContext: (&net.Dialer{
-			// Backends are ready when routed to; a slow dial means a dead host.
-			Timeout:   3 * time.Second,
-			KeepAlive: 30 * time.Second,
-		}).DialContext,
-		MaxIdleConnsPerHost:   1024,
-		IdleConnTimeout:       90 * time.Second,
+		DialContext:           d.DialContext,
+		MaxIdleConnsPerHost:   maxIdlePerBackend,
+		IdleConnTimeout:       idleConnTimeout,
 		ExpectContinueTimeout: time.Second,
 		DisableCompression:    true,
 		WriteBufferSize:       16 << 10,

@@ -90,7 +90,9 @@ type Runtime interface {
 // Lister is implemented by runtimes that can enumerate what they run, so
 // Berth can remove instances it no longer owns after a restart.
 type Lister interface {
-	// List returns the backend IDs of every instance this runtime (under this
-	// Berth's identity) is running, with their handles.
+	// List returns the handle of every instance this runtime (under this
+	// Berth's identity) keeps: running, or exited but not yet cleaned up, so
+	// that Stop and Cleanup of the ones no live backend owns leave nothing
+	// behind.
 	List(ctx context.Context) ([]*Handle, error)
 }

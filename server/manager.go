@@ -191,7 +191,13 @@ func validateConnect(req *api.ConnectRequest) error {
 		}
 		return nil
 	}
-	return req.Spawn.Validate("spawn")
+	if err := req.Spawn.Validate("spawn"); err != nil {
+		return err
+	}
+	if req.Key == "" && req.Spawn.StateMode() != berth.StateModeNone {
+		return &berth.FieldError{Field: "spawn.state.mode", Message: "needs a key: state is saved per key"}
+	}
+	return nil
 }
 
 // getOrSpawn returns the key's live instance, or creates one. Concurrent
@@ -472,3 +478,26 @@ func newSecret() string {
 	rand.Read(b[:])
 	return hex.EncodeToString(b[:])
 }
+
+// LiveBackend returns a backend that is live here (state.Holders).
+func (m *Manager) LiveBackend(id string) (*berth.Backend, bool) {
+	m.mu.Lock()
+	inst := m.live[id]
+	m.mu.Unlock()
+	if inst == nil {
+		return nil, false
+	}
+	b := inst.snapshot()
+	return b, b.State.Live()
+}
+
+// KeyLive reports whether a live backend holds key (state.Holders).
+func (m *Manager) KeyLive(key string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.byKey[key] != nil || m.spawning[key] != nil
+}
+
+// SetHooks installs the state layer's lifecycle hooks. Call before
+// Reconcile and before serving.
+func (m *Manager) SetHooks(h Hooks) { m.cfg.Hooks = h }

@@ -1,6 +1,7 @@
 package state
 
 import (
+	"context"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -216,4 +217,15 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 func writeErr(w http.ResponseWriter, status int, code, field, msg string) {
 	writeJSON(w, status, api.ErrorBody{Error: api.ErrorDetail{Code: code, Message: msg, Field: field}})
+}
+
+// currentFence learns key's fence by asking to raise it to 0, which every
+// adapter refuses with the fence it holds; an operator's restore is written
+// at exactly that fence, so the last holder's successors still win.
+func currentFence(ctx context.Context, blobs blob.Store, key string) int64 {
+	var fe *blob.FencedError
+	if err := blobs.Fence(ctx, key, 0); errors.As(err, &fe) {
+		return fe.Current
+	}
+	return 0
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/berthhq/berth/runtime"
 	"github.com/berthhq/berth/runtime/process"
 	"github.com/berthhq/berth/server"
+	"github.com/berthhq/berth/state"
 	"github.com/berthhq/berth/store"
 	"github.com/berthhq/berth/store/sqlite"
 	"github.com/berthhq/berth/token"
@@ -42,6 +43,9 @@ type serverOptions struct {
 	Runtime        string
 	Store          string
 	Blobs          string
+	VolumeRoot     string
+	MaxStateBytes  int64
+	History        int
 	APIKey         string
 	TokenKey       string
 	LogLevel       string
@@ -58,6 +62,9 @@ func (o *serverOptions) flags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Runtime, "runtime", envOr("BERTH_RUNTIME", "auto"), "auto, process or docker (BERTH_RUNTIME); auto adds docker when an engine answers")
 	fs.StringVar(&o.Store, "store", envOr("BERTH_STORE", ""), "records: sqlite:PATH or postgres://… (BERTH_STORE; default sqlite:<data-dir>/berth.db)")
 	fs.StringVar(&o.Blobs, "blobs", envOr("BERTH_BLOBS", ""), "saved state: file:DIR, s3://bucket/prefix?endpoint=…, postgres://… (BERTH_BLOBS; default file:<data-dir>/blobs)")
+	fs.StringVar(&o.VolumeRoot, "volume-root", envOr("BERTH_VOLUME_ROOT", ""), "where state mode volume gives each key a directory; may be an NFS/EFS mount (BERTH_VOLUME_ROOT; default <data-dir>/state/volumes)")
+	fs.Int64Var(&o.MaxStateBytes, "max-state-bytes", 64<<20, "largest state a backend may save")
+	fs.IntVar(&o.History, "history", 10, "saves kept per key")
 	fs.StringVar(&o.TokenKey, "token-key", envOr("BERTH_TOKEN_KEY", ""), "secret for signing proxy tokens, 32+ bytes (BERTH_TOKEN_KEY; default: generated once into <data-dir>/token.key)")
 	fs.StringVar(&o.LogLevel, "log-level", envOr("BERTH_LOG_LEVEL", "info"), "debug, info, warn or error (BERTH_LOG_LEVEL)")
 	fs.DurationVar(&o.ShutdownGrace, "shutdown-timeout", 60*time.Second, "how long a shutdown waits for backends to stop")
@@ -124,6 +131,12 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 		apiLn.Close()
 		return fmt.Errorf("proxy: %w (use --proxy-addr)", err)
 	}
+	backendLn, err := net.Listen("tcp", o.BackendAPIAddr)
+	if err != nil {
+		apiLn.Close()
+		proxyLn.Close()
+		return fmt.Errorf("backend API: %w (use --backend-api-addr)", err)
+	}
 	public := o.PublicURL
 	if public == "" {
 		public = "http://" + proxyLn.Addr().String()
@@ -148,11 +161,32 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 	if err != nil {
 		return err
 	}
+	blobs, err := openBlobs(ctx, o, log)
+	if err != nil {
+		return err
+	}
+	defer blobs.Close()
+	states, err := state.New(state.Config{
+		Blobs:         blobs,
+		Holders:       mgr,
+		Dir:           filepath.Join(o.DataDir, "state"),
+		VolumeRoot:    o.VolumeRoot,
+		BackendAPIURL: backendAPIURLs(backendLn.Addr().String(), runtimes),
+		MaxStateBytes: o.MaxStateBytes,
+		Logger:        log.With("component", "state"),
+		OnSaveError:   metrics.SaveError,
+	})
+	if err != nil {
+		return err
+	}
+	defer states.Close()
+	mgr.SetHooks(server.Hooks{BeforeStart: states.BeforeStart, AfterExit: states.AfterExit})
 	if err := mgr.Reconcile(ctx); err != nil {
 		return err
 	}
 
 	mux := http.NewServeMux()
+	states.Mount(mux)
 	if o.dev {
 		mountDemo(mux, mgr)
 	}
@@ -163,9 +197,12 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 	px := proxy.New(proxy.Config{Resolver: mgr, Signer: signer, Logger: log})
 	proxySrv := &http.Server{Handler: px, ReadHeaderTimeout: 30 * time.Second}
 
-	errC := make(chan error, 2)
+	backendSrv := &http.Server{Handler: states.BackendAPI(), ReadHeaderTimeout: 30 * time.Second}
+
+	errC := make(chan error, 3)
 	go func() { errC <- apiSrv.Serve(apiLn) }()
 	go func() { errC <- proxySrv.Serve(proxyLn) }()
+	go func() { errC <- backendSrv.Serve(backendLn) }()
 	log.Info("berth is up", "api", apiURL, "proxy", public, "data", o.DataDir, "runtimes", runtimeNames(runtimes))
 	if ready != nil {
 		ready(&runningServer{manager: mgr, apiURL: apiURL, public: public, runtime: runtimeNames(runtimes)})
@@ -185,6 +222,7 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 	px.Close()
 	apiSrv.Shutdown(sctx)
 	proxySrv.Shutdown(sctx)
+	backendSrv.Shutdown(sctx)
 	if serveErr != nil && !errors.Is(serveErr, http.ErrServerClosed) {
 		return serveErr
 	}

@@ -1,4 +1,5 @@
-// Command testbackend is the backend the runtime tests run: a tiny static
+// Command testbackend is the backend Berth's tests run (the runtime
+// conformance suite, e2e): a tiny static
 // HTTP server whose behaviour is steered by TB_* environment variables. It
 // must stay pure Go with no dependencies outside the standard library, since
 // it also runs in a FROM scratch image (no shell, no libc).
@@ -6,19 +7,24 @@
 // Endpoints (on $PORT, all interfaces):
 //
 //	GET /             200, JSON object of the whole environment
-//	/echo             JSON of the request: method, url, headers, body
+//	/args             JSON array of the command line
+//	/echo[/…]         JSON of the request: method, url, headers, body
 //	/log?line=X       prints X to stdout
 //	/exit?code=N      replies, then exits with code N
 //	/crash            replies, then panics (exit status 2)
 //	/sleep?ms=N       replies after N milliseconds
 //
-// Knobs: TB_READY_DELAY_MS (wait before listening), TB_LOG_LINES (print N
-// numbered lines to stdout and to stderr at start), TB_EXIT_AFTER_MS and
-// TB_EXIT_CODE (exit on a timer), TB_IGNORE_SIGTERM=1 (ignore SIGTERM),
-// TB_TERM_DELAY_MS (on SIGTERM or SIGINT, wait then exit 0), TB_CHILD=1 (start
-// a copy of itself in the same process group that ignores SIGTERM and sleeps;
-// its pid is written to $TB_CHILD_PIDFILE before the server listens),
-// TB_ALLOC_MB (allocate and touch N MiB before listening).
+// Knobs:
+//
+//	TB_READY_DELAY_MS=N   wait N ms before listening
+//	TB_LOG_LINES=N        print "tb stdout i" and "tb stderr i", i = 1..N, at start
+//	TB_EXIT_AFTER_MS=N    exit after N ms with code TB_EXIT_CODE (default 0)
+//	TB_IGNORE_SIGTERM=1   ignore SIGTERM (SIGINT still stops it)
+//	TB_TERM_DELAY_MS=N    on SIGTERM or SIGINT, log "got SIGTERM", wait N ms, exit 0
+//	TB_CHILD=1            start a copy of itself in the same process group that
+//	                      ignores SIGTERM and sleeps; its pid is written to
+//	                      $TB_CHILD_PIDFILE before the server listens
+//	TB_ALLOC_MB=N         allocate and touch N MiB before listening
 package main
 
 import (
@@ -42,7 +48,9 @@ var ballast []byte
 func main() {
 	if os.Getenv("TB_ROLE") == "child" {
 		signal.Ignore(syscall.SIGTERM, syscall.SIGINT)
-		select {}
+		for { // not select{}: the runtime would call that a deadlock
+			time.Sleep(time.Hour)
+		}
 	}
 	for i := 1; i <= envInt("TB_LOG_LINES"); i++ {
 		fmt.Fprintf(os.Stdout, "tb stdout %d\n", i)
@@ -84,12 +92,17 @@ func mux() *http.ServeMux {
 		}
 		writeJSON(w, env)
 	})
-	m.HandleFunc("/echo", func(w http.ResponseWriter, r *http.Request) {
+	m.HandleFunc("/args", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, os.Args)
+	})
+	echo := func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
 		writeJSON(w, map[string]any{
 			"method": r.Method, "url": r.URL.String(), "headers": r.Header, "body": string(body),
 		})
-	})
+	}
+	m.HandleFunc("/echo", echo)
+	m.HandleFunc("/echo/", echo)
 	m.HandleFunc("/log", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Println(r.URL.Query().Get("line"))
 	})
@@ -115,11 +128,13 @@ func mux() *http.ServeMux {
 // handleSignals implements the SIGTERM knobs; SIGINT is treated alike so
 // tests can check that a named stop signal is delivered.
 func handleSignals() {
+	c := make(chan os.Signal, 1)
 	if os.Getenv("TB_IGNORE_SIGTERM") == "1" {
 		signal.Ignore(syscall.SIGTERM)
+		signal.Notify(c, syscall.SIGINT)
+	} else {
+		signal.Notify(c, syscall.SIGTERM, syscall.SIGINT)
 	}
-	c := make(chan os.Signal, 1)
-	signal.Notify(c, syscall.SIGTERM, syscall.SIGINT)
 	go func() {
 		sig := <-c
 		fmt.Fprintf(os.Stderr, "got %s\n", name(sig))

@@ -20,9 +20,9 @@ type instance struct {
 	done chan struct{} // closed once the leader has exited and its output is copied
 	exit runtime.Exit  // set before done is closed
 
-	mu    sync.Mutex
-	tail  *tail
-	ended bool
+	mu     sync.Mutex
+	tail   *tail
+	exited bool // the leader has exited: start no tail
 }
 
 func newInstance(st state) *instance {
@@ -34,7 +34,7 @@ func newInstance(st state) *instance {
 func attach(st state) *instance {
 	i := newInstance(st)
 	if !alive(st.PID, st.Start) {
-		i.ended = true
+		i.exited = true
 		i.exit = runtime.Exit{Code: -1, Err: runtime.ErrGone, At: time.Now()}
 		close(i.done)
 		return i
@@ -50,7 +50,7 @@ func attach(st state) *instance {
 func (i *instance) finish(e runtime.Exit) {
 	e.At = time.Now()
 	i.mu.Lock()
-	i.ended = true
+	i.exited = true
 	t := i.tail
 	i.mu.Unlock()
 	if t != nil {
@@ -63,18 +63,28 @@ func (i *instance) finish(e runtime.Exit) {
 	close(i.done)
 }
 
+// finished reports whether done is closed.
+func (i *instance) finished() bool {
+	select {
+	case <-i.done:
+		return true
+	default:
+		return false
+	}
+}
+
 // follow starts copying the output log into w unless it is already being
 // copied. It reports false when the instance has ended.
-func (i *instance) follow(w io.Writer, max int64, log *slog.Logger) bool {
+func (i *instance) follow(w io.Writer, r *Runtime, log *slog.Logger) bool {
 	i.mu.Lock()
 	defer i.mu.Unlock()
-	if i.ended {
+	if i.exited {
 		return false
 	}
 	if i.tail != nil || w == nil {
 		return true
 	}
-	t, err := startTail(i.st.Log, w, max, log)
+	t, err := startTail(i.st.Log, w, r.maxLog, &r.watch, log)
 	if err != nil {
 		log.Error("cannot capture output", "err", err)
 		return true

@@ -120,6 +120,7 @@ type Runtime struct {
 	cgroupDir string
 	maxLog    int64
 	log       *slog.Logger
+	watch     watcher // shared by the tails
 
 	mu    sync.Mutex
 	insts map[string]*instance // by backend id, until Cleanup
@@ -189,6 +190,12 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (*runtime.Handle
 	if spec.Port <= 0 {
 		return nil, fmt.Errorf("process: start %s: no port", id)
 	}
+	r.mu.Lock()
+	running := r.insts[id] != nil && !r.insts[id].finished()
+	r.mu.Unlock()
+	if running {
+		return nil, fmt.Errorf("process: start %s: already running", id)
+	}
 	log := r.log.With("backend", id)
 	base := filepath.Join(r.dir, id)
 	work, tmp := filepath.Join(base, "work"), filepath.Join(base, "tmp")
@@ -256,7 +263,7 @@ func (r *Runtime) start(spec runtime.Spec, base, work, tmp string, log *slog.Log
 		return nil, err
 	}
 	inst := newInstance(st)
-	inst.follow(spec.Logs, r.maxLog, log) // before it can end, so no output is missed
+	inst.follow(spec.Logs, r, log) // before it can end, so no output is missed
 	go func() {
 		err := cmd.Wait()
 		inst.finish(exitOf(err, cmd.ProcessState))
@@ -400,7 +407,7 @@ func (r *Runtime) Recover(ctx context.Context, h *runtime.Handle, logs io.Writer
 	if err != nil {
 		return err
 	}
-	if !inst.follow(logs, r.maxLog, r.log.With("backend", h.BackendID)) {
+	if !inst.follow(logs, r, r.log.With("backend", h.BackendID)) {
 		return runtime.ErrGone
 	}
 	return nil

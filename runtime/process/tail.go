@@ -4,6 +4,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"time"
 
@@ -24,31 +25,51 @@ const (
 // frees them on disk, so a chatty backend cannot fill the disk while Berth
 // reads its output.
 type tail struct {
-	f    *os.File
-	w    io.Writer
-	max  int64
-	log  *slog.Logger
-	stop chan struct{} // closed by close: read what is left, then return
-	done chan struct{}
+	f     *os.File
+	w     io.Writer
+	max   int64
+	log   *slog.Logger
+	watch *watcher      // nil: poll only
+	stop  chan struct{} // closed by close: copy what is there, then return
+	done  chan struct{}
 	// punch says whether the file system can punch holes; without it,
 	// release falls back to truncating.
 	punch bool
+
+	// Owned by run.
+	buf        []byte
+	off, freed int64 // read offset; bytes before freed are released
 }
 
 // startTail follows the file at path from its first byte not yet freed.
-func startTail(path string, w io.Writer, max int64, log *slog.Logger) (*tail, error) {
+func startTail(path string, w io.Writer, max int64, watch *watcher, log *slog.Logger) (*tail, error) {
+	t, err := newTail(path, w, max, watch, log)
+	if err != nil {
+		return nil, err
+	}
+	go t.run()
+	return t, nil
+}
+
+func newTail(path string, w io.Writer, max int64, watch *watcher, log *slog.Logger) (*tail, error) {
 	// Write access is needed to free consumed bytes; nothing is written.
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		return nil, err
 	}
 	// Skip the hole an earlier tail (before a restart) punched.
-	if _, err := f.Seek(0, unix.SEEK_DATA); errors.Is(err, unix.ENXIO) {
-		f.Seek(0, io.SeekEnd) // all hole, or empty
+	off, err := f.Seek(0, unix.SEEK_DATA)
+	if errors.Is(err, unix.ENXIO) {
+		off, err = f.Seek(0, io.SeekEnd) // all hole, or empty
 	}
-	t := &tail{f: f, w: w, max: max, log: log, stop: make(chan struct{}), done: make(chan struct{}), punch: true}
-	go t.run()
-	return t, nil
+	if err != nil {
+		off, _ = f.Seek(0, io.SeekStart)
+	}
+	return &tail{
+		f: f, w: w, max: max, log: log, watch: watch, punch: true,
+		stop: make(chan struct{}), done: make(chan struct{}),
+		buf: make([]byte, 64<<10), off: off, freed: off,
+	}, nil
 }
 
 // close stops the tail after copying everything written so far.
@@ -60,111 +81,84 @@ func (t *tail) close() {
 func (t *tail) run() {
 	defer close(t.done)
 	defer t.f.Close()
-	wake, unwatch, err := notify(t.f.Name())
-	longest := maxPollNotify
-	if err != nil {
-		t.log.Debug("inotify unavailable; polling the log file", "err", err)
-		longest = maxPoll
-	} else {
-		defer unwatch()
+	var wake <-chan struct{}
+	longest := maxPoll
+	if t.watch != nil {
+		c, unwatch, err := t.watch.watch(t.f.Name())
+		if err != nil {
+			t.log.Debug("inotify unavailable; polling the output log", "err", err)
+		} else {
+			defer unwatch()
+			wake, longest = c, maxPollNotify
+		}
 	}
-	buf := make([]byte, 64<<10)
-	off, _ := t.f.Seek(0, io.SeekCurrent)
-	freed := off
 	poll := minPoll
 	timer := time.NewTimer(poll)
 	defer timer.Stop()
 	for {
-		n, err := t.f.Read(buf)
-		if n > 0 {
-			t.w.Write(buf[:n])
-			off += int64(n)
+		if t.copy(math.MaxInt64) > 0 {
 			poll = minPoll
-			continue
 		}
-		if err != nil && err != io.EOF {
-			t.log.Error("read output log", "err", err)
-			<-t.stop
-			return
-		}
-		if off-freed >= t.max {
-			off, freed = t.release(off, freed)
-		}
-		timer.Reset(poll)
 		select {
 		case <-t.stop:
-			t.drain(buf, off)
+			// Up to the current end and no further: a process that
+			// outlived the backend must not keep the tail busy.
+			if fi, err := t.f.Stat(); err == nil {
+				t.copy(fi.Size() - t.off)
+			}
 			return
 		case <-wake:
 		case <-timer.C:
 			poll = min(2*poll, longest)
 		}
+		timer.Reset(poll)
 	}
 }
 
-// drain copies what was written up to now, and no more: a process that
-// outlived the backend must not keep the tail busy.
-func (t *tail) drain(buf []byte, off int64) {
-	fi, err := t.f.Stat()
-	if err != nil {
-		return
+// copy copies up to n bytes, or to the end of the file, into w, releasing
+// consumed bytes past the bound as it goes. It returns how many it copied.
+func (t *tail) copy(n int64) int64 {
+	var copied int64
+	for copied < n {
+		m, err := t.f.Read(t.buf[:min(int64(len(t.buf)), n-copied)])
+		if m > 0 {
+			t.w.Write(t.buf[:m])
+			t.off += int64(m)
+			copied += int64(m)
+		}
+		if t.off-t.freed >= t.max {
+			t.release()
+		}
+		if err != nil && err != io.EOF {
+			t.log.Error("read output log", "err", err)
+		}
+		if m == 0 || err != nil {
+			break
+		}
 	}
-	io.CopyBuffer(t.w, io.LimitReader(t.f, fi.Size()-off), buf)
+	return copied
 }
 
-// release frees the consumed bytes before off and returns the new read
-// offset and the offset up to which bytes are freed.
-func (t *tail) release(off, freed int64) (int64, int64) {
-	fd := int(t.f.Fd())
+// release frees the consumed bytes before the read offset.
+func (t *tail) release() {
 	if t.punch {
 		// A hole keeps offsets valid, so a write racing with it is never
 		// lost. Whole 64 KiB blocks only, so a reader starting over after a
 		// restart (at the first data) never sees zeroed bytes.
-		end := off &^ (64<<10 - 1)
-		err := unix.Fallocate(fd, unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, end)
+		end := t.off &^ (64<<10 - 1)
+		err := unix.Fallocate(int(t.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, end)
 		if err == nil {
-			return off, end
+			t.freed = end
+			return
 		}
 		t.log.Debug("cannot punch holes in the output log; truncating it instead", "err", err)
 		t.punch = false
 	}
 	// Truncating loses a write that lands between the size check and the
-	// truncate, a window of microseconds once every max bytes. When the
-	// check fails, the next pause in the output tries again.
-	if fi, err := t.f.Stat(); err == nil && fi.Size() == off && t.f.Truncate(0) == nil {
+	// truncate, a window of microseconds once every max bytes. The check
+	// fails while the backend is writing; the next pause tries again.
+	if fi, err := t.f.Stat(); err == nil && fi.Size() == t.off && t.f.Truncate(0) == nil {
+		t.off, t.freed = 0, 0
 		t.f.Seek(0, io.SeekStart)
-		return 0, 0
 	}
-	return off, freed
-}
-
-// notify returns a channel that receives when the file at path is written
-// to, and a func that stops watching.
-func notify(path string) (<-chan struct{}, func(), error) {
-	fd, err := unix.InotifyInit1(unix.IN_NONBLOCK | unix.IN_CLOEXEC)
-	if err != nil {
-		return nil, nil, err
-	}
-	if _, err := unix.InotifyAddWatch(fd, path, unix.IN_MODIFY); err != nil {
-		unix.Close(fd)
-		return nil, nil, err
-	}
-	// Non-blocking, so the Go poller waits for events and Close ends a Read.
-	f := os.NewFile(uintptr(fd), "inotify")
-	c := make(chan struct{}, 1)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		buf := make([]byte, 4096)
-		for {
-			if _, err := f.Read(buf); err != nil {
-				return
-			}
-			select {
-			case c <- struct{}{}:
-			default:
-			}
-		}
-	}()
-	return c, func() { f.Close(); <-done }, nil
 }

@@ -1,0 +1,31 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"path/filepath"
+
+	"github.com/berthhq/berth/blob"
+	"github.com/berthhq/berth/blob/file"
+	"github.com/berthhq/berth/runtime"
+)
+
+// openBlobs opens the blob store named by --blobs.
+func openBlobs(ctx context.Context, o *serverOptions, log *slog.Logger) (blob.Store, error) {
+	spec := o.Blobs
+	if spec == "" {
+		spec = "file:" + filepath.Join(o.DataDir, "blobs")
+	}
+	opts := blob.Options{History: o.History, Logger: log.With("component", "blobs")}
+	st, err := file.Open(ctx, spec, opts)
+	if err != nil {
+		return nil, fmt.Errorf("--blobs %q: %w", spec, err)
+	}
+	return st, nil
+}
+
+// backendAPIURLs is where each runtime's backends reach the backend API.
+func backendAPIURLs(addr string, rts map[string]runtime.Runtime) map[string]string {
+	return map[string]string{"process": "http://" + addr}
+}

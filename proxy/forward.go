@@ -1,0 +1,385 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+)
+
+// forwarder sends the common request — GET or HEAD, no body, no upgrade —
+// over its own pool of keep-alive connections, writing the request and
+// reading the response in the handler's goroutine. httputil.ReverseProxy
+// with http.Transport spends about twice the CPU per request on the clone,
+// the transport's reader and writer goroutines and their hand-offs (see
+// BenchmarkProxy); requests with a body or an upgrade still go through it,
+// because it handles full duplex, 100-continue and protocol switches.
+//
+// Only idempotent, bodiless requests come here, so a request that fails on
+// a reused connection before any response byte arrives is safely sent
+// again on a new one.
+type forwarder struct {
+	dialer      *net.Dialer
+	idleTimeout time.Duration
+	maxIdle     int // per backend address
+	buffers     *bufferPool
+
+	mu     sync.Mutex
+	idle   map[string][]*backendConn // by address, least recently used first
+	pruner *time.Timer
+	closed bool
+}
+
+type backendConn struct {
+	net.Conn
+	addr   string
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	idleAt time.Time
+}
+
+// plain reports whether r can take the forwarder's path.
+func plain(r *http.Request) bool {
+	return (r.Method == http.MethodGet || r.Method == http.MethodHead) &&
+		r.ContentLength == 0 && r.Body == http.NoBody && r.Header["Upgrade"] == nil
+}
+
+// staleError is a failure before any byte of the response arrived.
+type staleError struct{ err error }
+
+func (e *staleError) Error() string { return "backend closed the connection: " + e.err.Error() }
+func (e *staleError) Unwrap() error { return e.err }
+
+var aLongTimeAgo = time.Unix(1, 0)
+
+// forward sends r to the backend and copies the response to w. When it
+// returns an error, nothing has been written to w. Once the response has
+// begun, a failure aborts the client's connection, as ReverseProxy does, so
+// a truncated response never looks complete.
+func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, fw *forward) error {
+	for _, v := range [...]string{fw.route.BackendID, fw.route.Secret, fw.claims.User} {
+		if !validHeaderValue(v) {
+			return errors.New("invalid character in an X-Berth- header value")
+		}
+	}
+	ctx := r.Context()
+	for attempt := 0; ; attempt++ {
+		bc, reused, err := f.get(ctx, fw.route.Addr)
+		if err != nil {
+			return err
+		}
+		// The handler's goroutine is blocked in reads and writes on bc;
+		// when the client goes away, the deadline unblocks it.
+		stop := context.AfterFunc(ctx, func() { bc.SetDeadline(aLongTimeAgo) })
+		res, err := f.roundTrip(w, r, bc, fw)
+		if err != nil {
+			stop()
+			bc.Close()
+			var stale *staleError
+			if reused && attempt == 0 && errors.As(err, &stale) && ctx.Err() == nil {
+				continue
+			}
+			return err
+		}
+		err = f.copyResponse(w, res)
+		// Bytes beyond the response mean the backend and we disagree about
+		// framing: never hand that connection to the next request.
+		if !stop() || err != nil || res.Close || bc.br.Buffered() > 0 {
+			bc.Close()
+		} else {
+			f.put(bc)
+		}
+		if err != nil {
+			panic(http.ErrAbortHandler)
+		}
+		return nil
+	}
+}
+
+// roundTrip writes the request and reads the response head, passing
+// informational (1xx) responses on to w.
+func (f *forwarder) roundTrip(w http.ResponseWriter, r *http.Request, bc *backendConn, fw *forward) (*http.Response, error) {
+	writeRequest(bc.bw, r, fw)
+	if err := bc.bw.Flush(); err != nil {
+		return nil, &staleError{err}
+	}
+	if _, err := bc.br.Peek(1); err != nil {
+		return nil, &staleError{err}
+	}
+	for {
+		res, err := http.ReadResponse(bc.br, r)
+		switch {
+		case err != nil:
+			return nil, err
+		case res.StatusCode == http.StatusSwitchingProtocols:
+			return nil, errors.New("backend switched protocols without an upgrade request")
+		case res.StatusCode == http.StatusContinue:
+		case res.StatusCode < 200:
+			h := w.Header()
+			copyResponseHeader(h, res.Header)
+			w.WriteHeader(res.StatusCode)
+			clear(h)
+		default:
+			return res, nil
+		}
+	}
+}
+
+func writeRequest(bw *bufio.Writer, r *http.Request, fw *forward) {
+	bw.WriteString(r.Method)
+	bw.WriteByte(' ')
+	u := url.URL{Path: fw.path, RawPath: fw.rawPath}
+	bw.WriteString(u.EscapedPath())
+	if r.URL.RawQuery != "" || r.URL.ForceQuery {
+		bw.WriteByte('?')
+		bw.WriteString(r.URL.RawQuery)
+	}
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	if r.Host != "" {
+		bw.WriteString(r.Host)
+	} else {
+		bw.WriteString(fw.route.Addr)
+	}
+	bw.WriteString("\r\n")
+
+	conn := r.Header["Connection"]
+	for k, vv := range r.Header {
+		if dropRequestHeader(k) || listed(conn, k) {
+			continue
+		}
+		for _, v := range vv {
+			writeHeader(bw, k, v)
+		}
+	}
+	if listed(r.Header["Te"], "trailers") {
+		writeHeader(bw, "Te", "trailers")
+	}
+	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		writeHeader(bw, "X-Forwarded-For", ip)
+	}
+	writeHeader(bw, "X-Forwarded-Host", r.Host)
+	if r.TLS != nil {
+		writeHeader(bw, "X-Forwarded-Proto", "https")
+	} else {
+		writeHeader(bw, "X-Forwarded-Proto", "http")
+	}
+	writeHeader(bw, HeaderBackend, fw.route.BackendID)
+	writeHeader(bw, HeaderUser, fw.claims.User)
+	writeHeader(bw, HeaderSecret, fw.route.Secret)
+	bw.WriteString("\r\n")
+}
+
+func writeHeader(bw *bufio.Writer, k, v string) {
+	bw.WriteString(k)
+	bw.WriteString(": ")
+	bw.WriteString(v)
+	bw.WriteString("\r\n")
+}
+
+// dropRequestHeader reports whether a client's header must not reach the
+// backend: hop-by-hop headers, framing (these requests have no body), and
+// the headers the proxy sets itself.
+func dropRequestHeader(k string) bool {
+	switch k {
+	case "Content-Length", "Expect", "Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto":
+		return true
+	}
+	return hopByHop(k) || isBerthHeader(k)
+}
+
+// hopByHop reports whether k (canonical) is a hop-by-hop header, as
+// httputil.ReverseProxy counts them.
+func hopByHop(k string) bool {
+	switch k {
+	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade":
+		return true
+	}
+	return false
+}
+
+// listed reports whether the comma-separated values contain token,
+// ignoring case.
+func listed(values []string, token string) bool {
+	for _, v := range values {
+		for v != "" {
+			var item string
+			item, v, _ = strings.Cut(v, ",")
+			if strings.EqualFold(strings.TrimSpace(item), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// validHeaderValue reports whether v can be sent as a header value: no
+// control characters other than tab, so no header injection.
+func validHeaderValue(v string) bool {
+	for i := 0; i < len(v); i++ {
+		if c := v[i]; (c < ' ' && c != '\t') || c == 0x7f {
+			return false
+		}
+	}
+	return true
+}
+
+func copyResponseHeader(dst, src http.Header) {
+	conn := src["Connection"]
+	for k, vv := range src {
+		if !hopByHop(k) && !listed(conn, k) {
+			dst[k] = vv
+		}
+	}
+}
+
+// copyResponse writes res to w. Streams (no length, or server-sent events)
+// are flushed after every read. It returns an error only after w has begun.
+func (f *forwarder) copyResponse(w http.ResponseWriter, res *http.Response) error {
+	defer res.Body.Close()
+	h := w.Header()
+	copyResponseHeader(h, res.Header)
+	announced := len(res.Trailer)
+	if announced > 0 {
+		keys := make([]string, 0, announced)
+		for k := range res.Trailer {
+			keys = append(keys, k)
+		}
+		h["Trailer"] = []string{strings.Join(keys, ", ")}
+	}
+	w.WriteHeader(res.StatusCode)
+
+	var flusher http.Flusher
+	if res.ContentLength == -1 || isEventStream(res.Header.Get("Content-Type")) {
+		flusher, _ = w.(http.Flusher)
+	}
+	if flusher != nil {
+		flusher.Flush()
+	}
+	buf := f.buffers.Get()
+	defer f.buffers.Put(buf)
+	for {
+		n, err := res.Body.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return fmt.Errorf("write response: %w", werr)
+			}
+			if flusher != nil {
+				flusher.Flush()
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("read response: %w", err)
+		}
+	}
+
+	if len(res.Trailer) == announced {
+		for k, vv := range res.Trailer {
+			h[k] = vv
+		}
+		return nil
+	}
+	for k, vv := range res.Trailer {
+		h[http.TrailerPrefix+k] = vv
+	}
+	return nil
+}
+
+func isEventStream(ct string) bool {
+	const es = "text/event-stream"
+	if len(ct) < len(es) || !strings.EqualFold(ct[:len(es)], es) {
+		return false
+	}
+	return len(ct) == len(es) || ct[len(es)] == ';' || ct[len(es)] == ' '
+}
+
+func (f *forwarder) get(ctx context.Context, addr string) (bc *backendConn, reused bool, err error) {
+	f.mu.Lock()
+	if conns := f.idle[addr]; len(conns) > 0 {
+		bc = conns[len(conns)-1]
+		conns[len(conns)-1] = nil
+		f.idle[addr] = conns[:len(conns)-1]
+		f.mu.Unlock()
+		return bc, true, nil
+	}
+	f.mu.Unlock()
+	c, err := f.dialer.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, false, err
+	}
+	return &backendConn{Conn: c, addr: addr, br: bufio.NewReaderSize(c, 16<<10), bw: bufio.NewWriterSize(c, 4<<10)}, false, nil
+}
+
+func (f *forwarder) put(bc *backendConn) {
+	bc.idleAt = time.Now()
+	f.mu.Lock()
+	conns := f.idle[bc.addr]
+	if f.closed || len(conns) >= f.maxIdle {
+		f.mu.Unlock()
+		bc.Close()
+		return
+	}
+	if f.idle == nil {
+		f.idle = make(map[string][]*backendConn)
+	}
+	f.idle[bc.addr] = append(conns, bc)
+	if f.pruner == nil {
+		f.pruner = time.AfterFunc(f.idleTimeout/2, f.prune)
+	}
+	f.mu.Unlock()
+}
+
+// prune closes connections idle for longer than idleTimeout. It runs while
+// any connection is idle, and not otherwise.
+func (f *forwarder) prune() {
+	cutoff := time.Now().Add(-f.idleTimeout)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return
+	}
+	for addr, conns := range f.idle {
+		old := 0
+		for old < len(conns) && conns[old].idleAt.Before(cutoff) {
+			conns[old].Close()
+			old++
+		}
+		n := copy(conns, conns[old:])
+		clear(conns[n:])
+		if n == 0 {
+			delete(f.idle, addr)
+		} else {
+			f.idle[addr] = conns[:n]
+		}
+	}
+	if len(f.idle) == 0 {
+		f.pruner = nil
+		return
+	}
+	f.pruner.Reset(f.idleTimeout / 2)
+}
+
+func (f *forwarder) close() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.closed = true
+	if f.pruner != nil {
+		f.pruner.Stop()
+	}
+	for _, conns := range f.idle {
+		for _, bc := range conns {
+			bc.Close()
+		}
+	}
+	f.idle = nil
+}
