@@ -81,7 +81,9 @@ const (
 type StateVersion struct {
 	Version string    `json:"version"`
 	Size    int64     `json:"size"`
+	Fence   int64     `json:"fence"`
 	SavedAt time.Time `json:"saved_at"`
+	SHA256  string    `json:"sha256,omitempty"`
 }
 
 // StateVersionList is the answer to GET /v1/state?key=K.
