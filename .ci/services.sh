@@ -15,6 +15,7 @@
 #   BERTH_TEST_S3_CMD        the command line that (re)starts versitygw, so a
 #                            test can stop the server and start it again
 #   BERTH_TEST_S3_DIR        versitygw's data directory
+#   BERTH_TEST_S3_PIDFILE    holds the PID of the versitygw this script started
 #   AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION
 #
 # Idempotent: sourcing it again while the servers answer only re-exports.
@@ -157,6 +158,7 @@ export BERTH_TEST_S3_ENDPOINT='$endpoint'
 export BERTH_TEST_S3_BUCKET='$bucket'
 export BERTH_TEST_S3_CMD='$s3cmd'
 export BERTH_TEST_S3_DIR='$s3dir'
+export BERTH_TEST_S3_PIDFILE='$dir/s3.pid'
 export AWS_ACCESS_KEY_ID='$ak'
 export AWS_SECRET_ACCESS_KEY='$sk'
 export AWS_REGION='$region'

@@ -48,9 +48,9 @@ func TestDemoInBrowser(t *testing.T) {
 		chromedp.UserDataDir(t.TempDir()),
 	)...)
 	defer cancelAlloc()
-	tab1, cancel1 := chromedp.NewContext(allocCtx, chromedp.WithLogf(t.Logf))
+	tab1, cancel1 := chromedp.NewContext(allocCtx, chromedp.WithErrorf(t.Logf))
 	defer cancel1()
-	if err := chromedp.Run(tab1); err != nil { // starts the browser
+	if err := chromedp.Do(tab1); err != nil { // starts the browser
 		t.Fatalf("start chromium: %v", err)
 	}
 	tab2, cancel2 := chromedp.NewContext(tab1) // a second tab, same browser
@@ -58,14 +58,16 @@ func TestDemoInBrowser(t *testing.T) {
 
 	open := func(tab context.Context, name string) {
 		t.Helper()
-		var url string
-		err := chromedp.Run(tab,
+		err := chromedp.Do(tab,
 			chromedp.Navigate(s.API+"/demo"),
-			chromedp.WaitVisible(`#status[data-state="live"]`),
-			chromedp.Location(&url),
+			chromedp.WaitVisible(chromedp.CSS(`#status[data-state="live"]`)),
 		)
 		if err != nil {
 			t.Fatalf("%s: open %s/demo and wait for the notepad to go live: %v", name, s.API, err)
+		}
+		url, err := chromedp.Run(tab, chromedp.Location())
+		if err != nil {
+			t.Fatalf("%s: location: %v", name, err)
 		}
 		if !strings.HasPrefix(url, s.Proxy+"/") {
 			t.Errorf("%s: /demo led to %q, want a page under the proxy %s/", name, url, s.Proxy)
@@ -75,13 +77,13 @@ func TestDemoInBrowser(t *testing.T) {
 	open(tab2, "tab 2")
 
 	const typed = "hello from tab one"
-	if err := chromedp.Run(tab1, chromedp.SendKeys("#text", typed, chromedp.ByID)); err != nil {
+	if err := chromedp.Do(tab1, chromedp.SendKeys(chromedp.CSS("#text"), typed)); err != nil {
 		t.Fatalf("type into tab 1: %v", err)
 	}
-	var got string
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		if err := chromedp.Run(tab2, chromedp.Value("#text", &got, chromedp.ByID)); err != nil {
+		got, err := chromedp.Run(tab2, chromedp.Value(chromedp.CSS("#text")))
+		if err != nil {
 			t.Fatalf("read tab 2: %v", err)
 		}
 		if strings.Contains(got, typed) {

@@ -32,10 +32,9 @@ type opts struct {
 	// demo lets berth dev start its demo backend (off by default: most tests
 	// want an empty server).
 	demo bool
-	// dataDir and addrs, when set, are reused: that is how a test restarts
-	// Berth on the same records.
+	// dataDir, when set, is reused: that is how a test restarts Berth on
+	// the same records.
 	dataDir string
-	addrs   *addrs
 	// tokenKey is passed as --token-key when set.
 	tokenKey string
 }
@@ -67,7 +66,6 @@ type server struct {
 	API     string // control API base URL, http://127.0.0.1:N
 	Proxy   string // proxy base URL
 	DataDir string
-	Addrs   *addrs
 	Client  *api.Client
 
 	cmd     *exec.Cmd
@@ -85,17 +83,15 @@ func start(t *testing.T, o opts) *server {
 	if o.dataDir == "" {
 		o.dataDir = t.TempDir()
 	}
-	if o.addrs == nil {
-		o.addrs = freeAddrs(t)
-	}
+	ad := freeAddrs(t)
 	verb := "dev"
 	if o.serve {
 		verb = "serve"
 	}
 	args := []string{verb,
-		"--api-addr", o.addrs.api,
-		"--proxy-addr", o.addrs.proxy,
-		"--backend-api-addr", o.addrs.backendAPI,
+		"--api-addr", ad.api,
+		"--proxy-addr", ad.proxy,
+		"--backend-api-addr", ad.backendAPI,
 		"--data-dir", o.dataDir,
 		"--runtime", "process",
 		"--log-level", "debug",
@@ -112,10 +108,9 @@ func start(t *testing.T, o opts) *server {
 	s := &server{
 		t:       t,
 		opts:    o,
-		API:     "http://" + o.addrs.api,
-		Proxy:   "http://" + o.addrs.proxy,
+		API:     "http://" + ad.api,
+		Proxy:   "http://" + ad.proxy,
 		DataDir: o.dataDir,
-		Addrs:   o.addrs,
 		out:     &syncBuffer{},
 		done:    make(chan struct{}),
 	}

@@ -151,6 +151,16 @@ func TestKeys(t *testing.T) {
 			s.terminate(t, c.BackendID, i%2 == 0)
 			s.waitTerminated(t, c.BackendID, 10*time.Second)
 		}
+		// The list shows every holder, newest first; live=true none of them.
+		_, body := s.do(t, http.MethodGet, "/v1/backends?key=fenced", "")
+		all := decode[api.BackendList](t, body).Backends
+		if len(all) != 4 || all[0].FencingToken != last {
+			t.Errorf("GET /v1/backends?key=fenced: %d backends, first fenced at %v; want 4, newest (%d) first", len(all), fencing(all), last)
+		}
+		_, body = s.do(t, http.MethodGet, "/v1/backends?key=fenced&live=true", "")
+		if live := decode[api.BackendList](t, body).Backends; len(live) != 0 {
+			t.Errorf("GET /v1/backends?key=fenced&live=true: %d backends, want none (all terminated)", len(live))
+		}
 	})
 
 	t.Run("key free only after terminated", func(t *testing.T) {
@@ -176,4 +186,12 @@ func TestKeys(t *testing.T) {
 			t.Errorf("old holder: reason %q exit %v, want requested, exit 0 (it stops cleanly within grace)", ob.Reason, ob.ExitCode)
 		}
 	})
+}
+
+func fencing(bs []*berth.Backend) []int64 {
+	var out []int64
+	for _, b := range bs {
+		out = append(out, b.FencingToken)
+	}
+	return out
 }

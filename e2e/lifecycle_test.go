@@ -86,7 +86,7 @@ func TestLifecycle(t *testing.T) {
 		// Activity does not extend a lifetime.
 		ctx := testCtx(t, 30*time.Second)
 		conn := dialWS(t, ctx, c.URL)
-		defer conn.CloseNow()
+		conn.CloseRead(ctx) // answer the server's close handshake when it stops
 		b := s.waitTerminated(t, c.BackendID, 10*time.Second)
 		if b.Reason != berth.ReasonLifetime {
 			t.Fatalf("reason %q, want lifetime", b.Reason)

@@ -16,8 +16,8 @@ import (
 // that died meanwhile as lost; nothing runs unaccounted for.
 func TestRestartAfterSIGKILL(t *testing.T) {
 	t.Parallel()
-	dir, ad := t.TempDir(), freeAddrs(t)
-	s1 := start(t, opts{dataDir: dir, addrs: ad})
+	dir := t.TempDir()
+	s1 := start(t, opts{dataDir: dir})
 
 	survivor := s1.spawnReady(t, "survivor", tb(nil))
 	victim := s1.spawnReady(t, "victim", tb(nil))
@@ -40,7 +40,9 @@ func TestRestartAfterSIGKILL(t *testing.T) {
 		waitGone(t, pid, 5*time.Second)
 	}
 
-	s2 := start(t, opts{dataDir: dir, addrs: ad})
+	// New ports: the old ones may have been taken meanwhile. The records,
+	// the runtime's handles and the token key are all in the data dir.
+	s2 := start(t, opts{dataDir: dir})
 
 	t.Run("running backend recovered", func(t *testing.T) {
 		if b := s2.backend(t, survivor.BackendID); b.State != berth.StateReady {
@@ -53,10 +55,10 @@ func TestRestartAfterSIGKILL(t *testing.T) {
 		if resp, body := get(t, c.URL, nil); resp.StatusCode != http.StatusOK {
 			t.Errorf("fresh URL of the recovered backend: %d %s", resp.StatusCode, body)
 		}
-		// The token key lives in the data dir, so URLs handed out before
+		// The token key lives in the data dir, so tokens handed out before
 		// the crash still work.
-		if resp, body := get(t, survivor.URL, nil); resp.StatusCode != http.StatusOK {
-			t.Errorf("URL issued before the crash: %d %s", resp.StatusCode, body)
+		if resp, body := get(t, s2.Proxy+"/"+survivor.Token+"/", nil); resp.StatusCode != http.StatusOK {
+			t.Errorf("token issued before the crash: %d %s", resp.StatusCode, body)
 		}
 		if got := backendPIDs(survivor.BackendID); !slices.Equal(got, survivorPIDs) {
 			t.Errorf("survivor's processes %v, want the same %v as before (re-adopted, not restarted)", got, survivorPIDs)
@@ -68,9 +70,9 @@ func TestRestartAfterSIGKILL(t *testing.T) {
 		if b.Reason != berth.ReasonLost {
 			t.Errorf("victim: reason %q, want lost", b.Reason)
 		}
-		resp, _ := get(t, victim.URL, nil)
+		resp, _ := get(t, s2.Proxy+"/"+victim.Token+"/", nil)
 		if resp.StatusCode != http.StatusGone {
-			t.Errorf("victim's URL: %d, want 410", resp.StatusCode)
+			t.Errorf("victim's token: %d, want 410", resp.StatusCode)
 		}
 		// Its key is free, and the next holder is fenced above it.
 		c := s2.spawnReady(t, "victim", tb(nil))
@@ -85,7 +87,7 @@ func TestRestartAfterSIGKILL(t *testing.T) {
 	t.Run("recovered backend is supervised", func(t *testing.T) {
 		// Exiting on its own is noticed for a re-adopted backend too (its
 		// exit code may be unknown: berth is no longer its parent).
-		req, _ := http.NewRequestWithContext(testCtx(t, 10*time.Second), http.MethodGet, quitter.URL+"exit?code=0", nil)
+		req, _ := http.NewRequestWithContext(testCtx(t, 10*time.Second), http.MethodGet, s2.Proxy+"/"+quitter.Token+"/exit?code=0", nil)
 		if resp, err := http.DefaultClient.Do(req); err == nil {
 			resp.Body.Close()
 		}
@@ -109,7 +111,7 @@ func TestRestartAfterSIGKILL(t *testing.T) {
 		c := s2.spawnReady(t, "second", tb(nil))
 		pids := mustPIDs(t, c.BackendID)
 		s2.kill()
-		s3 := start(t, opts{dataDir: dir, addrs: ad})
+		s3 := start(t, opts{dataDir: dir})
 		if b := s3.backend(t, c.BackendID); b.State != berth.StateReady {
 			t.Errorf("after a second SIGKILL and restart: %q, want ready", b.State)
 		}

@@ -60,14 +60,13 @@ func (e *staleError) Unwrap() error { return e.err }
 var aLongTimeAgo = time.Unix(1, 0)
 
 // forward sends r to the backend and copies the response to w. When it
-// returns an error, nothing has been written to w. Once the response has
+// returns an error, nothing but informational (1xx) responses has been
+// written to w. Once the response has
 // begun, a failure aborts the client's connection, as ReverseProxy does, so
 // a truncated response never looks complete.
 func (f *forwarder) forward(w http.ResponseWriter, r *http.Request, fw *forward) error {
-	for _, v := range [...]string{fw.route.BackendID, fw.route.Secret, fw.claims.User} {
-		if !validHeaderValue(v) {
-			return errors.New("invalid character in an X-Berth- header value")
-		}
+	if err := checkHeaders(r, fw); err != nil {
+		return err
 	}
 	ctx := r.Context()
 	for attempt := 0; ; attempt++ {
@@ -170,7 +169,7 @@ func writeRequest(bw *bufio.Writer, r *http.Request, fw *forward) {
 	} else {
 		writeHeader(bw, "X-Forwarded-Proto", "http")
 	}
-	writeHeader(bw, HeaderBackend, fw.route.BackendID)
+	writeHeader(bw, HeaderBackend, fw.claims.BackendID)
 	writeHeader(bw, HeaderUser, fw.claims.User)
 	writeHeader(bw, HeaderSecret, fw.route.Secret)
 	bw.WriteString("\r\n")
@@ -220,8 +219,33 @@ func listed(values []string, token string) bool {
 	return false
 }
 
-// validHeaderValue reports whether v can be sent as a header value: no
-// control characters other than tab, so no header injection.
+// checkHeaders refuses what writeRequest must not write: a header that
+// would break the request's framing. net/http's server already refuses such
+// requests from clients; this also covers the values the proxy adds (a user
+// name is whatever the application passed to connect) and callers other
+// than net/http's server.
+func checkHeaders(r *http.Request, fw *forward) error {
+	for _, h := range [...]struct{ k, v string }{
+		{"Host", r.Host}, {HeaderBackend, fw.claims.BackendID}, {HeaderSecret, fw.route.Secret}, {HeaderUser, fw.claims.User},
+	} {
+		if !validHeaderValue(h.v) {
+			return fmt.Errorf("invalid value for header %s", h.k)
+		}
+	}
+	for k, vv := range r.Header {
+		if !validHeaderKey(k) {
+			return fmt.Errorf("invalid header name %q", k)
+		}
+		for _, v := range vv {
+			if !validHeaderValue(v) {
+				return fmt.Errorf("invalid value for header %s", k)
+			}
+		}
+	}
+	return nil
+}
+
+// validHeaderValue reports whether v has no control characters but tab.
 func validHeaderValue(v string) bool {
 	for i := 0; i < len(v); i++ {
 		if c := v[i]; (c < ' ' && c != '\t') || c == 0x7f {
@@ -229,6 +253,17 @@ func validHeaderValue(v string) bool {
 		}
 	}
 	return true
+}
+
+// validHeaderKey reports whether k is a non-empty run of visible ASCII
+// without a colon.
+func validHeaderKey(k string) bool {
+	for i := 0; i < len(k); i++ {
+		if c := k[i]; c <= ' ' || c >= 0x7f || c == ':' {
+			return false
+		}
+	}
+	return k != ""
 }
 
 func copyResponseHeader(dst, src http.Header) {
@@ -241,9 +276,10 @@ func copyResponseHeader(dst, src http.Header) {
 }
 
 // copyResponse writes res to w. Streams (no length, or server-sent events)
-// are flushed after every read. It returns an error only after w has begun.
+// are flushed after every read. It reads res.Body to its end but does not
+// close it: on a body from http.ReadResponse, Close drains the rest, which
+// for an endless stream never ends; the caller closes the connection.
 func (f *forwarder) copyResponse(w http.ResponseWriter, res *http.Response) error {
-	defer res.Body.Close()
 	h := w.Header()
 	copyResponseHeader(h, res.Header)
 	announced := len(res.Trailer)

@@ -3,8 +3,13 @@
 //
 // The proxy trusts nothing from the client beyond a valid token: it strips
 // every X-Berth-* header the client sent and the client's X-Forwarded-*
-// headers before setting its own. It never reads the store; backends are
-// found through a Resolver.
+// headers before setting its own. It never reads the store (backends are
+// found through a Resolver) and never logs a request path, whose first
+// segment is a bearer token.
+//
+// Plain GET and HEAD requests, most of the traffic, go through a lean
+// forwarder (forward.go); requests with a body and upgrades go through
+// httputil.ReverseProxy.
 package proxy
 
 import (
@@ -40,9 +45,9 @@ type Resolver interface {
 // Route says how to reach one ready backend.
 type Route struct {
 	BackendID string
-	Addr      string // host:port
-	Secret    string // sent to the backend as X-Berth-Secret
-	Activity  Activity
+	Addr      string   // host:port
+	Secret    string   // sent to the backend as X-Berth-Secret
+	Activity  Activity // told about traffic; may be nil
 }
 
 // Activity hears about traffic to a backend, so Berth can tell when it is
@@ -148,8 +153,8 @@ func New(cfg Config) *Proxy {
 	return p
 }
 
-// Close closes every upgraded connection and refuses new upgrades. Plain
-// requests are left to http.Server.Shutdown.
+// Close closes every upgraded connection and idle backend connection, and
+// refuses new upgrades. Requests in flight are left to http.Server.Shutdown.
 func (p *Proxy) Close() error {
 	p.mu.Lock()
 	p.closed = true
@@ -217,7 +222,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
 			if r.Context().Err() != nil {
 				return errClientGone
 			}
-			return &httpError{status: http.StatusBadGateway, code: api.CodeUnavailable, msg: "backend unavailable", err: err, backend: route.BackendID}
+			return &httpError{status: http.StatusBadGateway, code: api.CodeUnavailable, msg: "backend unavailable", err: err, backend: claims.BackendID}
 		}
 		return nil
 	}
@@ -291,7 +296,7 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 			delete(h, k)
 		}
 	}
-	h[HeaderBackend] = []string{f.route.BackendID}
+	h[HeaderBackend] = []string{f.claims.BackendID}
 	h[HeaderUser] = []string{f.claims.User}
 	h[HeaderSecret] = []string{f.route.Secret}
 }
@@ -395,7 +400,7 @@ func (p *Proxy) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	// Never log the path: its first segment is a bearer token.
 	attrs := []any{"status", he.status, "err", he.err}
 	if f, ok := r.Context().Value(forwardKey{}).(*forward); ok {
-		attrs = append(attrs, "backend", f.route.BackendID)
+		attrs = append(attrs, "backend", f.claims.BackendID)
 	} else if he.backend != "" {
 		attrs = append(attrs, "backend", he.backend)
 	}

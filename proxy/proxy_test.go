@@ -361,6 +361,14 @@ func TestProxy_HeaderInjection(t *testing.T) {
 			t.Errorf("%s: status = %d, want 502", m.method, res.StatusCode)
 		}
 	}
+	// Handlers called other than by net/http's server may see anything.
+	req := httptest.NewRequest(http.MethodGet, "/"+f.token("bk_1")+"/", nil)
+	req.Header["X-Evil"] = []string{"a\r\nX-Berth-Secret: forged"}
+	rec := httptest.NewRecorder()
+	f.proxy.ServeHTTP(rec, req)
+	if rec.Code != http.StatusBadGateway {
+		t.Errorf("crafted header: status = %d, want 502", rec.Code)
+	}
 	if calls.Load() != 0 {
 		t.Error("the backend received a request with an injected header")
 	}
@@ -383,25 +391,39 @@ func TestIsBerthHeader(t *testing.T) {
 }
 
 func TestProxy_Streaming(t *testing.T) {
-	release := make(chan struct{})
+	done := make(chan string, 1)
 	f := newFixture(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.ReadAll(r.Body)
 		w.Header().Set("Content-Type", "text/event-stream")
 		io.WriteString(w, "data: one\n\n")
 		w.(http.Flusher).Flush()
-		<-release
-		io.WriteString(w, "data: two\n\n")
+		// An endless stream: it ends only when the client leaves.
+		<-r.Context().Done()
+		done <- r.Method
 	}))
-	defer close(release)
-
-	res, err := http.Get(f.server.URL + "/" + f.token("bk_1") + "/events")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	// The first event arrives while the backend is still blocked.
-	line, err := bufio.NewReader(res.Body).ReadString('\n')
-	if err != nil || line != "data: one\n" {
-		t.Errorf("first line = %q, %v", line, err)
+	for _, m := range paths {
+		t.Run(m.method, func(t *testing.T) {
+			var body io.Reader
+			if m.body != "" {
+				body = strings.NewReader(m.body)
+			}
+			req, _ := http.NewRequest(m.method, f.server.URL+"/"+f.token("bk_1")+"/events", body)
+			res, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The first event arrives while the backend is still writing.
+			line, err := bufio.NewReader(res.Body).ReadString('\n')
+			if err != nil || line != "data: one\n" {
+				t.Errorf("first line = %q, %v", line, err)
+			}
+			res.Body.Close()
+			select {
+			case <-done:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the backend's stream went on after the client left")
+			}
+		})
 	}
 }
 
@@ -589,14 +611,14 @@ func TestProxy_StaleConnection(t *testing.T) {
 
 // A client that gives up on a long poll releases the backend's request.
 func TestProxy_ClientCancel(t *testing.T) {
-	cancelled := make(chan struct{})
+	cancelled := make(chan string, 1)
 	f := newFixture(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.ReadAll(r.Body) // net/http notices a closed connection only once the body is read
 		<-r.Context().Done()
-		close(cancelled)
+		cancelled <- r.Method
 	}))
 	for _, m := range paths {
 		t.Run(m.method, func(t *testing.T) {
-			cancelled = make(chan struct{})
 			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 			defer cancel()
 			var body io.Reader
@@ -608,7 +630,10 @@ func TestProxy_ClientCancel(t *testing.T) {
 				t.Fatal("request succeeded; want it cancelled")
 			}
 			select {
-			case <-cancelled:
+			case got := <-cancelled:
+				if got != m.method {
+					t.Errorf("cancelled %s, want %s", got, m.method)
+				}
 			case <-time.After(5 * time.Second):
 				t.Fatal("the backend's request was not cancelled")
 			}

@@ -60,6 +60,7 @@ func (s Suite) Run(t *testing.T) {
 		{"ConcurrentHolders", s.testConcurrentHolders},
 		{"TwoStores", s.testTwoStores},
 		{"AtomicReads", s.testAtomicReads},
+		{"ReaderOutlivesTrim", s.testReaderOutlivesTrim},
 		{"Keys", s.testKeys},
 		{"ReaderError", s.testReaderError},
 		{"ContextCanceled", s.testContextCanceled},
@@ -364,6 +365,11 @@ func (s Suite) testFence(t *testing.T) {
 func (s Suite) testFenceBeforeFirstPut(t *testing.T) {
 	st := s.open(t, 0)
 	key := Key("fresh")
+	// Fence 0 is where every key starts; callers probe a key's fence with
+	// it, learning the fence from the *FencedError.
+	if err := st.Fence(ctx(t), key, 0); err != nil {
+		t.Fatalf("Fence(0) of a new key: %v", err)
+	}
 	if err := st.Fence(ctx(t), key, 5); err != nil {
 		t.Fatalf("Fence of a key with no saves: %v", err)
 	}
@@ -378,6 +384,10 @@ func (s Suite) testFenceBeforeFirstPut(t *testing.T) {
 	}
 	put(t, st, key, 5, body(5))
 	wantBody(t, st, key, body(5))
+	var fe *blob.FencedError
+	if err := st.Fence(ctx(t), key, 0); !errors.As(err, &fe) || fe.Current != 5 {
+		t.Fatalf("Fence(0) of a key fenced at 5: err = %v; want a *FencedError with Current 5", err)
+	}
 }
 
 // gateReader yields head, then blocks until release is closed, then yields
@@ -570,6 +580,36 @@ func (s Suite) testAtomicReads(t *testing.T) {
 		t.Error(err)
 	}
 	t.Logf("%d whole reads during 15 saves", reads.Load())
+}
+
+// testReaderOutlivesTrim opens a save, lets newer saves trim it from the
+// history while it is half read, and checks the reader still yields it whole.
+func (s Suite) testReaderOutlivesTrim(t *testing.T) {
+	st := s.open(t, 2)
+	key := Key("outlive")
+	old := bytes.Repeat([]byte("0123456789abcdef"), 3<<20/16) // several chunks or parts
+	put(t, st, key, 1, old)
+	rc, info, err := st.Get(ctx(t), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	head := make([]byte, 1000)
+	if _, err := io.ReadFull(rc, head); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		put(t, st, key, 1, body(i))
+	}
+	_, _, err = st.GetVersion(ctx(t), key, info.Version)
+	wantErr(t, "GetVersion of the trimmed save", err, blob.ErrNotFound)
+	rest, err := io.ReadAll(rc)
+	if err != nil {
+		t.Fatalf("reading a save trimmed while open: %v", err)
+	}
+	if got := append(head, rest...); !bytes.Equal(got, old) {
+		t.Fatalf("a save trimmed while open read back as %d bytes, not the %d saved", len(got), len(old))
+	}
 }
 
 // TrickyKeys are valid keys that would misbehave if used as paths or object

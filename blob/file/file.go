@@ -273,7 +273,7 @@ func (s *Store) Put(ctx context.Context, key string, fence int64, r io.Reader) (
 	if err != nil {
 		return blob.Info{}, err
 	}
-	now := time.Now().UTC()
+	now := time.Now().UTC().Truncate(time.Microsecond)
 	info := blob.Info{Key: key, Version: blob.NewVersion(now), Size: size, Fence: fence, SavedAt: now, SHA256: sum}
 	trimmed, err := m.Commit(info, s.opts.History)
 	if err != nil {
@@ -287,6 +287,10 @@ func (s *Store) Put(ctx context.Context, key string, fence int64, r io.Reader) (
 		return blob.Info{}, fmt.Errorf("file: put %q: %w", key, err)
 	}
 	committed = true
+	// The body's name must be durable before a manifest naming it is.
+	if err := s.syncDir(path.Join(kd, "v")); err != nil {
+		return blob.Info{}, fmt.Errorf("file: put %q: %w", key, err)
+	}
 	if err := s.writeManifest(key, m); err != nil {
 		// The body stays: if the manifest did land it is current; if not,
 		// the next commit's sweep removes it as unlisted.
@@ -359,6 +363,13 @@ const staleTemp = time.Hour
 func (s *Store) Fence(ctx context.Context, key string, fence int64) error {
 	if err := blob.ValidateKey(key); err != nil {
 		return err
+	}
+	// Fence 0 is every key's fence to begin with: answer without creating
+	// anything (callers probe a key's fence this way).
+	if m, exists, err := s.readManifest(key); err != nil || (!exists && fence <= 0) {
+		return err
+	} else if fence < m.Fence {
+		return m.Check(fence)
 	}
 	if err := s.root.MkdirAll(keyDir(key), 0o755); err != nil {
 		return fmt.Errorf("file: fence %q: %w", key, err)

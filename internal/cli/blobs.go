@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 
 	"github.com/berthhq/berth/blob"
-	"github.com/berthhq/berth/blob/file"
+	"github.com/berthhq/berth/blob/blobs"
 	"github.com/berthhq/berth/runtime"
 )
 
@@ -18,7 +18,7 @@ func openBlobs(ctx context.Context, o *serverOptions, log *slog.Logger) (blob.St
 		spec = "file:" + filepath.Join(o.DataDir, "blobs")
 	}
 	opts := blob.Options{History: o.History, Logger: log.With("component", "blobs")}
-	st, err := file.Open(ctx, spec, opts)
+	st, err := blobs.Open(ctx, spec, opts)
 	if err != nil {
 		return nil, fmt.Errorf("--blobs %q: %w", spec, err)
 	}
