@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"reflect"
 	"strings"
 	"time"
 
@@ -156,9 +157,18 @@ func DecodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 }
 
 func decodeStrict(body io.Reader, v any) error {
-	dec := json.NewDecoder(body)
+	raw, err := io.ReadAll(body)
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		return &HTTPError{Status: http.StatusBadRequest, Code: api.CodeTooLarge, Field: "body",
+			Message: fmt.Sprintf("body: larger than the %d-byte limit", mbe.Limit)}
+	}
+	if err != nil {
+		return badRequest("body", "could not be read: "+err.Error())
+	}
+	dec := json.NewDecoder(bytes.NewReader(raw))
 	dec.DisallowUnknownFields()
-	err := dec.Decode(v)
+	err = dec.Decode(v)
 	if err == nil {
 		if dec.More() {
 			return badRequest("body", "must hold exactly one JSON object")
@@ -168,7 +178,6 @@ func decodeStrict(body io.Reader, v any) error {
 		}
 		return nil
 	}
-	var mbe *http.MaxBytesError
 	var se *json.SyntaxError
 	var te *json.UnmarshalTypeError
 	switch {
@@ -187,9 +196,57 @@ func decodeStrict(body io.Reader, v any) error {
 		return badRequest(field, fmt.Sprintf("must be %s, not %s", jsonKind(te.Type.Kind().String()), te.Value))
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
 		name := strings.Trim(strings.TrimPrefix(err.Error(), "json: unknown field "), `"`)
-		return badRequest(name, "is not a known field")
+		return badRequest(unknownFieldPath(raw, reflect.TypeOf(v), name), "is not a known field")
 	}
 	return badRequest("body", "is not valid JSON: "+err.Error())
+}
+
+// unknownFieldPath finds where in raw the unknown field name sits, as a
+// dotted path ("spawn.comand"): encoding/json names only the leaf.
+func unknownFieldPath(raw []byte, t reflect.Type, name string) string {
+	var doc any
+	if json.Unmarshal(raw, &doc) != nil {
+		return name
+	}
+	if p := findUnknown(doc, t, name, ""); p != "" {
+		return p
+	}
+	return name
+}
+
+func findUnknown(doc any, t reflect.Type, name, prefix string) string {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	obj, ok := doc.(map[string]any)
+	if !ok || t.Kind() != reflect.Struct {
+		return ""
+	}
+	known := make(map[string]reflect.Type)
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		tag, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if tag == "-" {
+			continue
+		}
+		if tag == "" {
+			tag = f.Name
+		}
+		known[strings.ToLower(tag)] = f.Type
+	}
+	for k, sub := range obj {
+		ft, ok := known[strings.ToLower(k)]
+		if !ok {
+			if k == name {
+				return prefix + k
+			}
+			continue
+		}
+		if p := findUnknown(sub, ft, name, prefix+k+"."); p != "" {
+			return p
+		}
+	}
+	return ""
 }
 
 func jsonKind(k string) string {
