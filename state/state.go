@@ -109,6 +109,17 @@ func New(cfg Config) (*Service, error) {
 	return s, nil
 }
 
+// SetBackendAPIURL sets the backend API's URL as backends of runtime rt
+// reach it. Call before serving.
+func (s *Service) SetBackendAPIURL(rt, url string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.cfg.BackendAPIURL == nil {
+		s.cfg.BackendAPIURL = make(map[string]string)
+	}
+	s.cfg.BackendAPIURL[rt] = url
+}
+
 // Close stops background work. Spooled states stay on disk for the next start.
 func (s *Service) Close() {
 	s.stop()
@@ -151,9 +162,11 @@ func (s *Service) BeforeStart(ctx context.Context, b *berth.Backend, spec *runti
 	}
 	switch mode {
 	case berth.StateModeBlob:
-		base := s.cfg.BackendAPIURL[b.Runtime]
-		if base == "" {
-			base = s.cfg.BackendAPIURL["process"]
+		s.mu.Lock()
+		base, ok := s.cfg.BackendAPIURL[b.Runtime]
+		s.mu.Unlock()
+		if !ok {
+			return fmt.Errorf("state: backends of runtime %s cannot reach the backend API", b.Runtime)
 		}
 		spec.Env["BERTH_STATE_URL"] = strings.TrimRight(base, "/") + "/v1/backends/" + b.ID + "/state"
 	case berth.StateModeDir:

@@ -2,13 +2,47 @@ package cli
 
 import (
 	"context"
-	"errors"
+	"crypto/sha256"
+	"encoding/hex"
 	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strconv"
 
 	"github.com/berthhq/berth/runtime"
+	"github.com/berthhq/berth/runtime/docker"
 )
 
-// openDocker connects the docker runtime when an engine answers.
+// openDocker connects the docker runtime when an engine answers. Its
+// instance label is derived from the data dir, so two Berths on one engine
+// never remove each other's containers.
 func openDocker(ctx context.Context, o *serverOptions, log *slog.Logger) (runtime.Runtime, error) {
-	return nil, errors.New("docker runtime is not wired yet")
+	abs, err := filepath.Abs(o.DataDir)
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256([]byte(abs))
+	return docker.New(ctx, docker.Config{
+		Instance: "berth-" + hex.EncodeToString(sum[:6]),
+		Logger:   log.With("runtime", "docker"),
+	})
+}
+
+// dockerBackendAPI serves the backend API on the docker network's gateway,
+// the one host address containers reach; the control API stays on its own
+// (loopback) address, out of their reach. It returns the URL backends use.
+func dockerBackendAPI(rts map[string]runtime.Runtime, port int, h http.Handler, errC chan<- error) (string, *http.Server, error) {
+	d, ok := rts["docker"].(*docker.Runtime)
+	if !ok || !d.Gateway().IsValid() {
+		return "", nil, nil
+	}
+	addr := net.JoinHostPort(d.Gateway().String(), strconv.Itoa(port))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return "", nil, err
+	}
+	srv := &http.Server{Handler: h}
+	go func() { errC <- srv.Serve(ln) }()
+	return "http://" + addr, srv, nil
 }

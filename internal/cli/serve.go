@@ -44,6 +44,7 @@ type serverOptions struct {
 	Store          string
 	Blobs          string
 	VolumeRoot     string
+	CgroupDir      string
 	MaxStateBytes  int64
 	History        int
 	APIKey         string
@@ -63,6 +64,7 @@ func (o *serverOptions) flags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Store, "store", envOr("BERTH_STORE", ""), "records: sqlite:PATH or postgres://… (BERTH_STORE; default sqlite:<data-dir>/berth.db)")
 	fs.StringVar(&o.Blobs, "blobs", envOr("BERTH_BLOBS", ""), "saved state: file:DIR, s3://bucket/prefix?endpoint=…, postgres://… (BERTH_BLOBS; default file:<data-dir>/blobs)")
 	fs.StringVar(&o.VolumeRoot, "volume-root", envOr("BERTH_VOLUME_ROOT", ""), "where state mode volume gives each key a directory; may be an NFS/EFS mount (BERTH_VOLUME_ROOT; default <data-dir>/state/volumes)")
+	fs.StringVar(&o.CgroupDir, "cgroup-dir", envOr("BERTH_CGROUP_DIR", ""), "a delegated cgroup v2 directory; process backends then get memory, CPU and pids limits (BERTH_CGROUP_DIR)")
 	fs.Int64Var(&o.MaxStateBytes, "max-state-bytes", 64<<20, "largest state a backend may save")
 	fs.IntVar(&o.History, "history", 10, "saves kept per key")
 	fs.StringVar(&o.TokenKey, "token-key", envOr("BERTH_TOKEN_KEY", ""), "secret for signing proxy tokens, 32+ bytes (BERTH_TOKEN_KEY; default: generated once into <data-dir>/token.key)")
@@ -119,6 +121,13 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 	if err != nil {
 		return err
 	}
+	defer func() {
+		for _, rt := range runtimes {
+			if c, ok := rt.(io.Closer); ok {
+				c.Close()
+			}
+		}
+	}()
 
 	// Listen before reconciling so a port clash fails fast, before any
 	// backend is touched.
@@ -199,7 +208,13 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 
 	backendSrv := &http.Server{Handler: states.BackendAPI(), ReadHeaderTimeout: 30 * time.Second}
 
-	errC := make(chan error, 3)
+	errC := make(chan error, 4)
+	if u, srv, err := dockerBackendAPI(runtimes, backendLn.Addr().(*net.TCPAddr).Port, states.BackendAPI(), errC); err != nil {
+		log.Warn("docker backends cannot reach the backend API; their state saves will fail", "err", err)
+	} else if srv != nil {
+		states.SetBackendAPIURL("docker", u)
+		defer srv.Close()
+	}
 	go func() { errC <- apiSrv.Serve(apiLn) }()
 	go func() { errC <- proxySrv.Serve(proxyLn) }()
 	go func() { errC <- backendSrv.Serve(backendLn) }()
@@ -280,7 +295,7 @@ func openRuntimes(ctx context.Context, o *serverOptions, log *slog.Logger) (map[
 		return nil, usagef("--runtime %q: use auto, process or docker", o.Runtime)
 	}
 	if o.Runtime == "auto" || o.Runtime == "process" {
-		p, err := process.New(process.Config{Dir: filepath.Join(o.DataDir, "run"), Logger: log.With("runtime", "process")})
+		p, err := process.New(process.Config{Dir: filepath.Join(o.DataDir, "run"), CgroupDir: o.CgroupDir, Logger: log.With("runtime", "process")})
 		if err != nil {
 			return nil, fmt.Errorf("process runtime: %w", err)
 		}
