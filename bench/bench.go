@@ -112,6 +112,7 @@ type figureSpec struct {
 	unit     string
 	baseline string // what the baseline is, or "" for none
 	target   target
+	method   string // how it is measured, for the report
 }
 
 // result is one run of a scenario.

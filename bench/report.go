@@ -42,6 +42,7 @@ type Row struct {
 	Status string `json:"status"`
 	// Why explains a skip or an error.
 	Why    string      `json:"why,omitempty"`
+	Method string      `json:"method,omitempty"`
 	Notes  []string    `json:"notes,omitempty"`
 	PerRun []RunFigure `json:"per_run,omitempty"`
 	kind   targetKind
@@ -137,6 +138,7 @@ func newRow(scenario string, f figureSpec, runs []RunFigure, notes []string) Row
 		Figure:       f.name,
 		Unit:         f.unit,
 		BaselineName: f.baseline,
+		Method:       f.method,
 		Target:       f.target.String(f.unit),
 		PerRun:       runs,
 		Notes:        notes,
@@ -298,19 +300,27 @@ func (r *Report) WriteTable(w io.Writer) {
 	fmt.Fprintf(w, "load generator: %s\n", r.Generator)
 	fmt.Fprintf(w, "runs: %d (Berth and baseline: medians of the per-run figures; ratio: median of the per-run ratios or differences)\n\n", r.Runs)
 	writeMarkdown(w, rows)
-	var notes []string
+	section := func(title string, items []string) {
+		if len(items) == 0 {
+			return
+		}
+		fmt.Fprintf(w, "\n%s\n", title)
+		for _, it := range items {
+			fmt.Fprintf(w, "- %s\n", it)
+		}
+	}
+	var methods, details []string
 	for _, row := range r.Rows {
+		name := strings.TrimSpace(row.Figure)
+		if row.Method != "" {
+			methods = append(methods, name+": "+row.Method)
+		}
 		for _, n := range row.Notes {
-			notes = append(notes, row.Figure+": "+n)
+			details = append(details, name+": "+n)
 		}
 	}
-	notes = append(notes, r.Notes...)
-	if len(notes) > 0 {
-		fmt.Fprintln(w)
-		for _, n := range notes {
-			fmt.Fprintf(w, "- %s\n", n)
-		}
-	}
+	section("How each figure is measured:", methods)
+	section("Details:", append(details, r.Notes...))
 }
 
 // writeMarkdown writes rows (the first is the header) as an aligned

@@ -29,7 +29,8 @@ var scenarios = []*scenario{
 		name:    "cold-process",
 		summary: "connect → first HTTP 200 through the proxy, process runtime, vs exec of the same binary → first 200",
 		figures: []figureSpec{
-			{name: "connect → ready, process, p50", unit: "ms", baseline: "exec", target: target{ratioAtMost, 1.5}},
+			{name: "connect → ready, process, p50", unit: "ms", baseline: "exec", target: target{ratioAtMost, 1.5},
+				method: "Berth: POST /v1/connect for a new key (wait=false), then GET the returned URL through the proxy until a 200; then a hard terminate, waited out. Baseline: exec the same binary with PORT set, GET it directly until a 200. Same polling client (a new connection per attempt, 100 µs apart), alternating, 15 samples each per run (after 2 discarded); phases from Berth's own event timestamps"},
 		},
 		run: runColdProcess,
 	},
@@ -37,7 +38,8 @@ var scenarios = []*scenario{
 		name:    "cold-docker",
 		summary: "connect → first HTTP 200, docker runtime, vs `docker run` of the same image → first 200",
 		figures: []figureSpec{
-			{name: "connect → ready, Docker, p50", unit: "ms", baseline: "docker run", target: target{ratioAtMost, 1.1}},
+			{name: "connect → ready, Docker, p50", unit: "ms", baseline: "docker run", target: target{ratioAtMost, 1.1},
+				method: "as the process row, with spawn.image: a FROM scratch image of the bench backend built through the Engine API; baseline `docker run -d -p 127.0.0.1:PORT:8080` of the same image, polled until a 200, then removed"},
 		},
 		skip: skipDocker,
 		run:  runColdDocker,
@@ -46,8 +48,10 @@ var scenarios = []*scenario{
 		name:    "throughput",
 		summary: "proxy HTTP throughput, 32 keep-alive connections, vs nginx proxying the same backend",
 		figures: []figureSpec{
-			{name: "proxy HTTP throughput, 32 conns", unit: "/s", baseline: "nginx", target: target{ratioAtLeast, 1.0}},
-			{name: "backend alone, 32 conns (ceiling)", unit: "/s"},
+			{name: "proxy HTTP throughput, 32 conns", unit: "/s", baseline: "nginx", target: target{ratioAtLeast, 1.0},
+				method: "GET / of the bench backend (6-byte body) over 32 keep-alive connections for 10 s (after 2 s of warm-up), through Berth's proxy and through nginx (generated config: worker_processes auto, upstream keepalive, access log off) to the same backend process, in alternating order; CPU per request from /proc/PID/stat of the proxy's processes"},
+			{name: "backend alone, 32 conns (ceiling)", unit: "/s",
+				method: "the same load straight to the backend: what the machine allows with no proxy taking CPU"},
 		},
 		run: runThroughput,
 	},
@@ -55,8 +59,10 @@ var scenarios = []*scenario{
 		name:    "latency",
 		summary: "added latency of the proxy: sequential GETs on one keep-alive connection, vs direct",
 		figures: []figureSpec{
-			{name: "proxy added latency p50", unit: "µs", baseline: "direct", target: target{deltaAtMost, 100}},
-			{name: "proxy added latency p99", unit: "µs", baseline: "direct", target: target{deltaAtMost, 1000}},
+			{name: "proxy added latency p50", unit: "µs", baseline: "direct", target: target{deltaAtMost, 100},
+				method: "20,000 sequential GETs on one keep-alive connection through the proxy, and as many straight to the backend (and through nginx, for reference), in alternating blocks of 500; Berth and baseline are the percentiles of each, the ratio column their difference"},
+			{name: "proxy added latency p99", unit: "µs", baseline: "direct", target: target{deltaAtMost, 1000},
+				method: "as the p50 row"},
 		},
 		run: runLatency,
 	},
@@ -64,8 +70,10 @@ var scenarios = []*scenario{
 		name:    "ws-latency",
 		summary: "added WebSocket echo round trip through the proxy, vs direct",
 		figures: []figureSpec{
-			{name: "WebSocket echo RTT added p50", unit: "µs", baseline: "direct", target: target{deltaAtMost, 50}},
-			{name: "WebSocket echo RTT p99", unit: "µs", baseline: "direct"},
+			{name: "WebSocket echo RTT added p50", unit: "µs", baseline: "direct", target: target{deltaAtMost, 50},
+				method: "20,000 sequential 32-byte binary messages echoed by the backend, on one WebSocket through the proxy and one straight to the backend, in alternating blocks of 500"},
+			{name: "WebSocket echo RTT p99", unit: "µs", baseline: "direct",
+				method: "as the p50 row"},
 		},
 		run: runWSLatency,
 	},
@@ -73,7 +81,8 @@ var scenarios = []*scenario{
 		name:    "spawn-rate",
 		summary: "cold spawns per second (connect with wait=true until ready; each hard-terminated at once)",
 		figures: []figureSpec{
-			{name: "cold spawns/s, process (spawned and ready)", unit: "/s", baseline: "exec", target: target{atLeast, 300}},
+			{name: "cold spawns/s, process (spawned and ready)", unit: "/s", baseline: "exec", target: target{atLeast, 300},
+				method: "16 workers for 10 s, each in a loop: POST /v1/connect for a new key with wait=true, count the spawn when the answer says ready (spawned AND ready, not merely accepted), then terminate it (hard) so live backends stay few; a spawn that ends another way counts as failed. Baseline (for scale, not judged): as many workers exec'ing the same binary, polling it to its first 200 and SIGKILLing it"},
 		},
 		run: runSpawnRate,
 	},
@@ -81,7 +90,8 @@ var scenarios = []*scenario{
 		name:    "warm-connect",
 		summary: "connects to a live key per second, 32 concurrent keep-alive clients",
 		figures: []figureSpec{
-			{name: "warm connects/s (live key)", unit: "/s", target: target{atLeast, 20000}},
+			{name: "warm connects/s (live key)", unit: "/s", target: target{atLeast, 20000},
+				method: "POST /v1/connect {key, spawn, user} with the API key for a key whose backend is live, over 32 keep-alive connections for 5 s (after 1 s of warm-up); afterwards the key must still name the same backend"},
 		},
 		run: runWarmConnect,
 	},
@@ -89,7 +99,8 @@ var scenarios = []*scenario{
 		name:    "idle-ws",
 		summary: "Berth's memory per idle WebSocket through the proxy (10,000; 500 with --quick)",
 		figures: []figureSpec{
-			{name: "Berth memory per idle WebSocket", unit: "KB", target: target{atMost, 20}},
+			{name: "Berth memory per idle WebSocket", unit: "KB", target: target{atMost, 20},
+				method: "Berth runs as its own process (clients in the bench, the backend in its own): open N WebSockets through the proxy (one echo each), wait 2 s, then compare with before: the larger of Berth's RSS growth (/proc/PID/status, read right after debug.FreeOSMemory in Berth) and its Go heap-in-use + stack growth (runtime.MemStats), divided by N. RSS misses allocated pages never touched (idle copy buffers); the heap misses runtime overhead. KB = 1024 bytes"},
 			{name: "  of which RSS growth", unit: "KB"},
 			{name: "  of which Go heap+stacks growth", unit: "KB"},
 		},
@@ -218,8 +229,8 @@ func coldResult(name string, b, x []time.Duration, ph *phases) *result {
 	res := newResult()
 	bs, xs := durationsIn(b, time.Millisecond), durationsIn(x, time.Millisecond)
 	res.values[name] = RunFigure{Berth: percentile(bs, 50), Baseline: percentile(xs, 50)}
-	res.notes[name] = fmt.Sprintf("%d samples each; p90 Berth %.2f ms, baseline %.2f ms; min %.2f / %.2f ms; %s",
-		len(bs), percentile(bs, 90), percentile(xs, 90), bs[0], xs[0], ph)
+	res.notes[name] = fmt.Sprintf("p90 Berth %.2f ms, baseline %.2f ms; min %.2f / %.2f ms; %s",
+		percentile(bs, 90), percentile(xs, 90), bs[0], xs[0], ph)
 	return res
 }
 
@@ -305,8 +316,8 @@ func runThroughput(ctx context.Context, e *env, r *runCtx) (*result, error) {
 	switch {
 	case nerr == nil:
 		res.values[fig] = RunFigure{Berth: bx.Requests, Baseline: nx.Requests}
-		res.notes[fig] = fmt.Sprintf("%s (%d workers); proxy CPU per request: Berth %.1f µs, nginx %.1f µs; machine CPU busy %.0f%% / %.0f%%; non-2xx/socket errors: Berth %d/%d, nginx %d/%d",
-			ng.version, len(ng.pids())-1, us(bx.cpuPerReq), us(nx.cpuPerReq), 100*bx.busy, 100*nx.busy, bx.Non2xx, bx.Errors, nx.Non2xx, nx.Errors)
+		res.notes[fig] = fmt.Sprintf("proxy CPU per request: Berth %.1f µs, %s (%d workers) %.1f µs; machine CPU busy %.0f%% / %.0f%%; non-2xx/socket errors: Berth %d/%d, nginx %d/%d",
+			us(bx.cpuPerReq), ng.version, len(ng.pids())-1, us(nx.cpuPerReq), 100*bx.busy, 100*nx.busy, bx.Non2xx, bx.Errors, nx.Non2xx, nx.Errors)
 	default:
 		var ni *errNotInstalled
 		if !errors.As(nerr, &ni) {
@@ -320,7 +331,7 @@ func runThroughput(ctx context.Context, e *env, r *runCtx) (*result, error) {
 		return nil, err
 	}
 	res.values[ceiling] = RunFigure{Berth: dx.Requests}
-	res.notes[ceiling] = fmt.Sprintf("the load generator straight to the backend: what the machine allows with no proxy taking CPU; machine CPU busy %.0f%%", 100*dx.busy)
+	res.notes[ceiling] = fmt.Sprintf("machine CPU busy %.0f%%", 100*dx.busy)
 	return res, nil
 }
 
@@ -406,10 +417,10 @@ func runLatency(ctx context.Context, e *env, r *runCtx) (*result, error) {
 	const p50, p99 = "proxy added latency p50", "proxy added latency p99"
 	res.values[p50] = RunFigure{Berth: percentile(p, 50), Baseline: percentile(d, 50)}
 	res.values[p99] = RunFigure{Berth: percentile(p, 99), Baseline: percentile(d, 99)}
-	note := fmt.Sprintf("%d sequential GETs each way on one keep-alive connection; p90 %.0f vs %.0f µs", n, percentile(p, 90), percentile(d, 90))
+	note := fmt.Sprintf("p90 %.0f vs %.0f µs", percentile(p, 90), percentile(d, 90))
 	if len(samples) > 2 {
 		x := durationsIn(samples[2], time.Microsecond)
-		note += fmt.Sprintf("; nginx, same backend, for reference: p50 %.0f µs (%s), p99 %.0f µs (%s)",
+		note += fmt.Sprintf("; nginx to the same backend, for reference: p50 %.0f µs (%s), p99 %.0f µs (%s)",
 			percentile(x, 50), fmtSigned(percentile(x, 50)-percentile(d, 50), "µs"), percentile(x, 99), fmtSigned(percentile(x, 99)-percentile(d, 99), "µs"))
 	}
 	res.notes[p50] = note
@@ -461,7 +472,7 @@ func runWSLatency(ctx context.Context, e *env, r *runCtx) (*result, error) {
 	res := newResult()
 	res.values["WebSocket echo RTT added p50"] = RunFigure{Berth: percentile(p, 50), Baseline: percentile(d, 50)}
 	res.values["WebSocket echo RTT p99"] = RunFigure{Berth: percentile(p, 99), Baseline: percentile(d, 99)}
-	res.notes["WebSocket echo RTT added p50"] = fmt.Sprintf("%d sequential 32-byte echoes each way on one connection", n)
+	res.notes["WebSocket echo RTT added p50"] = fmt.Sprintf("p90 %.0f vs %.0f µs", percentile(p, 90), percentile(d, 90))
 	return res, nil
 }
 
@@ -643,8 +654,8 @@ func (e *env) spawnRate(ctx context.Context, r *runCtx, workers int, d time.Dura
 	if failed > 0 {
 		failures = fmt.Sprintf("%d failed, the first: %s", failed, firstFailure.Load())
 	}
-	note := fmt.Sprintf("%s; %d workers, each: connect a new key with wait=true, count it when the answer says ready, terminate it (hard); %s; connect→ready p50 %.1f ms, p99 %.1f ms; slowest 1-s window %d; peak live %d; all terminated %s after; Berth CPU per spawn %.2f ms, machine CPU busy %.0f%%; %s; baseline: exec → first 200 → SIGKILL by as many workers",
-		failures, workers, d, percentile(ls, 50), percentile(ls, 99), slices.Min(buckets), peak.Load(), drained.Round(10*time.Millisecond),
+	note := fmt.Sprintf("%s; connect→ready p50 %.1f ms, p99 %.1f ms; slowest 1-s window %d; peak live %d; all terminated %s after; Berth CPU per spawn %.2f ms, machine CPU busy %.0f%%; %s",
+		failures, percentile(ls, 50), percentile(ls, 99), slices.Min(buckets), peak.Load(), drained.Round(10*time.Millisecond),
 		float64(used)/float64(time.Millisecond)/max(1, rate*d.Seconds()), 100*busy, &ph)
 	return rate, note, nil
 }
@@ -686,8 +697,8 @@ func runWarmConnect(ctx context.Context, e *env, r *runCtx) (*result, error) {
 	}
 	res := newResult()
 	res.values[fig] = RunFigure{Berth: lr.Requests}
-	res.notes[fig] = fmt.Sprintf("POST /v1/connect {key, spawn, user} with the API key, %d connections for %s; Berth CPU per connect %.1f µs; machine CPU busy %.0f%%; %d non-2xx, %d socket errors",
-		conns, d, us(time.Duration(float64(used)/(lr.Requests*d.Seconds()))), 100*busy, lr.Non2xx, lr.Errors)
+	res.notes[fig] = fmt.Sprintf("Berth CPU per connect %.1f µs; machine CPU busy %.0f%%; %d non-2xx, %d socket errors",
+		us(time.Duration(float64(used)/(lr.Requests*d.Seconds()))), 100*busy, lr.Non2xx, lr.Errors)
 	return res, nil
 }
 
@@ -784,8 +795,7 @@ func runIdleWS(ctx context.Context, e *env, r *runCtx) (*result, error) {
 	res.values[fig] = RunFigure{Berth: max(perRSS, perHeap)}
 	res.values[figRSS] = RunFigure{Berth: perRSS}
 	res.values[figHeap] = RunFigure{Berth: perHeap}
-	res.notes[fig] = limited + fmt.Sprintf("the larger of RSS growth (/proc/PID/status, after the server returned freed memory to the OS) and Go heap-in-use+stack growth (runtime.MemStats), divided by the connections: RSS misses allocated pages never touched (idle copy buffers), the heap misses runtime overhead; KB = 1024 bytes; "+
-		"%d WebSockets opened in %s; Berth RSS %.1f → %.1f MiB, Go heap+stacks %.1f → %.1f MiB, goroutines %d → %d (%.1f each)",
+	res.notes[fig] = limited + fmt.Sprintf("%d WebSockets opened in %s; Berth RSS %.1f → %.1f MiB, Go heap+stacks %.1f → %.1f MiB, goroutines %d → %d (%.1f each)",
 		n, opened.Round(time.Millisecond), mib(rss0), mib(rss1), mib(heap0), mib(heap1), before.Goroutines, after.Goroutines, float64(after.Goroutines-before.Goroutines)/float64(n))
 	return res, nil
 }
