@@ -23,6 +23,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/berthhq/berth"
 	"github.com/berthhq/berth/api"
@@ -181,6 +182,11 @@ func validateConnect(req *api.ConnectRequest) error {
 	}
 	if len(req.User) > 256 {
 		return &berth.FieldError{Field: "user", Message: "must be at most 256 characters"}
+	}
+	for _, r := range req.User {
+		if r < 0x20 || r == 0x7f || r == utf8.RuneError {
+			return &berth.FieldError{Field: "user", Message: "must be valid UTF-8 without control characters (it is sent to backends as a header)"}
+		}
 	}
 	if req.WaitTimeoutSeconds < 0 || req.WaitTimeoutSeconds > 3600 {
 		return &berth.FieldError{Field: "wait_timeout_seconds", Message: "must be between 1 and 3600 (0 means the default, 60)"}
