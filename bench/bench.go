@@ -13,12 +13,14 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"slices"
@@ -153,6 +155,44 @@ func (r *runCtx) cpuProfile(e *env, name string, d time.Duration) {
 	}()
 }
 
+// contention turns on block and mutex profiling in the Berth server (first
+// run only) and returns a function that saves both profiles and turns
+// profiling off again.
+func (r *runCtx) contention(ctx context.Context, e *env, name string) func() {
+	if r.profile == "" || r.n != 1 {
+		return func() {}
+	}
+	set := func(rate int) error {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, e.berth.Debug+"/debug/contention?rate="+strconv.Itoa(rate), nil)
+		res, err := e.hc.Do(req)
+		if err != nil {
+			return err
+		}
+		res.Body.Close()
+		if res.StatusCode != http.StatusOK {
+			return fmt.Errorf("set contention profiling: %s", res.Status)
+		}
+		return nil
+	}
+	if err := set(1); err != nil {
+		r.log("contention profile %s: %v", name, err)
+		return func() {}
+	}
+	return func() {
+		for _, kind := range []string{"block", "mutex"} {
+			path := filepath.Join(r.profile, name+"."+kind+".pprof")
+			if err := fetch(e, e.berth.Debug+"/debug/pprof/"+kind, path); err != nil {
+				r.log("%s profile %s: %v", kind, name, err)
+			} else {
+				r.log("wrote %s", path)
+			}
+		}
+		if err := set(0); err != nil {
+			r.log("contention profile %s: %v", name, err)
+		}
+	}
+}
+
 // heapProfile saves the Berth server's heap profile now.
 func (r *runCtx) heapProfile(e *env, name string) {
 	if r.profile == "" || r.n != 1 {
@@ -237,11 +277,12 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		}
 	}
 	rep := &Report{
-		Date:    time.Now(),
-		Machine: machine(),
-		Command: cfg.Command,
-		Runs:    cfg.runs(),
-		Quick:   cfg.Quick,
+		Date:     time.Now(),
+		Machine:  machine(),
+		Command:  cfg.Command,
+		Runs:     cfg.runs(),
+		Quick:    cfg.Quick,
+		Revision: revision(),
 	}
 	loadStart := loadAvg()
 	cpu := meterCPU()
@@ -344,6 +385,20 @@ func generator(e *env) string {
 		return inproc + " for everything (wrk is not installed: apt-get install wrk)"
 	}
 	return e.wrk.version + " (-t2 -c32) for proxy throughput and warm connects; " + inproc + " for latencies, WebSockets, cold starts and spawns"
+}
+
+// revision is the git commit of the working directory, marked dirty when
+// it has changes, or "" outside a git checkout.
+func revision() string {
+	out, err := exec.Command("git", "rev-parse", "--short", "HEAD").Output()
+	if err != nil {
+		return ""
+	}
+	rev := strings.TrimSpace(string(out))
+	if st, err := exec.Command("git", "status", "--porcelain", "--untracked-files=no").Output(); err == nil && len(bytes.TrimSpace(st)) > 0 {
+		rev += " with uncommitted changes"
+	}
+	return rev
 }
 
 // loadAvg is the 1-minute load average.

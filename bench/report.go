@@ -15,6 +15,7 @@ type Report struct {
 	Date      time.Time `json:"date"`
 	Machine   string    `json:"machine"`
 	Command   string    `json:"command"`
+	Revision  string    `json:"revision,omitempty"`
 	Generator string    `json:"generator"`
 	Runs      int       `json:"runs"`
 	Quick     bool      `json:"quick"`
@@ -297,6 +298,12 @@ func (r *Report) WriteTable(w io.Writer) {
 	}
 	fmt.Fprintf(w, "berth bench — %s — %s\n", r.Date.Format("2006-01-02 15:04 MST"), r.Machine)
 	fmt.Fprintf(w, "command: %s\n", r.Command)
+	if r.Revision != "" {
+		fmt.Fprintf(w, "revision: %s\n", r.Revision)
+	}
+	if r.Quick {
+		fmt.Fprintln(w, "sizes: --quick, tiny: this checks that every scenario runs; its figures mean little (the method text gives the full sizes)")
+	}
 	fmt.Fprintf(w, "load generator: %s\n", r.Generator)
 	fmt.Fprintf(w, "runs: %d (Berth and baseline: medians of the per-run figures; ratio: median of the per-run ratios or differences)\n\n", r.Runs)
 	writeMarkdown(w, rows)

@@ -597,6 +597,7 @@ func (e *env) spawnRate(ctx context.Context, r *runCtx, workers int, d time.Dura
 		}
 	}()
 	r.cpuProfile(e, "spawn-rate", d)
+	saveContention := r.contention(ctx, e, "spawn-rate")
 	m := meterCPU(e.berth.PID)
 	var firstFailure atomic.Value
 	rate, failed, err := e.rate(ctx, workers, d, func(w, i int) (time.Duration, error) {
@@ -629,6 +630,7 @@ func (e *env) spawnRate(ctx context.Context, r *runCtx, workers int, d time.Dura
 		mu.Unlock()
 	})
 	used, busy := m.stop()
+	saveContention()
 	drainStart := time.Now()
 	derr := e.waitLive(ctx, base, 2*time.Minute)
 	stopSampling()
@@ -859,7 +861,10 @@ func (p *phases) String() string {
 	if len(p.toReady) == 0 {
 		return ""
 	}
-	ms := func(ds []time.Duration) float64 { return percentile(durationsIn(ds, time.Millisecond), 50) }
-	return fmt.Sprintf("Berth's phases, p50 of %d: connect → recorded %.2f ms, → starting (runtime setup) %.2f ms, starting → ready (exec + readiness poll) %.2f ms, ready → client saw it %.2f ms",
+	ms := func(ds []time.Duration) string {
+		s := durationsIn(ds, time.Millisecond)
+		return fmt.Sprintf("%.2f (%.2f)", percentile(s, 50), percentile(s, 90))
+	}
+	return fmt.Sprintf("Berth's phases in ms, p50 (p90) of %d: connect → recorded %s, → starting (runtime setup) %s, starting → ready (exec + readiness poll) %s, ready → client saw it %s",
 		len(p.toReady), ms(p.toScheduled), ms(p.toStarting), ms(p.toReady), ms(p.toClient))
 }

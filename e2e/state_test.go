@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -17,6 +18,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -610,24 +612,57 @@ func TestStateFencing(t *testing.T) {
 	// A keeps writing, as a stale or leaked writer would, while it is
 	// stopped: once it is terminated every write must be refused — its
 	// final state is durable and must not change any more.
-	hammer := hammerState(t, sa)
+	h := hammerState(t, sa)
 	s.terminate(t, a.BackendID, false)
-	s.waitTerminated(t, a.BackendID, 20*time.Second)
-	after := time.Now()
-	late := hammer.until(t, after, 50, 3*time.Second)
-	for _, w := range late {
-		if w.code != http.StatusConflict {
-			t.Errorf("PUT by A %v after it was seen terminated: %d %s, want 409", w.started.Sub(after).Round(time.Microsecond), w.code, w.body)
+	endA := s.waitTerminated(t, a.BackendID, 20*time.Second)
+	seen := time.Now()
+	before, late := h.until(seen, 50, 3*time.Second)
+	// Berth's own clock says the same: nothing of A's was saved after A
+	// was terminated.
+	if vs := s.versions(t, key); len(vs) > 0 && endA.TerminatedAt != nil && vs[0].SavedAt.After(*endA.TerminatedAt) {
+		t.Errorf("A's save %s (fence %d) was committed at %s, %v after A was terminated at %s; a terminated backend's state must not change",
+			vs[0].Version, vs[0].Fence, vs[0].SavedAt.Format(time.RFC3339Nano), vs[0].SavedAt.Sub(*endA.TerminatedAt), endA.TerminatedAt.Format(time.RFC3339Nano))
+	}
+	// 202 (spooled) counts as saved, as the SDK takes it.
+	accepted := map[string]bool{"written by A": true}
+	for _, w := range before {
+		if w.code == http.StatusOK || w.code == http.StatusAccepted {
+			accepted[w.data] = true
 		}
 	}
+	codes := map[int]int{}
+	for _, w := range before {
+		codes[w.code]++
+	}
+	t.Logf("A wrote %d times until it was seen terminated (answers: %v), %d times after", len(before), codes, len(late))
+	for _, w := range before {
+		if w.code != http.StatusOK && w.code != http.StatusAccepted && w.code != http.StatusConflict {
+			t.Errorf("PUT by A while it held the key or stopped: %d %s; want 200 (or 202), or 409 once it lost the key", w.code, w.body)
+			break
+		}
+	}
+	bad := 0
+	for _, w := range late {
+		if w.code != http.StatusConflict {
+			if bad++; bad <= 3 {
+				t.Errorf("PUT by A %v after it was seen terminated: %d %s, want 409", w.started.Sub(seen).Round(time.Microsecond), w.code, w.body)
+			}
+		}
+	}
+	if bad > 0 {
+		t.Errorf("%d of %d writes by A after it was terminated were not refused", bad, len(late))
+	}
 	final := string(s.savedData(t, key))
-	sa.mustGet := 0
-	_ = final
+	if !accepted[final] {
+		t.Errorf("state after A terminated = %q, which is none of A's writes accepted before", final)
+	}
+
+	// A no longer holds the key: 409, even with no successor yet.
 	if code, body := sa.put(t, "A after it terminated"); code != http.StatusConflict {
 		t.Errorf("PUT by A after it terminated: %d %s, want 409", code, body)
 	}
-	if got := string(s.savedData(t, key)); got != "written by A" {
-		t.Errorf("state after A's refused write = %q, want %q", got, "written by A")
+	if got := string(s.savedData(t, key)); got != final {
+		t.Errorf("state after A's refused write = %q, want %q", got, final)
 	}
 
 	b := s.spawnReady(t, key, tbBlob())
@@ -635,7 +670,7 @@ func TestStateFencing(t *testing.T) {
 		t.Errorf("B's fencing token %d is not above A's %d", b.FencingToken, a.FencingToken)
 	}
 	sb := stateOf(t, b.URL)
-	sb.mustGet(t, "written by A")
+	sb.mustGet(t, final)
 	vb := sb.mustPut(t, "written by B")
 	if vb.Fence != b.FencingToken {
 		t.Errorf("B's save carries fence %d, want %d", vb.Fence, b.FencingToken)
@@ -657,12 +692,133 @@ func TestStateFencing(t *testing.T) {
 
 	sb.mustGet(t, "written by B")
 	vs := s.versions(t, key)
-	var fences []int64
-	for _, v := range vs {
-		fences = append(fences, v.Fence)
+	if len(vs) < 2 || vs[0].Fence != b.FencingToken || vs[0].SHA256 != sha([]byte("written by B")) {
+		t.Fatalf("history %+v; want B's save first", vs)
 	}
-	if want := []int64{b.FencingToken, a.FencingToken}; !slices.Equal(fences, want) {
-		t.Errorf("history fences %v, want %v (only the two accepted saves)", fences, want)
+	for _, v := range vs[1:] {
+		if v.Fence != a.FencingToken {
+			t.Errorf("history %+v: a save with fence %d; want only B's and A's (%d, %d)", vs, v.Fence, b.FencingToken, a.FencingToken)
+		}
+	}
+}
+
+// stateWrite is one PUT of a hammer.
+type stateWrite struct {
+	started time.Time
+	data    string
+	code    int
+	body    string
+}
+
+// stateHammer PUTs a backend's state over and over.
+type stateHammer struct {
+	mu     sync.Mutex
+	writes []stateWrite
+	stop   context.CancelFunc
+	done   chan struct{}
+}
+
+// hammerState starts several writers, so that writes are in flight at
+// every moment, a stop and its final save included. Stopping lets each
+// finish the write it is sending: every write sent is recorded.
+func hammerState(t *testing.T, st ownState) *stateHammer {
+	stopping, stop := context.WithCancel(t.Context())
+	h := &stateHammer{stop: stop, done: make(chan struct{})}
+	var wg sync.WaitGroup
+	for n := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; stopping.Err() == nil; i++ {
+				w := stateWrite{started: time.Now(), data: fmt.Sprintf("A's write %d/%d", n, i)}
+				req, _ := http.NewRequestWithContext(t.Context(), http.MethodPut, st.url, strings.NewReader(w.data))
+				req.Header.Set("Authorization", "Bearer "+st.secret)
+				resp, err := http.DefaultClient.Do(req)
+				if err != nil {
+					w.code, w.body = -1, err.Error()
+				} else {
+					b, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					w.code, w.body = resp.StatusCode, string(b)
+				}
+				h.mu.Lock()
+				h.writes = append(h.writes, w)
+				h.mu.Unlock()
+			}
+		}()
+	}
+	go func() { wg.Wait(); close(h.done) }()
+	t.Cleanup(func() { stop(); <-h.done })
+	return h
+}
+
+// until waits for n writes that started after t0 (or for timeout), stops
+// the hammer and returns every write, split into those that started before
+// t0 and after.
+func (h *stateHammer) until(t0 time.Time, n int, timeout time.Duration) (before, after []stateWrite) {
+	deadline := time.Now().Add(timeout)
+	for {
+		h.mu.Lock()
+		k := 0
+		for _, w := range h.writes {
+			if !w.started.Before(t0) {
+				k++
+			}
+		}
+		h.mu.Unlock()
+		if k >= n || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	h.stop()
+	<-h.done
+	for _, w := range h.writes {
+		if w.started.Before(t0) {
+			before = append(before, w)
+		} else {
+			after = append(after, w)
+		}
+	}
+	return before, after
+}
+
+// TestStateConcurrentSaves: saves of one backend that overlap all land
+// (200: the blob store is up, so nothing is spooled — 202 means the store
+// is unreachable), the last one committed is the current state, and no
+// save error is counted.
+func TestStateConcurrentSaves(t *testing.T) {
+	t.Parallel()
+	s := startWith(t, opts{})
+	key := "concurrent/" + randHex(4)
+	a := s.spawnReady(t, key, tbBlob())
+	st := stateOf(t, a.URL)
+	h := hammerState(t, st)
+	_, writes := h.until(time.Now(), 80, 10*time.Second)
+	codes := map[int]int{}
+	written := map[string]bool{}
+	for _, w := range writes {
+		codes[w.code]++
+		written[w.data] = true
+	}
+	t.Logf("answers to %d overlapping saves: %v", len(writes), codes)
+	if codes[http.StatusOK] != len(writes) {
+		for _, w := range writes {
+			if w.code != http.StatusOK {
+				t.Errorf("overlapping save %q: %d %s; want 200 (the blob store is up)", w.data, w.code, w.body)
+				break
+			}
+		}
+	}
+	final := s.savedData(t, key)
+	if vs := s.versions(t, key); len(vs) == 0 || vs[0].SHA256 != sha(final) {
+		t.Errorf("current state %q does not match the head of the history %+v", final, vs)
+	}
+	if !written[string(final)] && len(writes) > 0 {
+		t.Errorf("current state %q is none of the saves", final)
+	}
+	if n := metric(t, s, "berth_state_save_errors_total"); n != 0 {
+		t.Errorf("berth_state_save_errors_total = %v after saves that all went through; want 0", n)
 	}
 }
 

@@ -75,6 +75,12 @@ func (s *Service) putOwn(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	end := s.writers.begin(b.ID)
+	if end == nil {
+		writeErr(w, http.StatusConflict, api.CodeConflict, "", "backend "+b.ID+" is stopping and its final state is being made durable; no more writes are accepted")
+		return
+	}
+	defer end()
 	if r.ContentLength > s.cfg.MaxStateBytes {
 		writeErr(w, http.StatusRequestEntityTooLarge, api.CodeTooLarge, "body", fmt.Sprintf("state is %d bytes; the limit is %d", r.ContentLength, s.cfg.MaxStateBytes))
 		return

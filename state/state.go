@@ -63,9 +63,10 @@ const DefaultMaxStateBytes = 64 << 20
 
 // Service implements the state modes.
 type Service struct {
-	cfg   Config
-	log   *slog.Logger
-	spool *spool
+	cfg     Config
+	log     *slog.Logger
+	spool   *spool
+	writers *writers
 
 	mu    sync.Mutex
 	dirs  map[string]*dirSaver // mode dir, by backend id
@@ -102,7 +103,7 @@ func New(cfg Config) (*Service, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &Service{cfg: cfg, log: cfg.Logger, spool: sp, dirs: make(map[string]*dirSaver),
+	s := &Service{cfg: cfg, log: cfg.Logger, spool: sp, writers: newWriters(), dirs: make(map[string]*dirSaver),
 		ctx: ctx, stop: cancel, kickC: make(chan struct{}, 1)}
 	s.wg.Add(1)
 	go s.retry()
@@ -184,6 +185,7 @@ func (s *Service) BeforeStart(ctx context.Context, b *berth.Backend, spec *runti
 // It returns an error while the state is not durable; the Manager retries
 // and keeps the key held meanwhile.
 func (s *Service) AfterExit(ctx context.Context, b *berth.Backend) error {
+	s.writers.close(b.ID)
 	switch b.Spawn.StateMode() {
 	case berth.StateModeDir:
 		s.mu.Lock()

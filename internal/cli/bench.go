@@ -11,6 +11,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"time"
 
@@ -129,6 +130,17 @@ func debugMux() *http.ServeMux {
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	// Block and mutex profiling cost time on every contended operation, so
+	// the bench turns them on only around the scenario it profiles.
+	mux.HandleFunc("POST /debug/contention", func(w http.ResponseWriter, r *http.Request) {
+		rate, err := strconv.Atoi(r.URL.Query().Get("rate"))
+		if err != nil || rate < 0 {
+			http.Error(w, "rate: a non-negative integer", http.StatusBadRequest)
+			return
+		}
+		runtime.SetBlockProfileRate(rate)
+		runtime.SetMutexProfileFraction(rate)
+	})
 	mux.HandleFunc("GET /debug/memstats", func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Query().Get("free") == "1" {
 			debug.FreeOSMemory()
