@@ -3,6 +3,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -37,6 +38,11 @@ type opts struct {
 	dataDir string
 	// tokenKey is passed as --token-key when set.
 	tokenKey string
+	// runtime is passed as --runtime (default process).
+	runtime string
+	// backendAPI, when set, is the backend API's address: a restart on the
+	// same configuration keeps it, as backends' BERTH_STATE_URL names it.
+	backendAPI string
 }
 
 // addrs are the three listen addresses of one Berth.
@@ -84,6 +90,9 @@ func start(t *testing.T, o opts) *server {
 		o.dataDir = t.TempDir()
 	}
 	ad := freeAddrs(t)
+	if o.backendAPI != "" {
+		ad.backendAPI = o.backendAPI
+	}
 	verb := "dev"
 	if o.serve {
 		verb = "serve"
@@ -93,7 +102,7 @@ func start(t *testing.T, o opts) *server {
 		"--proxy-addr", ad.proxy,
 		"--backend-api-addr", ad.backendAPI,
 		"--data-dir", o.dataDir,
-		"--runtime", "process",
+		"--runtime", cmp.Or(o.runtime, "process"),
 		"--log-level", "debug",
 	}
 	if !o.serve && !o.demo {
