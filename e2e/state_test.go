@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -37,6 +38,14 @@ func startWith(t *testing.T, o opts, extra ...string) *server {
 	if len(extra) == 0 {
 		return start(t, o)
 	}
+	s := launch(t, o, extra...)
+	s.waitHealthy()
+	return s
+}
+
+// launch is startWith without waiting for /healthz.
+func launch(t *testing.T, o opts, extra ...string) *server {
+	t.Helper()
 	if o.serve || o.demo || o.tokenKey != "" {
 		t.Fatal("startWith: only plain berth dev is supported")
 	}
@@ -49,7 +58,7 @@ func startWith(t *testing.T, o opts, extra ...string) *server {
 		"--proxy-addr", ad.proxy,
 		"--backend-api-addr", ad.backendAPI,
 		"--data-dir", o.dataDir,
-		"--runtime", "process",
+		"--runtime", cmp.Or(o.runtime, "process"),
 		"--log-level", "debug",
 		"--no-demo",
 	}, extra...)
@@ -76,7 +85,6 @@ func startWith(t *testing.T, o opts, extra ...string) *server {
 		close(s.done)
 	}()
 	t.Cleanup(s.stop)
-	s.waitHealthy()
 	return s
 }
 

@@ -16,7 +16,12 @@ import (
 	"github.com/berthhq/berth/blob"
 )
 
-var errNothingSpooled = errors.New("nothing spooled")
+var (
+	errNothingSpooled = errors.New("nothing spooled")
+	// errUpload marks a failure of the blob store (not of the local spool):
+	// the state is safe on disk and will be retried.
+	errUpload = errors.New("blob store")
+)
 
 // spool keeps at most one not-yet-uploaded save per key on local disk,
 // fsynced, so a save the blob store could not take survives a Berth restart.
@@ -66,14 +71,17 @@ func (s *spool) find(key string) (string, int64, error) {
 // ErrTooLarge is returned when a state exceeds the configured bound.
 var ErrTooLarge = errors.New("state is larger than the limit")
 
-// write stores r as key's pending save, replacing any older one.
-func (s *spool) write(key string, fence int64, r io.Reader, limit int64) error {
+// save stores r as key's pending save, replacing any older one, and uploads
+// it. The body is spooled to disk first, outside the key's lock, so a slow
+// writer holds up nobody; the rename and the upload happen under the lock,
+// so every save is uploaded by its own call, in order.
+func (s *spool) save(ctx context.Context, key string, fence int64, r io.Reader, limit int64) (blob.Info, error) {
 	var rnd [8]byte
 	rand.Read(rnd[:])
 	tmp := filepath.Join(s.dir, "tmp-"+hex.EncodeToString(rnd[:]))
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
-		return fmt.Errorf("state: spool: %w", err)
+		return blob.Info{}, fmt.Errorf("state: spool: %w", err)
 	}
 	defer os.Remove(tmp) // no-op once renamed
 	n, err := io.Copy(f, io.LimitReader(r, limit+1))
@@ -87,18 +95,18 @@ func (s *spool) write(key string, fence int64, r io.Reader, limit int64) error {
 		err = cerr
 	}
 	if err != nil {
-		return fmt.Errorf("state: spool %q: %w", key, err)
+		return blob.Info{}, fmt.Errorf("state: spool %q: %w", key, err)
 	}
 	unlock := s.lock(key)
 	defer unlock()
 	if old, _, err := s.find(key); err == nil {
-		os.Remove(old)
+		os.Remove(old) // an older save that never reached the store: superseded
 	}
 	if err := os.Rename(tmp, s.name(key, fence)); err != nil {
-		return fmt.Errorf("state: spool %q: %w", key, err)
+		return blob.Info{}, fmt.Errorf("state: spool %q: %w", key, err)
 	}
 	syncDir(s.dir)
-	return nil
+	return s.uploadLocked(ctx, key)
 }
 
 // upload puts key's pending save into the blob store and drops it from the
@@ -107,6 +115,10 @@ func (s *spool) write(key string, fence int64, r io.Reader, limit int64) error {
 func (s *spool) upload(ctx context.Context, key string) (blob.Info, error) {
 	unlock := s.lock(key)
 	defer unlock()
+	return s.uploadLocked(ctx, key)
+}
+
+func (s *spool) uploadLocked(ctx context.Context, key string) (blob.Info, error) {
 	path, fence, err := s.find(key)
 	if err != nil {
 		return blob.Info{}, err
@@ -119,8 +131,9 @@ func (s *spool) upload(ctx context.Context, key string) (blob.Info, error) {
 	f.Close()
 	if err == nil || errors.Is(err, blob.ErrFenced) {
 		os.Remove(path)
+		return info, err
 	}
-	return info, err
+	return info, fmt.Errorf("%w: %w", errUpload, err)
 }
 
 // flush uploads key's pending save, if any.

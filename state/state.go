@@ -213,14 +213,13 @@ func (s *Service) AfterExit(ctx context.Context, b *berth.Backend) error {
 // and the state waits in the spool, and an error wrapping blob.ErrFenced when
 // the writer no longer holds the key.
 func (s *Service) Save(ctx context.Context, b *berth.Backend, r io.Reader) (blob.Info, bool, error) {
-	if err := s.spool.write(b.Key, b.FencingToken, r, s.cfg.MaxStateBytes); err != nil {
-		return blob.Info{}, false, err
-	}
-	info, err := s.spool.upload(ctx, b.Key)
+	info, err := s.spool.save(ctx, b.Key, b.FencingToken, r, s.cfg.MaxStateBytes)
 	switch {
 	case err == nil:
 		return info, false, nil
-	case errors.Is(err, blob.ErrFenced):
+	case errors.Is(err, blob.ErrFenced), errors.Is(err, ErrTooLarge):
+		return blob.Info{}, false, err
+	case !errors.Is(err, errUpload):
 		return blob.Info{}, false, err
 	}
 	s.cfg.OnSaveError()
