@@ -271,8 +271,20 @@ func TestStateS3OutageRestart(t *testing.T) {
 	})
 	s2 := launch(t, opts{dataDir: dataDir}, "--blobs", blobs)
 	if !healthyWithin(s2, 10*time.Second) {
-		t.Errorf("berth restarted while S3 is down does not answer /healthz within 10s; it must serve (and keep the key held) while the last state waits in the spool")
+		exited := false
+		select {
+		case <-s2.done:
+			exited = true
+			t.Errorf("berth started again while S3 is down exits instead of serving (%v): %s", s2.waitErr, lastLine(s2.out.String()))
+			s2.killed = true // reported here; its cleanup has nothing left to stop
+		default:
+			t.Errorf("berth started again while S3 is down does not answer /healthz within 10s; it must serve (and keep the key held) while the last state waits in the spool")
+		}
+		// Whatever happened, nothing may be lost: go on with S3 back.
 		s3.start()
+		if exited {
+			s2 = startWith(t, opts{dataDir: dataDir}, "--blobs", blobs)
+		}
 	}
 	s2.waitHealthy()
 	if s3.running() {
@@ -318,4 +330,9 @@ func healthyWithin(s *server, timeout time.Duration) bool {
 		}
 	}
 	return false
+}
+
+func lastLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	return lines[len(lines)-1]
 }

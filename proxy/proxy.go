@@ -149,6 +149,8 @@ func New(cfg Config) *Proxy {
 		BufferPool:     &p.buffers,
 		ErrorHandler:   p.forwardError,
 		ModifyResponse: p.modifyResponse,
+		// Copy errors (a backend exiting mid-response) go through slog.
+		ErrorLog: slog.NewLogLogger(cfg.Logger.Handler(), slog.LevelDebug),
 	}
 	return p
 }
