@@ -205,3 +205,19 @@ func RestoreByCopy(ctx context.Context, s Store, key, version string, fence int6
 	defer rc.Close()
 	return s.Put(ctx, key, fence, rc)
 }
+
+// ContextReader returns r, stopping with ctx's error once ctx ends: adapters
+// copy callers' bodies through it so a cancelled save stops reading.
+func ContextReader(ctx context.Context, r io.Reader) io.Reader { return ctxReader{ctx, r} }
+
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}

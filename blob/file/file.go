@@ -308,7 +308,7 @@ func (s *Store) spool(ctx context.Context, name string, r io.Reader) (int64, str
 		return 0, "", err
 	}
 	h := sha256.New()
-	n, err := io.Copy(io.MultiWriter(f, h), ctxReader{ctx, r})
+	n, err := io.Copy(io.MultiWriter(f, h), blob.ContextReader(ctx, r))
 	if err == nil {
 		err = f.Sync()
 	}
@@ -445,19 +445,6 @@ func (s *Store) lock(ctx context.Context, key string) (unlock func(), err error)
 	}
 	// Closing the descriptor releases the flock.
 	return func() { f.Close() }, nil
-}
-
-// ctxReader stops a copy when its context ends.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 func randomSuffix() string {

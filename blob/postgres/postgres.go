@@ -322,7 +322,7 @@ func (s *Store) Put(ctx context.Context, key string, fence int64, r io.Reader) (
 	h := sha256.New()
 	chunks := 0
 	for {
-		n, rerr := io.ReadFull(ctxReader{ctx, r}, buf)
+		n, rerr := io.ReadFull(blob.ContextReader(ctx, r), buf)
 		if n > 0 {
 			h.Write(buf[:n])
 			info.Size += int64(n)
@@ -552,15 +552,3 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	return nil
 }
 
-// ctxReader stops a copy when its context ends.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
-}

@@ -531,7 +531,7 @@ func (s *Store) upload(ctx context.Context, name string, r io.Reader) (int64, st
 	h := sha256.New()
 	opts := minio.PutObjectOptions{ContentType: "application/octet-stream"}
 
-	n, err := io.ReadFull(ctxReader{ctx, r}, buf)
+	n, err := io.ReadFull(blob.ContextReader(ctx, r), buf)
 	if err == io.EOF || err == io.ErrUnexpectedEOF {
 		// Smaller than a part: one PUT. Its SHA-256 is the payload hash
 		// the request is signed with, so the client need not hash again.
@@ -568,7 +568,7 @@ func (s *Store) upload(ctx context.Context, name string, r io.Reader) (int64, st
 			return 0, "", err
 		}
 		parts = append(parts, minio.CompletePart{PartNumber: part, ETag: p.ETag})
-		n, err = io.ReadFull(ctxReader{ctx, r}, buf)
+		n, err = io.ReadFull(blob.ContextReader(ctx, r), buf)
 		if err != nil && err != io.EOF && err != io.ErrUnexpectedEOF {
 			return 0, "", err
 		}
@@ -679,19 +679,6 @@ func (s *Store) sweep(ctx context.Context, key string) error {
 		}
 	}
 	return nil
-}
-
-// ctxReader stops a copy when its context ends.
-type ctxReader struct {
-	ctx context.Context
-	r   io.Reader
-}
-
-func (c ctxReader) Read(p []byte) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.Read(p)
 }
 
 func randomHex() string {
