@@ -551,4 +551,3 @@ func (s *Store) Delete(ctx context.Context, key string) error {
 	}
 	return nil
 }
-
