@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -352,6 +353,13 @@ func (e *env) load(ctx context.Context, addr, path string, conns int, d time.Dur
 // sequential measures several targets in turn, in blocks, so that drift
 // on the machine hits all alike, and returns each one's n samples.
 func sequential(n, block, warm int, fns ...func() (time.Duration, error)) ([][]time.Duration, error) {
+	return sequentialMetered(n, block, warm, -1, 0, nil, fns...)
+}
+
+// sequentialMetered is sequential that also measures the CPU time of pid
+// during the blocks of target metered (for the CPU each of its requests
+// costs the server).
+func sequentialMetered(n, block, warm, metered, pid int, cpu *time.Duration, fns ...func() (time.Duration, error)) ([][]time.Duration, error) {
 	for range warm {
 		for _, f := range fns {
 			if _, err := f(); err != nil {
@@ -366,12 +374,20 @@ func sequential(n, block, warm int, fns ...func() (time.Duration, error)) ([][]t
 	for len(out[0]) < n {
 		k := min(block, n-len(out[0]))
 		for i, f := range fns {
+			var m *cpuMeter
+			if i == metered {
+				m = meterCPU(pid)
+			}
 			for range k {
 				d, err := f()
 				if err != nil {
 					return nil, err
 				}
 				out[i] = append(out[i], d)
+			}
+			if m != nil {
+				used, _ := m.stop()
+				*cpu += used
 			}
 		}
 	}
@@ -408,7 +424,9 @@ func runLatency(ctx context.Context, e *env, r *runCtx) (*result, error) {
 		defer viaNginx.Close()
 		fns = append(fns, timed(viaNginx))
 	}
-	samples, err := sequential(n, block, warm, fns...)
+	var cpu time.Duration
+	r.cpuProfile(e, "latency", size(&e.cfg, 5*time.Second, time.Second))
+	samples, err := sequentialMetered(n, block, warm, 0, e.berth.PID, &cpu, fns...)
 	if err != nil {
 		return nil, err
 	}
@@ -417,7 +435,7 @@ func runLatency(ctx context.Context, e *env, r *runCtx) (*result, error) {
 	const p50, p99 = "proxy added latency p50", "proxy added latency p99"
 	res.values[p50] = RunFigure{Berth: percentile(p, 50), Baseline: percentile(d, 50)}
 	res.values[p99] = RunFigure{Berth: percentile(p, 99), Baseline: percentile(d, 99)}
-	note := fmt.Sprintf("p90 %.0f vs %.0f µs", percentile(p, 90), percentile(d, 90))
+	note := fmt.Sprintf("p90 %.0f vs %.0f µs; Berth CPU per proxied request %.0f µs (/proc, 10 ms ticks over all blocks)", percentile(p, 90), percentile(d, 90), us(cpu)/float64(n))
 	if len(samples) > 2 {
 		x := durationsIn(samples[2], time.Microsecond)
 		note += fmt.Sprintf("; nginx to the same backend, for reference: p50 %.0f µs (%s), p99 %.0f µs (%s)",
@@ -611,6 +629,12 @@ func (e *env) spawnRate(ctx context.Context, r *runCtx, workers int, d time.Dura
 		}
 		if res.State != berth.StateReady {
 			err := fmt.Errorf("backend %s is %s (%s), not ready", res.BackendID, res.State, res.Reason)
+			if firstFailure.Load() == nil {
+				var out bytes.Buffer
+				if e.api.Logs(ctx, res.BackendID, false, &out) == nil && out.Len() > 0 {
+					err = fmt.Errorf("%w; its output: %q", err, strings.TrimSpace(tailString(out.String(), 200)))
+				}
+			}
 			firstFailure.CompareAndSwap(nil, err.Error())
 			return 0, &errFailed{err}
 		}
@@ -800,6 +824,13 @@ func runIdleWS(ctx context.Context, e *env, r *runCtx) (*result, error) {
 	res.notes[fig] = limited + fmt.Sprintf("%d WebSockets opened in %s; Berth RSS %.1f → %.1f MiB, Go heap+stacks %.1f → %.1f MiB, goroutines %d → %d (%.1f each)",
 		n, opened.Round(time.Millisecond), mib(rss0), mib(rss1), mib(heap0), mib(heap1), before.Goroutines, after.Goroutines, float64(after.Goroutines-before.Goroutines)/float64(n))
 	return res, nil
+}
+
+func tailString(s string, n int) string {
+	if len(s) > n {
+		return s[len(s)-n:]
+	}
+	return s
 }
 
 func mib(b uint64) float64 { return float64(b) / (1 << 20) }

@@ -153,6 +153,9 @@ func cleanEnv() []string {
 	return env
 }
 
+// healthClient gives up on a server that accepts but does not answer.
+var healthClient = &http.Client{Timeout: time.Second}
+
 func (s *server) waitHealthy() {
 	s.t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
@@ -161,7 +164,7 @@ func (s *server) waitHealthy() {
 		if s.opts.apiKey != "" {
 			req.Header.Set("Authorization", "Bearer "+s.opts.apiKey)
 		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := healthClient.Do(req)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {

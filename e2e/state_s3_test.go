@@ -314,9 +314,12 @@ func TestStateS3OutageRestart(t *testing.T) {
 
 // healthyWithin reports whether the server answers /healthz before timeout.
 func healthyWithin(s *server, timeout time.Duration) bool {
+	// A Berth that listens but does not serve yet accepts the connection
+	// and never answers: each try needs its own deadline.
+	client := &http.Client{Timeout: time.Second}
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
-		resp, err := http.Get(s.API + "/healthz")
+		resp, err := client.Get(s.API + "/healthz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {

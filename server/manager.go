@@ -64,6 +64,8 @@ type Hooks struct {
 	BeforeStart func(ctx context.Context, b *berth.Backend, spec *runtime.Spec) error
 	// AfterExit runs after the backend exited, before it is terminated.
 	AfterExit func(ctx context.Context, b *berth.Backend) error
+	// Recovered runs when a restarted Berth re-adopts a running backend.
+	Recovered func(ctx context.Context, b *berth.Backend) error
 }
 
 func (c *Config) setDefaults() {
@@ -311,12 +313,7 @@ func (m *Manager) spawn(ctx context.Context, req *api.ConnectRequest) (*instance
 		return inst, errRetry
 	}
 	inst := newInstance(b, rt)
-	m.mu.Lock()
-	m.live[b.ID] = inst
-	if b.Key != "" {
-		m.byKey[b.Key] = inst
-	}
-	m.mu.Unlock()
+	m.adopt(inst)
 	m.cfg.Metrics.spawns.Inc()
 	m.publish(b.ID)
 	m.wg.Add(1)

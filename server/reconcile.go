@@ -59,8 +59,16 @@ func (m *Manager) recover(ctx context.Context, b *berth.Backend) bool {
 	lost := func(why string) bool {
 		log.Warn("backend lost", "why", why)
 		m.transition(inst, storeTransition(berth.StateTerminating, berth.ReasonLost, why))
-		m.afterExit(inst)
-		m.terminate(inst, berth.ReasonLost, nil, why)
+		// The final save may wait on a blob store that is down: do it in
+		// the background, with the key held, so Berth itself comes up.
+		m.adopt(inst)
+		m.wg.Add(1)
+		go func() {
+			defer m.wg.Done()
+			defer m.finish(inst)
+			m.afterExit(inst)
+			m.terminate(inst, berth.ReasonLost, nil, why)
+		}()
 		return false
 	}
 	if inst.rt == nil {
@@ -79,12 +87,12 @@ func (m *Manager) recover(ctx context.Context, b *berth.Backend) bool {
 		return lost("recover: " + err.Error())
 	}
 	log.Info("recovered backend", "state", b.State)
-	m.mu.Lock()
-	m.live[b.ID] = inst
-	if b.Key != "" {
-		m.byKey[b.Key] = inst
+	if m.cfg.Hooks.Recovered != nil {
+		if err := m.cfg.Hooks.Recovered(ctx, b); err != nil {
+			log.Error("resume state saving", "err", err)
+		}
 	}
-	m.mu.Unlock()
+	m.adopt(inst)
 	if b.State == berth.StateTerminating {
 		why := b.Reason
 		if why == "" {
@@ -102,4 +110,14 @@ func (m *Manager) recover(ctx context.Context, b *berth.Backend) bool {
 
 func storeTransition(to berth.State, why berth.Reason, msg string) store.Transition {
 	return store.Transition{To: to, Reason: why, Message: msg}
+}
+
+// adopt makes inst one of this Manager's live backends.
+func (m *Manager) adopt(inst *instance) {
+	m.mu.Lock()
+	m.live[inst.id] = inst
+	if inst.key != "" {
+		m.byKey[inst.key] = inst
+	}
+	m.mu.Unlock()
 }

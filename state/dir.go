@@ -24,6 +24,7 @@ type dirSaver struct {
 	s       *Service
 	b       *berth.Backend
 	dir     string
+	ctx     context.Context
 	cancel  context.CancelFunc
 	done    chan struct{}
 	lastSum uint64
@@ -48,14 +49,19 @@ func (s *Service) startDir(ctx context.Context, b *berth.Backend) (*dirSaver, er
 	case !errors.Is(err, blob.ErrNotFound):
 		return nil, fmt.Errorf("state: load %q: %w", b.Key, err)
 	}
-	dctx, cancel := context.WithCancel(s.ctx)
-	d := &dirSaver{s: s, b: b, dir: dir, cancel: cancel, done: make(chan struct{})}
+	d := s.dirSaver(b)
 	d.lastSum, _ = fingerprint(dir)
 	s.mu.Lock()
 	s.dirs[b.ID] = d
 	s.mu.Unlock()
-	go d.loop(dctx, b.Spawn.SaveInterval())
+	go d.loop(d.ctx, b.Spawn.SaveInterval())
 	return d, nil
+}
+
+// dirSaver makes (but does not start) the saver of b's directory.
+func (s *Service) dirSaver(b *berth.Backend) *dirSaver {
+	ctx, cancel := context.WithCancel(s.ctx)
+	return &dirSaver{s: s, b: b, dir: filepath.Join(s.cfg.Dir, "dirs", b.ID), ctx: ctx, cancel: cancel, done: make(chan struct{})}
 }
 
 func (d *dirSaver) loop(ctx context.Context, every time.Duration) {

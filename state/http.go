@@ -33,13 +33,13 @@ func (s *Service) BackendAPI() http.Handler {
 func (s *Service) caller(w http.ResponseWriter, r *http.Request) (*berth.Backend, bool) {
 	id := r.PathValue("id")
 	b, live := s.cfg.Holders.LiveBackend(id)
+	if b == nil || !live {
+		// Unknown or terminated: say so without revealing which.
+		writeErr(w, http.StatusConflict, api.CodeConflict, "", "backend "+id+" does not hold its key (terminated or unknown)")
+		return nil, false
+	}
 	secret := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if b == nil || subtle.ConstantTimeCompare([]byte(secret), []byte(b.Secret)) != 1 {
-		if !live && b == nil {
-			// Unknown or terminated: say so without revealing which.
-			writeErr(w, http.StatusConflict, api.CodeConflict, "", "backend "+id+" does not hold its key (terminated or unknown)")
-			return nil, false
-		}
+	if subtle.ConstantTimeCompare([]byte(secret), []byte(b.Secret)) != 1 {
 		writeErr(w, http.StatusUnauthorized, api.CodeUnauthorized, "", "send Authorization: Bearer $BERTH_SECRET")
 		return nil, false
 	}

@@ -191,6 +191,19 @@ func (s *Service) AfterExit(ctx context.Context, b *berth.Backend) error {
 		s.mu.Lock()
 		d := s.dirs[b.ID]
 		s.mu.Unlock()
+		if d == nil {
+			// Berth restarted since the backend started: its directory is
+			// still on disk and holds the final state.
+			d = s.dirSaver(b)
+			if _, err := os.Stat(d.dir); err != nil {
+				d = nil
+			} else {
+				close(d.done)
+				s.mu.Lock()
+				s.dirs[b.ID] = d
+				s.mu.Unlock()
+			}
+		}
 		if d != nil {
 			if err := d.finish(ctx); err != nil {
 				return err
@@ -204,6 +217,24 @@ func (s *Service) AfterExit(ctx context.Context, b *berth.Backend) error {
 	case berth.StateModeBlob:
 		return s.spool.flush(ctx, b.Key)
 	}
+	return nil
+}
+
+// Recovered resumes periodic snapshots of a mode-dir backend that a
+// restarted Berth re-adopted.
+func (s *Service) Recovered(ctx context.Context, b *berth.Backend) error {
+	if b.Spawn.StateMode() != berth.StateModeDir {
+		return nil
+	}
+	d := s.dirSaver(b)
+	if _, err := os.Stat(d.dir); err != nil {
+		return fmt.Errorf("state: directory of %s: %w", b.ID, err)
+	}
+	d.lastSum = 0 // unknown: take the next snapshot
+	s.mu.Lock()
+	s.dirs[b.ID] = d
+	s.mu.Unlock()
+	go d.loop(d.ctx, b.Spawn.SaveInterval())
 	return nil
 }
 

@@ -44,6 +44,7 @@ import (
 	"fmt"
 	"io"
 	mrand "math/rand/v2"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -149,6 +150,12 @@ type Store struct {
 	core   minio.Core
 	opts   blob.Options
 	bufs   sync.Pool // *[]byte of cfg.PartSize
+
+	// checked is set once the bucket and the server's conditional writes
+	// are verified. An unreachable server at New is not fatal (saves spool
+	// on Berth's disk meanwhile), but no write goes out before the check.
+	checkMu sync.Mutex
+	checked bool
 }
 
 var _ blob.Store = (*Store)(nil)
@@ -209,17 +216,42 @@ func New(ctx context.Context, cfg Config, opts blob.Options) (*Store, error) {
 	}
 	s := &Store{cfg: cfg, client: client, core: minio.Core{Client: client}, opts: opts.WithDefaults()}
 	s.bufs.New = func() any { b := make([]byte, cfg.PartSize); return &b }
-	ok, err := client.BucketExists(ctx, cfg.Bucket)
-	if err != nil {
-		return nil, fmt.Errorf("s3: bucket %s at %s: %w", cfg.Bucket, s.where(), err)
-	}
-	if !ok {
-		return nil, fmt.Errorf("s3: bucket %s does not exist at %s", cfg.Bucket, s.where())
-	}
-	if err := s.probeConditionalWrites(ctx); err != nil {
-		return nil, err
+	if err := s.check(ctx); err != nil {
+		if !unreachable(err) {
+			return nil, err
+		}
+		s.opts.Logger.Warn("S3 server unreachable; starting anyway, saves wait on local disk until it answers", "at", s.where(), "err", err)
 	}
 	return s, nil
+}
+
+// check verifies, once, that the bucket exists and the server honours
+// conditional writes.
+func (s *Store) check(ctx context.Context) error {
+	s.checkMu.Lock()
+	defer s.checkMu.Unlock()
+	if s.checked {
+		return nil
+	}
+	ok, err := s.client.BucketExists(ctx, s.cfg.Bucket)
+	if err != nil {
+		return fmt.Errorf("s3: bucket %s at %s: %w", s.cfg.Bucket, s.where(), err)
+	}
+	if !ok {
+		return fmt.Errorf("s3: bucket %s does not exist at %s", s.cfg.Bucket, s.where())
+	}
+	if err := s.probeConditionalWrites(ctx); err != nil {
+		return err
+	}
+	s.checked = true
+	return nil
+}
+
+// unreachable reports an error that never got an S3 answer (connection
+// refused, timeout): the server may come back.
+func unreachable(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne)
 }
 
 func firstEnv(names ...string) string {
@@ -452,6 +484,9 @@ func (s *Store) Put(ctx context.Context, key string, fence int64, r io.Reader) (
 	if err := blob.ValidateKey(key); err != nil {
 		return blob.Info{}, err
 	}
+	if err := s.check(ctx); err != nil {
+		return blob.Info{}, err
+	}
 	// Refuse a doomed write before uploading it. Only an optimisation: the
 	// check that counts is the one the conditional write is made on.
 	m, etag, err := s.readManifest(ctx, key)
@@ -585,6 +620,9 @@ func (s *Store) Fence(ctx context.Context, key string, fence int64) error {
 	if err := blob.ValidateKey(key); err != nil {
 		return err
 	}
+	if err := s.check(ctx); err != nil {
+		return err
+	}
 	err := s.update(ctx, key, nil, func(m *manifest.Manifest) (bool, error) {
 		return m.RaiseFence(fence)
 	})
@@ -607,6 +645,9 @@ func (s *Store) Versions(ctx context.Context, key string) ([]blob.Info, error) {
 // then commits it like a Put.
 func (s *Store) Restore(ctx context.Context, key, version string, fence int64) (blob.Info, error) {
 	if err := blob.ValidateKey(key); err != nil {
+		return blob.Info{}, err
+	}
+	if err := s.check(ctx); err != nil {
 		return blob.Info{}, err
 	}
 	if !blob.ValidVersion(version) {

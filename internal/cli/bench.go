@@ -57,7 +57,7 @@ func runBench(ctx context.Context, args []string, stdio Stdio) error {
 		BackendFallback: []string{exe, "bench-backend"},
 		KeepDir:         *keep,
 		Verbose:         *verbose,
-		Command:         "berth bench " + strings.Join(args, " "),
+		Command:         strings.TrimSpace("berth bench " + strings.Join(args, " ")),
 		Log:             stdio.Err,
 	}
 	if *backend != "" {

@@ -189,7 +189,7 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 		return err
 	}
 	defer states.Close()
-	mgr.SetHooks(server.Hooks{BeforeStart: states.BeforeStart, AfterExit: states.AfterExit})
+	mgr.SetHooks(server.Hooks{BeforeStart: states.BeforeStart, AfterExit: states.AfterExit, Recovered: states.Recovered})
 	if err := mgr.Reconcile(ctx); err != nil {
 		return err
 	}
