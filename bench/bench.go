@@ -193,17 +193,22 @@ func (r *runCtx) contention(ctx context.Context, e *env, name string) func() {
 	}
 }
 
-// heapProfile saves the Berth server's heap profile now.
+// heapProfile saves the Berth server's heap profile and its goroutines now.
 func (r *runCtx) heapProfile(e *env, name string) {
 	if r.profile == "" || r.n != 1 {
 		return
 	}
-	path := filepath.Join(r.profile, name+".heap.pprof")
-	if err := fetch(e, e.berth.Debug+"/debug/pprof/heap?gc=1", path); err != nil {
-		r.log("heap profile %s: %v", name, err)
-		return
+	for _, p := range []struct{ file, url string }{
+		{name + ".heap.pprof", "/debug/pprof/heap?gc=1"},
+		{name + ".goroutines.txt", "/debug/pprof/goroutine?debug=1"},
+	} {
+		path := filepath.Join(r.profile, p.file)
+		if err := fetch(e, e.berth.Debug+p.url, path); err != nil {
+			r.log("profile %s: %v", p.file, err)
+			continue
+		}
+		r.log("wrote %s", path)
 	}
-	r.log("wrote %s", path)
 }
 
 func fetch(e *env, u, path string) error {

@@ -72,7 +72,7 @@ var scenarios = []*scenario{
 		summary: "added WebSocket echo round trip through the proxy, vs direct",
 		figures: []figureSpec{
 			{name: "WebSocket echo RTT added p50", unit: "µs", baseline: "direct", target: target{deltaAtMost, 50},
-				method: "20,000 sequential 32-byte binary messages echoed by the backend, on one WebSocket through the proxy and one straight to the backend, in alternating blocks of 500"},
+				method: "20,000 sequential 32-byte binary messages echoed by the backend, on one WebSocket through the proxy and one straight to the backend (and one through nginx, for reference), in alternating blocks of 500"},
 			{name: "WebSocket echo RTT p99", unit: "µs", baseline: "direct",
 				method: "as the p50 row"},
 		},
@@ -482,7 +482,19 @@ func runWSLatency(ctx context.Context, e *env, r *runCtx) (*result, error) {
 			return time.Since(start), err
 		}
 	}
-	samples, err := sequential(n, block, warm, echo(proxied), echo(direct))
+	fns := []func() (time.Duration, error){echo(proxied), echo(direct)}
+	// nginx through the same extra hop, for reference.
+	if ng, err := e.nginxFor(ctx, lb); err == nil {
+		viaNginx, err := dialWS(ng.addr, "/ws")
+		if err != nil {
+			return nil, fmt.Errorf("WebSocket through nginx: %w", err)
+		}
+		defer viaNginx.Close()
+		fns = append(fns, echo(viaNginx))
+	}
+	var cpu time.Duration
+	r.cpuProfile(e, "ws-latency", size(&e.cfg, 5*time.Second, time.Second))
+	samples, err := sequentialMetered(n, block, warm, 0, e.berth.PID, &cpu, fns...)
 	if err != nil {
 		return nil, err
 	}
@@ -490,7 +502,13 @@ func runWSLatency(ctx context.Context, e *env, r *runCtx) (*result, error) {
 	res := newResult()
 	res.values["WebSocket echo RTT added p50"] = RunFigure{Berth: percentile(p, 50), Baseline: percentile(d, 50)}
 	res.values["WebSocket echo RTT p99"] = RunFigure{Berth: percentile(p, 99), Baseline: percentile(d, 99)}
-	res.notes["WebSocket echo RTT added p50"] = fmt.Sprintf("p90 %.0f vs %.0f µs", percentile(p, 90), percentile(d, 90))
+	note := fmt.Sprintf("p90 %.0f vs %.0f µs; Berth CPU per proxied echo %.0f µs", percentile(p, 90), percentile(d, 90), us(cpu)/float64(n))
+	if len(samples) > 2 {
+		x := durationsIn(samples[2], time.Microsecond)
+		note += fmt.Sprintf("; nginx to the same backend, for reference: p50 %.0f µs (%s), p99 %.0f µs",
+			percentile(x, 50), fmtSigned(percentile(x, 50)-percentile(d, 50), "µs"), percentile(x, 99))
+	}
+	res.notes["WebSocket echo RTT added p50"] = note
 	return res, nil
 }
 

@@ -228,8 +228,15 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
 		}
 		return nil
 	}
-	p.rp.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), forwardKey{}, f)))
+	if isUpgrade(r) && !p.noForwarder {
+		return p.tunnel(w, r, f)
+	}
+	p.rp.ServeHTTP(w, r.WithContext(contextWith(r, f)))
 	return nil
+}
+
+func contextWith(r *http.Request, f *forward) context.Context {
+	return context.WithValue(r.Context(), forwardKey{}, f)
 }
 
 func (p *Proxy) resolve(ctx context.Context, id string) (Route, error) {
