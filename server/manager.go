@@ -19,7 +19,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -146,7 +145,7 @@ func (m *Manager) Connect(ctx context.Context, req *api.ConnectRequest) (*api.Co
 	if err != nil {
 		return nil, err
 	}
-	m.cfg.Metrics.connects.WithLabelValues(strconv.FormatBool(spawned)).Inc()
+	m.cfg.Metrics.connect(spawned)
 	if req.Wait {
 		wait := time.Duration(req.WaitTimeoutSeconds) * time.Second
 		if wait == 0 {

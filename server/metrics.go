@@ -7,6 +7,7 @@ import (
 // Metrics are the Manager's Prometheus collectors.
 type Metrics struct {
 	connects     *prometheus.CounterVec
+	warm, cold   prometheus.Counter // connects' children, resolved once: connect is a hot path
 	spawns       prometheus.Counter
 	terminations *prometheus.CounterVec
 	startup      prometheus.Histogram
@@ -34,6 +35,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "berth_state_save_errors_total", Help: "Failed state saves (each is retried).",
 		}),
 	}
+	m.warm, m.cold = m.connects.WithLabelValues("false"), m.connects.WithLabelValues("true")
 	if reg != nil {
 		reg.MustRegister(m.connects, m.spawns, m.terminations, m.startup, m.saveErrors)
 	}
@@ -42,3 +44,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 
 // SaveError counts one failed state save.
 func (m *Metrics) SaveError() { m.saveErrors.Inc() }
+
+func (m *Metrics) connect(spawned bool) {
+	if spawned {
+		m.cold.Inc()
+	} else {
+		m.warm.Inc()
+	}
+}
