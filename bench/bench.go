@@ -122,10 +122,13 @@ type result struct {
 	values  map[string]RunFigure
 	notes   map[string]string // by figure
 	skipped map[string]string // figures that could not be measured, and why
+	// missed marks figures that miss whatever their value (the scenario
+	// could not reach its size), and why.
+	missed map[string]string
 }
 
 func newResult() *result {
-	return &result{values: map[string]RunFigure{}, notes: map[string]string{}, skipped: map[string]string{}}
+	return &result{values: map[string]RunFigure{}, notes: map[string]string{}, skipped: map[string]string{}, missed: map[string]string{}}
 }
 
 // runCtx is what a scenario's run knows beyond the env.
@@ -307,12 +310,13 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		runs    map[string][]RunFigure
 		notes   map[string][]string
 		skipped map[string]string
+		missed  map[string]string
 		err     error
 		why     string // the whole scenario was skipped
 	}
 	accs := make(map[string]*acc)
 	for _, s := range selected {
-		a := &acc{runs: map[string][]RunFigure{}, notes: map[string][]string{}, skipped: map[string]string{}}
+		a := &acc{runs: map[string][]RunFigure{}, notes: map[string][]string{}, skipped: map[string]string{}, missed: map[string]string{}}
 		accs[s.name] = a
 		if s.skip != nil {
 			a.why = s.skip(ctx, e)
@@ -348,6 +352,9 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 				} else if why := res.skipped[f.name]; why != "" {
 					a.skipped[f.name] = why
 				}
+				if why := res.missed[f.name]; why != "" {
+					a.missed[f.name] = why
+				}
 				if note := res.notes[f.name]; note != "" {
 					if rep.Runs > 1 {
 						note = fmt.Sprintf("run %d: %s", n, note)
@@ -369,6 +376,8 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 				row.Notes = append(row.Notes, "error: "+a.err.Error())
 			case a.skipped[f.name] != "" && len(a.runs[f.name]) == 0:
 				row.Status, row.Why = StatusSkipped, a.skipped[f.name]
+			case a.missed[f.name] != "":
+				row.Status, row.Why = StatusMiss, a.missed[f.name]
 			}
 			rep.Rows = append(rep.Rows, row)
 		}
