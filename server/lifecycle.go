@@ -446,9 +446,9 @@ func (m *Manager) finish(inst *instance) {
 	m.publish(inst.id)
 }
 
-// pollReady returns nil once something answers HTTP at addr, polling with a
-// short, growing backoff: a refused connection costs microseconds, so early
-// polls are cheap and catch fast starters within a millisecond or two.
+// pollReady returns nil once something answers HTTP at addr: every 200 µs
+// for the first 50 ms (a refused connection costs microseconds), then with a
+// backoff up to 5 ms.
 func pollReady(ctx context.Context, addr string) error {
 	client := &http.Client{
 		Transport: &http.Transport{
@@ -459,7 +459,8 @@ func pollReady(ctx context.Context, addr string) error {
 	}
 	defer client.CloseIdleConnections()
 	url := "http://" + addr + "/"
-	wait := 500 * time.Microsecond
+	start := time.Now()
+	wait := 200 * time.Microsecond
 	t := time.NewTimer(0)
 	defer t.Stop()
 	<-t.C
@@ -476,6 +477,10 @@ func pollReady(ctx context.Context, addr string) error {
 			return ctx.Err()
 		case <-t.C:
 		}
-		wait = min(wait*3/2, 20*time.Millisecond)
+		// Poll tightly while a fast starter is likely to come up, so its
+		// start is not rounded up to the next poll; then back off.
+		if time.Since(start) > 50*time.Millisecond {
+			wait = min(wait*3/2, 5*time.Millisecond)
+		}
 	}
 }

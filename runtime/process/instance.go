@@ -152,6 +152,11 @@ func (i *instance) members() ([]int, error) {
 	if i.reused() {
 		return nil, nil
 	}
+	// Usually the group is empty once the leader is gone: one kill(2) says
+	// so, sparing a scan of all of /proc on every stop.
+	if i.st.Cgroup == "" && unix.Kill(-i.st.PGID, 0) == unix.ESRCH {
+		return nil, nil
+	}
 	pids, err := groupMembers(i.st.PGID, i.st.Start)
 	if err != nil {
 		return nil, err

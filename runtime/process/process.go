@@ -45,6 +45,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"maps"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -53,6 +54,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -157,12 +159,48 @@ func (r *Runtime) Name() string { return Name }
 // FreePort returns a TCP port on 127.0.0.1 that is free right now, for a
 // process backend to listen on.
 func FreePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("process: find a free port: %w", err)
+	lo, hi := portRange()
+	n := hi - lo + 1
+	for range 200 {
+		port := lo + int(nextPort.Add(1)%uint32(n))
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
+		if err == nil {
+			l.Close()
+			return port, nil
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return 0, fmt.Errorf("process: no free port between %d and %d", lo, hi)
+}
+
+// nextPort rotates through the backend port range, from a random start, so
+// a port is reused as late as possible.
+var nextPort = func() *atomic.Uint32 {
+	var a atomic.Uint32
+	a.Store(uint32(mrand.IntN(1 << 16)))
+	return &a
+}()
+
+// portRange is where backend ports come from: below the kernel's ephemeral
+// range, so no outgoing connection on the machine takes a port between the
+// moment Berth picks it and the moment the backend binds it.
+func portRange() (lo, hi int) {
+	lo, hi = 20000, 32767
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return lo, hi
+	}
+	var eLo, eHi int
+	if _, err := fmt.Sscan(string(b), &eLo, &eHi); err != nil {
+		return lo, hi
+	}
+	switch {
+	case eLo > 12000:
+		hi = eLo - 1
+		lo = max(1024, hi-12767)
+	case eHi < 60000:
+		lo, hi = eHi+1, min(65535, eHi+12768)
+	}
+	return lo, hi
 }
 
 // state is what Handle.State holds.
