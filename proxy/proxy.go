@@ -108,6 +108,7 @@ type Proxy struct {
 	mu       sync.Mutex
 	closed   bool
 	upgraded map[*upgradedConn]struct{}
+	tunnels  sync.WaitGroup // tunnel goroutines
 }
 
 var _ http.Handler = (*Proxy)(nil)
@@ -166,6 +167,7 @@ func (p *Proxy) Close() error {
 	for c := range conns {
 		c.ReadWriteCloser.Close()
 	}
+	p.tunnels.Wait()
 	p.transport.CloseIdleConnections()
 	p.fwd.close()
 	return nil
@@ -214,9 +216,16 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	var done func()
+	handedOff := false
 	if a := route.Activity; a != nil {
 		a.Begin()
-		defer a.End() // for an upgrade, ServeHTTP returns when the connection closes
+		done = a.End
+		defer func() {
+			if !handedOff {
+				a.End() // an upgrade's tunnel ends the activity when it closes
+			}
+		}()
 	}
 	f := &forward{route: route, claims: claims, path: path, rawPath: rawPath}
 	if plain(r) && !p.noForwarder {
@@ -229,7 +238,8 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
 		return nil
 	}
 	if isUpgrade(r) && !p.noForwarder {
-		return p.tunnel(w, r, f)
+		handedOff, err = p.tunnel(w, r, f, done)
+		return err
 	}
 	p.rp.ServeHTTP(w, r.WithContext(contextWith(r, f)))
 	return nil

@@ -1,13 +1,17 @@
 package proxy
 
 import (
+	"net"
+	"sync/atomic"
+	"syscall"
+
 	"bufio"
 	"fmt"
+	"golang.org/x/sys/unix"
 	"io"
 	"net/http"
 	"net/http/httputil"
 	"strings"
-	"sync"
 )
 
 // isUpgrade reports a request to switch protocols (WebSocket).
@@ -30,13 +34,12 @@ func headerHasToken(values []string, token string) bool {
 var hopHeaders = []string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
 	"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"}
 
-// tunnel proxies an upgrade (WebSocket) on a connection of its own. Once the
-// backend switches protocols, both sides are raw TCP connections and the
-// bytes move by splice(2) inside the kernel: an idle WebSocket costs Berth
-// two parked goroutines and no copy buffers — ReverseProxy's upgrade path
-// holds two 32 KiB buffers and a pooled transport connection per socket.
-// It returns once either side closes.
-func (p *Proxy) tunnel(w http.ResponseWriter, r *http.Request, f *forward) error {
+// tunnel proxies an upgrade (WebSocket) on a backend connection of its own.
+// Once the backend switches protocols it hands both raw connections to two
+// goroutines (see pipe) and returns handedOff; done is called when both
+// directions have ended. ReverseProxy's upgrade path instead holds two
+// 32 KiB buffers, a transport connection and the handler per socket.
+func (p *Proxy) tunnel(w http.ResponseWriter, r *http.Request, f *forward, done func()) (handedOff bool, err error) {
 	out := r.Clone(r.Context())
 	upgrade := r.Header.Get("Upgrade")
 	for _, h := range hopHeaders {
@@ -56,11 +59,11 @@ func (p *Proxy) tunnel(w http.ResponseWriter, r *http.Request, f *forward) error
 	closed := p.closed
 	p.mu.Unlock()
 	if closed {
-		return &httpError{status: http.StatusServiceUnavailable, code: "unavailable", msg: "berth is shutting down", err: errClosed, backend: f.claims.BackendID}
+		return false, &httpError{status: http.StatusServiceUnavailable, code: "unavailable", msg: "berth is shutting down", err: errClosed, backend: f.claims.BackendID}
 	}
 	backend, err := p.fwd.dialer.DialContext(r.Context(), "tcp", f.route.Addr)
 	if err != nil {
-		return badGateway(f, err)
+		return false, badGateway(f, err)
 	}
 	closeBackend := true
 	defer func() {
@@ -69,12 +72,12 @@ func (p *Proxy) tunnel(w http.ResponseWriter, r *http.Request, f *forward) error
 		}
 	}()
 	if err := out.Write(backend); err != nil {
-		return badGateway(f, err)
+		return false, badGateway(f, err)
 	}
 	br := bufio.NewReaderSize(backend, 2048)
 	resp, err := http.ReadResponse(br, out)
 	if err != nil {
-		return badGateway(f, err)
+		return false, badGateway(f, err)
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
 		// The backend declined the upgrade: relay its answer as is.
@@ -89,14 +92,13 @@ func (p *Proxy) tunnel(w http.ResponseWriter, r *http.Request, f *forward) error
 		buf := p.buffers.Get()
 		io.CopyBuffer(w, resp.Body, buf)
 		p.buffers.Put(buf)
-		return nil
+		return false, nil
 	}
 
 	client, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
-		return badGateway(f, fmt.Errorf("hijack: %w", err))
+		return false, badGateway(f, fmt.Errorf("hijack: %w", err))
 	}
-	defer client.Close()
 	// The 101 head, then whatever either side sent early, from the buffers
 	// that held it; after that the buffers are dropped.
 	fmt.Fprintf(brw, "HTTP/1.1 101 %s\r\n", http.StatusText(http.StatusSwitchingProtocols))
@@ -107,12 +109,14 @@ func (p *Proxy) tunnel(w http.ResponseWriter, r *http.Request, f *forward) error
 		brw.Write(b)
 	}
 	if err := brw.Flush(); err != nil {
-		return nil
+		client.Close()
+		return false, nil
 	}
 	if n := brw.Reader.Buffered(); n > 0 {
 		b, _ := brw.Reader.Peek(n)
 		if _, err := backend.Write(b); err != nil {
-			return nil
+			client.Close()
+			return false, nil
 		}
 	}
 
@@ -120,39 +124,68 @@ func (p *Proxy) tunnel(w http.ResponseWriter, r *http.Request, f *forward) error
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
-		return nil
+		client.Close()
+		return false, nil
 	}
 	p.upgraded[c] = struct{}{}
+	p.tunnels.Add(2)
 	p.mu.Unlock()
 	closeBackend = false
-	defer c.Close()
 
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		p.pipe(backend, client)
-		// The client is done sending: end both directions.
+	// Hand both directions to goroutines of their own and return, so the
+	// HTTP server lets go of this connection's request state; done ends
+	// the backend's activity once both directions have finished.
+	var left atomic.Int32
+	left.Store(2)
+	end := func() {
 		c.Close()
 		client.Close()
-	}()
-	p.pipe(client, backend)
-	c.Close()
-	client.Close()
-	wg.Wait()
-	return nil
+		if left.Add(-1) == 0 && done != nil {
+			done()
+		}
+		p.tunnels.Done()
+	}
+	go func() { defer end(); p.pipe(backend, client) }()
+	go func() { defer end(); p.pipe(client, backend) }()
+	return true, nil
 }
 
-// pipe copies src to dst; between TCP connections io.Copy splices, and the
-// pooled buffer is only touched when it cannot.
-func (p *Proxy) pipe(dst io.Writer, src io.Reader) {
-	if rf, ok := dst.(io.ReaderFrom); ok {
-		rf.ReadFrom(src)
+// pipe copies src to dst until either side fails. While src is idle it
+// holds no buffer: it waits for readability on the socket itself and
+// borrows a pooled buffer only to move bytes that have arrived, so an idle
+// WebSocket costs two parked goroutines and its two sockets.
+func (p *Proxy) pipe(dst, src net.Conn) {
+	sc, ok := src.(syscall.Conn)
+	var rc syscall.RawConn
+	if ok {
+		rc, _ = sc.SyscallConn()
+	}
+	if rc == nil {
+		buf := p.buffers.Get()
+		io.CopyBuffer(dst, src, buf)
+		p.buffers.Put(buf)
 		return
 	}
-	buf := p.buffers.Get()
-	io.CopyBuffer(dst, src, buf)
-	p.buffers.Put(buf)
+	peek := func(fd uintptr) bool {
+		var b [1]byte
+		_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		return err != unix.EAGAIN // data, EOF or an error: let Read say which
+	}
+	for {
+		if err := rc.Read(peek); err != nil {
+			return
+		}
+		buf := p.buffers.Get()
+		n, rerr := src.Read(buf)
+		var werr error
+		if n > 0 {
+			_, werr = dst.Write(buf[:n])
+		}
+		p.buffers.Put(buf)
+		if rerr != nil || werr != nil {
+			return
+		}
+	}
 }
 
 func badGateway(f *forward, err error) error {
