@@ -249,7 +249,19 @@ func contextWith(r *http.Request, f *forward) context.Context {
 	return context.WithValue(r.Context(), forwardKey{}, f)
 }
 
+// ReadyResolver is implemented by resolvers that can answer without
+// blocking for a backend that is already ready; the proxy then skips setting
+// up a bounded wait on every request.
+type ReadyResolver interface {
+	ResolveReady(backendID string) (Route, bool)
+}
+
 func (p *Proxy) resolve(ctx context.Context, id string) (Route, error) {
+	if rr, ok := p.cfg.Resolver.(ReadyResolver); ok {
+		if route, ok := rr.ResolveReady(id); ok && route.Addr != "" {
+			return route, nil
+		}
+	}
 	rctx, cancel := context.WithTimeout(ctx, p.cfg.StartTimeout)
 	route, err := p.cfg.Resolver.Resolve(rctx, id)
 	cancel()

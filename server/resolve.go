@@ -8,7 +8,38 @@ import (
 	"github.com/berthhq/berth/proxy"
 )
 
-var _ proxy.Resolver = (*Manager)(nil)
+var (
+	_ proxy.Resolver      = (*Manager)(nil)
+	_ proxy.ReadyResolver = (*Manager)(nil)
+)
+
+// ResolveReady implements proxy.ReadyResolver: a route to a backend that is
+// ready (or terminating) now, without waiting.
+func (m *Manager) ResolveReady(id string) (proxy.Route, bool) {
+	m.mu.Lock()
+	inst := m.live[id]
+	m.mu.Unlock()
+	if inst == nil {
+		return proxy.Route{}, false
+	}
+	select {
+	case <-inst.ready:
+	default:
+		return proxy.Route{}, false
+	}
+	return inst.route()
+}
+
+// route is where to send the backend's traffic, once it is past starting.
+func (i *instance) route() (proxy.Route, bool) {
+	i.mu.Lock()
+	state, addr, secret := i.b.State, i.addr, i.b.Secret
+	i.mu.Unlock()
+	if state == berth.StateTerminated || addr == "" {
+		return proxy.Route{}, false
+	}
+	return proxy.Route{BackendID: i.id, Addr: addr, Secret: secret, Activity: i}, true
+}
 
 // Resolve implements proxy.Resolver: it answers from memory, waiting while
 // the backend starts, and consults the store only for backends that are not
@@ -28,11 +59,9 @@ func (m *Manager) Resolve(ctx context.Context, id string) (proxy.Route, error) {
 	case <-ctx.Done():
 		return proxy.Route{}, fmt.Errorf("backend %s is still starting: %w", id, ctx.Err())
 	}
-	inst.mu.Lock()
-	state, addr, secret := inst.b.State, inst.addr, inst.b.Secret
-	inst.mu.Unlock()
-	if state == berth.StateTerminated || addr == "" {
+	r, ok := inst.route()
+	if !ok {
 		return proxy.Route{}, proxy.ErrGone
 	}
-	return proxy.Route{BackendID: id, Addr: addr, Secret: secret, Activity: inst}, nil
+	return r, nil
 }
