@@ -430,10 +430,8 @@ func (m *Manager) recordEvent(inst *instance, msg string) {
 }
 
 func (m *Manager) terminate(inst *instance, why berth.Reason, code *int, msg string) {
-	if at := inst.snapshot().LastActiveAt; at != nil {
-		m.cfg.Store.SetLastActive(context.Background(), inst.id, *at)
-	}
-	m.transition(inst, store.Transition{To: berth.StateTerminated, Reason: why, ExitCode: code, Message: msg})
+	m.transition(inst, store.Transition{To: berth.StateTerminated, Reason: why, ExitCode: code, Message: msg,
+		LastActive: inst.snapshot().LastActiveAt})
 	m.cfg.Metrics.terminations.WithLabelValues(string(why)).Inc()
 }
 

@@ -75,6 +75,9 @@ type Transition struct {
 	// At is when it happened; zero means now. Moving to ready sets ReadyAt,
 	// moving to terminated sets TerminatedAt.
 	At time.Time
+	// LastActive, when set, records the backend's last activity in the same
+	// transaction (a stop writes it once, instead of in a write of its own).
+	LastActive *time.Time
 }
 
 // Filter selects backends in Backends. Zero fields match everything.

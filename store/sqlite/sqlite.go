@@ -361,6 +361,13 @@ func (s *Store) doTransition(ctx context.Context, id string, t store.Transition)
 			return nil, fmt.Errorf("release key %q: %w", b.Key, err)
 		}
 	}
+	if t.LastActive != nil {
+		if _, err := tx.ExecContext(ctx, `UPDATE backends SET last_active_at = ? WHERE id = ?`, t.LastActive.UnixMicro(), id); err != nil {
+			return nil, fmt.Errorf("set last active: %w", err)
+		}
+		la := t.LastActive.Truncate(time.Microsecond).UTC()
+		b.LastActiveAt = &la
+	}
 	if err := tx.Commit(); err != nil {
 		return nil, err
 	}

@@ -512,6 +512,14 @@ func testHandleAndLastActive(t *testing.T, s store.Store) {
 	if !slices.Equal(got.Handle, handle) || got.LastActiveAt == nil {
 		t.Errorf("after transition: handle %q, last active %v; want kept", got.Handle, got.LastActiveAt)
 	}
+	// A transition can record the last activity in the same step.
+	later := base.Add(3 * time.Minute)
+	if _, err := s.Transition(ctx, "bk_1", store.Transition{To: berth.StateTerminated, Reason: berth.ReasonIdle, LastActive: &later}); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustGet(t, s, "bk_1"); got.LastActiveAt == nil || !got.LastActiveAt.Equal(later.Truncate(time.Microsecond)) {
+		t.Errorf("last active after a transition that set it: %v, want %v", got.LastActiveAt, later)
+	}
 }
 
 func testBackendsFilter(t *testing.T, s store.Store) {
