@@ -43,6 +43,8 @@ type opts struct {
 	// backendAPI, when set, is the backend API's address: a restart on the
 	// same configuration keeps it, as backends' BERTH_STATE_URL names it.
 	backendAPI string
+	// extra flags for berth (--blobs, --volume-root, --max-state-bytes, …).
+	extra []string
 }
 
 // addrs are the three listen addresses of one Berth.
@@ -86,6 +88,14 @@ type server struct {
 // with SIGINT and checks that it exits 0 and leaves no backend running.
 func start(t *testing.T, o opts) *server {
 	t.Helper()
+	s := launch(t, o)
+	s.waitHealthy()
+	return s
+}
+
+// launch is start without waiting for /healthz.
+func launch(t *testing.T, o opts) *server {
+	t.Helper()
 	if o.dataDir == "" {
 		o.dataDir = t.TempDir()
 	}
@@ -114,6 +124,7 @@ func start(t *testing.T, o opts) *server {
 	if o.tokenKey != "" {
 		args = append(args, "--token-key", o.tokenKey)
 	}
+	args = append(args, o.extra...)
 	s := &server{
 		t:       t,
 		opts:    o,
@@ -137,7 +148,6 @@ func start(t *testing.T, o opts) *server {
 		close(s.done)
 	}()
 	t.Cleanup(s.stop)
-	s.waitHealthy()
 	return s
 }
 

@@ -269,7 +269,7 @@ func TestStateS3OutageRestart(t *testing.T) {
 			s3.start()
 		}
 	})
-	s2 := launch(t, opts{dataDir: dataDir}, "--blobs", blobs)
+	s2 := launch(t, opts{dataDir: dataDir, extra: []string{"--blobs", blobs}})
 	if !healthyWithin(s2, 10*time.Second) {
 		exited := false
 		select {

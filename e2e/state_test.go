@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"bytes"
-	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -14,7 +13,6 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -29,63 +27,11 @@ import (
 
 // ---- starting berth with state flags ----
 
-// startWith is start with extra flags for berth (--blobs, --volume-root,
-// --max-state-bytes, …), which the shared harness does not take. It builds
-// the same *server, so every other helper (and the cleanup that checks a
-// graceful stop leaves nothing running) applies unchanged.
+// startWith is start with extra flags for berth.
 func startWith(t *testing.T, o opts, extra ...string) *server {
 	t.Helper()
-	if len(extra) == 0 {
-		return start(t, o)
-	}
-	s := launch(t, o, extra...)
-	s.waitHealthy()
-	return s
-}
-
-// launch is startWith without waiting for /healthz.
-func launch(t *testing.T, o opts, extra ...string) *server {
-	t.Helper()
-	if o.serve || o.demo || o.tokenKey != "" {
-		t.Fatal("startWith: only plain berth dev is supported")
-	}
-	if o.dataDir == "" {
-		o.dataDir = t.TempDir()
-	}
-	ad := freeAddrs(t)
-	args := append([]string{"dev",
-		"--api-addr", ad.api,
-		"--proxy-addr", ad.proxy,
-		"--backend-api-addr", ad.backendAPI,
-		"--data-dir", o.dataDir,
-		"--runtime", cmp.Or(o.runtime, "process"),
-		"--log-level", "debug",
-		"--no-demo",
-	}, extra...)
-	s := &server{
-		t:       t,
-		opts:    o,
-		API:     "http://" + ad.api,
-		Proxy:   "http://" + ad.proxy,
-		DataDir: o.dataDir,
-		out:     &syncBuffer{},
-		done:    make(chan struct{}),
-	}
-	s.Client = api.NewClient(s.API, "", nil)
-	s.cmd = exec.Command(bin.berth, args...)
-	s.cmd.Dir = o.dataDir
-	s.cmd.Env = cleanEnv() // keeps AWS_*: the S3 store reads its credentials there
-	s.cmd.Stdout = s.out
-	s.cmd.Stderr = s.out
-	if err := s.cmd.Start(); err != nil {
-		t.Fatalf("start berth: %v", err)
-	}
-	go func() {
-		s.waitErr = s.cmd.Wait()
-		close(s.done)
-	}()
-	t.Cleanup(s.stop)
-	return s
+	o.extra = append(o.extra, extra...)
+	return start(t, o)
 }
 
 // ---- the real servers ----
