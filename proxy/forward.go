@@ -246,7 +246,7 @@ func checkHeaders(r *http.Request, fw *forward) error {
 }
 
 // validHeaderValue reports whether v has no control characters but tab.
-func validHeaderValue(v string) bool {
+func validHeaderValue[T string | []byte](v T) bool {
 	for i := 0; i < len(v); i++ {
 		if c := v[i]; (c < ' ' && c != '\t') || c == 0x7f {
 			return false

@@ -191,15 +191,11 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
 	tok, path, rawPath, ok := splitToken(r.URL.Path, r.URL.RawPath)
 	if tok == "" {
-		return &httpError{status: http.StatusUnauthorized, code: api.CodeUnauthorized, msg: "missing token: use the URL Berth returned from connect"}
+		return errMissingToken
 	}
 	claims, err := p.cfg.Signer.Verify(tok, p.cfg.Now())
 	if err != nil {
-		msg := "invalid token"
-		if errors.Is(err, token.ErrExpired) {
-			msg = "token expired: connect again for a fresh URL"
-		}
-		return &httpError{status: http.StatusUnauthorized, code: api.CodeUnauthorized, msg: msg, err: err}
+		return tokenError(err)
 	}
 	if !ok {
 		// Relative URLs in the backend's pages resolve against /<token>/.
@@ -245,6 +241,17 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
+var errMissingToken = &httpError{status: http.StatusUnauthorized, code: api.CodeUnauthorized, msg: "missing token: use the URL Berth returned from connect"}
+
+// tokenError is the answer to a token that fails verification.
+func tokenError(err error) error {
+	msg := "invalid token"
+	if errors.Is(err, token.ErrExpired) {
+		msg = "token expired: connect again for a fresh URL"
+	}
+	return &httpError{status: http.StatusUnauthorized, code: api.CodeUnauthorized, msg: msg, err: err}
+}
+
 func contextWith(r *http.Request, f *forward) context.Context {
 	return context.WithValue(r.Context(), forwardKey{}, f)
 }
@@ -256,11 +263,20 @@ type ReadyResolver interface {
 	ResolveReady(backendID string) (Route, bool)
 }
 
-func (p *Proxy) resolve(ctx context.Context, id string) (Route, error) {
+// resolveReady returns the route to a backend that is ready, if the
+// Resolver can tell without waiting.
+func (p *Proxy) resolveReady(id string) (Route, bool) {
 	if rr, ok := p.cfg.Resolver.(ReadyResolver); ok {
 		if route, ok := rr.ResolveReady(id); ok && route.Addr != "" {
-			return route, nil
+			return route, true
 		}
+	}
+	return Route{}, false
+}
+
+func (p *Proxy) resolve(ctx context.Context, id string) (Route, error) {
+	if route, ok := p.resolveReady(id); ok {
+		return route, nil
 	}
 	rctx, cancel := context.WithTimeout(ctx, p.cfg.StartTimeout)
 	route, err := p.cfg.Resolver.Resolve(rctx, id)
@@ -335,7 +351,7 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 // isBerthHeader reports whether k starts with X-Berth-, ignoring case and
 // treating _ as -, since CGI-style frameworks (Rack, Django, PHP) map
 // X-Berth_Secret and X-Berth-Secret to the same variable.
-func isBerthHeader(k string) bool {
+func isBerthHeader[T string | []byte](k T) bool {
 	const prefix = "x-berth-"
 	if len(k) < len(prefix) {
 		return false
@@ -420,22 +436,12 @@ func (p *Proxy) writeError(w http.ResponseWriter, r *http.Request, err error) {
 	if r.Context().Err() != nil || errors.Is(err, errClientGone) {
 		return // nobody to answer
 	}
-	var he *httpError
-	if !errors.As(err, &he) {
-		he = &httpError{status: http.StatusInternalServerError, code: api.CodeInternal, msg: "internal error", err: err}
-	}
-	level := slog.LevelWarn
-	if he.status < 500 {
-		level = slog.LevelDebug
-	}
-	// Never log the path: its first segment is a bearer token.
-	attrs := []any{"status", he.status, "err", he.err}
+	he := asHTTPError(err)
+	backend := he.backend
 	if f, ok := r.Context().Value(forwardKey{}).(*forward); ok {
-		attrs = append(attrs, "backend", f.claims.BackendID)
-	} else if he.backend != "" {
-		attrs = append(attrs, "backend", he.backend)
+		backend = f.claims.BackendID
 	}
-	p.log.Log(r.Context(), level, "proxy: "+he.msg, attrs...)
+	p.logError(r.Context(), he, backend)
 
 	h := w.Header()
 	h.Set("Content-Type", "application/json")
@@ -444,5 +450,36 @@ func (p *Proxy) writeError(w http.ResponseWriter, r *http.Request, err error) {
 		h.Set("Retry-After", "1")
 	}
 	w.WriteHeader(he.status)
-	json.NewEncoder(w).Encode(api.ErrorBody{Error: api.ErrorDetail{Code: he.code, Message: he.msg}})
+	w.Write(he.body())
+}
+
+func asHTTPError(err error) *httpError {
+	var he *httpError
+	if !errors.As(err, &he) {
+		he = &httpError{status: http.StatusInternalServerError, code: api.CodeInternal, msg: "internal error", err: err}
+	}
+	return he
+}
+
+// body is the JSON body the client gets.
+func (e *httpError) body() []byte {
+	b, _ := json.Marshal(api.ErrorBody{Error: api.ErrorDetail{Code: e.code, Message: e.msg}})
+	return append(b, '\n')
+}
+
+// logError logs a failed request, client errors at debug level. It never
+// logs the path: its first segment is a bearer token.
+func (p *Proxy) logError(ctx context.Context, he *httpError, backend string) {
+	level := slog.LevelWarn
+	if he.status < 500 {
+		level = slog.LevelDebug
+	}
+	if backend == "" {
+		backend = he.backend
+	}
+	attrs := []any{"status", he.status, "err", he.err}
+	if backend != "" {
+		attrs = append(attrs, "backend", backend)
+	}
+	p.log.Log(ctx, level, "proxy: "+he.msg, attrs...)
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httptrace"
@@ -86,7 +87,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 
 type fixture struct {
 	proxy    *Proxy
-	server   *httptest.Server // serves proxy
+	server   *testServer // serves proxy
 	signer   *token.Signer
 	resolver *resolver
 	activity *activity
@@ -115,12 +116,44 @@ func newFixture(t testing.TB, backend http.Handler) *fixture {
 		StartTimeout: 5 * time.Second,
 		Now:          func() time.Time { return now },
 	})
-	f.server = httptest.NewServer(f.proxy)
-	t.Cleanup(func() {
-		f.proxy.Close()
-		f.server.Close()
-	})
+	f.server = serve(t, f.proxy)
+	t.Cleanup(func() { f.proxy.Close() })
 	return f
+}
+
+// viaHandler makes fixtures serve the Proxy as an http.Handler on a
+// net/http server, as the Server does after a hand-off, instead of on a
+// Server; see TestHandler.
+var viaHandler bool
+
+type testServer struct{ URL string }
+
+// serve serves p on a Server (or, with viaHandler, on net/http) until the
+// test ends.
+func serve(t testing.TB, p *Proxy) *testServer {
+	if viaHandler {
+		hs := httptest.NewServer(p)
+		t.Cleanup(hs.Close)
+		return &testServer{URL: hs.URL}
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := p.NewServer(ServerConfig{})
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		if err := <-done; err != http.ErrServerClosed {
+			t.Errorf("Serve returned %v", err)
+		}
+	})
+	return &testServer{URL: "http://" + ln.Addr().String()}
 }
 
 func (f *fixture) token(backendID string) string {
@@ -640,4 +673,23 @@ func TestProxy_ClientCancel(t *testing.T) {
 		})
 	}
 	waitFor(t, "balanced Begin/End", func() bool { return f.activity.begins.Load() == 2 && f.activity.ends.Load() == 2 })
+}
+
+// TestHandler runs the tests of the proxy's behaviour with the Proxy
+// served as an http.Handler on net/http's server, the path a connection
+// takes after the Server hands it off.
+func TestHandler(t *testing.T) {
+	viaHandler = true
+	defer func() { viaHandler = false }()
+	for name, test := range map[string]func(*testing.T){
+		"Path": TestProxy_Path, "Redirect": TestProxy_Redirect, "Unauthorized": TestProxy_Unauthorized,
+		"ResolveErrors": TestProxy_ResolveErrors, "WaitsForStart": TestProxy_WaitsForStart,
+		"Headers": TestProxy_Headers, "HeaderInjection": TestProxy_HeaderInjection,
+		"Streaming": TestProxy_Streaming, "WebSocket": TestProxy_WebSocket, "Activity": TestProxy_Activity,
+		"Close": TestProxy_Close, "Head": TestProxy_Head, "Trailers": TestProxy_Trailers,
+		"EarlyHints": TestProxy_EarlyHints, "StaleConnection": TestProxy_StaleConnection,
+		"ClientCancel": TestProxy_ClientCancel,
+	} {
+		t.Run(name, test)
+	}
 }

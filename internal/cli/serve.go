@@ -204,7 +204,7 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	px := proxy.New(proxy.Config{Resolver: mgr, Signer: signer, Logger: log})
-	proxySrv := &http.Server{Handler: px, ReadHeaderTimeout: 30 * time.Second}
+	proxySrv := px.NewServer(proxy.ServerConfig{IdleTimeout: 30 * time.Second})
 
 	backendSrv := &http.Server{Handler: states.BackendAPI(), ReadHeaderTimeout: 30 * time.Second}
 

@@ -1,0 +1,630 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Server serves a Proxy on listeners. It reads each client connection
+// itself and forwards the common request — GET or HEAD, HTTP/1.1, no body,
+// no upgrade — without net/http's server: one goroutine per connection
+// parses the request head where it lies in the read buffer, writes it to a
+// pooled backend connection and relays the response, flushing only before
+// it would wait. net/http's server costs about twice the CPU per request
+// on this path (a goroutine hand-off per request to watch for the client
+// going away, deadlines, the Request and Header maps; see BENCHMARKS.md).
+//
+// Any other request — a body, an upgrade, HTTP/1.0, a head too large or
+// unusual to parse here — hands the connection over, bytes already read
+// included, to a net/http server with the Proxy as its handler, which keeps
+// the connection from then on. The fast path therefore never has to be
+// complete: it only has to recognise what it handles.
+type Server struct {
+	p           *Proxy
+	idleTimeout time.Duration
+	fallback    *http.Server
+	handoff     *connQueue
+	readers     sync.Pool // *bufio.Reader, clientReadSize
+	writers     sync.Pool // *bufio.Writer, clientWriteSize
+
+	closing atomic.Bool
+	mu      sync.Mutex
+	conns   map[*clientConn]struct{}
+	lns     map[net.Listener]struct{}
+	sweeper *time.Ticker
+	wg      sync.WaitGroup // connection goroutines
+}
+
+// ServerConfig configures a Server.
+type ServerConfig struct {
+	// IdleTimeout closes a client connection that has not sent a complete
+	// request head for this long, between requests or in the middle of
+	// one; 0 means 30 s.
+	IdleTimeout time.Duration
+}
+
+const (
+	defaultIdleTimeout = 30 * time.Second
+	// A request head must fit in the read buffer to take the fast path;
+	// larger ones (big cookies) go to net/http, which allows 1 MiB.
+	clientReadSize  = 8 << 10
+	clientWriteSize = 4 << 10
+	// maxHeaders bounds the request headers the fast path parses.
+	maxHeaders = 64
+)
+
+// NewServer returns a Server for p.
+func (p *Proxy) NewServer(cfg ServerConfig) *Server {
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = defaultIdleTimeout
+	}
+	s := &Server{
+		p:           p,
+		idleTimeout: cfg.IdleTimeout,
+		handoff:     newConnQueue(),
+		conns:       make(map[*clientConn]struct{}),
+		lns:         make(map[net.Listener]struct{}),
+	}
+	s.fallback = &http.Server{
+		Handler:           p,
+		ReadHeaderTimeout: cfg.IdleTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+	}
+	go s.fallback.Serve(s.handoff)
+	return s
+}
+
+// Serve accepts connections on ln until Shutdown, and then returns
+// http.ErrServerClosed.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closing.Load() {
+		s.mu.Unlock()
+		ln.Close()
+		return http.ErrServerClosed
+	}
+	s.lns[ln] = struct{}{}
+	if s.sweeper == nil {
+		tick := min(time.Second, s.idleTimeout/4)
+		s.sweeper = time.NewTicker(tick)
+		go s.sweep(s.sweeper.C)
+	}
+	s.mu.Unlock()
+
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if s.closing.Load() {
+				return http.ErrServerClosed
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return err
+			}
+			// Out of descriptors, most likely: wait rather than spin.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.p.log.Warn("proxy: accept", "err", err, "retry_in", backoff)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		cc := &clientConn{s: s, c: c}
+		cc.idleSince.Store(time.Now().UnixNano())
+		s.mu.Lock()
+		if s.closing.Load() {
+			s.mu.Unlock()
+			c.Close()
+			return http.ErrServerClosed
+		}
+		s.conns[cc] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go cc.serve()
+	}
+}
+
+// Shutdown stops accepting, closes idle connections, lets requests in
+// flight finish (closing their connections after the response), and waits
+// for them until ctx is done. Upgraded connections are the Proxy's: close
+// them with Proxy.Close.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closing.Store(true)
+	for ln := range s.lns {
+		ln.Close()
+	}
+	if s.sweeper != nil {
+		s.sweeper.Stop()
+	}
+	for cc := range s.conns {
+		cc.closeIfIdle()
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = ctx.Err()
+		s.mu.Lock()
+		for cc := range s.conns {
+			cc.c.Close()
+		}
+		s.mu.Unlock()
+	}
+	if ferr := s.fallback.Shutdown(ctx); err == nil {
+		err = ferr
+	}
+	s.handoff.Close()
+	return err
+}
+
+// sweep closes connections idle for longer than the idle timeout.
+func (s *Server) sweep(tick <-chan time.Time) {
+	for now := range tick {
+		cutoff := now.Add(-s.idleTimeout).UnixNano()
+		s.mu.Lock()
+		for cc := range s.conns {
+			if cc.idleSince.Load() < cutoff {
+				cc.closeIfIdle()
+			}
+		}
+		closing := s.closing.Load()
+		s.mu.Unlock()
+		if closing {
+			return
+		}
+	}
+}
+
+// Connection states.
+const (
+	connIdle   int32 = iota // waiting for, or reading, a request head
+	connActive              // forwarding a request
+	connClosed
+)
+
+type clientConn struct {
+	s         *Server
+	c         net.Conn
+	br        *bufio.Reader
+	state     atomic.Int32
+	idleSince atomic.Int64 // unix nanoseconds
+	clientIP  string       // for X-Forwarded-For, computed once
+
+	// The watcher of a request in flight (see watch).
+	watchTimer *time.Timer
+	watchDone  chan struct{}
+	armed      bool // the timer runs or has fired, and disarmWatch has not collected it
+	gone       atomic.Bool
+	bc         atomic.Pointer[backendConn]
+	cancelWait atomic.Pointer[context.CancelFunc]
+}
+
+func (cc *clientConn) closeIfIdle() {
+	if cc.state.CompareAndSwap(connIdle, connClosed) {
+		cc.c.Close()
+	}
+}
+
+func (cc *clientConn) serve() {
+	s := cc.s
+	handedOff := false
+	defer func() {
+		s.mu.Lock()
+		delete(s.conns, cc)
+		s.mu.Unlock()
+		if !handedOff {
+			cc.c.Close()
+			if cc.br != nil {
+				cc.br.Reset(nil)
+				s.readers.Put(cc.br)
+			}
+		}
+		s.wg.Done()
+	}()
+	if br, ok := s.readers.Get().(*bufio.Reader); ok {
+		br.Reset(cc.c)
+		cc.br = br
+	} else {
+		cc.br = bufio.NewReaderSize(cc.c, clientReadSize)
+	}
+	if a, ok := cc.c.RemoteAddr().(*net.TCPAddr); ok {
+		cc.clientIP = a.IP.String()
+	} else if host, _, err := net.SplitHostPort(cc.c.RemoteAddr().String()); err == nil {
+		cc.clientIP = host
+	}
+	var req request
+	for {
+		n, err := cc.readHead()
+		if err != nil {
+			return // closed, idle too long, or the client went away
+		}
+		if !cc.state.CompareAndSwap(connIdle, connActive) {
+			return // the sweeper or Shutdown closed it
+		}
+		head, _ := cc.br.Peek(n)
+		if n == 0 || !req.parse(head) {
+			handedOff = cc.handOff()
+			return
+		}
+		keep := cc.forward(&req, n)
+		if !keep || s.closing.Load() {
+			return
+		}
+		cc.idleSince.Store(time.Now().UnixNano())
+		if !cc.state.CompareAndSwap(connActive, connIdle) || s.closing.Load() {
+			return
+		}
+	}
+}
+
+// readHead waits for a whole request head in the read buffer and returns
+// its length, end of head included, without consuming it. It returns 0
+// when the head does not fit in the buffer.
+func (cc *clientConn) readHead() (int, error) {
+	br := cc.br
+	if _, err := br.Peek(1); err != nil {
+		return 0, err
+	}
+	searched := 0
+	for {
+		buf, _ := br.Peek(br.Buffered())
+		if i := indexHeadEnd(buf, searched); i >= 0 {
+			return i, nil
+		}
+		if len(buf) == br.Size() {
+			return 0, nil
+		}
+		searched = max(0, len(buf)-3)
+		if _, err := br.Peek(len(buf) + 1); err != nil && !errors.Is(err, bufio.ErrBufferFull) {
+			return 0, err
+		}
+	}
+}
+
+// indexHeadEnd returns the length of the head in b up to and including
+// its blank line, or -1. from is where to resume a search.
+func indexHeadEnd(b []byte, from int) int {
+	for i := from; i+3 < len(b); i++ {
+		if b[i] == '\r' && b[i+1] == '\n' && b[i+2] == '\r' && b[i+3] == '\n' {
+			return i + 4
+		}
+		if b[i] == '\n' && i+1 < len(b) && b[i+1] == '\n' {
+			return i + 2 // bare LFs: parse refuses it, net/http decides
+		}
+	}
+	return -1
+}
+
+// handOff passes the connection, with what has been read but not
+// consumed, to the net/http server.
+func (cc *clientConn) handOff() bool {
+	br := cc.br
+	var prefix []byte
+	if n := br.Buffered(); n > 0 {
+		b, _ := br.Peek(n)
+		prefix = append(make([]byte, 0, n), b...)
+	}
+	br.Reset(nil)
+	cc.s.readers.Put(br)
+	cc.br = nil
+	hc := &handoffConn{Conn: cc.c, prefix: prefix}
+	if !cc.s.handoff.put(hc) {
+		cc.c.Close()
+	}
+	return true
+}
+
+// forward answers one parsed request whose head is the first n buffered
+// bytes, and reports whether the connection stays open.
+func (cc *clientConn) forward(req *request, n int) (keep bool) {
+	s := cc.s
+	p := s.p
+	bw := cc.writer()
+	defer cc.releaseWriter(bw)
+	keep = !req.close
+
+	if len(req.token) == 0 {
+		cc.br.Discard(n)
+		return cc.writeError(bw, req, errMissingToken) && keep
+	}
+	claims, err := p.cfg.Signer.Verify(string(req.token), p.cfg.Now())
+	if err != nil {
+		cc.br.Discard(n)
+		return cc.writeError(bw, req, tokenError(err)) && keep
+	}
+	if !req.hasRest {
+		cc.br.Discard(n)
+		return cc.redirect(bw, req) && keep
+	}
+	// From here on a watcher notices a client that leaves while the
+	// backend takes its time (a long poll, a stream, a start).
+	cc.armWatch()
+	gone := false
+	defer func() {
+		if cc.disarmWatch() || gone {
+			keep = false
+		}
+	}()
+	route, ok := p.resolveReady(claims.BackendID)
+	if !ok {
+		ctx, cancel := context.WithCancel(context.Background())
+		cc.cancelWait.Store(&cancel)
+		if cc.gone.Load() {
+			cancel()
+		}
+		route, err = p.resolve(ctx, claims.BackendID)
+		cancel()
+		if err != nil {
+			cc.br.Discard(n)
+			if errors.Is(err, errClientGone) {
+				return false
+			}
+			return cc.writeError(bw, req, err) && keep
+		}
+	}
+	if a := route.Activity; a != nil {
+		a.Begin()
+		defer a.End()
+	}
+	fw := &forward{route: route, claims: claims}
+	if err := checkAdded(fw); err != nil {
+		cc.br.Discard(n)
+		return cc.writeError(bw, req, badGateway(fw, err)) && keep
+	}
+
+	for attempt := 0; ; attempt++ {
+		bc, reused, err := p.fwd.get(context.Background(), route.Addr)
+		if err != nil {
+			cc.br.Discard(n)
+			return cc.writeError(bw, req, badGateway(fw, err)) && keep
+		}
+		cc.bc.Store(bc)
+		if cc.gone.Load() {
+			bc.SetDeadline(aLongTimeAgo)
+		}
+		writeFastRequest(bc.bw, req, fw, cc.clientIP)
+		err = bc.bw.Flush()
+		if err == nil {
+			_, err = bc.br.Peek(1)
+		}
+		if err != nil {
+			bc.Close()
+			if reused && attempt == 0 && !cc.gone.Load() {
+				continue // a stale keep-alive connection: safe to resend
+			}
+			cc.br.Discard(n)
+			return cc.writeError(bw, req, badGateway(fw, err)) && keep
+		}
+		cc.br.Discard(n) // req's slices point into the head: done with them
+		res, err := relayResponse(bw, bc.br, req.head, !keep || s.closing.Load())
+		// The watcher may have cut the backend connection: stop it before
+		// deciding whether the connection can be reused.
+		gone = cc.disarmWatch()
+		if err != nil || gone {
+			bc.Close()
+			if err != nil && !res.started && !gone {
+				return cc.writeError(bw, req, badGateway(fw, err)) && keep
+			}
+			p.log.Debug("proxy: response aborted", "backend", claims.BackendID, "err", err, "client_gone", gone)
+			return false
+		}
+		if res.backendReusable && bc.br.Buffered() == 0 {
+			p.fwd.put(bc)
+		} else {
+			bc.Close()
+		}
+		if err := bw.Flush(); err != nil {
+			return false
+		}
+		return keep && !res.clientClose
+	}
+}
+
+// watchAfter is how long a request runs before a watcher starts looking
+// for its client going away. Most requests finish sooner and never pay for
+// the watcher's goroutine and deadlines.
+const watchAfter = 10 * time.Millisecond
+
+// armWatch starts the timer that starts the watcher.
+func (cc *clientConn) armWatch() {
+	cc.armed = true
+	if cc.watchTimer == nil {
+		cc.watchDone = make(chan struct{}, 1)
+		cc.watchTimer = time.AfterFunc(watchAfter, cc.watch)
+		return
+	}
+	cc.watchTimer.Reset(watchAfter)
+}
+
+// disarmWatch stops the watcher, waiting for it if it had started, and
+// reports whether it saw the client go. It may be called more than once.
+func (cc *clientConn) disarmWatch() bool {
+	if cc.armed && !cc.watchTimer.Stop() {
+		// The watcher has started, and may have finished: make its wait
+		// (if any) return, then collect it.
+		cc.c.SetReadDeadline(aLongTimeAgo)
+		<-cc.watchDone
+		cc.c.SetReadDeadline(time.Time{})
+	}
+	cc.armed = false
+	cc.bc.Store(nil)
+	cc.cancelWait.Store(nil)
+	return cc.gone.Swap(false)
+}
+
+// watch waits, without consuming anything, until the client's socket has
+// something to say: the client closed it (or it failed), and then it cuts
+// the request short, or it sent more (a pipelined request), and then the
+// client is still there and watch stops.
+func (cc *clientConn) watch() {
+	defer func() { cc.watchDone <- struct{}{} }()
+	sc, ok := cc.c.(syscall.Conn)
+	if !ok {
+		return
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return
+	}
+	gone := false
+	rc.Read(func(fd uintptr) bool {
+		var b [1]byte
+		n, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		switch {
+		case err == unix.EAGAIN || err == unix.EINTR:
+			return false // nothing yet: wait for the socket
+		case err != nil || n == 0:
+			gone = true
+		}
+		return true
+	})
+	if !gone {
+		return
+	}
+	cc.gone.Store(true)
+	if bc := cc.bc.Load(); bc != nil {
+		bc.SetDeadline(aLongTimeAgo)
+	}
+	if cancel := cc.cancelWait.Load(); cancel != nil {
+		(*cancel)()
+	}
+}
+
+func (cc *clientConn) writer() *bufio.Writer {
+	if bw, ok := cc.s.writers.Get().(*bufio.Writer); ok {
+		bw.Reset(cc.c)
+		return bw
+	}
+	return bufio.NewWriterSize(cc.c, clientWriteSize)
+}
+
+func (cc *clientConn) releaseWriter(bw *bufio.Writer) {
+	bw.Reset(nil)
+	cc.s.writers.Put(bw)
+}
+
+// writeError answers with err as Proxy.writeError does, and reports
+// whether the response was written.
+func (cc *clientConn) writeError(bw *bufio.Writer, req *request, err error) bool {
+	he := asHTTPError(err)
+	cc.s.p.logError(context.Background(), he, "")
+	body := he.body()
+	fmt.Fprintf(bw, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nContent-Length: %d\r\n", he.status, http.StatusText(he.status), len(body))
+	if he.status == http.StatusServiceUnavailable {
+		bw.WriteString("Retry-After: 1\r\n")
+	}
+	if req.close {
+		bw.WriteString("Connection: close\r\n")
+	}
+	bw.WriteString("\r\n")
+	if !req.head {
+		bw.Write(body)
+	}
+	return bw.Flush() == nil
+}
+
+// redirect answers a URL that ends with its token, as Proxy.serve does.
+func (cc *clientConn) redirect(bw *bufio.Writer, req *request) bool {
+	bw.WriteString("HTTP/1.1 308 Permanent Redirect\r\nLocation: /")
+	bw.Write(req.token)
+	bw.WriteByte('/')
+	if len(req.query) > 0 {
+		bw.WriteByte('?')
+		bw.Write(req.query)
+	}
+	bw.WriteString("\r\nContent-Length: 0\r\n")
+	if req.close {
+		bw.WriteString("Connection: close\r\n")
+	}
+	bw.WriteString("\r\n")
+	return bw.Flush() == nil
+}
+
+// connQueue is a net.Listener whose connections come from handOff.
+type connQueue struct {
+	c    chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newConnQueue() *connQueue {
+	return &connQueue{c: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (q *connQueue) put(c net.Conn) bool {
+	select {
+	case q.c <- c:
+		return true
+	case <-q.done:
+		return false
+	}
+}
+
+func (q *connQueue) Accept() (net.Conn, error) {
+	select {
+	case c := <-q.c:
+		return c, nil
+	case <-q.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (q *connQueue) Close() error {
+	q.once.Do(func() { close(q.done) })
+	return nil
+}
+
+func (q *connQueue) Addr() net.Addr { return handoffAddr{} }
+
+type handoffAddr struct{}
+
+func (handoffAddr) Network() string { return "handoff" }
+func (handoffAddr) String() string  { return "handoff" }
+
+// handoffConn is a client connection handed to net/http, which first reads
+// the bytes the fast path had read.
+type handoffConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *handoffConn) Read(b []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(b, c.prefix)
+		c.prefix = c.prefix[n:]
+		if len(c.prefix) == 0 {
+			c.prefix = nil
+		}
+		return n, nil
+	}
+	return c.Conn.Read(b)
+}
+
+// SyscallConn lets a WebSocket tunnel wait on the socket itself once
+// nothing is left in prefix.
+func (c *handoffConn) SyscallConn() (syscall.RawConn, error) {
+	if len(c.prefix) > 0 {
+		return nil, errors.New("buffered bytes remain")
+	}
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return nil, errors.New("not a socket")
+	}
+	return sc.SyscallConn()
+}
