@@ -151,9 +151,10 @@ func (p *Proxy) tunnel(w http.ResponseWriter, r *http.Request, f *forward, done 
 }
 
 // pipe copies src to dst until either side fails. While src is idle it
-// holds no buffer: it waits for readability on the socket itself and
-// borrows a pooled buffer only to move bytes that have arrived, so an idle
-// WebSocket costs two parked goroutines and its two sockets.
+// holds no buffer: it reads the socket itself, borrowing a pooled buffer
+// for each attempt, so an idle WebSocket costs two parked goroutines and
+// its two sockets, and a message costs one read and one write (plus the
+// read that finds nothing and parks), as a plain copy loop would.
 func (p *Proxy) pipe(dst, src net.Conn) {
 	sc, ok := src.(syscall.Conn)
 	var rc syscall.RawConn
@@ -166,24 +167,47 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 		p.buffers.Put(buf)
 		return
 	}
-	peek := func(fd uintptr) bool {
-		var b [1]byte
-		_, _, err := unix.Recvfrom(int(fd), b[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		return err != unix.EAGAIN // data, EOF or an error: let Read say which
+	// Read straight from the socket into a buffer borrowed for the
+	// attempt: on EAGAIN the buffer goes back and the goroutine waits for
+	// readability holding nothing; on data it is written out and returned.
+	var (
+		buf  []byte
+		n    int
+		rerr error
+	)
+	read := func(fd uintptr) bool {
+		buf = p.buffers.Get()
+		for {
+			n, rerr = unix.Read(int(fd), buf)
+			if rerr != unix.EINTR {
+				break
+			}
+		}
+		if rerr == unix.EAGAIN {
+			p.buffers.Put(buf)
+			buf = nil
+			return false
+		}
+		if rerr != nil {
+			n = 0
+		}
+		return true
 	}
 	for {
-		if err := rc.Read(peek); err != nil {
+		if err := rc.Read(read); err != nil {
+			if buf != nil {
+				p.buffers.Put(buf)
+			}
 			return
 		}
-		buf := p.buffers.Get()
-		n, rerr := src.Read(buf)
 		var werr error
 		if n > 0 {
 			_, werr = dst.Write(buf[:n])
 		}
 		p.buffers.Put(buf)
-		if rerr != nil || werr != nil {
-			return
+		buf = nil
+		if rerr != nil || n == 0 || werr != nil {
+			return // error, EOF or the other side failed
 		}
 	}
 }
