@@ -353,7 +353,8 @@ func (f *forwarder) get(ctx context.Context, addr string) (bc *backendConn, reus
 	if err != nil {
 		return nil, false, err
 	}
-	return &backendConn{Conn: c, addr: addr, br: bufio.NewReaderSize(c, 16<<10), bw: bufio.NewWriterSize(c, 4<<10)}, false, nil
+	rw := newRawConn(c)
+	return &backendConn{Conn: c, addr: addr, br: bufio.NewReaderSize(rw, 16<<10), bw: bufio.NewWriterSize(rw, 4<<10)}, false, nil
 }
 
 func (f *forwarder) put(bc *backendConn) {

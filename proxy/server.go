@@ -201,6 +201,7 @@ const (
 type clientConn struct {
 	s         *Server
 	c         net.Conn
+	rw        net.Conn // c, read and written with raw system calls
 	br        *bufio.Reader
 	state     atomic.Int32
 	idleSince atomic.Int64 // unix nanoseconds
@@ -237,11 +238,12 @@ func (cc *clientConn) serve() {
 		}
 		s.wg.Done()
 	}()
+	cc.rw = newRawConn(cc.c)
 	if br, ok := s.readers.Get().(*bufio.Reader); ok {
-		br.Reset(cc.c)
+		br.Reset(cc.rw)
 		cc.br = br
 	} else {
-		cc.br = bufio.NewReaderSize(cc.c, clientReadSize)
+		cc.br = bufio.NewReaderSize(cc.rw, clientReadSize)
 	}
 	if a, ok := cc.c.RemoteAddr().(*net.TCPAddr); ok {
 		cc.clientIP = a.IP.String()
@@ -508,10 +510,10 @@ func (cc *clientConn) watch() {
 
 func (cc *clientConn) writer() *bufio.Writer {
 	if bw, ok := cc.s.writers.Get().(*bufio.Writer); ok {
-		bw.Reset(cc.c)
+		bw.Reset(cc.rw)
 		return bw
 	}
-	return bufio.NewWriterSize(cc.c, clientWriteSize)
+	return bufio.NewWriterSize(cc.rw, clientWriteSize)
 }
 
 func (cc *clientConn) releaseWriter(bw *bufio.Writer) {

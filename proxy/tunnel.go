@@ -154,7 +154,8 @@ func (p *Proxy) tunnel(w http.ResponseWriter, r *http.Request, f *forward, done 
 // holds no buffer: it reads the socket itself, borrowing a pooled buffer
 // for each attempt, so an idle WebSocket costs two parked goroutines and
 // its two sockets, and a message costs one read and one write (plus the
-// read that finds nothing and parks), as a plain copy loop would.
+// read that finds nothing and parks), as a plain copy loop would. Both are
+// raw system calls, for the reason rawConn gives.
 func (p *Proxy) pipe(dst, src net.Conn) {
 	sc, ok := src.(syscall.Conn)
 	var rc syscall.RawConn
@@ -178,8 +179,13 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 	read := func(fd uintptr) bool {
 		buf = p.buffers.Get()
 		for {
-			n, rerr = unix.Read(int(fd), buf)
-			if rerr != unix.EINTR {
+			var e syscall.Errno
+			n, e = sysRead(fd, buf)
+			rerr = nil
+			if e != 0 {
+				rerr = e
+			}
+			if e != unix.EINTR {
 				break
 			}
 		}
@@ -193,6 +199,7 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 		}
 		return true
 	}
+	dst = newRawConn(dst)
 	for {
 		if err := rc.Read(read); err != nil {
 			if buf != nil {
