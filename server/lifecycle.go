@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	"net/http"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -29,9 +27,14 @@ type instance struct {
 	id, key string
 	rt      runtime.Runtime
 
-	ready chan struct{} // closed once the backend is ready or terminated
-	done  chan struct{} // closed once terminated
-	stopC chan struct{} // signalled by requestStop
+	// routable is closed once the proxy may send the backend traffic: when
+	// it first answered HTTP (before ready is recorded) or ended. ready is
+	// closed once ready is recorded, or the backend ended: connects that
+	// wait for ready return a backend whose record says so.
+	routable chan struct{}
+	ready    chan struct{}
+	done     chan struct{} // closed once terminated
+	stopC    chan struct{} // signalled by requestStop
 
 	active     atomic.Int64 // open requests and WebSockets
 	lastActive atomic.Int64 // monoNow() of the last activity
@@ -42,17 +45,19 @@ type instance struct {
 	stopWhy   berth.Reason
 	stopHard  bool
 	readyOnce sync.Once
+	routeOnce sync.Once
 }
 
 func newInstance(b *berth.Backend, rt runtime.Runtime) *instance {
 	inst := &instance{
-		id:    b.ID,
-		key:   b.Key,
-		rt:    rt,
-		b:     b,
-		ready: make(chan struct{}),
-		done:  make(chan struct{}),
-		stopC: make(chan struct{}, 1),
+		id:       b.ID,
+		key:      b.Key,
+		rt:       rt,
+		b:        b,
+		routable: make(chan struct{}),
+		ready:    make(chan struct{}),
+		done:     make(chan struct{}),
+		stopC:    make(chan struct{}, 1),
 	}
 	inst.lastActive.Store(monoNow())
 	return inst
@@ -92,7 +97,15 @@ func (i *instance) terminating() bool {
 	return s == berth.StateTerminating || s == berth.StateTerminated
 }
 
-func (i *instance) markReady() { i.readyOnce.Do(func() { close(i.ready) }) }
+// openRoute lets the proxy send traffic to the backend.
+func (i *instance) openRoute() { i.routeOnce.Do(func() { close(i.routable) }) }
+
+// markReady releases connects waiting for ready (and opens the route, if
+// that has not happened yet).
+func (i *instance) markReady() {
+	i.openRoute()
+	i.readyOnce.Do(func() { close(i.ready) })
+}
 
 // requestStop asks the lifecycle to stop the backend. The first reason wins;
 // a later hard request still upgrades a graceful stop to a kill.
@@ -197,19 +210,24 @@ func (m *Manager) start(ctx context.Context, inst *instance, b *berth.Backend, l
 			return nil, fmt.Errorf("prepare state: %w", err)
 		}
 	}
-	if !m.transition(inst, store.Transition{To: berth.StateStarting}) {
-		return nil, errors.New("backend left scheduled before it started")
-	}
+	// starting is recorded together with the runtime handle, in one write
+	// once the runtime has started the backend, dated when the start began.
+	// A crash before that write leaves the backend scheduled without a
+	// handle: Reconcile records it lost, and the runtime's List finds the
+	// instance, which no live backend owns, and removes it.
+	at := time.Now().UTC()
 	h, err := inst.rt.Start(ctx, spec)
 	if err != nil {
+		// The history still reads scheduled, starting, terminated.
+		m.transition(inst, store.Transition{To: berth.StateStarting, At: at})
 		return nil, err
 	}
-	if err := m.cfg.Store.SetHandle(ctx, b.ID, encodeHandle(h)); err != nil {
+	if err := m.record(inst, store.Transition{To: berth.StateStarting, At: at, Handle: encodeHandle(h)}); err != nil {
 		// Without a persisted handle a restarted Berth could not find this
 		// backend again, so do not let it run.
-		inst.rt.Stop(ctx, h, "", 0)
-		inst.rt.Cleanup(ctx, h)
-		return nil, fmt.Errorf("record runtime handle: %w", err)
+		inst.rt.Stop(context.Background(), h, "", 0)
+		inst.rt.Cleanup(context.Background(), h)
+		return nil, fmt.Errorf("record the start and runtime handle: %w", err)
 	}
 	log.Debug("started", "addr", h.Addr)
 	return h, nil
@@ -222,7 +240,11 @@ func (m *Manager) awaitReady(ctx context.Context, inst *instance, b *berth.Backe
 	rctx, cancel := context.WithTimeout(ctx, b.Spawn.StartupTimeout())
 	defer cancel()
 	readyC := make(chan error, 1)
-	go func() { readyC <- pollReady(rctx, h.Addr) }()
+	m.starting.Add(1)
+	go func() {
+		defer m.starting.Add(-1)
+		readyC <- pollReady(rctx, h.Addr, m.pollInterval)
+	}()
 
 	for {
 		select {
@@ -235,8 +257,13 @@ func (m *Manager) awaitReady(ctx context.Context, inst *instance, b *berth.Backe
 				m.stopAndTerminate(inst, h, exitC, berth.ReasonStartupTimeout, false, log)
 				return false
 			}
+			// The backend answers: route to it at once, and record ready
+			// after. A crash in between leaves it starting with a live
+			// handle, which Reconcile re-adopts and polls again.
+			at := time.Now().UTC()
 			inst.lastActive.Store(monoNow())
-			m.transition(inst, store.Transition{To: berth.StateReady})
+			inst.openRoute()
+			m.transition(inst, store.Transition{To: berth.StateReady, At: at})
 			inst.markReady()
 			m.cfg.Metrics.startup.Observe(time.Since(started).Seconds())
 			return true
@@ -319,8 +346,8 @@ func (m *Manager) exited(inst *instance, h *runtime.Handle, e runtime.Exit, log 
 	log.Info("backend exited", "code", e.Code, "signal", e.Signal)
 	m.transition(inst, store.Transition{To: berth.StateTerminating, Reason: why, Message: msg})
 	m.afterExit(inst)
+	inst.rt.Cleanup(context.Background(), h) // terminated means nothing is left of it
 	m.terminate(inst, why, exitCode(e), msg)
-	inst.rt.Cleanup(context.Background(), h)
 }
 
 // stopAndTerminate stops a running backend and records its end.
@@ -352,8 +379,8 @@ func (m *Manager) stopAndTerminate(inst *instance, h *runtime.Handle, exitC chan
 		}
 	}
 	m.afterExit(inst)
+	inst.rt.Cleanup(context.Background(), h) // terminated means nothing is left of it
 	m.terminate(inst, why, exitCode(e), exitMessage(e))
-	inst.rt.Cleanup(context.Background(), h)
 }
 
 // afterExit runs the state hook until it succeeds: the key stays held (the
@@ -401,22 +428,28 @@ func exitMessage(e runtime.Exit) string {
 // transition moves the backend forward in the store and in memory, and tells
 // subscribers. It reports whether the move happened.
 func (m *Manager) transition(inst *instance, t store.Transition) bool {
+	err := m.record(inst, t)
+	if err != nil && !errors.Is(err, berth.ErrInvalidTransition) {
+		m.log.Error("record state", "backend", inst.id, "to", t.To, "err", err)
+	}
+	return err == nil
+}
+
+// record is transition, returning the store's error.
+func (m *Manager) record(inst *instance, t store.Transition) error {
 	if t.At.IsZero() {
 		t.At = time.Now().UTC()
 	}
 	b, err := m.cfg.Store.Transition(context.Background(), inst.id, t)
 	if err != nil {
-		if !errors.Is(err, berth.ErrInvalidTransition) {
-			m.log.Error("record state", "backend", inst.id, "to", t.To, "err", err)
-		}
-		return false
+		return err
 	}
 	inst.mu.Lock()
 	inst.b.State, inst.b.Reason, inst.b.ExitCode = b.State, b.Reason, b.ExitCode
 	inst.b.ReadyAt, inst.b.TerminatedAt = b.ReadyAt, b.TerminatedAt
 	inst.mu.Unlock()
 	m.publish(inst.id)
-	return true
+	return nil
 }
 
 // recordEvent notes something about a backend without changing its state.
@@ -442,43 +475,4 @@ func (m *Manager) finish(inst *instance) {
 	m.cfg.Logs.Finish(inst.id)
 	close(inst.done)
 	m.publish(inst.id)
-}
-
-// pollReady returns nil once something answers HTTP at addr: every 200 µs
-// for the first 50 ms (a refused connection costs microseconds), then with a
-// backoff up to 5 ms.
-func pollReady(ctx context.Context, addr string) error {
-	client := &http.Client{
-		Transport: &http.Transport{
-			DialContext:       (&net.Dialer{Timeout: time.Second}).DialContext,
-			DisableKeepAlives: true,
-		},
-		Timeout: 2 * time.Second,
-	}
-	defer client.CloseIdleConnections()
-	url := "http://" + addr + "/"
-	start := time.Now()
-	wait := 200 * time.Microsecond
-	t := time.NewTimer(0)
-	defer t.Stop()
-	<-t.C
-	for {
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		resp, err := client.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			return nil
-		}
-		t.Reset(wait)
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		}
-		// Poll tightly while a fast starter is likely to come up, so its
-		// start is not rounded up to the next poll; then back off.
-		if time.Since(start) > 50*time.Millisecond {
-			wait = min(wait*3/2, 5*time.Millisecond)
-		}
-	}
 }

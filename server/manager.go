@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -95,6 +96,8 @@ type Manager struct {
 	ctx  context.Context // cancelled by Shutdown after backends stopped
 	stop context.CancelFunc
 	wg   sync.WaitGroup
+
+	starting atomic.Int64 // backends polled for readiness now
 
 	mu       sync.Mutex
 	live     map[string]*instance // by backend id

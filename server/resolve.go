@@ -13,8 +13,9 @@ var (
 	_ proxy.ReadyResolver = (*Manager)(nil)
 )
 
-// ResolveReady implements proxy.ReadyResolver: a route to a backend that is
-// ready (or terminating) now, without waiting.
+// ResolveReady implements proxy.ReadyResolver: a route to a backend that
+// answers now (it is ready, or its ready is being recorded, or it is
+// terminating), without waiting.
 func (m *Manager) ResolveReady(id string) (proxy.Route, bool) {
 	m.mu.Lock()
 	inst := m.live[id]
@@ -23,14 +24,14 @@ func (m *Manager) ResolveReady(id string) (proxy.Route, bool) {
 		return proxy.Route{}, false
 	}
 	select {
-	case <-inst.ready:
+	case <-inst.routable:
 	default:
 		return proxy.Route{}, false
 	}
 	return inst.route()
 }
 
-// route is where to send the backend's traffic, once it is past starting.
+// route is where to send the backend's traffic, once it answered HTTP.
 func (i *instance) route() (proxy.Route, bool) {
 	i.mu.Lock()
 	state, addr, secret := i.b.State, i.addr, i.b.Secret
@@ -55,7 +56,7 @@ func (m *Manager) Resolve(ctx context.Context, id string) (proxy.Route, error) {
 		return proxy.Route{}, proxy.ErrGone
 	}
 	select {
-	case <-inst.ready:
+	case <-inst.routable:
 	case <-ctx.Done():
 		return proxy.Route{}, fmt.Errorf("backend %s is still starting: %w", id, ctx.Err())
 	}

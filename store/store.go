@@ -78,6 +78,10 @@ type Transition struct {
 	// LastActive, when set, records the backend's last activity in the same
 	// transaction (a stop writes it once, instead of in a write of its own).
 	LastActive *time.Time
+	// Handle, when not empty, records the backend's runtime handle in the
+	// same transaction, as SetHandle would (a start records starting and
+	// the handle in one write). A refused transition records no handle.
+	Handle []byte
 }
 
 // Filter selects backends in Backends. Zero fields match everything.

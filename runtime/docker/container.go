@@ -91,11 +91,14 @@ func (r *Runtime) run(ctx context.Context, id, cid string, port int, logs io.Wri
 	if _, err := r.cli.ContainerStart(ctx, cid, client.ContainerStartOptions{}); err != nil {
 		return nil, fmt.Errorf("start container: %w", err)
 	}
-	r.follow(cid, logs)
+	// The address first, the log stream after: it reads from the
+	// container's start whenever it begins, and the engine answers the
+	// inspect sooner without it.
 	res, err := r.cli.ContainerInspect(ctx, cid, client.ContainerInspectOptions{})
 	if err != nil {
 		return nil, fmt.Errorf("inspect container: %w", err)
 	}
+	r.follow(cid, logs)
 	raw, err := json.Marshal(state{ContainerID: cid})
 	if err != nil {
 		return nil, err

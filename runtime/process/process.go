@@ -4,12 +4,15 @@
 //
 // Every backend gets a directory Dir/<backend id> holding its working
 // directory (work/, also $HOME), its $TMPDIR (tmp/), its output log
-// (output.log) and its handle (handle.json, which List reads). The backend
-// writes stdout and stderr straight to output.log, so it survives Berth
-// being killed (no pipe to break), and the runtime tails that file into
-// Spec.Logs. A restarted Berth re-attaches through Recover, checking the pid
-// together with the process start time, so a reused pid is never mistaken
-// for the backend.
+// (output.log) and its handle (handle.json, which List reads). Cleanup
+// prepares the next backend's directory (Dir/.spare-N), so a start usually
+// only renames one into place; what a backend's processes used (work/,
+// tmp/, output.log) is never given to another. The backend writes stdout
+// and stderr straight to output.log, so it survives Berth being killed (no
+// pipe to break), and the runtime tails that file into Spec.Logs. A
+// restarted Berth re-attaches through Recover, checking the pid together
+// with the process start time, so a reused pid is never mistaken for the
+// backend.
 //
 // Stop signals the whole process group, waits up to the grace period for the
 // leader, then SIGKILLs the group, and keeps killing until no process of the
@@ -124,8 +127,10 @@ type Runtime struct {
 	log       *slog.Logger
 	watch     watcher // shared by the tails
 
-	mu    sync.Mutex
-	insts map[string]*instance // by backend id, until Cleanup
+	mu        sync.Mutex
+	insts     map[string]*instance // by backend id, until Cleanup
+	spares    []string             // backend directories ready for Start (see park)
+	nextSpare uint64
 }
 
 // New returns a process runtime keeping its files under cfg.Dir.
@@ -138,6 +143,9 @@ func New(cfg Config) (*Runtime, error) {
 		return nil, fmt.Errorf("process: %w", err)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("process: %w", err)
+	}
+	if err := removeSpares(dir); err != nil {
 		return nil, fmt.Errorf("process: %w", err)
 	}
 	r := &Runtime{dir: dir, cgroupDir: cfg.CgroupDir, maxLog: cfg.MaxLogBytes, log: cfg.Logger, insts: make(map[string]*instance)}
@@ -163,13 +171,26 @@ func FreePort() (int, error) {
 	n := hi - lo + 1
 	for range 200 {
 		port := lo + int(nextPort.Add(1)%uint32(n))
-		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(port))
-		if err == nil {
-			l.Close()
+		if canBind(port) {
 			return port, nil
 		}
 	}
 	return 0, fmt.Errorf("process: no free port between %d and %d", lo, hi)
+}
+
+// canBind reports whether a TCP socket can bind 127.0.0.1:port, as a server
+// does (SO_REUSEADDR): three system calls, where net.Listen takes about
+// twice as many and registers the socket with the poller.
+func canBind(port int) bool {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return false
+	}
+	defer unix.Close(fd)
+	if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		return false
+	}
+	return unix.Bind(fd, &unix.SockaddrInet4{Port: port, Addr: [4]byte{127, 0, 0, 1}}) == nil
 }
 
 // nextPort rotates through the backend port range, from a random start, so
@@ -182,8 +203,11 @@ var nextPort = func() *atomic.Uint32 {
 
 // portRange is where backend ports come from: below the kernel's ephemeral
 // range, so no outgoing connection on the machine takes a port between the
-// moment Berth picks it and the moment the backend binds it.
-func portRange() (lo, hi int) {
+// moment Berth picks it and the moment the backend binds it. It is read
+// once: FreePort runs on every spawn.
+var portRange = sync.OnceValues(readPortRange)
+
+func readPortRange() (lo, hi int) {
 	lo, hi = 20000, 32767
 	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
 	if err != nil {
@@ -237,9 +261,13 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (*runtime.Handle
 	log := r.log.With("backend", id)
 	base := filepath.Join(r.dir, id)
 	work, tmp := filepath.Join(base, "work"), filepath.Join(base, "tmp")
-	for _, d := range []string{work, tmp} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			return nil, fmt.Errorf("process: start %s: %w", id, err)
+	if !r.takeSpare(base) {
+		// Dir exists (New made it): three mkdir calls, not MkdirAll's
+		// stats first.
+		for _, d := range []string{base, work, tmp} {
+			if err := os.Mkdir(d, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+				return nil, fmt.Errorf("process: start %s: %w", id, err)
+			}
 		}
 	}
 	h, err := r.start(spec, base, work, tmp, log)
@@ -262,11 +290,16 @@ func (r *Runtime) start(spec runtime.Spec, base, work, tmp string, log *slog.Log
 		return nil, err
 	}
 	defer out.Close() // the child has its own copy
+	null, err := devNull()
+	if err != nil {
+		return nil, err
+	}
 	cmd := &exec.Cmd{
 		Path:        path,
 		Args:        args,
 		Dir:         work,
 		Env:         environ(spec, work, tmp),
+		Stdin:       null,
 		Stdout:      out,
 		Stderr:      out,
 		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
@@ -356,8 +389,26 @@ func environ(spec runtime.Spec, work, tmp string) []string {
 	return env
 }
 
+// devNull is the backends' stdin, opened once for all of them (exec.Cmd
+// would open and close /dev/null on every start).
+var devNull = sync.OnceValues(func() (*os.File, error) { return os.Open(os.DevNull) })
+
+// fileLimit is what limitFiles sets when a child inherited Berth's own hard
+// limit, as it does: min(that hard limit, maxOpenFiles); 0 if unknown.
+var fileLimit = sync.OnceValue(func() uint64 {
+	var own unix.Rlimit
+	if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &own); err != nil {
+		return 0
+	}
+	return min(own.Max, maxOpenFiles)
+})
+
 // limitFiles caps the open files of pid at min(its hard limit, maxOpenFiles).
 func limitFiles(pid int) error {
+	// One call when the child's hard limit is Berth's own, as inherited.
+	if n := fileLimit(); n > 0 && unix.Prlimit(pid, unix.RLIMIT_NOFILE, &unix.Rlimit{Cur: n, Max: n}, nil) == nil {
+		return nil
+	}
 	var cur unix.Rlimit
 	if err := unix.Prlimit(pid, unix.RLIMIT_NOFILE, nil, &cur); err != nil {
 		return fmt.Errorf("read RLIMIT_NOFILE: %w", err)
@@ -477,7 +528,12 @@ func (r *Runtime) Cleanup(ctx context.Context, h *runtime.Handle) error {
 			return fmt.Errorf("process: cleanup %s: %w", h.BackendID, err)
 		}
 	}
-	if err := os.RemoveAll(filepath.Join(r.dir, h.BackendID)); err != nil {
+	base := filepath.Join(r.dir, h.BackendID)
+	if _, err := os.Lstat(base); errors.Is(err, fs.ErrNotExist) {
+		return nil // cleaned up before
+	}
+	// The directory becomes the next backend's (see park), or is removed.
+	if err := r.park(base); err != nil {
 		return fmt.Errorf("process: cleanup %s: %w", h.BackendID, err)
 	}
 	return nil
@@ -492,8 +548,11 @@ func (r *Runtime) List(ctx context.Context) ([]*runtime.Handle, error) {
 	}
 	var hs []*runtime.Handle
 	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), ".") {
+			continue // a spare (see park); backend ids never start with a dot
+		}
 		b, err := os.ReadFile(filepath.Join(r.dir, e.Name(), handleFile))
-		if errors.Is(err, fs.ErrNotExist) {
+		if errors.Is(err, fs.ErrNotExist) || (err == nil && len(b) == 0) {
 			continue // not a backend, or one still starting
 		}
 		if err != nil {
@@ -509,20 +568,22 @@ func (r *Runtime) List(ctx context.Context) ([]*runtime.Handle, error) {
 	return hs, nil
 }
 
+// writeHandle writes the handle in one write(2), over the empty file a spare
+// holds or to a new one. No temporary file and rename: List runs only when
+// Berth starts, never beside a Start; an empty or missing file is "still
+// starting" to it; and a crash between the process start and this write
+// loses the handle either way.
 func writeHandle(path string, h *runtime.Handle) error {
 	b, err := json.Marshal(h)
 	if err != nil {
 		return err
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return os.WriteFile(path, b, 0o600)
 }
 
 func checkID(id string) error {
-	if id == "" || id == "." || id == ".." || strings.ContainsAny(id, "/\x00") {
+	// No leading dot: such names in Dir are the runtime's own (spares).
+	if id == "" || id[0] == '.' || strings.ContainsAny(id, "/\x00") {
 		return fmt.Errorf("process: backend id %q cannot name a directory", id)
 	}
 	return nil

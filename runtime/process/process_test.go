@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -520,7 +521,20 @@ func TestFreePort(t *testing.T) {
 	if err != nil {
 		t.Fatalf("listen on the free port %d: %v", port, err)
 	}
+	// A port a server listens on, on loopback or on every address, is not
+	// free.
+	if canBind(port) {
+		t.Errorf("port %d, listened on 127.0.0.1, counts as free", port)
+	}
 	l.Close()
+	l, err = net.Listen("tcp", ":"+strconv.Itoa(port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if canBind(port) {
+		t.Errorf("port %d, listened on every address, counts as free", port)
+	}
 }
 
 func TestRuntime_StartErrors(t *testing.T) {
@@ -627,5 +641,114 @@ func TestRuntime_StartTwice(t *testing.T) {
 	start(t, r, sp)
 	if _, err := r.Start(context.Background(), sp); err == nil {
 		t.Error("a second Start of a running backend succeeded")
+	}
+}
+
+// Cleanup parks a new directory for the next Start, which uses it; what a
+// backend left in its directory never reaches the next one.
+func TestRuntime_SpareDirectories(t *testing.T) {
+	t.Parallel()
+	bin := runtimetest.BuildTestBackend(t)
+	r := newRuntime(t, Config{})
+	ctx := context.Background()
+	spares := func() int {
+		ms, _ := filepath.Glob(filepath.Join(r.dir, sparePrefix+"*"))
+		return len(ms)
+	}
+
+	h := start(t, r, testSpec(t, bin, "bk_first", nil))
+	var env map[string]string
+	getJSON(t, h.Addr, "/", &env) // up, and its output written
+	if err := os.WriteFile(filepath.Join(env["HOME"], "left-behind"), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// What a process of bk_first that escaped its group would still hold:
+	// its output log and its working directory.
+	oldLog, err := os.OpenFile(handleState(t, h).Log, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer oldLog.Close()
+	oldWork, err := os.Open(env["HOME"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer oldWork.Close()
+	if err := r.Stop(ctx, h, "", 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Cleanup(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(r.dir, "bk_first")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("bk_first's directory after Cleanup: %v, want it gone", err)
+	}
+	if n := spares(); n != 1 {
+		t.Fatalf("%d spare directories after a Cleanup, want 1", n)
+	}
+	if hs, err := r.List(ctx); err != nil || len(hs) != 0 {
+		t.Errorf("List = %v, %v; want nothing (a spare is no backend)", hs, err)
+	}
+
+	h = start(t, r, testSpec(t, bin, "bk_second", nil))
+	getJSON(t, h.Addr, "/", &env)
+	if n := spares(); n != 0 {
+		t.Errorf("%d spare directories after a Start, want it taken", n)
+	}
+	ents, err := os.ReadDir(env["HOME"])
+	if err != nil || len(ents) != 0 {
+		t.Errorf("bk_second's work directory holds %v (%v); want it empty", ents, err)
+	}
+	// Nothing bk_first's leftovers write reaches bk_second.
+	oldLog.WriteString("from bk_first\n")
+	if fd, err := unix.Openat(int(oldWork.Fd()), "from-bk_first", unix.O_CREAT|unix.O_WRONLY|unix.O_CLOEXEC, 0o600); err == nil {
+		unix.Close(fd)
+	}
+	if ents, _ := os.ReadDir(env["HOME"]); len(ents) != 0 {
+		t.Errorf("bk_second's work directory holds %v, written through bk_first's", ents)
+	}
+	if b, err := os.ReadFile(handleState(t, h).Log); err != nil || strings.Contains(string(b), "bk_first") {
+		t.Errorf("bk_second's output log: %q, %v; want nothing of bk_first's", b, err)
+	}
+	if hs, err := r.List(ctx); err != nil || len(hs) != 1 || hs[0].BackendID != "bk_second" {
+		t.Errorf("List = %v, %v; want bk_second", hs, err)
+	}
+
+	// Once nothing holds a log, it may be reused: emptied first.
+	second := handleState(t, h).Log
+	secondLog, err := os.ReadFile(second)
+	if err != nil || len(secondLog) == 0 {
+		t.Fatalf("bk_second's output log: %q, %v; want its output", secondLog, err)
+	}
+	var secondIno uint64
+	if fi, err := os.Stat(second); err == nil {
+		secondIno = fi.Sys().(*syscall.Stat_t).Ino
+	}
+	if err := r.Stop(ctx, h, "", 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Cleanup(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	h = start(t, r, testSpec(t, bin, "bk_third", nil))
+	getJSON(t, h.Addr, "/", &env)
+	third := handleState(t, h).Log
+	if fi, err := os.Stat(third); err == nil {
+		t.Logf("output log reused: %v", fi.Sys().(*syscall.Stat_t).Ino == secondIno)
+	}
+	if b, err := os.ReadFile(third); err != nil || bytes.Contains(b, secondLog) {
+		t.Errorf("bk_third's output log: %q, %v; want nothing of bk_second's %q", b, err, secondLog)
+	}
+
+	// A new Runtime on the same Dir drops spares it did not make.
+	if err := r.Stop(ctx, h, "", 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Cleanup(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	r = newRuntime(t, Config{Dir: r.dir})
+	if n := spares(); n != 0 {
+		t.Errorf("%d spare directories after New, want none", n)
 	}
 }

@@ -6,7 +6,9 @@
 // All writes go through one connection, so writers queue in Go instead of
 // racing for SQLite's write lock (no SQLITE_BUSY between our own
 // transactions); reads use a separate pool and, in WAL mode, never wait for
-// the writer.
+// the writer. The writes that queue while a transaction runs are committed
+// together in the next one (see writer), so a busy server pays for far fewer
+// commits than it makes writes.
 package sqlite
 
 import (
@@ -33,10 +35,12 @@ var _ store.Store = (*Store)(nil)
 
 // Store is a store.Store kept in one SQLite file. Create it with Open.
 type Store struct {
-	w *sql.DB // exactly one connection; every write transaction
-	r *sql.DB // read-only pool
+	w  *sql.DB // exactly one connection; every write transaction
+	r  *sql.DB // read-only pool
+	wr *writer // the only user of w once open returns
 
 	// Prepared once: a spawn runs CreateBackend and four Transitions.
+	// Statements on w are used inside the writer's transactions only.
 	takeKey, insertBackend, insertEvent, transition, releaseKey *sql.Stmt
 	stateOf, holderInTx                                         *sql.Stmt
 	backend, keyHolder, events                                  *sql.Stmt
@@ -125,7 +129,8 @@ func open(path string) (_ *Store, err error) {
 		// NULL arguments leave a column as it was.
 		{w, &s.transition, `UPDATE backends SET state = ?, state_rank = ?,
 				reason = COALESCE(?, reason), exit_code = COALESCE(?, exit_code),
-				ready_at = COALESCE(?, ready_at), terminated_at = COALESCE(?, terminated_at)
+				ready_at = COALESCE(?, ready_at), terminated_at = COALESCE(?, terminated_at),
+				handle = COALESCE(?, handle), last_active_at = COALESCE(?, last_active_at)
 			WHERE id = ? AND state_rank < ?
 			RETURNING ` + backendColumns},
 		{w, &s.releaseKey, `UPDATE keys SET holder = NULL WHERE key = ? AND holder = ?`},
@@ -142,11 +147,18 @@ func open(path string) (_ *Store, err error) {
 			return nil, fmt.Errorf("prepare %q: %w", p.query, err)
 		}
 	}
+	if s.wr, err = newWriter(ctx, w); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
-// Close closes the database. Calls in flight may fail.
+// Close closes the database. Calls in flight may fail; a write that was
+// already committing finishes first.
 func (s *Store) Close() error {
+	if s.wr != nil {
+		s.wr.close()
+	}
 	var errs []error
 	for _, db := range []*sql.DB{s.r, s.w} {
 		if db != nil {
@@ -188,45 +200,47 @@ func (s *Store) createBackend(ctx context.Context, b *berth.Backend) (*berth.Bac
 	}
 	created = created.UTC().Truncate(time.Microsecond)
 
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return nil, false, err
-	}
-	defer tx.Rollback()
-
-	// A keyless backend holds nothing and fences against nobody.
-	token := int64(1)
-	if b.Key != "" {
-		err := tx.StmtContext(ctx, s.takeKey).QueryRowContext(ctx, b.Key, b.ID).Scan(&token)
-		if errors.Is(err, sql.ErrNoRows) {
-			holder, err := scanBackend(tx.StmtContext(ctx, s.holderInTx).QueryRowContext(ctx, b.Key))
-			if err != nil {
-				return nil, false, fmt.Errorf("read holder of %q: %w", b.Key, err)
+	var (
+		holder *berth.Backend // set when another backend holds the key
+		token  int64
+	)
+	err = s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		// A keyless backend holds nothing and fences against nobody.
+		holder, token = nil, 1
+		if b.Key != "" {
+			err := tx.StmtContext(ctx, s.takeKey).QueryRowContext(ctx, b.Key, b.ID).Scan(&token)
+			if errors.Is(err, sql.ErrNoRows) {
+				if holder, err = scanBackend(tx.StmtContext(ctx, s.holderInTx).QueryRowContext(ctx, b.Key)); err != nil {
+					return fmt.Errorf("read holder of %q: %w", b.Key, err)
+				}
+				return nil
 			}
-			return holder, false, nil
+			if err != nil {
+				return fmt.Errorf("take key %q: %w", b.Key, err)
+			}
 		}
+		_, err := tx.StmtContext(ctx, s.insertBackend).ExecContext(ctx,
+			b.ID, b.Key, b.User, berth.StateScheduled, berth.StateScheduled.Rank(),
+			b.Reason, nullInt(b.ExitCode), token, b.Runtime, string(spawn), b.Secret, b.Handle, b.Node,
+			created.UnixMicro(), nullTime(b.ReadyAt), nullTime(b.TerminatedAt), nullTime(b.LastActiveAt))
 		if err != nil {
-			return nil, false, fmt.Errorf("take key %q: %w", b.Key, err)
+			if isConstraint(err, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY) {
+				err = berth.ErrConflict
+			}
+			return fmt.Errorf("insert: %w", err)
 		}
-	}
-
-	_, err = tx.StmtContext(ctx, s.insertBackend).ExecContext(ctx,
-		b.ID, b.Key, b.User, berth.StateScheduled, berth.StateScheduled.Rank(),
-		b.Reason, nullInt(b.ExitCode), token, b.Runtime, string(spawn), b.Secret, b.Handle, b.Node,
-		created.UnixMicro(), nullTime(b.ReadyAt), nullTime(b.TerminatedAt), nullTime(b.LastActiveAt))
-	if err != nil {
-		if isConstraint(err, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY) {
-			err = berth.ErrConflict
+		_, err = tx.StmtContext(ctx, s.insertEvent).ExecContext(ctx,
+			b.ID, berth.StateScheduled, "", nil, "", created.UnixMicro())
+		if err != nil {
+			return fmt.Errorf("insert event: %w", err)
 		}
-		return nil, false, fmt.Errorf("insert: %w", err)
-	}
-	_, err = tx.StmtContext(ctx, s.insertEvent).ExecContext(ctx,
-		b.ID, berth.StateScheduled, "", nil, "", created.UnixMicro())
+		return nil
+	})
 	if err != nil {
-		return nil, false, fmt.Errorf("insert event: %w", err)
-	}
-	if err := tx.Commit(); err != nil {
 		return nil, false, err
+	}
+	if holder != nil {
+		return holder, false, nil
 	}
 	b.State, b.FencingToken, b.CreatedAt = berth.StateScheduled, token, created
 	return b, true, nil
@@ -321,54 +335,51 @@ func (s *Store) doTransition(ctx context.Context, id string, t store.Transition)
 	case berth.StateTerminated:
 		terminatedAt = at.UnixMicro()
 	}
-	var reason any
+	var reason, handle, lastActive any
 	if t.Reason != "" {
 		reason = t.Reason
 	}
-
-	tx, err := s.w.BeginTx(ctx, nil)
-	if err != nil {
-		return nil, err
-	}
-	defer tx.Rollback()
-
-	b, err := scanBackend(tx.StmtContext(ctx, s.transition).QueryRowContext(ctx,
-		t.To, t.To.Rank(), reason, nullInt(t.ExitCode), readyAt, terminatedAt, id, t.To.Rank()))
-	if errors.Is(err, berth.ErrNotFound) {
-		// No row moved: either there is no such backend or it is already
-		// at or past t.To. The write lock is still ours, so this read
-		// agrees with the update.
-		var from berth.State
-		if err := tx.StmtContext(ctx, s.stateOf).QueryRowContext(ctx, id).Scan(&from); err != nil {
-			if errors.Is(err, sql.ErrNoRows) {
-				return nil, berth.ErrNotFound
-			}
-			return nil, err
-		}
-		return nil, fmt.Errorf("backend is %s: %w", from, berth.ErrInvalidTransition)
-	}
-	if err != nil {
-		return nil, err
-	}
-
-	_, err = tx.StmtContext(ctx, s.insertEvent).ExecContext(ctx,
-		id, t.To, t.Reason, nullInt(t.ExitCode), t.Message, at.UnixMicro())
-	if err != nil {
-		return nil, fmt.Errorf("insert event: %w", err)
-	}
-	if t.To == berth.StateTerminated && b.Key != "" {
-		if _, err := tx.StmtContext(ctx, s.releaseKey).ExecContext(ctx, b.Key, id); err != nil {
-			return nil, fmt.Errorf("release key %q: %w", b.Key, err)
-		}
+	if len(t.Handle) > 0 {
+		handle = t.Handle
 	}
 	if t.LastActive != nil {
-		if _, err := tx.ExecContext(ctx, `UPDATE backends SET last_active_at = ? WHERE id = ?`, t.LastActive.UnixMicro(), id); err != nil {
-			return nil, fmt.Errorf("set last active: %w", err)
-		}
-		la := t.LastActive.Truncate(time.Microsecond).UTC()
-		b.LastActiveAt = &la
+		lastActive = t.LastActive.UnixMicro()
 	}
-	if err := tx.Commit(); err != nil {
+
+	var b *berth.Backend
+	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		var err error
+		b, err = scanBackend(tx.StmtContext(ctx, s.transition).QueryRowContext(ctx,
+			t.To, t.To.Rank(), reason, nullInt(t.ExitCode), readyAt, terminatedAt, handle, lastActive, id, t.To.Rank()))
+		if errors.Is(err, berth.ErrNotFound) {
+			// No row moved: either there is no such backend or it is
+			// already at or past t.To. The write lock is still ours, so
+			// this read agrees with the update.
+			var from berth.State
+			if err := tx.StmtContext(ctx, s.stateOf).QueryRowContext(ctx, id).Scan(&from); err != nil {
+				if errors.Is(err, sql.ErrNoRows) {
+					return berth.ErrNotFound
+				}
+				return err
+			}
+			return fmt.Errorf("backend is %s: %w", from, berth.ErrInvalidTransition)
+		}
+		if err != nil {
+			return err
+		}
+		_, err = tx.StmtContext(ctx, s.insertEvent).ExecContext(ctx,
+			id, t.To, t.Reason, nullInt(t.ExitCode), t.Message, at.UnixMicro())
+		if err != nil {
+			return fmt.Errorf("insert event: %w", err)
+		}
+		if t.To == berth.StateTerminated && b.Key != "" {
+			if _, err := tx.StmtContext(ctx, s.releaseKey).ExecContext(ctx, b.Key, id); err != nil {
+				return fmt.Errorf("release key %q: %w", b.Key, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
 	return b, nil
@@ -408,18 +419,20 @@ func (s *Store) AddEvent(ctx context.Context, id, message string) error {
 
 // update runs one write and reports berth.ErrNotFound if it touched no row.
 func (s *Store) update(ctx context.Context, query string, args ...any) error {
-	res, err := s.w.ExecContext(ctx, query, args...)
-	if err != nil {
-		return err
-	}
-	n, err := res.RowsAffected()
-	if err != nil {
-		return err
-	}
-	if n == 0 {
-		return berth.ErrNotFound
-	}
-	return nil
+	return s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, query, args...)
+		if err != nil {
+			return err
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return berth.ErrNotFound
+		}
+		return nil
+	})
 }
 
 // Events implements store.Store. A backend that does not exist has no

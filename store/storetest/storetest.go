@@ -520,6 +520,25 @@ func testHandleAndLastActive(t *testing.T, s store.Store) {
 	if got := mustGet(t, s, "bk_1"); got.LastActiveAt == nil || !got.LastActiveAt.Equal(later.Truncate(time.Microsecond)) {
 		t.Errorf("last active after a transition that set it: %v, want %v", got.LastActiveAt, later)
 	}
+
+	// A transition can record the handle in the same step; a refused one
+	// records nothing, and one without a handle keeps it.
+	mustCreate(t, s, newBackend("bk_2", "doc-2"))
+	started := []byte(`{"pid":7}`)
+	b, err := s.Transition(ctx, "bk_2", store.Transition{To: berth.StateStarting, Handle: started})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(b.Handle, started) {
+		t.Errorf("returned handle %q after a transition that set it, want %q", b.Handle, started)
+	}
+	if _, err := s.Transition(ctx, "bk_2", store.Transition{To: berth.StateStarting, Handle: []byte("other")}); !errors.Is(err, berth.ErrInvalidTransition) {
+		t.Fatalf("repeated transition: %v, want ErrInvalidTransition", err)
+	}
+	mustTransition(t, s, "bk_2", berth.StateReady)
+	if got := mustGet(t, s, "bk_2"); !slices.Equal(got.Handle, started) {
+		t.Errorf("handle %q, want %q: set by the transition to starting, kept since", got.Handle, started)
+	}
 }
 
 func testBackendsFilter(t *testing.T, s store.Store) {
