@@ -928,6 +928,6 @@ func (p *phases) String() string {
 		s := durationsIn(ds, time.Millisecond)
 		return fmt.Sprintf("%.2f (%.2f)", percentile(s, 50), percentile(s, 90))
 	}
-	return fmt.Sprintf("Berth's phases in ms, p50 (p90) of %d: connect → recorded %s, → starting (runtime setup) %s, starting → ready (exec + readiness poll) %s, ready → client saw it %s",
+	return fmt.Sprintf("Berth's phases in ms, p50 (p90) of %d: connect → recorded %s, → starting (state hook, start begins) %s, starting → ready (runtime start, exec, readiness poll) %s, ready → client saw it %s",
 		len(p.toReady), ms(p.toScheduled), ms(p.toStarting), ms(p.toReady), ms(p.toClient))
 }
