@@ -310,15 +310,29 @@ func (r *Runtime) Wait(ctx context.Context, h *runtime.Handle) (runtime.Exit, er
 		return runtime.Exit{}, fmt.Errorf("docker: wait %s: %w", h.BackendID, err)
 	}
 	e := runtime.Exit{Code: code, At: time.Now()}
-	if res, err := r.cli.ContainerInspect(ctx, cid, client.ContainerInspectOptions{}); err == nil && res.Container.State != nil {
-		st := res.Container.State
-		e.Code, e.OOMKilled = st.ExitCode, st.OOMKilled
-		if at, err := time.Parse(time.RFC3339Nano, st.FinishedAt); err == nil && !at.IsZero() {
-			e.At = at
-		}
+	r.exitState(ctx, cid, &e)
+	// The engine learns of an OOM kill from an event of its own, which can
+	// come after the exit: a SIGKILL nobody here sent gets a second look.
+	_, stopped := r.stopped.Load(cid)
+	for i := 0; i < 5 && e.Code == 128+9 && !e.OOMKilled && !stopped; i++ {
+		time.Sleep(40 * time.Millisecond)
+		r.exitState(ctx, cid, &e)
 	}
 	r.drain(ctx, cid)
 	return e, nil
+}
+
+// exitState fills e from the container's recorded state, if it can.
+func (r *Runtime) exitState(ctx context.Context, cid string, e *runtime.Exit) {
+	res, err := r.cli.ContainerInspect(ctx, cid, client.ContainerInspectOptions{})
+	if err != nil || res.Container.State == nil {
+		return
+	}
+	st := res.Container.State
+	e.Code, e.OOMKilled = st.ExitCode, st.OOMKilled
+	if at, err := time.Parse(time.RFC3339Nano, st.FinishedAt); err == nil && !at.IsZero() {
+		e.At = at
+	}
 }
 
 // Stop signals the container, waits up to grace, then kills it. It returns
@@ -339,6 +353,7 @@ func (r *Runtime) Stop(ctx context.Context, h *runtime.Handle, signal string, gr
 	if c.State == nil || !c.State.Running {
 		return nil
 	}
+	r.stopped.Store(cid, struct{}{})
 	if grace > 0 {
 		if signal == "" && c.Config != nil {
 			signal = c.Config.StopSignal // the spawn's, else the image's
@@ -423,6 +438,7 @@ func (r *Runtime) Cleanup(ctx context.Context, h *runtime.Handle) error {
 		return err
 	}
 	r.unfollow(cid)
+	r.stopped.Delete(cid)
 	_, err = r.cli.ContainerRemove(ctx, cid, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true})
 	if err != nil && !cerrdefs.IsNotFound(err) {
 		return fmt.Errorf("docker: cleanup %s: %w", h.BackendID, err)

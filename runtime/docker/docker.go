@@ -194,6 +194,9 @@ type Runtime struct {
 	// Cleanup or Close.
 	mu      sync.Mutex
 	follows map[string]*follower
+	// stopped holds the containers Stop signalled, so Wait can tell a kill
+	// of its own from one the kernel made (see oomKilled).
+	stopped sync.Map // container id → struct{}
 	ctx     context.Context
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
