@@ -177,7 +177,7 @@ func validToken(b []byte) bool {
 }
 
 // foldIs reports whether b equals s, ignoring ASCII case.
-func foldIs(b []byte, s string) bool {
+func foldIs[T string | []byte](b []byte, s T) bool {
 	if len(b) != len(s) {
 		return false
 	}
@@ -198,7 +198,7 @@ func foldIs(b []byte, s string) bool {
 
 // listedBytes reports whether the comma-separated list v contains tok,
 // ignoring case.
-func listedBytes(v []byte, tok string) bool {
+func listedBytes[T string | []byte](v []byte, tok T) bool {
 	for len(v) > 0 {
 		item := v
 		if i := bytes.IndexByte(v, ','); i >= 0 {
@@ -215,16 +215,8 @@ func listedBytes(v []byte, tok string) bool {
 
 func listedInAny(values [][]byte, tok []byte) bool {
 	for _, v := range values {
-		for len(v) > 0 {
-			item := v
-			if i := bytes.IndexByte(v, ','); i >= 0 {
-				item, v = v[:i], v[i+1:]
-			} else {
-				v = nil
-			}
-			if foldIs(tok, string(trimOWS(item))) {
-				return true
-			}
+		if listedBytes(v, tok) {
+			return true
 		}
 	}
 	return false
@@ -314,7 +306,7 @@ var errHeadTooLarge = errors.New("response head too large")
 // dropped. forceClose adds Connection: close.
 func relayResponse(bw *bufio.Writer, br *bufio.Reader, headReq, forceClose bool) (res relayed, err error) {
 	for {
-		n, err := readResponseHead(br)
+		n, err := readHeadIn(br)
 		if err != nil {
 			return res, err
 		}
@@ -358,9 +350,9 @@ func relayResponse(bw *bufio.Writer, br *bufio.Reader, headReq, forceClose bool)
 	}
 }
 
-// readResponseHead waits for a whole response head in br and returns its
-// length.
-func readResponseHead(br *bufio.Reader) (int, error) {
+// readHeadIn waits for a whole head (request or response) in br and
+// returns its length, end of head included, without consuming it.
+func readHeadIn(br *bufio.Reader) (int, error) {
 	searched := 0
 	for {
 		buf, _ := br.Peek(br.Buffered())

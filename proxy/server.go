@@ -279,24 +279,11 @@ func (cc *clientConn) serve() {
 // its length, end of head included, without consuming it. It returns 0
 // when the head does not fit in the buffer.
 func (cc *clientConn) readHead() (int, error) {
-	br := cc.br
-	if _, err := br.Peek(1); err != nil {
-		return 0, err
+	n, err := readHeadIn(cc.br)
+	if errors.Is(err, errHeadTooLarge) {
+		return 0, nil
 	}
-	searched := 0
-	for {
-		buf, _ := br.Peek(br.Buffered())
-		if i := indexHeadEnd(buf, searched); i >= 0 {
-			return i, nil
-		}
-		if len(buf) == br.Size() {
-			return 0, nil
-		}
-		searched = max(0, len(buf)-3)
-		if _, err := br.Peek(len(buf) + 1); err != nil && !errors.Is(err, bufio.ErrBufferFull) {
-			return 0, err
-		}
-	}
+	return n, err
 }
 
 // indexHeadEnd returns the length of the head in b up to and including
