@@ -135,6 +135,40 @@ func (e *env) coldDockerRun(ctx context.Context) (time.Duration, error) {
 	return d, err
 }
 
+// dockerQuiet waits, up to 10 s, until Berth's docker runtime is not
+// creating a network sandbox: refilling its pool in the background would
+// load the engine during the next sample, either side's. Each sample thus
+// starts with the pool full, the steady state of starts less frequent than
+// one per refill (about 0.2 s here).
+func (e *env) dockerQuiet(ctx context.Context) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.berth.API+"/metrics", nil)
+		if err != nil {
+			return err
+		}
+		if e.berth.apiKey != "" {
+			req.Header.Set("Authorization", "Bearer "+e.berth.apiKey)
+		}
+		res, err := e.hc.Do(req)
+		if err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+		body, err := io.ReadAll(res.Body)
+		res.Body.Close()
+		if err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+		if !strings.Contains(string(body), "\nberth_docker_sandboxes_creating 1") {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return errors.New("Berth's docker runtime was still creating network sandboxes after 10 s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func runColdDocker(ctx context.Context, e *env, r *runCtx) (*result, error) {
 	n, warm := size(&e.cfg, 10, 2), size(&e.cfg, 2, 1)
 	grace, idle := 1, 60
@@ -146,9 +180,17 @@ func runColdDocker(ctx context.Context, e *env, r *runCtx) (*result, error) {
 			if i < warm {
 				p = nil
 			}
+			if err := e.dockerQuiet(ctx); err != nil {
+				return 0, err
+			}
 			return e.coldBerth(ctx, fmt.Sprintf("docker-%d-%d", r.n, i), spawn, p)
 		},
-		func(int) (time.Duration, error) { return e.coldDockerRun(ctx) })
+		func(int) (time.Duration, error) {
+			if err := e.dockerQuiet(ctx); err != nil {
+				return 0, err
+			}
+			return e.coldDockerRun(ctx)
+		})
 	if err != nil {
 		return nil, err
 	}

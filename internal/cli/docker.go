@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strconv"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/berthhq/berth/runtime"
 	"github.com/berthhq/berth/runtime/docker"
 )
@@ -45,4 +47,28 @@ func dockerBackendAPI(rts map[string]runtime.Runtime, port int, h http.Handler, 
 	srv := &http.Server{Handler: h}
 	go func() { errC <- srv.Serve(ln) }()
 	return "http://" + addr, srv, nil
+}
+
+// registerDockerMetrics exports the docker runtime's sandbox pool, if
+// there is a docker runtime.
+func registerDockerMetrics(reg prometheus.Registerer, rts map[string]runtime.Runtime) {
+	d, ok := rts["docker"].(*docker.Runtime)
+	if !ok {
+		return
+	}
+	reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "berth_docker_sandboxes_ready",
+			Help: "Network sandboxes ready for Docker backends to join.",
+		}, func() float64 { return float64(d.Sandboxes().Ready) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "berth_docker_sandboxes_creating",
+			Help: "1 while the docker runtime creates a network sandbox, else 0.",
+		}, func() float64 {
+			if d.Sandboxes().Creating {
+				return 1
+			}
+			return 0
+		}),
+	)
 }

@@ -155,6 +155,7 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	metrics := server.NewMetrics(reg)
+	registerDockerMetrics(reg, runtimes)
 	mgr, err := server.New(server.Config{
 		Store:     st,
 		Runtimes:  runtimes,

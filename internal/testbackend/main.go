@@ -117,6 +117,17 @@ func mux() *http.ServeMux {
 		go func() { panic("testbackend: crash requested") }()
 		select {}
 	})
+	// /dial?addr=host:port reports whether this backend can open a TCP
+	// connection there, for tests of network isolation.
+	m.HandleFunc("/dial", func(w http.ResponseWriter, r *http.Request) {
+		c, err := net.DialTimeout("tcp", r.URL.Query().Get("addr"), time.Second)
+		if err != nil {
+			writeJSON(w, map[string]string{"error": err.Error()})
+			return
+		}
+		c.Close()
+		writeJSON(w, map[string]string{})
+	})
 	m.HandleFunc("/sleep", func(w http.ResponseWriter, r *http.Request) {
 		ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
 		time.Sleep(time.Duration(ms) * time.Millisecond)

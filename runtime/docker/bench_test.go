@@ -45,7 +45,7 @@ func BenchmarkStartReady(b *testing.B) {
 		if err := r.Cleanup(ctx, h); err != nil {
 			b.Fatal(err)
 		}
-		r.remove(cid)
+		r.removeContainer(cid)
 		b.StartTimer()
 	}
 	n := float64(b.N)
@@ -67,7 +67,7 @@ func bareRun(b *testing.B, r *Runtime) (addr, cid string) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	b.Cleanup(func() { r.remove(created.ID) }) // if we fail before the caller removes it
+	b.Cleanup(func() { r.removeContainer(created.ID) }) // if we fail before the caller removes it
 	if _, err := r.cli.ContainerStart(ctx, created.ID, client.ContainerStartOptions{}); err != nil {
 		b.Fatal(err)
 	}

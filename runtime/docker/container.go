@@ -35,11 +35,13 @@ const removeTimeout = 30 * time.Second
 // state is what Handle.State holds.
 type state struct {
 	ContainerID string `json:"container_id"`
+	SandboxID   string `json:"sandbox_id,omitempty"` // the network sandbox it joined, if any
 }
 
-// Start creates and starts the backend's container. It inspects the image
-// only the first time it sees it (see pull policies) and the container once,
-// to learn its address.
+// Start creates and starts the backend's container, in a network sandbox
+// from the pool when one is ready (see sandbox.go). It inspects the image
+// only the first time it sees it (see pull policies), and the container
+// once, to learn its address, when it joined the network itself.
 func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (*runtime.Handle, error) {
 	id := spec.BackendID
 	if id == "" || !dockerName.MatchString(id) {
@@ -52,15 +54,41 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (*runtime.Handle
 	if err != nil {
 		return nil, fmt.Errorf("docker: start %s: %w", id, err)
 	}
-	opts, port, err := r.createOptions(spec, img)
-	if err != nil {
-		return nil, fmt.Errorf("docker: start %s: %w", id, err)
-	}
 	if spec.StateDir != "" {
-		if err := chownTree(spec.StateDir, opts.Config.User); err != nil {
+		if err := chownTree(spec.StateDir, r.user(img)); err != nil {
 			return nil, fmt.Errorf("docker: start %s: prepare the state directory: %w", id, err)
 		}
 	}
+	if sb, ok := r.pool.take(); ok {
+		h, err := r.start(ctx, spec, img, sb)
+		if err == nil || ctx.Err() != nil {
+			return h, err
+		}
+		// The sandbox may have died while it waited; the direct way may
+		// still work.
+		r.log.Warn("start in a network sandbox failed; joining the network directly", "backend", id, "err", err)
+	}
+	return r.start(ctx, spec, img, sandbox{})
+}
+
+// start creates and starts the container, in sandbox sb if it has an id;
+// on failure it removes the container and sb.
+func (r *Runtime) start(ctx context.Context, spec runtime.Spec, img imageInfo, sb sandbox) (*runtime.Handle, error) {
+	id := spec.BackendID
+	opts, port, err := r.createOptions(spec, img, sb)
+	if err == nil {
+		var h *runtime.Handle
+		if h, err = r.create(ctx, spec, opts, port, sb); err == nil {
+			return h, nil
+		}
+	}
+	if sb.id != "" {
+		r.removeContainer(sb.id)
+	}
+	return nil, fmt.Errorf("docker: start %s: %w", id, err)
+}
+
+func (r *Runtime) create(ctx context.Context, spec runtime.Spec, opts client.ContainerCreateOptions, port int, sb sandbox) (*runtime.Handle, error) {
 	created, err := r.cli.ContainerCreate(ctx, opts)
 	if cerrdefs.IsNotFound(err) { // the image went since we saw it
 		r.forgetImage(spec.Spawn.Image)
@@ -72,39 +100,45 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (*runtime.Handle
 		// The engine may have created it although we never heard back; but
 		// a name conflict means a container we did not create here.
 		if !cerrdefs.IsConflict(err) {
-			r.remove(opts.Name)
+			r.removeContainer(opts.Name)
 		}
-		return nil, fmt.Errorf("docker: start %s: create container: %w", id, err)
+		return nil, fmt.Errorf("create container: %w", err)
 	}
 	cid := created.ID
-	h, err := r.run(ctx, id, cid, port, spec.Logs)
+	h, err := r.run(ctx, spec.BackendID, cid, port, spec.Logs, sb)
 	if err != nil {
 		r.unfollow(cid)
-		r.remove(cid)
-		return nil, fmt.Errorf("docker: start %s: %w", id, err)
+		r.removeContainer(cid)
+		return nil, err
 	}
 	return h, nil
 }
 
 // run starts the created container, follows its logs and returns its handle.
-func (r *Runtime) run(ctx context.Context, id, cid string, port int, logs io.Writer) (*runtime.Handle, error) {
+func (r *Runtime) run(ctx context.Context, id, cid string, port int, logs io.Writer, sb sandbox) (*runtime.Handle, error) {
 	if _, err := r.cli.ContainerStart(ctx, cid, client.ContainerStartOptions{}); err != nil {
 		return nil, fmt.Errorf("start container: %w", err)
 	}
-	// The address first, the log stream after: it reads from the
-	// container's start whenever it begins, and the engine answers the
-	// inspect sooner without it.
-	res, err := r.cli.ContainerInspect(ctx, cid, client.ContainerInspectOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("inspect container: %w", err)
+	addr := ""
+	if sb.id != "" {
+		addr = net.JoinHostPort(sb.ip.String(), strconv.Itoa(port))
+	} else {
+		// The address first, the log stream after: it reads from the
+		// container's start whenever it begins, and the engine answers
+		// the inspect sooner without it.
+		res, err := r.cli.ContainerInspect(ctx, cid, client.ContainerInspectOptions{})
+		if err != nil {
+			return nil, fmt.Errorf("inspect container: %w", err)
+		}
+		// A container that already exited has no address; Wait reports it.
+		addr = r.addr(res.Container, port)
 	}
 	r.follow(cid, logs)
-	raw, err := json.Marshal(state{ContainerID: cid})
+	raw, err := json.Marshal(state{ContainerID: cid, SandboxID: sb.id})
 	if err != nil {
 		return nil, err
 	}
-	// A container that already exited has no address; Wait reports it.
-	return &runtime.Handle{BackendID: id, Runtime: Name, Addr: r.addr(res.Container, port), State: raw}, nil
+	return &runtime.Handle{BackendID: id, Runtime: Name, Addr: addr, State: raw}, nil
 }
 
 // addr is where the host reaches port of container c, or "" if it is not
@@ -129,9 +163,17 @@ func (r *Runtime) addr(c container.InspectResponse, port int) string {
 	return ""
 }
 
-// createOptions turns spec into the container to create, and the port the
-// backend listens on.
-func (r *Runtime) createOptions(spec runtime.Spec, img imageInfo) (client.ContainerCreateOptions, int, error) {
+// user is who runs img's containers.
+func (r *Runtime) user(img imageInfo) string {
+	if img.user != "" {
+		return img.user
+	}
+	return r.cfg.User
+}
+
+// createOptions turns spec into the container to create, in sandbox sb if
+// it has an id, and the port the backend listens on.
+func (r *Runtime) createOptions(spec runtime.Spec, img imageInfo, sb sandbox) (client.ContainerCreateOptions, int, error) {
 	sp := spec.Spawn
 	port := spec.Port
 	if port <= 0 {
@@ -149,10 +191,6 @@ func (r *Runtime) createOptions(spec runtime.Spec, img imageInfo) (client.Contai
 		env["BERTH_STATE_URL"] = rehost(u, r.cfg.BackendAPIHost)
 	}
 
-	user := img.user
-	if user == "" {
-		user = r.cfg.User
-	}
 	hc := &container.HostConfig{
 		NetworkMode:    container.NetworkMode(r.netID),
 		Init:           new(true),
@@ -171,7 +209,7 @@ func (r *Runtime) createOptions(spec runtime.Spec, img imageInfo) (client.Contai
 	}
 	cfg := &container.Config{
 		Image:      sp.Image,
-		User:       user,
+		User:       r.user(img),
 		Env:        envList(env),
 		StopSignal: strings.ToUpper(sp.StopSignal),
 		Labels: map[string]string{
@@ -180,6 +218,10 @@ func (r *Runtime) createOptions(spec runtime.Spec, img imageInfo) (client.Contai
 			LabelInstance: r.cfg.Instance,
 			LabelManaged:  "true",
 		},
+	}
+	if sb.id != "" {
+		hc.NetworkMode = container.NetworkMode("container:" + sb.id)
+		cfg.Labels[LabelNetworkSandbox] = sb.id
 	}
 	if len(sp.Command) > 0 {
 		// The command is a whole argv, as for the process runtime: it
@@ -275,14 +317,14 @@ func chownTree(dir, user string) error {
 	})
 }
 
-// remove force-removes container ref (id or name), whatever the context of
-// the caller, logging failures.
-func (r *Runtime) remove(ref string) {
+// removeContainer force-removes container ref (id or name), whatever the
+// context of the caller, logging failures other than its absence.
+func (r *Runtime) removeContainer(ref string) {
 	ctx, cancel := context.WithTimeout(context.Background(), removeTimeout)
 	defer cancel()
 	_, err := r.cli.ContainerRemove(ctx, ref, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true})
 	if err != nil && !cerrdefs.IsNotFound(err) {
-		r.log.Error("remove the container of a failed start", "container", ref, "err", err)
+		r.log.Error("remove a container", "container", ref, "err", err)
 	}
 }
 
@@ -431,17 +473,24 @@ func (r *Runtime) Recover(ctx context.Context, h *runtime.Handle, logs io.Writer
 }
 
 // Cleanup removes the container, killing it if it still runs, and its
-// anonymous volumes. Removing a removed container is no error.
+// anonymous volumes, then its network sandbox if it had one. Removing a
+// removed container is no error.
 func (r *Runtime) Cleanup(ctx context.Context, h *runtime.Handle) error {
-	cid, err := containerID(h)
+	st, err := handleState(h)
 	if err != nil {
 		return err
 	}
+	cid := st.ContainerID
 	r.unfollow(cid)
 	r.stopped.Delete(cid)
-	_, err = r.cli.ContainerRemove(ctx, cid, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true})
-	if err != nil && !cerrdefs.IsNotFound(err) {
-		return fmt.Errorf("docker: cleanup %s: %w", h.BackendID, err)
+	for _, ref := range []string{cid, st.SandboxID} {
+		if ref == "" {
+			continue
+		}
+		_, err = r.cli.ContainerRemove(ctx, ref, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true})
+		if err != nil && !cerrdefs.IsNotFound(err) {
+			return fmt.Errorf("docker: cleanup %s: %w", h.BackendID, err)
+		}
 	}
 	return nil
 }
@@ -459,7 +508,7 @@ func (r *Runtime) List(ctx context.Context) ([]*runtime.Handle, error) {
 	}
 	hs := make([]*runtime.Handle, 0, len(res.Items))
 	for _, c := range res.Items {
-		raw, err := json.Marshal(state{ContainerID: c.ID})
+		raw, err := json.Marshal(state{ContainerID: c.ID, SandboxID: c.Labels[LabelNetworkSandbox]})
 		if err != nil {
 			return nil, err
 		}
@@ -469,12 +518,17 @@ func (r *Runtime) List(ctx context.Context) ([]*runtime.Handle, error) {
 }
 
 func containerID(h *runtime.Handle) (string, error) {
+	st, err := handleState(h)
+	return st.ContainerID, err
+}
+
+func handleState(h *runtime.Handle) (state, error) {
 	var st state
 	if err := json.Unmarshal(h.State, &st); err != nil {
-		return "", fmt.Errorf("docker: handle of %s: %w", h.BackendID, err)
+		return state{}, fmt.Errorf("docker: handle of %s: %w", h.BackendID, err)
 	}
 	if st.ContainerID == "" {
-		return "", errors.New("docker: handle of " + h.BackendID + " names no container")
+		return state{}, errors.New("docker: handle of " + h.BackendID + " names no container")
 	}
-	return st.ContainerID, nil
+	return st, nil
 }

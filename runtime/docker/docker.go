@@ -11,7 +11,9 @@
 // the bridge: Linux engines, and Berth running in a container attached to
 // the same network. Where it does not (Docker Desktop, a remote engine),
 // set Config.Publish: each backend's port is then published on 127.0.0.1
-// with a port the engine picks, and Handle.Addr is that.
+// with a port the engine picks, and Handle.Addr is that. Joining the
+// network is most of a container's start, so the runtime keeps network
+// sandboxes ready for backends to join (Config.Sandboxes; sandbox.go).
 //
 // The control API must stay out of backends' reach: it binds 127.0.0.1 on
 // the host, which containers cannot reach (their 127.0.0.1 is their own).
@@ -131,7 +133,11 @@ type Config struct {
 	// OCIRuntime selects the engine's OCI runtime for backends, e.g. "runsc"
 	// for gVisor; empty means the engine's default.
 	OCIRuntime string
-	Logger     *slog.Logger
+	// Sandboxes is how many network sandboxes the runtime keeps ready, so
+	// a start need not wait for the engine to wire up a network namespace
+	// (see sandbox.go); 0 means 2, a negative number none.
+	Sandboxes int
+	Logger    *slog.Logger
 }
 
 // dockerName matches the names the engine accepts for networks and containers.
@@ -196,7 +202,8 @@ type Runtime struct {
 	follows map[string]*follower
 	// stopped holds the containers Stop signalled, so Wait can tell a kill
 	// of its own from one the kernel made (see oomKilled).
-	stopped sync.Map // container id → struct{}
+	stopped sync.Map     // container id → struct{}
+	pool    *sandboxPool // nil when off
 	ctx     context.Context
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
@@ -219,6 +226,7 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 		return nil, err
 	}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
+	r.startPool(ctx)
 	return r, nil
 }
 
@@ -252,8 +260,9 @@ func Available(ctx context.Context, host string) bool {
 	return true
 }
 
-// Close stops the log followers and closes the connection to the engine.
-// Containers keep running; a new Runtime recovers them.
+// Close stops the log followers, removes the ready network sandboxes and
+// closes the connection to the engine. Backends' containers keep running;
+// a new Runtime recovers them.
 func (r *Runtime) Close() error {
 	r.cancel()
 	r.wg.Wait()
