@@ -57,18 +57,42 @@ func needDocker(t *testing.T) {
 }
 
 // instanceContainers lists the containers (running or not) of the Berth
-// whose data dir is dir, by the instance label it derives from that dir.
-func instanceContainers(t *testing.T, dir string) []string {
+// whose data dir is dir, by the instance label it derives from that dir:
+// backends' containers and network sandboxes, or with more filters (e.g.
+// "label=berth.managed=true") only those that match them too.
+func instanceContainers(t *testing.T, dir string, filters ...string) []string {
 	t.Helper()
 	abs, _ := filepath.Abs(dir)
 	sum := sha256.Sum256([]byte(abs))
-	label := "berth.instance=berth-" + hex.EncodeToString(sum[:6])
-	out, err := exec.Command("docker", "ps", "-aq", "--filter", "label="+label).Output()
+	args := []string{"ps", "-aq", "--filter", "label=berth.instance=berth-" + hex.EncodeToString(sum[:6])}
+	for _, f := range filters {
+		args = append(args, "--filter", f)
+	}
+	out, err := exec.Command("docker", args...).Output()
 	if err != nil {
 		t.Fatalf("docker ps: %v", err)
 	}
 	return strings.Fields(string(out))
 }
+
+// waitMetric waits until s's /metrics has line.
+func waitMetric(t *testing.T, s *server, line string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, body := get(t, s.API+"/metrics", nil)
+		if strings.Contains(string(body), "\n"+line+"\n") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q in /metrics after 30 s", line)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// backends filters instanceContainers to backends' containers.
+const backends = "label=berth.managed=true"
 
 func TestDocker(t *testing.T) {
 	needDocker(t)
@@ -85,6 +109,8 @@ func TestDocker(t *testing.T) {
 		State: berth.StateConfig{Mode: berth.StateModeBlob}, GraceSeconds: ptr(10)}
 	ctx := testCtx(t, 2*time.Minute)
 
+	// Let the pool fill, so the backend joins a network sandbox.
+	waitMetric(t, s1, "berth_docker_sandboxes_ready 2")
 	c := s1.spawnReady(t, "doc-docker", spawn)
 	if b := s1.backend(t, c.BackendID); b.Runtime != "docker" {
 		t.Fatalf("runtime %q, want docker", b.Runtime)
@@ -92,13 +118,22 @@ func TestDocker(t *testing.T) {
 	conn := dialWS(t, ctx, c.URL)
 	wsRoundTrip(t, ctx, conn, "typed into a container")
 	conn.CloseNow()
+	// The network sandbox the backend joined, if the pool had one ready.
+	out, err := exec.Command("docker", "inspect", "-f", `{{index .Config.Labels "berth.network-sandbox"}}`, "berth-"+c.BackendID).Output()
+	if err != nil {
+		t.Fatalf("docker inspect: %v", err)
+	}
+	sandbox := strings.TrimSpace(string(out))
+	if sandbox == "" {
+		t.Fatal("the backend joined the network directly although two sandboxes were ready")
+	}
 
 	// SIGKILL berth; the container outlives it, and the next berth on the
 	// same data dir re-adopts it. (Started here, not in a subtest, so it
 	// lives for the whole test.)
 	s1.kill()
-	if ids := instanceContainers(t, dir); len(ids) != 1 {
-		t.Fatalf("containers after berth was killed: %v, want the one backend still running", ids)
+	if ids := instanceContainers(t, dir, backends); len(ids) != 1 {
+		t.Fatalf("backend containers after berth was killed: %v, want the one backend still running", ids)
 	}
 	s2 := start(t, opts{dataDir: dir, runtime: "docker", backendAPI: backendAPI})
 	s1 = s2
@@ -123,8 +158,12 @@ func TestDocker(t *testing.T) {
 		if b := s.waitTerminated(t, c.BackendID, 30*time.Second); b.Reason != berth.ReasonRequested {
 			t.Fatalf("reason %q, want requested", b.Reason)
 		}
-		if ids := instanceContainers(t, dir); len(ids) != 0 {
-			t.Fatalf("containers after the backend terminated: %v, want none", ids)
+		if ids := instanceContainers(t, dir, backends); len(ids) != 0 {
+			t.Fatalf("backend containers after the backend terminated: %v, want none", ids)
+		}
+		// Its network sandbox went with it; the pool's ready ones remain.
+		if exec.Command("docker", "inspect", sandbox).Run() == nil {
+			t.Fatalf("network sandbox %s outlived its backend", sandbox)
 		}
 		next := s.spawnReady(t, "doc-docker", spawn)
 		if next.BackendID == c.BackendID || next.FencingToken <= c.FencingToken {

@@ -30,10 +30,10 @@ func TestConformance(t *testing.T) {
 	runtimetest.Run(t, runtimetest.Harness{
 		New:  func(t *testing.T) runtime.Runtime { return newRuntime(t, Config{}) },
 		Spec: func(t *testing.T, id string, env map[string]string) runtime.Spec { return testSpec(id, env) },
-		Restart: func(t *testing.T, _ runtime.Runtime) runtime.Runtime {
+		Restart: func(t *testing.T, old runtime.Runtime) runtime.Runtime {
 			// A new connection and no memory of what the old one started:
 			// all it has is the persisted handle.
-			return newRuntime(t, Config{})
+			return newRuntime(t, Config{Instance: old.(*Runtime).cfg.Instance})
 		},
 	})
 }
@@ -187,7 +187,7 @@ func TestRuntime_Start_hardening(t *testing.T) {
 			if _, ok := hc.Tmpfs["/tmp"]; ok != tt.readOnly {
 				t.Errorf("Tmpfs = %v, want /tmp only with a read-only root", hc.Tmpfs)
 			}
-			want := map[string]string{LabelBackend: spec.BackendID, LabelKey: spec.Key, LabelInstance: testInstance, LabelManaged: "true"}
+			want := map[string]string{LabelBackend: spec.BackendID, LabelKey: spec.Key, LabelInstance: r.cfg.Instance, LabelManaged: "true"}
 			for k, v := range want {
 				if got := c.Config.Labels[k]; got != v {
 					t.Errorf("label %s = %q, want %q", k, got, v)
@@ -398,7 +398,7 @@ func TestRuntime_Recover_otherInstance(t *testing.T) {
 	t.Parallel()
 	r := newRuntime(t, Config{})
 	s := start(t, r, testSpec(testID(), nil))
-	other := newRuntime(t, Config{Instance: testInstance + "-other"})
+	other := newRuntime(t, Config{Instance: r.cfg.Instance + "-other"})
 	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
 	if err := other.Recover(ctx, s.h, io.Discard); !errors.Is(err, runtime.ErrGone) {

@@ -4,11 +4,13 @@ import (
 	"archive/tar"
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +18,7 @@ import (
 	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/api/types/container"
 	"github.com/moby/moby/api/types/jsonstream"
 	"github.com/moby/moby/client"
 
@@ -31,9 +34,11 @@ const (
 	noRegistry    = "127.0.0.1:1/"
 )
 
-// Every test of this run labels its containers with testInstance and uses
-// testNetwork, so concurrent runs do not meet; TestMain checks that none is
-// left behind.
+// Every runtime of this run has an instance starting with testInstance,
+// its own unless a test says otherwise, and uses testNetwork, so concurrent
+// runs do not meet (nor runtimes within one, which would take each other's
+// network sandboxes for orphans); TestMain checks that no container is left
+// behind.
 var (
 	testInstance = "test-" + strconv.Itoa(os.Getpid())
 	testNetwork  = "berth-test-" + strconv.Itoa(os.Getpid())
@@ -44,7 +49,7 @@ func TestMain(m *testing.M) {
 	engineUp = Available(context.Background(), "")
 	if engineUp {
 		// Create the network before tests race to (see TestNew_networkRace).
-		r, err := New(context.Background(), Config{Network: testNetwork, Instance: testInstance})
+		r, err := New(context.Background(), Config{Network: testNetwork, Instance: testInstance, Sandboxes: -1})
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			os.Exit(1)
@@ -69,11 +74,14 @@ func cleanEngine() bool {
 		return false
 	}
 	defer cli.Close()
-	res, err := cli.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: make(client.Filters).Add("label", LabelInstance+"="+testInstance)})
+	res, err := cli.ContainerList(ctx, client.ContainerListOptions{All: true, Filters: make(client.Filters).Add("label", LabelInstance)})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "leak check:", err)
 		return false
 	}
+	res.Items = slices.DeleteFunc(res.Items, func(c container.Summary) bool {
+		return !strings.HasPrefix(c.Labels[LabelInstance], testInstance)
+	})
 	for _, c := range res.Items {
 		fmt.Fprintf(os.Stderr, "LEAK: container %s (%v, backend %s, %s) was left behind\n", c.ID[:12], c.Names, c.Labels[LabelBackend], c.State)
 		cli.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true})
@@ -113,7 +121,7 @@ func newRuntime(t testing.TB, cfg Config) *Runtime {
 		cfg.Network = testNetwork
 	}
 	if cfg.Instance == "" {
-		cfg.Instance = testInstance
+		cfg.Instance = testInstance + "-" + strings.ToLower(rand.Text()[:8])
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.NewTextHandler(t.Output(), nil))
