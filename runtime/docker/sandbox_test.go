@@ -18,7 +18,7 @@ import (
 
 // waitPool waits until r's pool holds want ready sandboxes and creates no
 // more.
-func waitPool(t *testing.T, r *Runtime, want int) {
+func waitPool(t testing.TB, r *Runtime, want int) {
 	t.Helper()
 	deadline := time.Now().Add(patience)
 	for {
