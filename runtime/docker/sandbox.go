@@ -183,6 +183,9 @@ func (p *sandboxPool) run(prog []byte) {
 				if ctx.Err() != nil {
 					return
 				}
+				if cerrdefs.IsNotFound(err) { // someone removed the image
+					err = errors.Join(err, p.ensureImage(ctx, prog))
+				}
 				p.r.log.Warn("network sandboxes: create", "err", err, "retry_in", retry)
 				if !sleep(ctx, retry) {
 					return
