@@ -28,11 +28,16 @@ type Config struct {
 	// Retain is how many finished backends' logs are kept, oldest evicted
 	// first (default 1000). Live backends' logs are never evicted.
 	Retain int
+	// RetainBytes bounds the memory of finished backends' logs in all
+	// (default 64 MiB), oldest evicted first: without it, Retain logs of
+	// MaxBytes each could hold a gigabyte.
+	RetainBytes int
 }
 
 const (
-	defaultMaxBytes = 1 << 20
-	defaultRetain   = 1000
+	defaultMaxBytes    = 1 << 20
+	defaultRetain      = 1000
+	defaultRetainBytes = 64 << 20
 	// chunkSize bounds how much a follower copies per turn under a log's
 	// lock, so a reader of a full buffer holds writers up for microseconds.
 	chunkSize = 32 << 10
@@ -46,18 +51,30 @@ func (c Config) Validate() error {
 	if c.Retain < 0 {
 		return &berth.FieldError{Field: "retain", Message: "must not be negative"}
 	}
+	if c.RetainBytes < 0 {
+		return &berth.FieldError{Field: "retain_bytes", Message: "must not be negative"}
+	}
 	return nil
 }
 
 // Store holds the logs of every backend. Its methods are safe for concurrent use.
 type Store struct {
-	maxBytes int
-	retain   int
+	maxBytes    int
+	retain      int
+	retainBytes int
 
 	mu   sync.Mutex
 	logs map[string]*log
-	// finished lists finished backends' ids, oldest first, for eviction.
-	finished []string
+	// finished lists finished backends' logs, oldest first, for eviction,
+	// with their sizes when they finished (output still draining after
+	// Finish is not counted), which add up to finishedBytes.
+	finished      []finishedLog
+	finishedBytes int
+}
+
+type finishedLog struct {
+	id   string
+	size int
 }
 
 // New returns an empty Store. Zero or negative fields of cfg take their defaults.
@@ -68,7 +85,10 @@ func New(cfg Config) *Store {
 	if cfg.Retain <= 0 {
 		cfg.Retain = defaultRetain
 	}
-	return &Store{maxBytes: cfg.MaxBytes, retain: cfg.Retain, logs: make(map[string]*log)}
+	if cfg.RetainBytes <= 0 {
+		cfg.RetainBytes = defaultRetainBytes
+	}
+	return &Store{maxBytes: cfg.MaxBytes, retain: cfg.Retain, retainBytes: cfg.RetainBytes, logs: make(map[string]*log)}
 }
 
 // Open registers an empty log for id, if it has none yet, so that followers
@@ -92,19 +112,27 @@ func (s *Store) open(id string) *log {
 func (s *Store) Writer(id string) io.Writer { return s.open(id) }
 
 // Finish marks id's output as complete: followers drain what is left and
-// return. The log stays readable until Retain newer logs have finished.
-// Finishing an unknown or already finished id does nothing.
+// return. The log stays readable until Retain newer logs have finished, or
+// newer ones need its share of RetainBytes. Finishing an unknown or
+// already finished id does nothing.
 func (s *Store) Finish(id string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	l := s.logs[id]
-	if l == nil || !l.finish() {
+	if l == nil {
 		return
 	}
-	s.finished = append(s.finished, id)
-	for len(s.finished) > s.retain {
-		delete(s.logs, s.finished[0])
-		s.finished[0] = "" // let the id string be collected
+	size, ok := l.finish()
+	if !ok {
+		return
+	}
+	s.finished = append(s.finished, finishedLog{id, size})
+	s.finishedBytes += size
+	for len(s.finished) > s.retain || s.finishedBytes > s.retainBytes && len(s.finished) > 1 {
+		old := s.finished[0]
+		delete(s.logs, old.id)
+		s.finishedBytes -= old.size
+		s.finished[0] = finishedLog{} // let the id string be collected
 		s.finished = s.finished[1:]
 	}
 }
@@ -262,12 +290,13 @@ func (l *log) signal() {
 	}
 }
 
-// finish marks the log done, reporting whether it was live until now.
-func (l *log) finish() bool {
+// finish marks the log done, reporting whether it was live until now and
+// the bytes it keeps.
+func (l *log) finish() (int, bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.done {
-		return false
+		return 0, false
 	}
 	l.done = true
 	l.signal()
@@ -275,7 +304,7 @@ func (l *log) finish() bool {
 	if live := len(l.data) - l.head; cap(l.data) > live {
 		l.data, l.head = bytes.Clone(l.data[l.head:]), 0
 	}
-	return true
+	return len(l.data), true
 }
 
 // read appends to buf up to chunkSize bytes of output from absolute offset

@@ -325,6 +325,31 @@ func TestStore_Finish_evicts(t *testing.T) {
 	}
 }
 
+func TestStore_Finish_evictsByBytes(t *testing.T) {
+	s := New(Config{RetainBytes: 10})
+	for _, id := range []string{"aaaa", "bbbb", "cccc"} {
+		s.Writer(id).Write([]byte(id + "\n")) // 5 bytes each
+		s.Finish(id)
+	}
+	if err := s.Copy(context.Background(), "aaaa", false, &bytes.Buffer{}); !errors.Is(err, berth.ErrNotFound) {
+		t.Errorf("oldest finished log past the byte budget: %v, want ErrNotFound", err)
+	}
+	for _, id := range []string{"bbbb", "cccc"} {
+		if got := history(t, s, id); got != id+"\n" {
+			t.Errorf("%s = %q, want %q", id, got, id+"\n")
+		}
+	}
+	// A single log larger than the budget stays, as the newest.
+	s.Writer("big").Write(bytes.Repeat([]byte("x"), 20))
+	s.Finish("big")
+	if got := history(t, s, "big"); len(got) != 20 {
+		t.Errorf("big = %q", got)
+	}
+	if err := s.Copy(context.Background(), "cccc", false, &bytes.Buffer{}); !errors.Is(err, berth.ErrNotFound) {
+		t.Errorf("older log after a big one: %v, want ErrNotFound", err)
+	}
+}
+
 func BenchmarkStore_Writer(b *testing.B) {
 	s := New(Config{MaxBytes: 64 << 10})
 	w := s.Writer("bk_1")
