@@ -12,7 +12,9 @@ import (
 // BenchmarkProxy compares a GET straight to a backend with the same GET
 // through the proxy's Server, one request at a time (latency) and over 32
 // keep-alive connections (throughput, as wrk measures it). The difference
-// between proxy and direct is what the proxy adds. "handler" serves the
+// between proxy and direct is what the proxy adds. "goroutines" is the
+// Server with a goroutine per connection instead of its event loops (as on
+// systems other than Linux). "handler" serves the
 // Proxy as an http.Handler on net/http's server instead (the forwarder, as
 // after a hand-off), and "reverseproxy" sends the same GET through
 // httputil.ReverseProxy, to show what each layer saves. Client, proxy and backend share the CPUs, so ns/op is
@@ -34,6 +36,10 @@ func BenchmarkProxy(b *testing.B) {
 	defer handlerServer.Close()
 	viaHandlerURL := handlerServer.URL + "/" + f.token("bk_1") + "/bench"
 	viaRP := rpServer.URL + "/" + f.token("bk_1") + "/bench"
+	noEventLoop = true
+	goroutineServer := serve(b, f.proxy)
+	noEventLoop = false
+	viaGoroutines := goroutineServer.URL + "/" + f.token("bk_1") + "/bench"
 
 	client := &http.Client{Transport: &http.Transport{
 		MaxIdleConnsPerHost: 64,
@@ -51,7 +57,7 @@ func BenchmarkProxy(b *testing.B) {
 			b.Fatalf("status %d", res.StatusCode)
 		}
 	}
-	for _, target := range []struct{ name, url string }{{"direct", direct}, {"proxy", proxied}, {"handler", viaHandlerURL}, {"reverseproxy", viaRP}} {
+	for _, target := range []struct{ name, url string }{{"direct", direct}, {"proxy", proxied}, {"goroutines", viaGoroutines}, {"handler", viaHandlerURL}, {"reverseproxy", viaRP}} {
 		b.Run(target.name+"/serial", func(b *testing.B) {
 			b.ReportAllocs()
 			for b.Loop() {

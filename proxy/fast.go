@@ -240,7 +240,7 @@ var droppedRequestHeaders = [...]string{
 
 // writeFastRequest writes req to the backend as writeRequest does for a
 // net/http request.
-func writeFastRequest(bw *bufio.Writer, req *request, fw *forward, clientIP string) {
+func writeFastRequest(bw headWriter, req *request, fw *forward, clientIP string) {
 	bw.Write(req.method)
 	bw.WriteByte(' ')
 	bw.Write(req.rest)
@@ -442,7 +442,7 @@ func (h *responseHead) parse(b []byte) error {
 // write writes the head for the client: HTTP/1.1, without hop-by-hop
 // headers. chunked keeps the backend's chunked framing (and its Trailer
 // announcement); close adds Connection: close.
-func (h *responseHead) write(bw *bufio.Writer, chunked, close bool) {
+func (h *responseHead) write(bw headWriter, chunked, close bool) {
 	bw.WriteString("HTTP/1.1 ")
 	bw.Write(h.statusLine)
 	bw.WriteString("\r\n")

@@ -175,7 +175,7 @@ func writeRequest(bw *bufio.Writer, r *http.Request, fw *forward) {
 	bw.WriteString("\r\n")
 }
 
-func writeHeader(bw *bufio.Writer, k, v string) {
+func writeHeader(bw headWriter, k, v string) {
 	bw.WriteString(k)
 	bw.WriteString(": ")
 	bw.WriteString(v)

@@ -66,6 +66,18 @@ func (r *resolver) Resolve(ctx context.Context, id string) (Route, error) {
 	return route, nil
 }
 
+// ResolveReady answers for a backend that is neither starting nor
+// failing, as the server's resolver does for a ready one.
+func (r *resolver) ResolveReady(id string) (Route, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.starting[id] != nil || r.errs[id] != nil {
+		return Route{}, false
+	}
+	route, ok := r.routes[id]
+	return route, ok
+}
+
 // activity counts Begin and End calls.
 type activity struct{ begins, ends atomic.Int64 }
 
@@ -126,6 +138,10 @@ func newFixture(t testing.TB, backend http.Handler) *fixture {
 // Server; see TestHandler.
 var viaHandler bool
 
+// noEventLoop makes Servers serve a goroutine per connection, as on
+// systems other than Linux; see TestGoroutineServer.
+var noEventLoop bool
+
 type testServer struct{ URL string }
 
 // serve serves p on a Server (or, with viaHandler, on net/http) until the
@@ -140,7 +156,7 @@ func serve(t testing.TB, p *Proxy) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := p.NewServer(ServerConfig{})
+	srv := p.NewServer(ServerConfig{NoEventLoop: noEventLoop})
 	done := make(chan error, 1)
 	go func() { done <- srv.Serve(ln) }()
 	t.Cleanup(func() {

@@ -30,6 +30,11 @@ import (
 // included, to a net/http server with the Proxy as its handler, which keeps
 // the connection from then on. The fast path therefore never has to be
 // complete: it only has to recognise what it handles.
+//
+// On Linux, event loops (loop_linux.go) serve the fast path instead of a
+// goroutine per connection: they save the read that finds nothing and the
+// goroutine parks the runtime's poller costs per request. A connection
+// they do not fully handle goes to a goroutine as above.
 type Server struct {
 	p           *Proxy
 	idleTimeout time.Duration
@@ -43,7 +48,9 @@ type Server struct {
 	conns   map[*clientConn]struct{}
 	lns     map[net.Listener]struct{}
 	sweeper *time.Ticker
-	wg      sync.WaitGroup // connection goroutines
+	loops   *loopGroup // nil: a goroutine per connection
+	noLoops bool
+	wg      sync.WaitGroup // connection goroutines and event loops
 }
 
 // ServerConfig configures a Server.
@@ -52,6 +59,9 @@ type ServerConfig struct {
 	// request head for this long, between requests or in the middle of
 	// one; 0 means 30 s.
 	IdleTimeout time.Duration
+	// NoEventLoop serves every connection from a goroutine of its own, as
+	// on systems other than Linux, instead of from the event loops.
+	NoEventLoop bool
 }
 
 const (
@@ -73,6 +83,7 @@ func (p *Proxy) NewServer(cfg ServerConfig) *Server {
 		p:           p,
 		idleTimeout: cfg.IdleTimeout,
 		handoff:     newConnQueue(),
+		noLoops:     cfg.NoEventLoop,
 		conns:       make(map[*clientConn]struct{}),
 		lns:         make(map[net.Listener]struct{}),
 	}
@@ -97,9 +108,11 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 	s.lns[ln] = struct{}{}
 	if s.sweeper == nil {
-		tick := min(time.Second, s.idleTimeout/4)
-		s.sweeper = time.NewTicker(tick)
+		s.sweeper = time.NewTicker(s.sweepTick())
 		go s.sweep(s.sweeper.C)
+		if !s.noLoops {
+			s.loops = startLoops(s)
+		}
 	}
 	s.mu.Unlock()
 
@@ -120,19 +133,30 @@ func (s *Server) Serve(ln net.Listener) error {
 			continue
 		}
 		backoff = 0
-		cc := &clientConn{s: s, c: c}
-		cc.idleSince.Store(time.Now().UnixNano())
-		s.mu.Lock()
-		if s.closing.Load() {
-			s.mu.Unlock()
-			c.Close()
+		if s.loops != nil && s.loops.adopt(c) {
+			continue
+		}
+		if !s.track(c) {
 			return http.ErrServerClosed
 		}
-		s.conns[cc] = struct{}{}
-		s.wg.Add(1)
-		s.mu.Unlock()
-		go cc.serve()
 	}
+}
+
+// track serves c from a goroutine of its own, unless the Server is
+// shutting down; then it closes c and reports false.
+func (s *Server) track(c net.Conn) bool {
+	cc := &clientConn{s: s, c: c}
+	cc.idleSince.Store(time.Now().UnixNano())
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing.Load() {
+		c.Close()
+		return false
+	}
+	s.conns[cc] = struct{}{}
+	s.wg.Add(1)
+	go cc.serve()
+	return true
 }
 
 // Shutdown stops accepting, closes idle connections, lets requests in
@@ -152,6 +176,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		cc.closeIfIdle()
 	}
 	s.mu.Unlock()
+	s.loops.wake() // to close their idle connections
 
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
@@ -165,6 +190,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			cc.c.Close()
 		}
 		s.mu.Unlock()
+		s.loops.abort()
 	}
 	if ferr := s.fallback.Shutdown(ctx); err == nil {
 		err = ferr
@@ -172,6 +198,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.handoff.Close()
 	return err
 }
+
+// sweepTick is how often idle connections are looked for.
+func (s *Server) sweepTick() time.Duration { return min(time.Second, s.idleTimeout/4) }
 
 // sweep closes connections idle for longer than the idle timeout.
 func (s *Server) sweep(tick <-chan time.Time) {
@@ -328,19 +357,16 @@ func (cc *clientConn) forward(req *request, n int) (keep bool) {
 	defer cc.releaseWriter(bw)
 	keep = !req.close
 
-	if len(req.token) == 0 {
+	fw, redirect, err := p.admit(req)
+	switch {
+	case err != nil:
 		cc.br.Discard(n)
-		return cc.writeError(bw, req, errMissingToken) && keep
-	}
-	claims, err := p.cfg.Signer.Verify(string(req.token), p.cfg.Now())
-	if err != nil {
-		cc.br.Discard(n)
-		return cc.writeError(bw, req, tokenError(err)) && keep
-	}
-	if !req.hasRest {
+		return cc.writeError(bw, req, err) && keep
+	case redirect:
 		cc.br.Discard(n)
 		return cc.redirect(bw, req) && keep
 	}
+	claims := fw.claims
 	// From here on a watcher notices a client that leaves while the
 	// backend takes its time (a long poll, a stream, a start).
 	cc.armWatch()
@@ -350,8 +376,8 @@ func (cc *clientConn) forward(req *request, n int) (keep bool) {
 			keep = false
 		}
 	}()
-	route, ok := p.resolveReady(claims.BackendID)
-	if !ok {
+	route := fw.route
+	if route.Addr == "" {
 		ctx, cancel := context.WithCancel(context.Background())
 		cc.cancelWait.Store(&cancel)
 		if cc.gone.Load() {
@@ -371,7 +397,7 @@ func (cc *clientConn) forward(req *request, n int) (keep bool) {
 		a.Begin()
 		defer a.End()
 	}
-	fw := &forward{route: route, claims: claims}
+	fw.route = route
 	if err := checkAdded(fw); err != nil {
 		cc.br.Discard(n)
 		return cc.writeError(bw, req, badGateway(fw, err)) && keep
@@ -508,11 +534,37 @@ func (cc *clientConn) releaseWriter(bw *bufio.Writer) {
 	cc.s.writers.Put(bw)
 }
 
+// admit checks a parsed request's token and looks up its backend's route
+// without waiting. It returns the error to answer with, or redirect for a
+// URL that ends with its token, or the forward to make; the forward's
+// route has no address when the backend is not known to be ready and
+// p.resolve must wait for it.
+func (p *Proxy) admit(req *request) (fw *forward, redirect bool, err error) {
+	if len(req.token) == 0 {
+		return nil, false, errMissingToken
+	}
+	claims, err := p.cfg.Signer.Verify(string(req.token), p.cfg.Now())
+	if err != nil {
+		return nil, false, tokenError(err)
+	}
+	if !req.hasRest {
+		return nil, true, nil
+	}
+	route, _ := p.resolveReady(claims.BackendID)
+	return &forward{route: route, claims: claims}, false, nil
+}
+
 // writeError answers with err as Proxy.writeError does, and reports
 // whether the response was written.
 func (cc *clientConn) writeError(bw *bufio.Writer, req *request, err error) bool {
+	cc.s.p.writeFastError(bw, req, err)
+	return bw.Flush() == nil
+}
+
+// writeFastError writes the answer to err as Proxy.writeError does.
+func (p *Proxy) writeFastError(bw headWriter, req *request, err error) {
 	he := asHTTPError(err)
-	cc.s.p.logError(context.Background(), he, "")
+	p.logError(context.Background(), he, "")
 	body := he.body()
 	fmt.Fprintf(bw, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nCache-Control: no-store\r\nContent-Length: %d\r\n", he.status, http.StatusText(he.status), len(body))
 	if he.status == http.StatusServiceUnavailable {
@@ -525,11 +577,15 @@ func (cc *clientConn) writeError(bw *bufio.Writer, req *request, err error) bool
 	if !req.head {
 		bw.Write(body)
 	}
-	return bw.Flush() == nil
 }
 
 // redirect answers a URL that ends with its token, as Proxy.serve does.
 func (cc *clientConn) redirect(bw *bufio.Writer, req *request) bool {
+	writeRedirect(bw, req)
+	return bw.Flush() == nil
+}
+
+func writeRedirect(bw headWriter, req *request) {
 	bw.WriteString("HTTP/1.1 308 Permanent Redirect\r\nLocation: /")
 	bw.Write(req.token)
 	bw.WriteByte('/')
@@ -542,7 +598,6 @@ func (cc *clientConn) redirect(bw *bufio.Writer, req *request) bool {
 		bw.WriteString("Connection: close\r\n")
 	}
 	bw.WriteString("\r\n")
-	return bw.Flush() == nil
 }
 
 // connQueue is a net.Listener whose connections come from handOff.

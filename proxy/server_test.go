@@ -207,7 +207,7 @@ func TestServer_IdleTimeout(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := f.proxy.NewServer(ServerConfig{IdleTimeout: 200 * time.Millisecond})
+	srv := f.proxy.NewServer(ServerConfig{IdleTimeout: 200 * time.Millisecond, NoEventLoop: noEventLoop})
 	go srv.Serve(ln)
 	defer srv.Shutdown(context.Background())
 
@@ -245,7 +245,7 @@ func TestServer_Shutdown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv := f.proxy.NewServer(ServerConfig{})
+	srv := f.proxy.NewServer(ServerConfig{NoEventLoop: noEventLoop})
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 	dial := func() (net.Conn, *bufio.Reader) {

@@ -51,6 +51,7 @@ type serverOptions struct {
 	TokenKey       string
 	LogLevel       string
 	ShutdownGrace  time.Duration
+	ProxyGoroutine bool
 	dev            bool
 }
 
@@ -70,6 +71,7 @@ func (o *serverOptions) flags(fs *flag.FlagSet) {
 	fs.StringVar(&o.TokenKey, "token-key", envOr("BERTH_TOKEN_KEY", ""), "secret for signing proxy tokens, 32+ bytes (BERTH_TOKEN_KEY; default: generated once into <data-dir>/token.key)")
 	fs.StringVar(&o.LogLevel, "log-level", envOr("BERTH_LOG_LEVEL", "info"), "debug, info, warn or error (BERTH_LOG_LEVEL)")
 	fs.DurationVar(&o.ShutdownGrace, "shutdown-timeout", 60*time.Second, "how long a shutdown waits for backends to stop")
+	fs.BoolVar(&o.ProxyGoroutine, "proxy-goroutines", envOr("BERTH_PROXY_GOROUTINES", "") == "1", "serve the proxy with a goroutine per connection instead of its event loops (BERTH_PROXY_GOROUTINES=1): to compare, or to rule the loops out")
 }
 
 func runServe(ctx context.Context, args []string, stdio Stdio) error {
@@ -205,7 +207,7 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	px := proxy.New(proxy.Config{Resolver: mgr, Signer: signer, Logger: log})
-	proxySrv := px.NewServer(proxy.ServerConfig{IdleTimeout: 30 * time.Second})
+	proxySrv := px.NewServer(proxy.ServerConfig{IdleTimeout: 30 * time.Second, NoEventLoop: o.ProxyGoroutine})
 
 	backendSrv := &http.Server{Handler: states.BackendAPI(), ReadHeaderTimeout: 30 * time.Second}
 

@@ -1,0 +1,1024 @@
+//go:build linux
+
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Event loops serve the Server's fast path on Linux: each is one goroutine
+// with an epoll instance of its own, holding client connections and the
+// backend connections it forwards them to, all registered edge-triggered.
+//
+// Go's netpoller reads a socket until read(2) says EAGAIN before it parks
+// the goroutine, and wakes the goroutine when the socket is ready again:
+// for the common request that is about one wasted system call per socket
+// and two goroutine parks and wake-ups. A loop instead reads a socket only
+// when epoll has said it is readable, and treats a read that did not fill
+// the buffer as having drained it (the next arrival is a new edge), as
+// nginx does; its requests never park a goroutine. Only a loop with no
+// events at all parks, on its epoll descriptor in Go's netpoller: one
+// empty epoll_wait per idle spell of the whole loop rather than a read
+// per request.
+//
+// A loop handles what the goroutine path's fast path handles — GET or
+// HEAD, HTTP/1.1, no body, a backend that is ready — and gives the rest
+// away with the bytes already read: to net/http (a body, an upgrade, a
+// head it does not parse) or to a goroutine of the goroutine path (a
+// backend that must be waited for, a backend address that is not an IP
+// literal), which keeps the connection from then on.
+type loopGroup struct {
+	loops []*loop
+	next  atomic.Uint32
+}
+
+type loop struct {
+	s    *Server
+	epfd int
+	ep   *os.File        // epfd, in Go's netpoller: the loop waits there
+	eprc syscall.RawConn // of ep
+	evfd int             // eventfd: connections in incoming, shutdown
+
+	mu       sync.Mutex
+	incoming []adopted
+	stopped  bool // the loop takes no more connections
+	woken    atomic.Bool
+	aborted  atomic.Bool // Shutdown's context ended: close everything
+
+	// The rest belongs to the loop's goroutine.
+	fds      []fdOwner // by descriptor
+	conns    map[*lconn]struct{}
+	idle     map[string][]*lbackend // by address, least recently used first
+	outFree  [][]byte
+	leaving  []*lconn // clients gone while a young request is in flight
+	now      int64    // unix nanoseconds, after the last epoll_wait
+	swept    int64
+	deadline int64 // of the wait on ep
+}
+
+type adopted struct {
+	fd       int
+	clientIP string
+}
+
+// fdOwner is what a descriptor registered with a loop belongs to.
+type fdOwner struct {
+	c *lconn
+	b *lbackend
+}
+
+// lconn states.
+const (
+	lcHead    = iota // waiting for or reading a request head
+	lcConnect        // waiting for a new backend connection
+	lcSend           // writing the request to the backend
+	lcRelay          // relaying the response
+	lcFlush          // writing the rest of an answer
+)
+
+// lconn is a client connection in a loop.
+type lconn struct {
+	fd        int
+	clientIP  string
+	readable  bool // epoll said so, and no read has drained it since
+	writable  bool
+	hup       bool // epoll saw the peer close or an error: reads stay due
+	peerDone  bool // a read saw the client's end of the connection
+	state     int
+	idleSince int64
+
+	in         []byte // clientReadSize; in[start:end] is unconsumed
+	start, end int
+	searched   int // bytes of in[start:end] searched for a head's end
+	out        outBuf
+
+	// The request in flight: its head is in[start:start+reqLen].
+	begun      int64 // unix nanoseconds
+	req        request
+	reqLen     int
+	keep       bool
+	closeAfter bool
+	fw         *forward
+	activity   Activity
+	be         *lbackend
+	attempt    int
+	reused     bool
+	relay      relayStep
+}
+
+// lbackend is a backend connection in a loop.
+type lbackend struct {
+	fd         int
+	addr       string
+	readable   bool
+	writable   bool
+	hup        bool
+	eof        bool
+	in         []byte // 16 KiB, as the goroutine path's backend reader
+	start, end int
+	out        outBuf
+	got        bool // bytes of the current response arrived
+	owner      *lconn
+	dialAt     int64 // while connecting
+	idleAt     int64 // in the pool
+}
+
+const (
+	loopEvents = 256
+	// clientOutMax bounds the body bytes a loop buffers for a client
+	// before writing them.
+	clientOutMax = 32 << 10
+	dialTimeout  = 3 * time.Second // as newDialer's
+)
+
+// startLoops starts one loop per GOMAXPROCS, or returns nil when the
+// system refuses epoll. s.mu is held.
+func startLoops(s *Server) *loopGroup {
+	g := &loopGroup{}
+	for range runtime.GOMAXPROCS(0) {
+		l, err := newLoop(s)
+		if err != nil {
+			s.p.log.Warn("proxy: event loop unavailable, serving a goroutine per connection", "err", err)
+			for _, l := range g.loops {
+				l.abort()
+			}
+			return nil
+		}
+		g.loops = append(g.loops, l)
+	}
+	for _, l := range g.loops {
+		s.wg.Add(1)
+		go l.run()
+	}
+	return g
+}
+
+func newLoop(s *Server) (*loop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("epoll_create: %w", err)
+	}
+	evfd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(evfd)}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(evfd)
+		return nil, fmt.Errorf("epoll_ctl: %w", err)
+	}
+	// An epoll instance is readable when it has events. Waiting for that
+	// in Go's netpoller rather than in epoll_wait(2) keeps the loop's
+	// thread and P: a blocking system call makes the runtime hand the P
+	// to another thread and wake one up to take it back.
+	unix.SetNonblock(epfd, true) // so that os.NewFile puts it in the netpoller
+	ep := os.NewFile(uintptr(epfd), "epoll")
+	rc, err := ep.SyscallConn()
+	if err == nil {
+		err = ep.SetReadDeadline(time.Time{}) // fails unless in the netpoller
+	}
+	if err != nil {
+		ep.Close()
+		unix.Close(evfd)
+		return nil, fmt.Errorf("epoll in the netpoller: %w", err)
+	}
+	return &loop{
+		s:     s,
+		epfd:  epfd,
+		ep:    ep,
+		eprc:  rc,
+		evfd:  evfd,
+		conns: make(map[*lconn]struct{}),
+		idle:  make(map[string][]*lbackend),
+	}, nil
+}
+
+// adopt takes c out of Go's netpoller and gives it to a loop. It reports
+// false, leaving c as it was, when c is not a TCP socket.
+func (g *loopGroup) adopt(c net.Conn) bool {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return false
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return false
+	}
+	fd := -1
+	cerr := rc.Control(func(s uintptr) {
+		fd, err = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0)
+	})
+	if cerr != nil || err != nil {
+		return false
+	}
+	a := adopted{fd: fd}
+	if addr, ok := c.RemoteAddr().(*net.TCPAddr); ok {
+		a.clientIP = addr.IP.String()
+	}
+	c.Close() // the duplicate keeps the socket open
+	l := g.loops[int(g.next.Add(1))%len(g.loops)]
+	l.mu.Lock()
+	if l.stopped {
+		l.mu.Unlock()
+		unix.Close(fd)
+		return true
+	}
+	l.incoming = append(l.incoming, a)
+	l.mu.Unlock()
+	l.wake()
+	return true
+}
+
+// wake makes every loop look at the Server's state and its incoming
+// connections.
+func (g *loopGroup) wake() {
+	if g == nil {
+		return
+	}
+	for _, l := range g.loops {
+		l.wake()
+	}
+}
+
+// abort makes every loop close all its connections and stop.
+func (g *loopGroup) abort() {
+	if g == nil {
+		return
+	}
+	for _, l := range g.loops {
+		l.abort()
+	}
+}
+
+func (l *loop) wake() {
+	if l.woken.CompareAndSwap(false, true) {
+		var one = [8]byte{1}
+		unix.Write(l.evfd, one[:])
+	}
+}
+
+func (l *loop) abort() {
+	l.aborted.Store(true)
+	l.woken.Store(false)
+	l.wake()
+}
+
+func (l *loop) run() {
+	defer l.s.wg.Done()
+	tick := l.s.sweepTick()
+	events := make([]unix.EpollEvent, loopEvents)
+	var (
+		n     int
+		errno syscall.Errno
+	)
+	poll := func(fd uintptr) bool {
+		n, errno = epollWaitNow(fd, events)
+		return n > 0 || (errno != 0 && errno != unix.EINTR)
+	}
+	for {
+		// Wake up for the sweep, and for clients that left.
+		next := l.now + int64(tick)
+		if len(l.leaving) > 0 {
+			if at := l.checkLeaving(); at > 0 {
+				next = min(next, at)
+			}
+		}
+		if l.now >= l.deadline || next < l.deadline {
+			l.deadline = next
+			l.ep.SetReadDeadline(time.Unix(0, next))
+		}
+		n, errno = 0, 0
+		err := l.eprc.Read(poll)
+		l.now = time.Now().UnixNano()
+		if errno != 0 && errno != unix.EINTR {
+			err = errno
+		}
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			l.s.p.log.Error("proxy: event loop: epoll_wait", "err", err)
+			l.aborted.Store(true)
+		}
+		for _, ev := range events[:max(n, 0)] {
+			fd := int(ev.Fd)
+			if fd == l.evfd {
+				l.takeIncoming()
+				continue
+			}
+			if fd >= len(l.fds) {
+				continue
+			}
+			hup := ev.Events&(unix.EPOLLRDHUP|unix.EPOLLHUP|unix.EPOLLERR) != 0
+			in := hup || ev.Events&unix.EPOLLIN != 0
+			out := ev.Events&(unix.EPOLLOUT|unix.EPOLLHUP|unix.EPOLLERR) != 0
+			switch o := l.fds[fd]; {
+			case o.c != nil:
+				o.c.readable = o.c.readable || in
+				o.c.writable = o.c.writable || out
+				o.c.hup = o.c.hup || hup
+				l.advance(o.c)
+			case o.b != nil:
+				o.b.readable = o.b.readable || in
+				o.b.writable = o.b.writable || out
+				o.b.hup = o.b.hup || hup
+				if o.b.owner != nil {
+					l.advance(o.b.owner)
+				} else if in {
+					l.dropIdle(o.b) // the backend closed it, or spoke out of turn
+				}
+			}
+		}
+		if l.aborted.Load() {
+			l.stop()
+			return
+		}
+		if l.s.closing.Load() {
+			l.takeIncoming()
+			for c := range l.conns {
+				if c.state == lcHead {
+					l.closeClient(c)
+				}
+			}
+			if len(l.conns) == 0 {
+				l.stop()
+				return
+			}
+		}
+		if l.now-l.swept >= int64(tick) {
+			l.sweep()
+		}
+	}
+}
+
+// takeIncoming registers the connections adopt queued.
+func (l *loop) takeIncoming() {
+	var b [8]byte
+	unix.Read(l.evfd, b[:])
+	l.woken.Store(false)
+	l.mu.Lock()
+	incoming := l.incoming
+	l.incoming = nil
+	l.mu.Unlock()
+	for _, a := range incoming {
+		c := &lconn{fd: a.fd, clientIP: a.clientIP, idleSince: l.now, in: make([]byte, clientReadSize)}
+		if err := l.register(a.fd, fdOwner{c: c}); err != nil {
+			l.s.p.log.Warn("proxy: event loop: register", "err", err)
+			unix.Close(a.fd)
+			continue
+		}
+		l.conns[c] = struct{}{}
+	}
+}
+
+func (l *loop) register(fd int, o fdOwner) error {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(fd)}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		return err
+	}
+	if fd >= len(l.fds) {
+		l.fds = append(l.fds, make([]fdOwner, fd+1-len(l.fds))...)
+	}
+	l.fds[fd] = o
+	return nil
+}
+
+// stop closes every connection and the loop itself.
+func (l *loop) stop() {
+	l.mu.Lock()
+	l.stopped = true
+	incoming := l.incoming
+	l.incoming = nil
+	l.mu.Unlock()
+	for _, a := range incoming {
+		unix.Close(a.fd)
+	}
+	for c := range l.conns {
+		l.closeClient(c)
+	}
+	for _, bs := range l.idle {
+		for _, b := range bs {
+			l.closeBackend(b)
+		}
+	}
+	l.idle = nil
+	l.ep.Close()
+	unix.Close(l.evfd)
+}
+
+// sweep closes client connections idle for longer than the idle timeout,
+// backend connections idle for longer than the pool keeps them, and
+// connects that take too long.
+func (l *loop) sweep() {
+	l.swept = l.now
+	cutoff := l.now - int64(l.s.idleTimeout)
+	for c := range l.conns {
+		switch {
+		case c.state == lcHead && c.idleSince < cutoff:
+			l.closeClient(c)
+		case c.state == lcConnect && l.now-c.be.dialAt > int64(dialTimeout):
+			if l.backendFailed(c, fmt.Errorf("dial tcp %s: i/o timeout", c.be.addr)) {
+				l.advance(c)
+			}
+		}
+	}
+	cutoff = l.now - int64(idleConnTimeout)
+	for addr, bs := range l.idle {
+		old := 0
+		for old < len(bs) && bs[old].idleAt < cutoff {
+			l.closeBackend(bs[old])
+			old++
+		}
+		n := copy(bs, bs[old:])
+		clear(bs[n:])
+		if n == 0 {
+			delete(l.idle, addr)
+		} else {
+			l.idle[addr] = bs[:n]
+		}
+	}
+}
+
+// advance moves c's request along as far as it can go without waiting.
+func (l *loop) advance(c *lconn) {
+	for {
+		var more bool
+		switch c.state {
+		case lcHead:
+			more = l.readHead(c)
+		case lcConnect:
+			more = l.connected(c)
+		case lcSend:
+			more = l.send(c)
+		case lcRelay:
+			more = l.relayResponse(c)
+		case lcFlush:
+			more = l.flush(c)
+		}
+		if !more {
+			return
+		}
+	}
+}
+
+// epollWaitNow is epoll_pwait(2) without waiting: a raw system call, which
+// cannot block, so it keeps the P.
+func epollWaitNow(epfd uintptr, events []unix.EpollEvent) (int, syscall.Errno) {
+	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, epfd, uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), 0
+}
+
+// readFd and writeFd are one read(2) or write(2), retried on EINTR.
+func readFd(fd int, b []byte) (int, syscall.Errno) {
+	for {
+		n, e := sysRead(uintptr(fd), b)
+		if e != unix.EINTR {
+			return n, e
+		}
+	}
+}
+
+func writeFd(fd int, b []byte) (int, syscall.Errno) {
+	for {
+		n, e := sysWrite(uintptr(fd), b)
+		if e != unix.EINTR {
+			return n, e
+		}
+	}
+}
+
+// readHead reads until in holds a whole request head, and starts it.
+func (l *loop) readHead(c *lconn) bool {
+	if l.s.closing.Load() {
+		l.closeClient(c)
+		return false
+	}
+	if c.start == c.end {
+		c.start, c.end = 0, 0
+	}
+	n := indexHeadEnd(c.in[c.start:c.end], c.searched)
+	if n < 0 {
+		c.searched = max(0, c.end-c.start-3)
+		if c.end-c.start == len(c.in) {
+			l.handOff(c, false) // too large for the fast path
+			return false
+		}
+		if !c.readable {
+			return false
+		}
+		if c.end == len(c.in) {
+			c.end = copy(c.in, c.in[c.start:c.end])
+			c.start = 0
+		}
+		k, e := readFd(c.fd, c.in[c.end:])
+		switch {
+		case e == unix.EAGAIN:
+			c.readable = false
+			return false
+		case e != 0 || k == 0:
+			l.closeClient(c) // closed, or the client went away
+			return false
+		}
+		if k < len(c.in)-c.end {
+			c.readable = c.hup // a short read drained the socket, but for its end
+		}
+		c.end += k
+		return true
+	}
+	c.searched = 0
+	if !c.req.parse(c.in[c.start : c.start+n]) {
+		l.handOff(c, false)
+		return false
+	}
+	return l.begin(c, n)
+}
+
+// begin starts a parsed request whose head is the first n unconsumed
+// bytes, as clientConn.forward does.
+func (l *loop) begin(c *lconn, n int) bool {
+	p := l.s.p
+	c.reqLen, c.keep, c.begun = n, !c.req.close, l.now
+	fw, redirect, err := p.admit(&c.req)
+	switch {
+	case err != nil:
+		p.writeFastError(l.output(c), &c.req, err)
+		return l.answered(c, !c.keep)
+	case redirect:
+		writeRedirect(l.output(c), &c.req)
+		return l.answered(c, !c.keep)
+	case fw.route.Addr == "":
+		l.handOff(c, true) // the route must be waited for
+		return false
+	}
+	if len(l.idle[fw.route.Addr]) == 0 {
+		if _, err := sockaddr(fw.route.Addr); err != nil {
+			l.handOff(c, true) // a name to look up
+			return false
+		}
+	}
+	if a := fw.route.Activity; a != nil {
+		a.Begin()
+		c.activity = a
+	}
+	c.fw, c.attempt = fw, 0
+	if err := checkAdded(fw); err != nil {
+		p.writeFastError(l.output(c), &c.req, badGateway(fw, err))
+		return l.answered(c, !c.keep)
+	}
+	return l.connect(c)
+}
+
+// output is c's output buffer.
+func (l *loop) output(c *lconn) *outBuf {
+	if c.out.b == nil {
+		if n := len(l.outFree); n > 0 {
+			c.out.b, l.outFree[n-1] = l.outFree[n-1], nil
+			l.outFree = l.outFree[:n-1]
+		} else {
+			c.out.b = make([]byte, 0, clientOutMax+4<<10)
+		}
+	}
+	return &c.out
+}
+
+// answered ends the request in flight once its answer is in c.out.
+func (l *loop) answered(c *lconn, closeAfter bool) bool {
+	c.start += c.reqLen
+	c.reqLen = 0
+	c.closeAfter = closeAfter
+	c.state = lcFlush
+	return true
+}
+
+// connect gives c a backend connection, idle or new, for its request.
+func (l *loop) connect(c *lconn) bool {
+	addr := c.fw.route.Addr
+	if bs := l.idle[addr]; len(bs) > 0 {
+		b := bs[len(bs)-1]
+		bs[len(bs)-1] = nil
+		l.idle[addr] = bs[:len(bs)-1]
+		c.be, b.owner, c.reused = b, c, true
+		return l.startSend(c)
+	}
+	b, err := l.dial(addr)
+	if err != nil {
+		p := l.s.p
+		p.writeFastError(l.output(c), &c.req, badGateway(c.fw, err))
+		return l.answered(c, !c.keep)
+	}
+	c.be, b.owner, c.reused = b, c, false
+	c.state = lcConnect
+	return true
+}
+
+// sockaddr parses an IP literal address.
+func sockaddr(addr string) (unix.Sockaddr, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	ip := ap.Addr().Unmap()
+	switch {
+	case ip.Is4():
+		return &unix.SockaddrInet4{Port: int(ap.Port()), Addr: ip.As4()}, nil
+	case ip.Zone() != "":
+		return nil, errors.New("an address with a zone")
+	}
+	return &unix.SockaddrInet6{Port: int(ap.Port()), Addr: ip.As16()}, nil
+}
+
+// dial starts a non-blocking connect to addr, an IP literal.
+func (l *loop) dial(addr string) (*lbackend, error) {
+	sa, err := sockaddr(addr)
+	if err != nil {
+		return nil, err
+	}
+	family := unix.AF_INET
+	if _, ok := sa.(*unix.SockaddrInet6); ok {
+		family = unix.AF_INET6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("dial tcp %s: socket: %w", addr, err)
+	}
+	// As net.Dialer sets them up.
+	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_KEEPALIVE, 1)
+	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPIDLE, 30)
+	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_KEEPINTVL, 15)
+	if err := unix.Connect(fd, sa); err != nil && err != unix.EINPROGRESS {
+		unix.Close(fd)
+		return nil, fmt.Errorf("dial tcp %s: connect: %w", addr, err)
+	}
+	b := &lbackend{fd: fd, addr: addr, in: make([]byte, backendReadSize), dialAt: l.now}
+	if err := l.register(fd, fdOwner{b: b}); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("dial tcp %s: epoll_ctl: %w", addr, err)
+	}
+	return b, nil
+}
+
+// connected waits for a new backend connection to connect.
+func (l *loop) connected(c *lconn) bool {
+	if l.clientGone(c) {
+		return false
+	}
+	b := c.be
+	if !b.writable {
+		return false
+	}
+	if errno, err := unix.GetsockoptInt(b.fd, unix.SOL_SOCKET, unix.SO_ERROR); err != nil || errno != 0 {
+		if err == nil {
+			err = syscall.Errno(errno)
+		}
+		return l.backendFailed(c, fmt.Errorf("dial tcp %s: connect: %w", b.addr, err))
+	}
+	return l.startSend(c)
+}
+
+func (l *loop) startSend(c *lconn) bool {
+	b := c.be
+	b.out.b = b.out.b[:0]
+	writeFastRequest(&b.out, &c.req, c.fw, c.clientIP)
+	b.got, b.eof = false, false
+	c.state = lcSend
+	return true
+}
+
+// send writes the request to the backend.
+func (l *loop) send(c *lconn) bool {
+	if l.clientGone(c) {
+		return false
+	}
+	b := c.be
+	for len(b.out.b) > 0 {
+		if !b.writable {
+			return false
+		}
+		n, e := writeFd(b.fd, b.out.b)
+		switch {
+		case e == unix.EAGAIN:
+			b.writable = false
+			return false
+		case e != 0 && c.reused && c.attempt == 0:
+			return l.retry(c)
+		case e != 0:
+			return l.backendFailed(c, fmt.Errorf("write to backend: %w", e))
+		}
+		if n < len(b.out.b) {
+			b.writable = false
+		}
+		b.out.b = b.out.b[:copy(b.out.b, b.out.b[n:])]
+	}
+	c.relay.reset(c.req.head)
+	c.state = lcRelay
+	return true
+}
+
+// relayResponse relays the backend's response as relayResponse does:
+// the client gets what has arrived whenever the relay would wait for the
+// backend, and the backend is not read while the client cannot take more.
+func (l *loop) relayResponse(c *lconn) bool {
+	b := c.be
+	out := l.output(c)
+	for {
+		if l.clientGone(c) {
+			return false
+		}
+		if c.relay.state == rsHead {
+			c.relay.forceClose = !c.keep || l.s.closing.Load()
+		}
+		used, wantIn, err := c.relay.feed(b.in[b.start:b.end], out, clientOutMax-len(out.b), len(b.in), b.eof)
+		b.start += used
+		if err != nil {
+			return l.relayFailed(c, err)
+		}
+		if c.relay.done() {
+			return l.responded(c)
+		}
+		if len(out.b) > 0 {
+			if !l.write(c) {
+				return false
+			}
+			if !wantIn {
+				continue
+			}
+		}
+		if !b.readable {
+			return false
+		}
+		if b.start == b.end {
+			b.start, b.end = 0, 0
+		} else if b.start > 0 {
+			b.end = copy(b.in, b.in[b.start:b.end])
+			b.start = 0
+		}
+		n, e := readFd(b.fd, b.in[b.end:])
+		switch {
+		case e == unix.EAGAIN:
+			b.readable = false
+			return false
+		case (e != 0 || n == 0) && !b.got && c.reused && c.attempt == 0:
+			return l.retry(c)
+		case e != 0:
+			return l.relayFailed(c, fmt.Errorf("read from backend: %w", e))
+		case n == 0:
+			b.eof, b.readable = true, false
+			continue
+		}
+		if n < len(b.in)-b.end {
+			b.readable = b.hup
+		}
+		b.end += n
+		b.got = true
+	}
+}
+
+// write writes c.out, and reports whether it is all written; when not,
+// c waits for the socket, or is closed.
+func (l *loop) write(c *lconn) bool {
+	for len(c.out.b) > 0 {
+		if !c.writable {
+			return false
+		}
+		n, e := writeFd(c.fd, c.out.b)
+		switch {
+		case e == unix.EAGAIN:
+			c.writable = false
+			return false
+		case e != 0:
+			if c.state == lcRelay {
+				l.s.p.log.Debug("proxy: response aborted", "backend", c.fw.claims.BackendID, "err", e, "client_gone", true)
+			}
+			l.closeClient(c)
+			return false
+		}
+		if n < len(c.out.b) {
+			c.writable = false
+		}
+		c.out.b = c.out.b[:copy(c.out.b, c.out.b[n:])]
+	}
+	return true
+}
+
+// clientGone looks, while a request is in flight, for the client going
+// away, and then ends the request; bytes the client sends meanwhile (a
+// pipelined request) are kept for later. As with the goroutine path's
+// watcher, a request younger than watchAfter is left to finish: a client
+// that only shut down its side of the connection still gets a quick
+// answer.
+func (l *loop) clientGone(c *lconn) bool {
+	if !c.readable || c.end == len(c.in) || c.peerDone {
+		return false
+	}
+	n, e := readFd(c.fd, c.in[c.end:])
+	switch {
+	case e == unix.EAGAIN:
+		c.readable = false
+		return false
+	case e != 0 || n == 0:
+		c.peerDone = true
+		if l.now-c.begun < int64(watchAfter) {
+			l.leaving = append(l.leaving, c)
+			return false
+		}
+		l.abandon(c)
+		return true
+	}
+	if n < len(c.in)-c.end {
+		c.readable = c.hup
+	}
+	c.end += n
+	return false
+}
+
+// abandon ends the request in flight of a client that went away.
+func (l *loop) abandon(c *lconn) {
+	if c.state == lcRelay && c.relay.res.started {
+		l.s.p.log.Debug("proxy: response aborted", "backend", c.fw.claims.BackendID, "err", errClientGone, "client_gone", true)
+	}
+	l.closeClient(c)
+}
+
+// checkLeaving abandons the requests of clients that went away once they
+// are watchAfter old, and returns when the next one will be.
+func (l *loop) checkLeaving() (next int64) {
+	kept := l.leaving[:0]
+	for _, c := range l.leaving {
+		switch {
+		case c.fd < 0 || c.state == lcHead || c.state == lcFlush:
+			// closed, or answered: reading the client's end closes it
+		case l.now-c.begun >= int64(watchAfter):
+			l.abandon(c)
+		default:
+			kept = append(kept, c)
+			if at := c.begun + int64(watchAfter); next == 0 || at < next {
+				next = at
+			}
+		}
+	}
+	clear(l.leaving[len(kept):])
+	l.leaving = kept
+	return next
+}
+
+// responded ends a response relayed in full.
+func (l *loop) responded(c *lconn) bool {
+	b := c.be
+	c.be, b.owner = nil, nil
+	if c.relay.res.backendReusable && b.start == b.end && !b.eof {
+		l.putIdle(b)
+	} else {
+		l.closeBackend(b)
+	}
+	return l.answered(c, !c.keep || c.relay.res.clientClose)
+}
+
+// retry sends the request again on another connection, after a reused
+// one failed before any byte of the response: the backend had closed it
+// while idle, and the request is idempotent.
+func (l *loop) retry(c *lconn) bool {
+	l.closeBackend(c.be)
+	c.be = nil
+	c.attempt++
+	return l.connect(c)
+}
+
+// backendFailed answers 502 for a backend that could not be reached or
+// written to.
+func (l *loop) backendFailed(c *lconn, err error) bool {
+	l.closeBackend(c.be)
+	c.be = nil
+	l.s.p.writeFastError(l.output(c), &c.req, badGateway(c.fw, err))
+	return l.answered(c, !c.keep)
+}
+
+// relayFailed ends a response that failed: with a 502 if nothing of it
+// was written yet, else by closing the client's connection, so that a
+// truncated response never looks complete.
+func (l *loop) relayFailed(c *lconn, err error) bool {
+	if !c.relay.res.started {
+		return l.backendFailed(c, err)
+	}
+	l.s.p.log.Debug("proxy: response aborted", "backend", c.fw.claims.BackendID, "err", err, "client_gone", false)
+	l.closeClient(c)
+	return false
+}
+
+// flush writes the rest of an answer, then ends the request and turns to
+// the next one.
+func (l *loop) flush(c *lconn) bool {
+	if !l.write(c) {
+		return false
+	}
+	l.endActivity(c)
+	c.fw = nil
+	l.releaseOutput(c)
+	if c.closeAfter || l.s.closing.Load() {
+		l.closeClient(c)
+		return false
+	}
+	c.state, c.idleSince = lcHead, l.now
+	return true
+}
+
+func (l *loop) endActivity(c *lconn) {
+	if c.activity != nil {
+		c.activity.End()
+		c.activity = nil
+	}
+}
+
+func (l *loop) releaseOutput(c *lconn) {
+	if c.out.b != nil && len(l.outFree) < 64 {
+		l.outFree = append(l.outFree, c.out.b[:0])
+	}
+	c.out.b = nil
+}
+
+func (l *loop) closeClient(c *lconn) {
+	if c.be != nil {
+		l.closeBackend(c.be)
+		c.be = nil
+	}
+	l.endActivity(c)
+	l.releaseOutput(c)
+	delete(l.conns, c)
+	l.fds[c.fd] = fdOwner{}
+	unix.Close(c.fd)
+	c.fd = -1
+}
+
+func (l *loop) closeBackend(b *lbackend) {
+	b.owner = nil
+	l.fds[b.fd] = fdOwner{}
+	unix.Close(b.fd)
+	b.fd = -1
+}
+
+func (l *loop) putIdle(b *lbackend) {
+	bs := l.idle[b.addr]
+	if len(bs) >= maxIdlePerBackend || l.s.closing.Load() {
+		l.closeBackend(b)
+		return
+	}
+	b.idleAt = l.now
+	b.start, b.end = 0, 0
+	l.idle[b.addr] = append(bs, b)
+}
+
+// dropIdle closes an idle backend connection that became readable.
+func (l *loop) dropIdle(b *lbackend) {
+	bs := l.idle[b.addr]
+	for i, x := range bs {
+		if x == b {
+			copy(bs[i:], bs[i+1:])
+			bs[len(bs)-1] = nil
+			l.idle[b.addr] = bs[:len(bs)-1]
+			break
+		}
+	}
+	l.closeBackend(b)
+}
+
+// handOff gives c, with the bytes read and not consumed, to net/http or,
+// with fast, to a goroutine of the Server's goroutine path.
+func (l *loop) handOff(c *lconn, fast bool) {
+	prefix := append([]byte(nil), c.in[c.start:c.end]...)
+	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, c.fd, nil)
+	l.fds[c.fd] = fdOwner{}
+	delete(l.conns, c)
+	f := os.NewFile(uintptr(c.fd), "")
+	nc, err := net.FileConn(f)
+	f.Close()
+	c.fd = -1
+	if err != nil {
+		l.s.p.log.Warn("proxy: event loop: hand-off", "err", err)
+		return
+	}
+	hc := &handoffConn{Conn: nc, prefix: prefix}
+	if fast {
+		l.s.track(hc)
+		return
+	}
+	// Not in the loop's goroutine: net/http may take its time to accept.
+	go func() {
+		if !l.s.handoff.put(hc) {
+			hc.Close()
+		}
+	}()
+}

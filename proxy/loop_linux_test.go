@@ -1,0 +1,56 @@
+//go:build linux
+
+package proxy
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+)
+
+// On Linux, the Server's event loops hold its fast-path connections; a
+// connection handed off to wait for its backend gets a goroutine.
+func TestServer_EventLoop(t *testing.T) {
+	f := newFixture(t, http.HandlerFunc(echoURI))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := f.proxy.NewServer(ServerConfig{})
+	go srv.Serve(ln)
+	defer srv.Shutdown(t.Context())
+	goroutines := func() int {
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		return len(srv.conns)
+	}
+
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	br := bufio.NewReader(c)
+	io.WriteString(c, "GET /"+f.token("bk_1")+"/x HTTP/1.1\r\nHost: x\r\n\r\n")
+	if res, body := readResponse(t, br, "GET"); res.StatusCode != 200 || body != "/x" {
+		t.Fatalf("got %d %q", res.StatusCode, body)
+	}
+	if srv.loops == nil || goroutines() != 0 {
+		t.Fatalf("loops %v, %d connections with goroutines; want the loops to hold the connection", srv.loops, goroutines())
+	}
+
+	ready := make(chan struct{})
+	f.resolver.mu.Lock()
+	f.resolver.starting["bk_1"] = ready
+	f.resolver.mu.Unlock()
+	io.WriteString(c, "GET /"+f.token("bk_1")+"/y HTTP/1.1\r\nHost: x\r\n\r\n")
+	waitFor(t, "a goroutine to wait for the backend", func() bool { return goroutines() == 1 })
+	close(ready)
+	if res, body := readResponse(t, br, "GET"); res.StatusCode != 200 || body != "/y" {
+		t.Fatalf("got %d %q", res.StatusCode, body)
+	}
+}
