@@ -61,6 +61,7 @@ type loop struct {
 	fds      []fdOwner // by descriptor
 	conns    map[*lconn]struct{}
 	idle     map[string][]*lbackend // by address, least recently used first
+	maxIdle  int                    // per address
 	outFree  [][]byte
 	leaving  []*lconn // clients gone while a young request is in flight
 	now      int64    // unix nanoseconds, after the last epoll_wait
@@ -152,13 +153,16 @@ func startLoops(s *Server) *loopGroup {
 		if err != nil {
 			s.p.log.Warn("proxy: event loop unavailable, serving a goroutine per connection", "err", err)
 			for _, l := range g.loops {
-				l.abort()
+				l.stop() // never ran: this closes its descriptors
 			}
 			return nil
 		}
 		g.loops = append(g.loops, l)
 	}
 	for _, l := range g.loops {
+		// The loops share the goroutine path's bound on idle connections
+		// to one backend.
+		l.maxIdle = max(1, maxIdlePerBackend/len(g.loops))
 		s.wg.Add(1)
 		go l.run()
 	}
@@ -229,18 +233,25 @@ func (g *loopGroup) adopt(c net.Conn) bool {
 	if addr, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 		a.clientIP = addr.IP.String()
 	}
-	c.Close() // the duplicate keeps the socket open
-	l := g.loops[int(g.next.Add(1))%len(g.loops)]
-	l.mu.Lock()
-	if l.stopped {
+	// The next loop that still runs takes it; a loop stops early only
+	// after an epoll error, and then the others (or the goroutine path,
+	// with c untouched) serve in its stead.
+	first := int(g.next.Add(1))
+	for i := range g.loops {
+		l := g.loops[(first+i)%len(g.loops)]
+		l.mu.Lock()
+		if l.stopped {
+			l.mu.Unlock()
+			continue
+		}
+		l.incoming = append(l.incoming, a)
 		l.mu.Unlock()
-		unix.Close(fd)
+		c.Close() // the duplicate keeps the socket open
+		l.wake()
 		return true
 	}
-	l.incoming = append(l.incoming, a)
-	l.mu.Unlock()
-	l.wake()
-	return true
+	unix.Close(fd)
+	return false
 }
 
 // wake makes every loop look at the Server's state and its incoming
@@ -264,10 +275,16 @@ func (g *loopGroup) abort() {
 	}
 }
 
+// wake writes to the loop's eventfd, unless the loop has stopped: stop
+// closes the eventfd, and its number may by then name another file.
 func (l *loop) wake() {
 	if l.woken.CompareAndSwap(false, true) {
-		var one = [8]byte{1}
-		unix.Write(l.evfd, one[:])
+		l.mu.Lock()
+		if !l.stopped {
+			var one = [8]byte{1}
+			unix.Write(l.evfd, one[:])
+		}
+		l.mu.Unlock()
 	}
 }
 
@@ -972,7 +989,7 @@ func (l *loop) closeBackend(b *lbackend) {
 
 func (l *loop) putIdle(b *lbackend) {
 	bs := l.idle[b.addr]
-	if len(bs) >= maxIdlePerBackend || l.s.closing.Load() {
+	if len(bs) >= l.maxIdle || l.s.closing.Load() {
 		l.closeBackend(b)
 		return
 	}

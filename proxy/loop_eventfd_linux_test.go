@@ -1,0 +1,139 @@
+//go:build linux
+
+package proxy
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// A Shutdown whose context ends after the loops have already stopped (their
+// own connections finished, a goroutine-path connection still busy) makes
+// abort write to each loop's eventfd, which stop has closed: the write goes
+// to whatever file now has that descriptor number.
+func TestLoop_AbortWritesToClosedEventfd(t *testing.T) {
+	f := newFixture(t, http.HandlerFunc(echoURI))
+	ready := make(chan struct{})
+	defer close(ready)
+	f.resolver.mu.Lock()
+	f.resolver.starting["bk_1"] = ready
+	f.resolver.mu.Unlock()
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := f.proxy.NewServer(ServerConfig{})
+	go srv.Serve(ln)
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	io.WriteString(c, "GET /"+f.token("bk_1")+"/wait HTTP/1.1\r\nHost: x\r\n\r\n")
+	waitFor(t, "a goroutine waiting for the backend", func() bool {
+		srv.mu.Lock()
+		defer srv.mu.Unlock()
+		return len(srv.conns) == 1
+	})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- srv.Shutdown(ctx) }()
+
+	waitFor(t, "the loops to stop", func() bool {
+		for _, l := range srv.loops.loops {
+			l.mu.Lock()
+			s := l.stopped
+			l.mu.Unlock()
+			if !s {
+				return false
+			}
+		}
+		return true
+	})
+	evfds := map[int]bool{}
+	for _, l := range srv.loops.loops {
+		evfds[l.evfd] = true
+	}
+	// Take the freed descriptor numbers with socket pairs.
+	var peers []int
+	victim := -1
+	for range 64 {
+		sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(sp[0])
+		defer unix.Close(sp[1])
+		peers = append(peers, sp[0], sp[1])
+		for i, fd := range sp {
+			if evfds[fd] {
+				victim = sp[1-i]
+			}
+		}
+		if victim >= 0 {
+			break
+		}
+	}
+	if victim < 0 {
+		t.Skip("no evfd number reused")
+	}
+	<-done // the context ends: abort
+	var b [64]byte
+	if n, _ := unix.Read(victim, b[:]); n > 0 {
+		t.Fatalf("after the loops stopped, abort wrote %q to a descriptor that now belongs to someone else", b[:n])
+	}
+}
+
+// A second Shutdown (or any wake after the loops stopped) writes to the
+// closed eventfds as well.
+func TestLoop_SecondShutdownWritesToClosedEventfd(t *testing.T) {
+	f := newFixture(t, http.HandlerFunc(echoURI))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := f.proxy.NewServer(ServerConfig{})
+	go srv.Serve(ln)
+	waitFor(t, "the loops", func() bool { srv.mu.Lock(); defer srv.mu.Unlock(); return srv.loops != nil })
+	if err := srv.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	evfds := map[int]bool{}
+	for _, l := range srv.loops.loops {
+		evfds[l.evfd] = true
+	}
+	victim := -1
+	for range 64 {
+		sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Close(sp[0])
+		defer unix.Close(sp[1])
+		for i, fd := range sp {
+			if evfds[fd] {
+				victim = sp[1-i]
+			}
+		}
+		if victim >= 0 {
+			break
+		}
+	}
+	if victim < 0 {
+		t.Skip("no evfd number reused")
+	}
+	srv.Shutdown(context.Background())
+	var b [64]byte
+	if n, _ := unix.Read(victim, b[:]); n > 0 {
+		t.Fatalf("a second Shutdown wrote %q to a descriptor that now belongs to someone else", b[:n])
+	}
+}
