@@ -59,33 +59,7 @@ func TestLoop_AbortWritesToClosedEventfd(t *testing.T) {
 		}
 		return true
 	})
-	evfds := map[int]bool{}
-	for _, l := range srv.loops.loops {
-		evfds[l.evfd] = true
-	}
-	// Take the freed descriptor numbers with socket pairs.
-	var peers []int
-	victim := -1
-	for range 64 {
-		sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer unix.Close(sp[0])
-		defer unix.Close(sp[1])
-		peers = append(peers, sp[0], sp[1])
-		for i, fd := range sp {
-			if evfds[fd] {
-				victim = sp[1-i]
-			}
-		}
-		if victim >= 0 {
-			break
-		}
-	}
-	if victim < 0 {
-		t.Skip("no evfd number reused")
-	}
+	victim := takeEventfdNumbers(t, srv)
 	<-done // the context ends: abort
 	var b [64]byte
 	if n, _ := unix.Read(victim, b[:]); n > 0 {
@@ -107,33 +81,35 @@ func TestLoop_SecondShutdownWritesToClosedEventfd(t *testing.T) {
 	if err := srv.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)
 	}
-	evfds := map[int]bool{}
-	for _, l := range srv.loops.loops {
-		evfds[l.evfd] = true
-	}
-	victim := -1
-	for range 64 {
-		sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer unix.Close(sp[0])
-		defer unix.Close(sp[1])
-		for i, fd := range sp {
-			if evfds[fd] {
-				victim = sp[1-i]
-			}
-		}
-		if victim >= 0 {
-			break
-		}
-	}
-	if victim < 0 {
-		t.Skip("no evfd number reused")
-	}
+	victim := takeEventfdNumbers(t, srv)
 	srv.Shutdown(context.Background())
 	var b [64]byte
 	if n, _ := unix.Read(victim, b[:]); n > 0 {
 		t.Fatalf("a second Shutdown wrote %q to a descriptor that now belongs to someone else", b[:n])
 	}
+}
+
+// takeEventfdNumbers opens socket pairs until one end has the number of a
+// stopped loop's eventfd, and returns the other end: what is written to
+// that number can be read there.
+func takeEventfdNumbers(t *testing.T, srv *Server) int {
+	t.Helper()
+	evfds := map[int]bool{}
+	for _, l := range srv.loops.loops {
+		evfds[l.evfd] = true
+	}
+	for range 64 {
+		sp, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Close(sp[0]); unix.Close(sp[1]) })
+		for i, fd := range sp {
+			if evfds[fd] {
+				return sp[1-i]
+			}
+		}
+	}
+	t.Fatal("no socket got a stopped loop's eventfd number; the kernel hands out the lowest free one, so something else holds them")
+	return -1
 }
