@@ -558,17 +558,9 @@ func relayChunked(bw *bufio.Writer, br *bufio.Reader) error {
 		if err != nil {
 			return err
 		}
-		size := line
-		if i := bytes.IndexByte(size, ';'); i >= 0 {
-			size = size[:i]
-		}
-		size = trimOWS(size)
-		if len(size) == 0 || len(size) > 15 {
-			return fmt.Errorf("bad chunk size %q", line)
-		}
-		n, err := strconv.ParseInt(string(size), 16, 64)
+		n, err := parseChunkSize(line)
 		if err != nil {
-			return fmt.Errorf("bad chunk size %q", line)
+			return err
 		}
 		if n == 0 {
 			for { // trailers, up to the blank line
@@ -595,6 +587,24 @@ func relayChunked(bw *bufio.Writer, br *bufio.Reader) error {
 			return errors.New("chunk not followed by CRLF")
 		}
 	}
+}
+
+// parseChunkSize reads a chunk-size line (without its line end): hex
+// digits, then optional extensions after ';'.
+func parseChunkSize(line []byte) (int64, error) {
+	size := line
+	if i := bytes.IndexByte(size, ';'); i >= 0 {
+		size = size[:i]
+	}
+	size = trimOWS(size)
+	if len(size) == 0 || len(size) > 15 {
+		return 0, fmt.Errorf("bad chunk size %q", line)
+	}
+	n, err := strconv.ParseInt(string(size), 16, 64)
+	if err != nil {
+		return 0, fmt.Errorf("bad chunk size %q", line)
+	}
+	return n, nil
 }
 
 // relayLine copies one line and returns it without its line end.

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strconv"
 )
 
 // headWriter is what request and response heads are written to: a
@@ -202,17 +201,9 @@ func (r *relayStep) line(line []byte) error {
 			return fmt.Errorf("malformed trailer line %q", line)
 		}
 	case rsChunkSize:
-		size := line
-		if i := bytes.IndexByte(size, ';'); i >= 0 {
-			size = size[:i]
-		}
-		size = trimOWS(size)
-		if len(size) == 0 || len(size) > 15 {
-			return fmt.Errorf("bad chunk size %q", line)
-		}
-		n, err := strconv.ParseInt(string(size), 16, 64)
+		n, err := parseChunkSize(line)
 		if err != nil {
-			return fmt.Errorf("bad chunk size %q", line)
+			return err
 		}
 		if n == 0 {
 			r.state = rsTrailer
