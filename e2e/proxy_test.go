@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptrace"
@@ -204,5 +205,27 @@ func TestMetrics(t *testing.T) {
 	resp, body = s.do(t, http.MethodGet, "/healthz", "")
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("/healthz: %d %s", resp.StatusCode, body)
+	}
+}
+
+// The first request to a starting backend goes out on the connection its
+// readiness probe opened, so the backend accepts no second connection.
+func TestProxy_FirstRequestOnProbeConnection(t *testing.T) {
+	t.Parallel()
+	s := start(t, opts{})
+	c := s.connect(t, api.ConnectRequest{Key: "first-request", Spawn: tb(map[string]string{"TB_READY_DELAY_MS": "300"})})
+	if c.State == berth.StateReady {
+		t.Fatalf("connect without wait answered %s; the test needs a backend still starting", c.State)
+	}
+	resp, body := get(t, c.URL+"conn", nil)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET conn: %d %s", resp.StatusCode, body)
+	}
+	var carried []string
+	if err := json.Unmarshal(body, &carried); err != nil {
+		t.Fatalf("testbackend /conn answered %q: %v", body, err)
+	}
+	if len(carried) != 2 || carried[0] != "GET / berth-readiness" || !strings.HasPrefix(carried[1], "GET /conn ") {
+		t.Errorf("the first request's connection carried %q; want the readiness probe, then the request", carried)
 	}
 }

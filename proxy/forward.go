@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -419,4 +420,47 @@ func (f *forwarder) close() {
 		}
 	}
 	f.idle = nil
+}
+
+// Keep takes over a connection to the backend at addr that carried one
+// bodiless GET, whose response br has begun to read. If that whole response
+// is already in br and leaves the connection reusable, Keep keeps the
+// connection for the next request to addr; otherwise it closes it. It never
+// waits for the network.
+//
+// Berth's readiness probe hands its connection over this way, so the first
+// request to a new backend, usually waiting for exactly that probe, goes out
+// at once rather than after a dial and the backend's accept.
+func (p *Proxy) Keep(addr string, c net.Conn, br *bufio.Reader) {
+	if !completeResponse(br) {
+		c.Close()
+		return
+	}
+	rw := newRawConn(c)
+	p.fwd.put(&backendConn{Conn: c, addr: addr, br: bufio.NewReaderSize(rw, 16<<10), bw: bufio.NewWriterSize(rw, 4<<10)})
+}
+
+// completeResponse reports whether br holds exactly one whole final
+// response to a GET, after which the backend keeps the connection open.
+func completeResponse(br *bufio.Reader) bool {
+	buf, _ := br.Peek(br.Buffered())
+	n := indexHeadEnd(buf, 0)
+	if n < 0 {
+		return false
+	}
+	var rh responseHead
+	if rh.parse(buf[:n]) != nil || rh.status < 200 || !rh.keepAlive {
+		return false
+	}
+	body := buf[n:]
+	switch {
+	case rh.status == 204 || rh.status == 304:
+		return len(body) == 0
+	case rh.chunked:
+		// Walk the chunks of the buffered bytes alone: running out of them
+		// is an error.
+		rest := bufio.NewReaderSize(bytes.NewReader(body), max(16, len(body)))
+		return relayChunked(bufio.NewWriter(io.Discard), rest) == nil && rest.Buffered() == 0
+	}
+	return rh.length >= 0 && int64(len(body)) == rh.length
 }

@@ -1,10 +1,13 @@
 package server
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	goruntime "runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -38,6 +41,7 @@ type instance struct {
 
 	active     atomic.Int64 // open requests and WebSockets
 	lastActive atomic.Int64 // monoNow() of the last activity
+	waiting    atomic.Int64 // proxied requests waiting for routable
 
 	mu        sync.Mutex
 	b         *berth.Backend
@@ -240,10 +244,24 @@ func (m *Manager) awaitReady(ctx context.Context, inst *instance, b *berth.Backe
 	rctx, cancel := context.WithTimeout(ctx, b.Spawn.StartupTimeout())
 	defer cancel()
 	readyC := make(chan error, 1)
+	var readyAt time.Time
 	m.starting.Add(1)
 	go func() {
 		defer m.starting.Add(-1)
-		readyC <- pollReady(rctx, h.Addr, m.pollInterval)
+		err := pollReady(rctx, h.Addr, m.pollInterval, m.keepFor(inst))
+		if err == nil {
+			// The backend answers: route to it at once, from here, and let
+			// the requests that were waiting for it go out before this
+			// goroutine or the one recording ready takes the CPU back.
+			// ready is recorded after; a crash in between leaves the
+			// backend starting with a live handle, which Reconcile
+			// re-adopts and polls again.
+			readyAt = time.Now().UTC()
+			inst.lastActive.Store(monoNow())
+			inst.openRoute()
+			goruntime.Gosched()
+		}
+		readyC <- err
 	}()
 
 	for {
@@ -257,13 +275,7 @@ func (m *Manager) awaitReady(ctx context.Context, inst *instance, b *berth.Backe
 				m.stopAndTerminate(inst, h, exitC, berth.ReasonStartupTimeout, false, log)
 				return false
 			}
-			// The backend answers: route to it at once, and record ready
-			// after. A crash in between leaves it starting with a live
-			// handle, which Reconcile re-adopts and polls again.
-			at := time.Now().UTC()
-			inst.lastActive.Store(monoNow())
-			inst.openRoute()
-			m.transition(inst, store.Transition{To: berth.StateReady, At: at})
+			m.transition(inst, store.Transition{To: berth.StateReady, At: readyAt})
 			inst.markReady()
 			m.cfg.Metrics.startup.Observe(time.Since(started).Seconds())
 			return true
@@ -277,6 +289,23 @@ func (m *Manager) awaitReady(ctx context.Context, inst *instance, b *berth.Backe
 			m.stopAndTerminate(inst, h, exitC, why, hard, log)
 			return false
 		}
+	}
+}
+
+// keepFor returns the ConnKeeper for inst's readiness probe: the proxy gets
+// the answered connection only while a request waits to use it, so a
+// backend nobody has sent a request to yet leaves no idle connection behind.
+func (m *Manager) keepFor(inst *instance) ConnKeeper {
+	keep := m.cfg.KeepConn
+	if keep == nil {
+		return nil
+	}
+	return func(addr string, c net.Conn, br *bufio.Reader) {
+		if inst.waiting.Load() == 0 {
+			c.Close()
+			return
+		}
+		keep(addr, c, br)
 	}
 }
 

@@ -52,6 +52,10 @@ type Config struct {
 	FreePort func() (int, error)
 	// Hooks let the state layer take part in a backend's life.
 	Hooks Hooks
+	// KeepConn, if set, takes over the connection on which a starting
+	// backend first answered its readiness probe, so the proxy can send
+	// the first request on it (proxy.Proxy.Keep).
+	KeepConn ConnKeeper
 	// Node names this Berth in records.
 	Node string
 }
@@ -506,3 +510,6 @@ func (m *Manager) KeyLive(key string) bool {
 // SetHooks installs the state layer's lifecycle hooks. Call before
 // Reconcile and before serving.
 func (m *Manager) SetHooks(h Hooks) { m.cfg.Hooks = h }
+
+// SetKeepConn sets Config.KeepConn. Call it before Reconcile and serving.
+func (m *Manager) SetKeepConn(k ConnKeeper) { m.cfg.KeepConn = k }

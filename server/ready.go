@@ -1,10 +1,10 @@
 package server
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -22,11 +22,16 @@ func (m *Manager) pollInterval() time.Duration {
 	return time.Duration(max(1, m.starting.Load())) * 100 * time.Microsecond
 }
 
+// ConnKeeper takes over a connection on which a readiness probe's GET / was
+// answered; br holds what was read of the answer. proxy.Proxy.Keep is one.
+type ConnKeeper func(addr string, c net.Conn, br *bufio.Reader)
+
 // pollReady returns nil once something answers HTTP at addr: every
 // interval() for the first 50 ms (a refused connection costs microseconds),
-// then with a backoff up to 5 ms.
-func pollReady(ctx context.Context, addr string, interval func() time.Duration) error {
-	p := newProbe(addr)
+// then with a backoff up to 5 ms. keep, if not nil, gets the connection
+// that was answered.
+func pollReady(ctx context.Context, addr string, interval func() time.Duration, keep ConnKeeper) error {
+	p := newProbe(addr, keep)
 	start := time.Now()
 	wait := interval()
 	var t *time.Timer
@@ -61,44 +66,55 @@ type probe struct {
 	ap   netip.AddrPort // invalid when addr is not an IP and port
 	req  []byte
 	d    net.Dialer
+	keep ConnKeeper
 }
 
-func newProbe(addr string) *probe {
+func newProbe(addr string, keep ConnKeeper) *probe {
 	ap, _ := netip.ParseAddrPort(addr)
+	conn := "Connection: close\r\n"
+	if keep != nil {
+		conn = ""
+	}
 	return &probe{
 		addr: addr,
 		ap:   ap,
-		req:  []byte("GET / HTTP/1.1\r\nHost: " + addr + "\r\nUser-Agent: berth-readiness\r\nConnection: close\r\n\r\n"),
+		req:  []byte("GET / HTTP/1.1\r\nHost: " + addr + "\r\nUser-Agent: berth-readiness\r\n" + conn + "\r\n"),
 		d:    net.Dialer{Timeout: time.Second},
+		keep: keep,
 	}
 }
 
 // answersHTTP sends a request on a new connection and reports whether an
 // HTTP response (any status) starts to come back. A plain connection, not
 // an http.Client: most attempts are refused, and each should cost no more
-// than the connect.
+// than the connect. An answered connection goes to p.keep, if set.
 func (p *probe) answersHTTP(ctx context.Context) bool {
 	c, err := p.dial(ctx)
 	if err != nil {
 		return false
 	}
-	defer c.Close()
 	deadline := time.Now().Add(2 * time.Second)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
 	c.SetDeadline(deadline)
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
-	defer stop()
 	if _, err := c.Write(p.req); err != nil {
+		stop()
+		c.Close()
 		return false
 	}
 	// "HTTP/1.1 200": the status line is all that is needed.
-	var head [12]byte
-	if _, err := io.ReadFull(c, head[:]); err != nil {
-		return false
+	br := bufio.NewReaderSize(c, 4<<10)
+	head, err := br.Peek(12)
+	ok := err == nil && bytes.HasPrefix(head, []byte("HTTP/1.")) && head[8] == ' '
+	if !stop() || !ok || p.keep == nil {
+		c.Close()
+		return ok
 	}
-	return bytes.HasPrefix(head[:], []byte("HTTP/1.")) && head[8] == ' '
+	c.SetDeadline(time.Time{})
+	p.keep(p.addr, c, br)
+	return true
 }
 
 func (p *probe) dial(ctx context.Context) (net.Conn, error) {

@@ -1,8 +1,10 @@
 package server
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -70,7 +72,7 @@ func TestProbe_AnswersHTTP(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
 			defer cancel()
-			if got := newProbe(tt.addr).answersHTTP(ctx); got != tt.want {
+			if got := newProbe(tt.addr, nil).answersHTTP(ctx); got != tt.want {
 				t.Errorf("answersHTTP = %v, want %v", got, tt.want)
 			}
 		})
@@ -106,7 +108,7 @@ func TestPollReady(t *testing.T) {
 		}
 		return time.Microsecond
 	}
-	if err := pollReady(t.Context(), addr, interval); err != nil {
+	if err := pollReady(t.Context(), addr, interval, nil); err != nil {
 		t.Fatalf("pollReady: %v", err)
 	}
 	select {
@@ -122,7 +124,108 @@ func TestPollReady(t *testing.T) {
 	l.Close()
 	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Millisecond)
 	defer cancel()
-	if err := pollReady(ctx, l.Addr().String(), interval); !errors.Is(err, context.DeadlineExceeded) {
+	if err := pollReady(ctx, l.Addr().String(), interval, nil); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("pollReady of nothing: %v, want DeadlineExceeded", err)
+	}
+}
+
+func TestProbe_KeepsAnsweredConnection(t *testing.T) {
+	var (
+		mu     sync.Mutex
+		conns  = map[string]int{} // requests per client address
+		closes []string           // Connection headers seen
+	)
+	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		conns[r.RemoteAddr]++
+		closes = append(closes, r.Header.Get("Connection"))
+		mu.Unlock()
+		w.Write([]byte("ok"))
+	}))
+	defer s.Close()
+	addr := s.Listener.Addr().String()
+
+	// Without a keeper the probe asks the backend to close.
+	if !newProbe(addr, nil).answersHTTP(t.Context()) {
+		t.Fatal("the probe got no answer")
+	}
+	// With one, the keeper gets the answered connection, still open, with
+	// the answer in its reader, and can send the next request on it.
+	type kept struct {
+		addr string
+		c    net.Conn
+		br   *bufio.Reader
+	}
+	keptC := make(chan kept, 1)
+	keep := func(a string, c net.Conn, br *bufio.Reader) { keptC <- kept{a, c, br} }
+	if !newProbe(addr, keep).answersHTTP(t.Context()) {
+		t.Fatal("the probe got no answer")
+	}
+	var k kept
+	select {
+	case k = <-keptC:
+	default:
+		t.Fatal("the answered connection was not handed over")
+	}
+	defer k.c.Close()
+	if k.addr != addr {
+		t.Errorf("handed over for %q, want %q", k.addr, addr)
+	}
+	res, err := http.ReadResponse(k.br, nil)
+	if err != nil {
+		t.Fatalf("the probe's answer: %v", err)
+	}
+	io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	if _, err := k.c.Write([]byte("GET /next HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	if res, err = http.ReadResponse(k.br, nil); err != nil {
+		t.Fatalf("a second request on the kept connection: %v", err)
+	}
+	res.Body.Close()
+
+	mu.Lock()
+	defer mu.Unlock()
+	if len(conns) != 2 || len(closes) != 3 || closes[0] != "close" || closes[1] != "" {
+		t.Errorf("the backend saw %d connections (requests per connection %v) and Connection headers %q; want 2 connections, close on the first probe only", len(conns), conns, closes)
+	}
+
+	// A keeper is not called for a probe that got no answer.
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed.Close()
+	if newProbe(closed.Addr().String(), keep).answersHTTP(t.Context()) {
+		t.Error("a refused probe counted as an answer")
+	}
+	select {
+	case <-keptC:
+		t.Error("a refused probe handed over a connection")
+	default:
+	}
+}
+
+// The proxy gets a probe's connection only while a request waits for the
+// backend; otherwise the connection is closed.
+func TestManager_KeepFor(t *testing.T) {
+	var kept []net.Conn
+	m := &Manager{cfg: Config{KeepConn: func(_ string, c net.Conn, _ *bufio.Reader) { kept = append(kept, c) }}}
+	inst := &instance{}
+	for _, waiting := range []int64{0, 1} {
+		inst.waiting.Store(waiting)
+		here, there := net.Pipe()
+		m.keepFor(inst)("127.0.0.1:1", here, bufio.NewReader(here))
+		there.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		_, err := there.Read(make([]byte, 1))
+		closed := errors.Is(err, io.EOF)
+		if closed != (waiting == 0) || len(kept) != int(waiting) {
+			t.Errorf("with %d waiting: closed %v (%v), kept %d; want closed only with none waiting", waiting, closed, err, len(kept))
+		}
+		here.Close()
+	}
+	if (&Manager{}).keepFor(inst) != nil {
+		t.Error("without Config.KeepConn the probe got a keeper")
 	}
 }

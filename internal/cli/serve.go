@@ -193,6 +193,8 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 	}
 	defer states.Close()
 	mgr.SetHooks(server.Hooks{BeforeStart: states.BeforeStart, AfterExit: states.AfterExit, Recovered: states.Recovered})
+	px := proxy.New(proxy.Config{Resolver: mgr, Signer: signer, Logger: log})
+	mgr.SetKeepConn(px.Keep)
 	if err := mgr.Reconcile(ctx); err != nil {
 		return err
 	}
@@ -206,7 +208,6 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 		Handler:           server.NewAPI(server.APIConfig{Manager: mgr, APIKey: o.APIKey, Gatherer: reg, Logger: log, Mux: mux}),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
-	px := proxy.New(proxy.Config{Resolver: mgr, Signer: signer, Logger: log})
 	proxySrv := px.NewServer(proxy.ServerConfig{IdleTimeout: 30 * time.Second, NoEventLoop: o.ProxyGoroutine})
 
 	backendSrv := &http.Server{Handler: states.BackendAPI(), ReadHeaderTimeout: 30 * time.Second}

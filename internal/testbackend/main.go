@@ -13,6 +13,8 @@
 //	/exit?code=N      replies, then exits with code N
 //	/crash            replies, then panics (exit status 2)
 //	/sleep?ms=N       replies after N milliseconds
+//	/conn             JSON array of the requests its connection carried so
+//	                  far, this one included: "METHOD PATH USER-AGENT"
 //
 // Knobs:
 //
@@ -28,6 +30,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -38,6 +41,7 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -79,7 +83,32 @@ func main() {
 		fatal("listen: %v", err)
 	}
 	fmt.Fprintf(os.Stderr, "listening on %s\n", ln.Addr())
-	fatal("serve: %v", http.Serve(ln, mux()))
+	srv := &http.Server{
+		Handler: recordRequests(mux()),
+		ConnContext: func(ctx context.Context, _ net.Conn) context.Context {
+			return context.WithValue(ctx, connKey{}, new(connLog))
+		},
+	}
+	fatal("serve: %v", srv.Serve(ln))
+}
+
+// connLog is what one connection carried, for /conn.
+type connLog struct {
+	mu       sync.Mutex
+	requests []string
+}
+
+type connKey struct{}
+
+func recordRequests(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if cl, ok := r.Context().Value(connKey{}).(*connLog); ok {
+			cl.mu.Lock()
+			cl.requests = append(cl.requests, r.Method+" "+r.URL.Path+" "+r.UserAgent())
+			cl.mu.Unlock()
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 func mux() *http.ServeMux {
@@ -127,6 +156,12 @@ func mux() *http.ServeMux {
 		}
 		c.Close()
 		writeJSON(w, map[string]string{})
+	})
+	m.HandleFunc("/conn", func(w http.ResponseWriter, r *http.Request) {
+		cl := r.Context().Value(connKey{}).(*connLog)
+		cl.mu.Lock()
+		defer cl.mu.Unlock()
+		writeJSON(w, cl.requests)
 	})
 	m.HandleFunc("/sleep", func(w http.ResponseWriter, r *http.Request) {
 		ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))

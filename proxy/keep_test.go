@@ -1,0 +1,181 @@
+package proxy
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// A readiness probe's answered connection, handed to Keep, carries the
+// first request to a starting backend when the answer is whole and the
+// connection reusable, and is closed otherwise.
+func TestProxy_Keep(t *testing.T) {
+	for _, tt := range []struct {
+		name, answer string
+		kept         bool
+	}{
+		{"length", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", true},
+		{"no body", "HTTP/1.1 204 No Content\r\n\r\n", true},
+		{"any status", "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n", true},
+		{"close", "HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok", false},
+		{"HTTP/1.0", "HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok", false},
+		{"chunked", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", true},
+		{"chunked, trailers", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\nX-T: 1\r\n\r\n", true},
+		{"chunks not all read", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n", false},
+		{"more after the chunks", "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\nHTTP", false},
+		{"chunked, close", "HTTP/1.1 200 OK\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", false},
+		{"no body, but bytes", "HTTP/1.1 304 Not Modified\r\n\r\nxx", false},
+		{"until close", "HTTP/1.1 200 OK\r\n\r\nok", false},
+		{"body not all read", "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok", false},
+		{"head not all read", "HTTP/1.1 200 OK\r\nContent-Len", false},
+		{"more than one answer", "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\n", false},
+		{"interim", "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			be := newKeepBackend(t, tt.answer)
+			f := newFixture(t, http.NotFoundHandler())
+			started := make(chan struct{})
+			f.resolver.mu.Lock()
+			f.resolver.routes["bk_k"] = Route{BackendID: "bk_k", Addr: be.addr}
+			f.resolver.starting["bk_k"] = started
+			f.resolver.mu.Unlock()
+
+			type reply struct {
+				status int
+				body   string
+			}
+			replied := make(chan reply, 1)
+			go func() {
+				res, err := http.Get(f.server.URL + "/" + f.token("bk_k") + "/first")
+				if err != nil {
+					t.Error(err)
+					replied <- reply{}
+					return
+				}
+				b, _ := io.ReadAll(res.Body)
+				res.Body.Close()
+				replied <- reply{res.StatusCode, string(b)}
+			}()
+			waitFor(t, "the request to wait for the start", func() bool { return f.resolver.calls.Load() > 0 })
+
+			// The probe: one GET, and the answer read as far as it came.
+			c, err := net.Dial("tcp", be.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: "+be.addr+"\r\nUser-Agent: berth-readiness\r\n\r\n"); err != nil {
+				t.Fatal(err)
+			}
+			br := bufio.NewReader(c)
+			if _, err := br.Peek(len(tt.answer)); err != nil {
+				t.Fatal(err)
+			}
+			f.proxy.Keep(be.addr, c, br)
+			close(started)
+
+			r := <-replied
+			if r.status != http.StatusOK || r.body != "/first" {
+				t.Fatalf("the first request got %d %q, want 200 /first", r.status, r.body)
+			}
+			probeConn := be.conn(0)
+			if tt.kept {
+				if got := probeConn.requests(); !equal(got, []string{"/", "/first"}) {
+					t.Errorf("the probe's connection carried %q, want the probe and the first request", got)
+				}
+				if n := be.conns(); n != 1 {
+					t.Errorf("the backend accepted %d connections, want 1", n)
+				}
+				return
+			}
+			select {
+			case <-probeConn.closed:
+			case <-time.After(5 * time.Second):
+				t.Fatal("the probe's connection was neither kept nor closed")
+			}
+			if got := probeConn.requests(); !equal(got, []string{"/"}) {
+				t.Errorf("the probe's connection carried %q, want the probe only", got)
+			}
+		})
+	}
+}
+
+// keepBackend answers a probe (GET /) with a fixed answer and any other
+// request with its path, and records what each connection saw.
+type keepBackend struct {
+	addr string
+	mu   sync.Mutex
+	cs   []*keptConn
+}
+
+type keptConn struct {
+	mu     sync.Mutex
+	paths  []string
+	closed chan struct{} // the peer closed it
+}
+
+func (k *keptConn) requests() []string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return append([]string(nil), k.paths...)
+}
+
+func newKeepBackend(t *testing.T, first string) *keepBackend {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	be := &keepBackend{addr: ln.Addr().String()}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			kc := &keptConn{closed: make(chan struct{})}
+			be.mu.Lock()
+			be.cs = append(be.cs, kc)
+			be.mu.Unlock()
+			go func() {
+				defer c.Close()
+				defer close(kc.closed)
+				br := bufio.NewReader(c)
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					kc.mu.Lock()
+					kc.paths = append(kc.paths, req.URL.Path)
+					kc.mu.Unlock()
+					answer := first
+					if req.URL.Path != "/" {
+						answer = fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s", len(req.URL.Path), req.URL.Path)
+					}
+					if _, err := io.WriteString(c, answer); err != nil || strings.Contains(answer, "Connection: close") {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return be
+}
+
+func (be *keepBackend) conns() int {
+	be.mu.Lock()
+	defer be.mu.Unlock()
+	return len(be.cs)
+}
+
+func (be *keepBackend) conn(i int) *keptConn {
+	be.mu.Lock()
+	defer be.mu.Unlock()
+	return be.cs[i]
+}
