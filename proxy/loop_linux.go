@@ -93,7 +93,8 @@ const (
 type lconn struct {
 	fd        int
 	clientIP  string
-	readable  bool // epoll said so, and no read has drained it since
+	verified  verified // the connection's last good token
+	readable  bool     // epoll said so, and no read has drained it since
 	writable  bool
 	hup       bool // epoll saw the peer close or an error: reads stay due
 	peerDone  bool // a read saw the client's end of the connection
@@ -569,7 +570,7 @@ func (l *loop) readHead(c *lconn) bool {
 func (l *loop) begin(c *lconn, n int) bool {
 	p := l.s.p
 	c.reqLen, c.keep, c.begun = n, !c.req.close, l.now
-	fw, redirect, err := p.admit(&c.req)
+	fw, redirect, err := p.admit(&c.req, &c.verified)
 	switch {
 	case err != nil:
 		p.writeFastError(l.output(c), &c.req, err)

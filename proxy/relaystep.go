@@ -44,6 +44,10 @@ type relayStep struct {
 	closeDelim bool
 	keepAlive  bool
 	res        relayed
+	// rh is the head being relayed. It lives here because it points into
+	// itself (connBuf), which would move a local one to the heap on every
+	// response.
+	rh responseHead
 }
 
 // relayStep states.
@@ -81,7 +85,7 @@ func (r *relayStep) feed(in []byte, out *outBuf, room, size int, eof bool) (used
 				return used, true, r.short(rest, size, eof, errHeadTooLarge)
 			}
 			r.searched = 0
-			var rh responseHead
+			rh := &r.rh
 			if err := rh.parse(rest[:n]); err != nil {
 				return used, false, err
 			}

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/berthhq/berth/token"
 )
 
 // Server serves a Proxy on listeners. It reads each client connection
@@ -235,6 +238,7 @@ type clientConn struct {
 	state     atomic.Int32
 	idleSince atomic.Int64 // unix nanoseconds
 	clientIP  string       // for X-Forwarded-For, computed once
+	verified  verified     // the connection's last good token
 
 	// The watcher of a request in flight (see watch).
 	watchTimer *time.Timer
@@ -357,7 +361,7 @@ func (cc *clientConn) forward(req *request, n int) (keep bool) {
 	defer cc.releaseWriter(bw)
 	keep = !req.close
 
-	fw, redirect, err := p.admit(req)
+	fw, redirect, err := p.admit(req, &cc.verified)
 	switch {
 	case err != nil:
 		cc.br.Discard(n)
@@ -539,11 +543,11 @@ func (cc *clientConn) releaseWriter(bw *bufio.Writer) {
 // URL that ends with its token, or the forward to make; the forward's
 // route has no address when the backend is not known to be ready and
 // p.resolve must wait for it.
-func (p *Proxy) admit(req *request) (fw *forward, redirect bool, err error) {
+func (p *Proxy) admit(req *request, v *verified) (fw *forward, redirect bool, err error) {
 	if len(req.token) == 0 {
 		return nil, false, errMissingToken
 	}
-	claims, err := p.cfg.Signer.Verify(string(req.token), p.cfg.Now())
+	claims, err := v.verify(p.cfg.Signer, req.token, p.cfg.Now())
 	if err != nil {
 		return nil, false, tokenError(err)
 	}
@@ -552,6 +556,28 @@ func (p *Proxy) admit(req *request) (fw *forward, redirect bool, err error) {
 	}
 	route, _ := p.resolveReady(claims.BackendID)
 	return &forward{route: route, claims: claims}, false, nil
+}
+
+// verified is the last token a client connection presented that verified,
+// with its claims. A browser sends the same token on every request of a
+// keep-alive connection, and checking its signature again is most of what
+// admitting a request costs; until the token expires, the same bytes verify
+// the same way.
+type verified struct {
+	tok    []byte
+	claims token.Claims
+}
+
+func (v *verified) verify(s *token.Signer, tok []byte, now time.Time) (token.Claims, error) {
+	if len(v.tok) > 0 && bytes.Equal(v.tok, tok) && now.Before(v.claims.Expires) {
+		return v.claims, nil
+	}
+	claims, err := s.Verify(string(tok), now)
+	if err != nil {
+		return claims, err
+	}
+	v.tok, v.claims = append(v.tok[:0], tok...), claims
+	return claims, nil
 }
 
 // writeError answers with err as Proxy.writeError does, and reports
