@@ -259,38 +259,60 @@ func (m *Manager) awaitReady(ctx context.Context, inst *instance, b *berth.Backe
 			readyAt = time.Now().UTC()
 			inst.lastActive.Store(monoNow())
 			inst.openRoute()
+			if testHookRouted != nil {
+				testHookRouted(inst)
+			}
 			goruntime.Gosched()
 		}
 		readyC <- err
 	}()
 
-	for {
+	ready := func() {
+		m.transition(inst, store.Transition{To: berth.StateReady, At: readyAt})
+		inst.markReady()
+		m.cfg.Metrics.startup.Observe(time.Since(started).Seconds())
+	}
+	// A backend the probe has routed to may already have served requests
+	// and been told to stop by a client that saw them: record its ready
+	// before its stop or its exit, so its history never skips ready.
+	readyIfRouted := func() {
 		select {
-		case err := <-readyC:
-			if err != nil {
-				if ctx.Err() != nil {
-					return true // shutting down; supervise sees the stop
-				}
-				log.Warn("startup timeout", "after", b.Spawn.StartupTimeout())
-				m.stopAndTerminate(inst, h, exitC, berth.ReasonStartupTimeout, false, log)
-				return false
+		case <-inst.routable:
+			if <-readyC == nil {
+				ready()
 			}
-			m.transition(inst, store.Transition{To: berth.StateReady, At: readyAt})
-			inst.markReady()
-			m.cfg.Metrics.startup.Observe(time.Since(started).Seconds())
-			return true
-		case e := <-exitC:
-			cancel()
-			m.exited(inst, h, e, log)
-			return false
-		case <-inst.stopC:
-			cancel()
-			why, hard := inst.stopRequest()
-			m.stopAndTerminate(inst, h, exitC, why, hard, log)
-			return false
+		default:
 		}
 	}
+	select {
+	case err := <-readyC:
+		if err != nil {
+			if ctx.Err() != nil {
+				return true // shutting down; supervise sees the stop
+			}
+			log.Warn("startup timeout", "after", b.Spawn.StartupTimeout())
+			m.stopAndTerminate(inst, h, exitC, berth.ReasonStartupTimeout, false, log)
+			return false
+		}
+		ready()
+		return true
+	case e := <-exitC:
+		cancel()
+		readyIfRouted()
+		m.exited(inst, h, e, log)
+		return false
+	case <-inst.stopC:
+		cancel()
+		readyIfRouted()
+		why, hard := inst.stopRequest()
+		m.stopAndTerminate(inst, h, exitC, why, hard, log)
+		return false
+	}
 }
+
+// testHookRouted, when set by a test, runs once the probe has opened a
+// starting backend's route, before ready is recorded.
+var testHookRouted func(*instance)
 
 // keepFor returns the ConnKeeper for inst's readiness probe: the proxy gets
 // the answered connection only while a request waits to use it, so a

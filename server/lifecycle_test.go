@@ -1,0 +1,94 @@
+package server
+
+import (
+	"bytes"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/berthhq/berth"
+	"github.com/berthhq/berth/api"
+	"github.com/berthhq/berth/logs"
+	"github.com/berthhq/berth/runtime"
+	"github.com/berthhq/berth/runtime/process"
+	"github.com/berthhq/berth/runtime/runtimetest"
+	"github.com/berthhq/berth/store/sqlite"
+	"github.com/berthhq/berth/token"
+)
+
+// A client can see a backend answer, through the route its probe opened,
+// and stop it before ready is recorded; the history must still read
+// scheduled, starting, ready, terminating, terminated.
+func TestManager_StopRightAfterRoute(t *testing.T) {
+	bin := runtimetest.BuildTestBackend(t)
+	st, err := sqlite.Open(filepath.Join(t.TempDir(), "berth.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	rt, err := process.New(process.Config{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer, err := token.NewSigner(bytes.Repeat([]byte("k"), token.MinKeyLen))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := New(Config{
+		Store:    st,
+		Runtimes: map[string]runtime.Runtime{"process": rt},
+		Logs:     logs.New(logs.Config{}),
+		Signer:   signer,
+		FreePort: process.FreePort,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Shutdown(t.Context()) })
+	if err := m.Reconcile(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	// The stop arrives after the route opened and before the lifecycle
+	// saw the probe succeed.
+	testHookRouted = func(inst *instance) {
+		m.Terminate(t.Context(), inst.id, true)
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Cleanup(func() { testHookRouted = nil })
+
+	res, err := m.Connect(t.Context(), &api.ConnectRequest{Key: "early-stop", Spawn: &berth.SpawnConfig{Command: []string{bin}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, err := m.Backend(t.Context(), res.BackendID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.State == berth.StateTerminated {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the backend is still %s", b.State)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	events, err := m.Events(t.Context(), res.BackendID, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var states []berth.State
+	for _, e := range events {
+		states = append(states, e.State)
+	}
+	want := []berth.State{berth.StateScheduled, berth.StateStarting, berth.StateReady, berth.StateTerminating, berth.StateTerminated}
+	if len(states) != len(want) {
+		t.Fatalf("history %v, want %v", states, want)
+	}
+	for i := range want {
+		if states[i] != want[i] {
+			t.Fatalf("history %v, want %v", states, want)
+		}
+	}
+}
