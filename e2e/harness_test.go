@@ -55,17 +55,35 @@ func freeAddrs(t *testing.T) *addrs {
 	return &addrs{api: freeAddr(t), proxy: freeAddr(t), backendAPI: freeAddr(t)}
 }
 
-// freeAddr returns a loopback address nobody listens on right now. Berth
-// must be given concrete ports so it can print (and hand out) its URLs.
+// freeAddr returns a loopback address nobody listens on right now, and
+// that no other test of this process was given. Berth must be given
+// concrete ports so it can print (and hand out) its URLs. The kernel may
+// offer a port it just offered another parallel test, whose Berth has not
+// bound it yet; two servers on one port answer each other's tests.
 func freeAddr(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("find a free port: %v", err)
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("find a free port: %v", err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		givenAddrs.Lock()
+		given := givenAddrs.m[addr]
+		givenAddrs.m[addr] = true
+		givenAddrs.Unlock()
+		if !given {
+			return addr
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
+
+// givenAddrs are the addresses freeAddr has handed out.
+var givenAddrs = struct {
+	sync.Mutex
+	m map[string]bool
+}{m: map[string]bool{}}
 
 // server is one running berth process.
 type server struct {
