@@ -63,6 +63,7 @@ type loop struct {
 	idle     map[string][]*lbackend // by address, least recently used first
 	maxIdle  int                    // per address
 	outFree  [][]byte
+	inFree   [][]byte // client read buffers of connections gone idle
 	leaving  []*lconn // clients gone while a young request is in flight
 	now      int64    // unix nanoseconds, after the last epoll_wait
 	swept    int64
@@ -101,7 +102,7 @@ type lconn struct {
 	state     int
 	idleSince int64
 
-	in         []byte // clientReadSize; in[start:end] is unconsumed
+	in         []byte // clientReadSize, nil while idle; in[start:end] is unconsumed
 	start, end int
 	searched   int // bytes of in[start:end] searched for a head's end
 	out        outBuf
@@ -390,7 +391,7 @@ func (l *loop) takeIncoming() {
 	l.incoming = nil
 	l.mu.Unlock()
 	for _, a := range incoming {
-		c := &lconn{fd: a.fd, clientIP: a.clientIP, idleSince: l.now, in: make([]byte, clientReadSize)}
+		c := &lconn{fd: a.fd, clientIP: a.clientIP, idleSince: l.now}
 		if err := l.register(a.fd, fdOwner{c: c}); err != nil {
 			l.s.p.log.Warn("proxy: event loop: register", "err", err)
 			unix.Close(a.fd)
@@ -527,6 +528,15 @@ func (l *loop) readHead(c *lconn) bool {
 	}
 	if c.start == c.end {
 		c.start, c.end = 0, 0
+		if !c.readable {
+			// Idle, with nothing to read: the read buffer waits with the
+			// loop, not with the connection, until the client speaks.
+			l.releaseInput(c)
+			return false
+		}
+		if c.in == nil {
+			c.in = l.input()
+		}
 	}
 	n := indexHeadEnd(c.in[c.start:c.end], c.searched)
 	if n < 0 {
@@ -961,6 +971,25 @@ func (l *loop) endActivity(c *lconn) {
 	}
 }
 
+// input is a client read buffer.
+func (l *loop) input() []byte {
+	if n := len(l.inFree); n > 0 {
+		b := l.inFree[n-1]
+		l.inFree[n-1] = nil
+		l.inFree = l.inFree[:n-1]
+		return b
+	}
+	return make([]byte, clientReadSize)
+}
+
+// releaseInput takes the read buffer of c, which holds nothing unconsumed.
+func (l *loop) releaseInput(c *lconn) {
+	if c.in != nil && len(l.inFree) < 64 {
+		l.inFree = append(l.inFree, c.in)
+	}
+	c.in = nil
+}
+
 func (l *loop) releaseOutput(c *lconn) {
 	if c.out.b != nil && len(l.outFree) < 64 {
 		l.outFree = append(l.outFree, c.out.b[:0])
@@ -975,6 +1004,7 @@ func (l *loop) closeClient(c *lconn) {
 	}
 	l.endActivity(c)
 	l.releaseOutput(c)
+	l.releaseInput(c)
 	delete(l.conns, c)
 	l.fds[c.fd] = fdOwner{}
 	unix.Close(c.fd)

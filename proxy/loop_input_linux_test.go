@@ -1,0 +1,44 @@
+package proxy
+
+import (
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// An idle client connection gives its read buffer back to the loop, and
+// takes one again when the client speaks.
+func TestLoop_IdleConnectionHoldsNoReadBuffer(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(fds[0])
+	defer unix.Close(fds[1])
+	l := &loop{s: &Server{}}
+	c := &lconn{fd: fds[0], in: make([]byte, clientReadSize)}
+	buf := &c.in[0]
+
+	if l.readHead(c) || c.in != nil || len(l.inFree) != 1 {
+		t.Fatalf("idle: in %d bytes, %d free; want the buffer with the loop", len(c.in), len(l.inFree))
+	}
+	if _, err := unix.Write(fds[1], []byte("GET /")); err != nil {
+		t.Fatal(err)
+	}
+	c.readable = true
+	if !l.readHead(c) || len(c.in) != clientReadSize || &c.in[0] != buf || len(l.inFree) != 0 || string(c.in[c.start:c.end]) != "GET /" {
+		t.Fatalf("readable: in %d bytes holding %q, %d free; want the loop's buffer back with what was sent", len(c.in), c.in[c.start:c.end], len(l.inFree))
+	}
+	// Half a head is not idle: the buffer stays.
+	if l.readHead(c) || c.in == nil {
+		t.Fatal("a connection with half a head lost its read buffer")
+	}
+
+	// The loop keeps at most 64.
+	for range 70 {
+		l.releaseInput(&lconn{in: make([]byte, clientReadSize)})
+	}
+	if len(l.inFree) != 64 {
+		t.Errorf("the loop keeps %d free read buffers, want 64", len(l.inFree))
+	}
+}
