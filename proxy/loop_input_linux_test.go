@@ -34,6 +34,13 @@ func TestLoop_IdleConnectionHoldsNoReadBuffer(t *testing.T) {
 		t.Fatal("a connection with half a head lost its read buffer")
 	}
 
+	// Woken with nothing to read (edge-triggered epoll may say readable
+	// for bytes an earlier read took): still idle, no buffer.
+	idle := &lconn{fd: fds[1], readable: true}
+	if l.readHead(idle) || idle.in != nil || idle.readable {
+		t.Errorf("woken for nothing: in %d bytes, readable %v; want no buffer, not readable", len(idle.in), idle.readable)
+	}
+
 	// The loop keeps at most 64.
 	for range 70 {
 		l.releaseInput(&lconn{in: make([]byte, clientReadSize)})

@@ -556,6 +556,9 @@ func (l *loop) readHead(c *lconn) bool {
 		switch {
 		case e == unix.EAGAIN:
 			c.readable = false
+			if c.start == c.end {
+				l.releaseInput(c) // woken for nothing: still idle
+			}
 			return false
 		case e != 0 || k == 0:
 			l.closeClient(c) // closed, or the client went away

@@ -20,23 +20,27 @@ func TestVerified(t *testing.T) {
 	tampered := []byte(good)
 	tampered[len(tampered)/2] ^= 1
 
+	// A nil signer stands for "must be remembered": verify would panic
+	// if it asked the signer.
 	var v verified
 	for i, tt := range []struct {
 		tok     string
 		at      time.Time
+		signer  *token.Signer
 		backend string
 		err     error
 	}{
-		{good, now, "bk_1", nil},
-		{good, now.Add(time.Second), "bk_1", nil}, // remembered
-		{string(tampered), now, "", token.ErrMalformed},
-		{good, now, "bk_1", nil},
-		{other, now, "bk_2", nil},
-		{good, now, "bk_1", nil},
-		{good, now.Add(time.Minute), "", token.ErrExpired},
-		{other, now.Add(time.Minute), "bk_2", nil},
+		{good, now, s, "bk_1", nil},
+		{good, now.Add(time.Second), nil, "bk_1", nil},
+		{string(tampered), now, s, "", token.ErrMalformed},
+		{good, now, nil, "bk_1", nil},
+		{other, now, s, "bk_2", nil},
+		{other, now, nil, "bk_2", nil},
+		{good, now, s, "bk_1", nil},
+		{good, now.Add(time.Minute), s, "", token.ErrExpired},
+		{other, now.Add(time.Minute), s, "bk_2", nil},
 	} {
-		c, err := v.verify(s, []byte(tt.tok), tt.at)
+		c, err := v.verify(tt.signer, []byte(tt.tok), tt.at)
 		switch {
 		case tt.err != nil && err == nil:
 			t.Errorf("%d: verified %+v, want an error", i, c)

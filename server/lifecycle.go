@@ -249,6 +249,9 @@ func (m *Manager) awaitReady(ctx context.Context, inst *instance, b *berth.Backe
 	go func() {
 		defer m.starting.Add(-1)
 		err := pollReady(rctx, h.Addr, m.pollInterval, m.keepFor(inst))
+		if err == nil && testHookAnswered != nil {
+			testHookAnswered(inst)
+		}
 		if err == nil {
 			// The backend answers: route to it at once, from here, and let
 			// the requests that were waiting for it go out before this
@@ -259,9 +262,6 @@ func (m *Manager) awaitReady(ctx context.Context, inst *instance, b *berth.Backe
 			readyAt = time.Now().UTC()
 			inst.lastActive.Store(monoNow())
 			inst.openRoute()
-			if testHookRouted != nil {
-				testHookRouted(inst)
-			}
 			goruntime.Gosched()
 		}
 		readyC <- err
@@ -272,16 +272,14 @@ func (m *Manager) awaitReady(ctx context.Context, inst *instance, b *berth.Backe
 		inst.markReady()
 		m.cfg.Metrics.startup.Observe(time.Since(started).Seconds())
 	}
-	// A backend the probe has routed to may already have served requests
-	// and been told to stop by a client that saw them: record its ready
-	// before its stop or its exit, so its history never skips ready.
-	readyIfRouted := func() {
-		select {
-		case <-inst.routable:
-			if <-readyC == nil {
-				ready()
-			}
-		default:
+	// A backend the probe found answering may already be routed to, have
+	// served requests and been told to stop by a client that saw them.
+	// So after a stop or an exit the probe's answer is still awaited (once
+	// cancelled it comes at once) and a yes is recorded as ready first:
+	// the history never skips ready.
+	readyIfAnswered := func() {
+		if <-readyC == nil {
+			ready()
 		}
 	}
 	select {
@@ -298,25 +296,27 @@ func (m *Manager) awaitReady(ctx context.Context, inst *instance, b *berth.Backe
 		return true
 	case e := <-exitC:
 		cancel()
-		readyIfRouted()
+		readyIfAnswered()
 		m.exited(inst, h, e, log)
 		return false
 	case <-inst.stopC:
 		cancel()
-		readyIfRouted()
+		readyIfAnswered()
 		why, hard := inst.stopRequest()
 		m.stopAndTerminate(inst, h, exitC, why, hard, log)
 		return false
 	}
 }
 
-// testHookRouted, when set by a test, runs once the probe has opened a
-// starting backend's route, before ready is recorded.
-var testHookRouted func(*instance)
+// testHookAnswered, when set by a test, runs once a starting backend has
+// answered its probe, before the route opens.
+var testHookAnswered func(*instance)
 
 // keepFor returns the ConnKeeper for inst's readiness probe: the proxy gets
-// the answered connection only while a request waits to use it, so a
-// backend nobody has sent a request to yet leaves no idle connection behind.
+// the answered connection only while a request waits for the backend, so
+// a backend nobody has sent a request to yet leaves no idle connection
+// behind. (A waiting upgrade or request with a body does not use it; the
+// proxy's pool then closes it once idle for long.)
 func (m *Manager) keepFor(inst *instance) ConnKeeper {
 	keep := m.cfg.KeepConn
 	if keep == nil {

@@ -16,10 +16,11 @@ import (
 	"github.com/berthhq/berth/token"
 )
 
-// A client can see a backend answer, through the route its probe opened,
-// and stop it before ready is recorded; the history must still read
-// scheduled, starting, ready, terminating, terminated.
-func TestManager_StopRightAfterRoute(t *testing.T) {
+// A client can see a backend answer, through the route its probe opens,
+// and stop it before ready is recorded; or the stop can come between the
+// probe's answer and the route. The history must still read scheduled,
+// starting, ready, terminating, terminated.
+func TestManager_StopRightAfterAnswer(t *testing.T) {
 	bin := runtimetest.BuildTestBackend(t)
 	st, err := sqlite.Open(filepath.Join(t.TempDir(), "berth.db"))
 	if err != nil {
@@ -48,13 +49,13 @@ func TestManager_StopRightAfterRoute(t *testing.T) {
 	if err := m.Reconcile(t.Context()); err != nil {
 		t.Fatal(err)
 	}
-	// The stop arrives after the route opened and before the lifecycle
-	// saw the probe succeed.
-	testHookRouted = func(inst *instance) {
+	// The stop arrives after the probe's answer, before the route opens
+	// and before the lifecycle saw the answer.
+	testHookAnswered = func(inst *instance) {
 		m.Terminate(t.Context(), inst.id, true)
 		time.Sleep(20 * time.Millisecond)
 	}
-	t.Cleanup(func() { testHookRouted = nil })
+	t.Cleanup(func() { testHookAnswered = nil })
 
 	res, err := m.Connect(t.Context(), &api.ConnectRequest{Key: "early-stop", Spawn: &berth.SpawnConfig{Command: []string{bin}}})
 	if err != nil {
