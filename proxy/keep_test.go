@@ -179,3 +179,36 @@ func (be *keepBackend) conn(i int) *keptConn {
 	defer be.mu.Unlock()
 	return be.cs[i]
 }
+
+// A request waiting for a starting backend tells the resolver whether a
+// kept connection could carry it: plain GETs and HEADs can; a request
+// with a body or an upgrade cannot.
+func TestProxy_PooledHint(t *testing.T) {
+	f := newFixture(t, http.HandlerFunc(wsEcho))
+	started := make(chan struct{})
+	f.resolver.mu.Lock()
+	f.resolver.starting["bk_1"] = started
+	f.resolver.mu.Unlock()
+	go func() {
+		waitFor(t, "three waiting requests", func() bool { return f.resolver.calls.Load() >= 3 })
+		close(started)
+	}()
+	var wg sync.WaitGroup
+	wg.Add(3)
+	go func() { defer wg.Done(); f.get(t, "/"+f.token("bk_1")+"/a", nil) }()
+	go func() { defer wg.Done(); f.do(t, http.MethodPost, "/"+f.token("bk_1")+"/b", nil, "body") }()
+	go func() { defer wg.Done(); f.dialWS(t).CloseNow() }()
+	wg.Wait()
+
+	f.resolver.mu.Lock()
+	defer f.resolver.mu.Unlock()
+	pooled := 0
+	for _, p := range f.resolver.pooled {
+		if p {
+			pooled++
+		}
+	}
+	if len(f.resolver.pooled) != 3 || pooled != 1 {
+		t.Errorf("Pooled per waiting request: %v; want one true (the GET) of three", f.resolver.pooled)
+	}
+}

@@ -208,7 +208,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
 		return nil
 	}
 
-	route, err := p.resolve(r.Context(), claims.BackendID)
+	route, err := p.resolve(r.Context(), claims.BackendID, plain(r) && !p.noForwarder)
 	if err != nil {
 		return err
 	}
@@ -274,9 +274,15 @@ func (p *Proxy) resolveReady(id string) (Route, bool) {
 	return Route{}, false
 }
 
-func (p *Proxy) resolve(ctx context.Context, id string) (Route, error) {
+// resolve finds the route to backend id, waiting while it starts. pooled
+// says the request will go out on a pooled backend connection, which is
+// what Keep provides.
+func (p *Proxy) resolve(ctx context.Context, id string, pooled bool) (Route, error) {
 	if route, ok := p.resolveReady(id); ok {
 		return route, nil
+	}
+	if pooled {
+		ctx = context.WithValue(ctx, pooledKey{}, true)
 	}
 	rctx, cancel := context.WithTimeout(ctx, p.cfg.StartTimeout)
 	route, err := p.cfg.Resolver.Resolve(rctx, id)
@@ -299,6 +305,13 @@ func (p *Proxy) resolve(ctx context.Context, id string) (Route, error) {
 	}
 	return Route{}, he(http.StatusBadGateway, "backend unavailable", err)
 }
+
+type pooledKey struct{}
+
+// Pooled reports whether the request that asks Resolver.Resolve with ctx
+// will go out on a pooled backend connection: a connection given to Keep
+// meanwhile would carry it.
+func Pooled(ctx context.Context) bool { return ctx.Value(pooledKey{}) != nil }
 
 // splitToken splits "/<token>/<rest>" into the token and "/<rest>", in both
 // the decoded path and, when the client's escaping differs from the default,

@@ -40,12 +40,16 @@ type resolver struct {
 	errs     map[string]error
 	starting map[string]chan struct{}
 	calls    atomic.Int64
+	pooled   []bool // Pooled(ctx) of each call for a starting backend
 }
 
 func (r *resolver) Resolve(ctx context.Context, id string) (Route, error) {
 	r.calls.Add(1)
 	r.mu.Lock()
 	ready := r.starting[id]
+	if ready != nil {
+		r.pooled = append(r.pooled, Pooled(ctx))
+	}
 	r.mu.Unlock()
 	if ready != nil {
 		select {

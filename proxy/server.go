@@ -387,7 +387,7 @@ func (cc *clientConn) forward(req *request, n int) (keep bool) {
 		if cc.gone.Load() {
 			cancel()
 		}
-		route, err = p.resolve(ctx, claims.BackendID)
+		route, err = p.resolve(ctx, claims.BackendID, true)
 		cancel()
 		if err != nil {
 			cc.br.Discard(n)

@@ -41,7 +41,7 @@ type instance struct {
 
 	active     atomic.Int64 // open requests and WebSockets
 	lastActive atomic.Int64 // monoNow() of the last activity
-	waiting    atomic.Int64 // proxied requests waiting for routable
+	waiting    atomic.Int64 // proxied GETs and HEADs waiting for routable
 
 	mu        sync.Mutex
 	b         *berth.Backend
@@ -313,10 +313,9 @@ func (m *Manager) awaitReady(ctx context.Context, inst *instance, b *berth.Backe
 var testHookAnswered func(*instance)
 
 // keepFor returns the ConnKeeper for inst's readiness probe: the proxy gets
-// the answered connection only while a request waits for the backend, so
-// a backend nobody has sent a request to yet leaves no idle connection
-// behind. (A waiting upgrade or request with a body does not use it; the
-// proxy's pool then closes it once idle for long.)
+// the answered connection only while a request it can carry (a plain GET
+// or HEAD, proxy.Pooled) waits for the backend, so a backend that no such
+// request waits for leaves no idle connection behind.
 func (m *Manager) keepFor(inst *instance) ConnKeeper {
 	keep := m.cfg.KeepConn
 	if keep == nil {

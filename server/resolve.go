@@ -55,14 +55,17 @@ func (m *Manager) Resolve(ctx context.Context, id string) (proxy.Route, error) {
 		}
 		return proxy.Route{}, proxy.ErrGone
 	}
-	inst.waiting.Add(1)
+	// Only a request that a kept probe connection can carry counts as
+	// waiting for one (see keepFor).
+	if proxy.Pooled(ctx) {
+		inst.waiting.Add(1)
+		defer inst.waiting.Add(-1)
+	}
 	select {
 	case <-inst.routable:
 	case <-ctx.Done():
-		inst.waiting.Add(-1)
 		return proxy.Route{}, fmt.Errorf("backend %s is still starting: %w", id, ctx.Err())
 	}
-	inst.waiting.Add(-1)
 	r, ok := inst.route()
 	if !ok {
 		return proxy.Route{}, proxy.ErrGone
