@@ -40,11 +40,10 @@ func TestProxy_Keep(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			be := newKeepBackend(t, tt.answer)
 			f := newFixture(t, http.NotFoundHandler())
-			started := make(chan struct{})
 			f.resolver.mu.Lock()
 			f.resolver.routes["bk_k"] = Route{BackendID: "bk_k", Addr: be.addr}
-			f.resolver.starting["bk_k"] = started
 			f.resolver.mu.Unlock()
+			started := f.starting("bk_k")
 
 			type reply struct {
 				status int
@@ -185,10 +184,7 @@ func (be *keepBackend) conn(i int) *keptConn {
 // with a body or an upgrade cannot.
 func TestProxy_PooledHint(t *testing.T) {
 	f := newFixture(t, http.HandlerFunc(wsEcho))
-	started := make(chan struct{})
-	f.resolver.mu.Lock()
-	f.resolver.starting["bk_1"] = started
-	f.resolver.mu.Unlock()
+	started := f.starting("bk_1")
 	go func() {
 		waitFor(t, "three waiting requests", func() bool { return f.resolver.calls.Load() >= 3 })
 		close(started)

@@ -19,11 +19,8 @@ import (
 // to whatever file now has that descriptor number.
 func TestLoop_AbortWritesToClosedEventfd(t *testing.T) {
 	f := newFixture(t, http.HandlerFunc(echoURI))
-	ready := make(chan struct{})
+	ready := f.starting("bk_1")
 	defer close(ready)
-	f.resolver.mu.Lock()
-	f.resolver.starting["bk_1"] = ready
-	f.resolver.mu.Unlock()
 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -43,10 +43,7 @@ func TestServer_EventLoop(t *testing.T) {
 		t.Fatalf("loops %v, %d connections with goroutines; want the loops to hold the connection", srv.loops, goroutines())
 	}
 
-	ready := make(chan struct{})
-	f.resolver.mu.Lock()
-	f.resolver.starting["bk_1"] = ready
-	f.resolver.mu.Unlock()
+	ready := f.starting("bk_1")
 	io.WriteString(c, "GET /"+f.token("bk_1")+"/y HTTP/1.1\r\nHost: x\r\n\r\n")
 	waitFor(t, "a goroutine to wait for the backend", func() bool { return goroutines() == 1 })
 	close(ready)

@@ -218,10 +218,7 @@ func TestServer_Pipelining(t *testing.T) {
 // it, to where it can wait.
 func TestServer_HandOffToWait(t *testing.T) {
 	f := newFixture(t, http.HandlerFunc(echoURI))
-	ready := make(chan struct{})
-	f.resolver.mu.Lock()
-	f.resolver.starting["bk_1"] = ready
-	f.resolver.mu.Unlock()
+	ready := f.starting("bk_1")
 	tok := f.token("bk_1")
 	c, br := f.rawConn(t)
 	io.WriteString(c, "GET /"+tok+"/first HTTP/1.1\r\nHost: x\r\n\r\nGET /"+tok+"/second HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -176,6 +176,16 @@ func serve(t testing.TB, p *Proxy) *testServer {
 	return &testServer{URL: "http://" + ln.Addr().String()}
 }
 
+// starting makes backendID a backend that is starting: requests for it
+// wait until the returned channel is closed.
+func (f *fixture) starting(backendID string) chan struct{} {
+	ready := make(chan struct{})
+	f.resolver.mu.Lock()
+	f.resolver.starting[backendID] = ready
+	f.resolver.mu.Unlock()
+	return ready
+}
+
 func (f *fixture) token(backendID string) string {
 	return f.signer.Issue(backendID, "alice", now.Add(time.Hour))
 }
@@ -335,8 +345,7 @@ func TestProxy_ResolveErrors(t *testing.T) {
 
 func TestProxy_WaitsForStart(t *testing.T) {
 	f := newFixture(t, http.HandlerFunc(echoURI))
-	ready := make(chan struct{})
-	f.resolver.starting["bk_1"] = ready
+	ready := f.starting("bk_1")
 	time.AfterFunc(100*time.Millisecond, func() { close(ready) })
 
 	res, body := f.get(t, "/"+f.token("bk_1")+"/x", nil)
