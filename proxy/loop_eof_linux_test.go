@@ -3,12 +3,9 @@
 package proxy
 
 import (
-	"bytes"
-	"io"
 	"net/http"
 	"sync/atomic"
 	"testing"
-	"time"
 )
 
 // A response without length, read to the backend's EOF, pauses while the
@@ -30,29 +27,5 @@ func TestLoop_BackpressureToEOF(t *testing.T) {
 		}
 	}))
 	c, br := f.rawConn(t)
-	c.SetDeadline(time.Now().Add(30 * time.Second))
-	io.WriteString(c, "GET /"+f.token("bk_1")+"/eof HTTP/1.1\r\nHost: x\r\n\r\n")
-	res, err := http.ReadResponse(br, &http.Request{Method: "GET"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n := settle(t, &written); n >= bigBody {
-		t.Fatalf("backend wrote all %d", n)
-	}
-	got, want := make([]byte, 64<<10), make([]byte, 64<<10)
-	n := 0
-	for {
-		k, err := io.ReadFull(res.Body, got)
-		pattern(n, want[:k])
-		if !bytes.Equal(got[:k], want[:k]) {
-			t.Fatalf("differs after %d", n)
-		}
-		n += k
-		if err != nil {
-			break
-		}
-	}
-	if n != bigBody {
-		t.Fatalf("read %d", n)
-	}
+	stalledRead(t, f, c, br, "/eof", &written)
 }

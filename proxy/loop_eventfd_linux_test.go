@@ -22,13 +22,8 @@ func TestLoop_AbortWritesToClosedEventfd(t *testing.T) {
 	ready := f.starting("bk_1")
 	defer close(ready)
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := f.proxy.NewServer(ServerConfig{})
-	go srv.Serve(ln)
-	c, err := net.Dial("tcp", ln.Addr().String())
+	srv, addr, _ := f.ownServer(t, ServerConfig{})
+	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,12 +63,7 @@ func TestLoop_AbortWritesToClosedEventfd(t *testing.T) {
 // closed eventfds as well.
 func TestLoop_SecondShutdownWritesToClosedEventfd(t *testing.T) {
 	f := newFixture(t, http.HandlerFunc(echoURI))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := f.proxy.NewServer(ServerConfig{})
-	go srv.Serve(ln)
+	srv, _, _ := f.ownServer(t, ServerConfig{})
 	waitFor(t, "the loops", func() bool { srv.mu.Lock(); defer srv.mu.Unlock(); return srv.loops != nil })
 	if err := srv.Shutdown(context.Background()); err != nil {
 		t.Fatal(err)

@@ -15,12 +15,7 @@ import (
 // connection handed off to wait for its backend gets a goroutine.
 func TestServer_EventLoop(t *testing.T) {
 	f := newFixture(t, http.HandlerFunc(echoURI))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := f.proxy.NewServer(ServerConfig{})
-	go srv.Serve(ln)
+	srv, addr, _ := f.ownServer(t, ServerConfig{})
 	defer srv.Shutdown(t.Context())
 	goroutines := func() int {
 		srv.mu.Lock()
@@ -28,7 +23,7 @@ func TestServer_EventLoop(t *testing.T) {
 		return len(srv.conns)
 	}
 
-	c, err := net.Dial("tcp", ln.Addr().String())
+	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}

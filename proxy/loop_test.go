@@ -52,6 +52,39 @@ func bigBackend(written *atomic.Int64, finished chan<- error) http.Handler {
 
 // settle waits until the backend has stopped writing, and returns how
 // much it wrote.
+// stalledRead asks for a big patterned body at path, checks that the
+// backend stops writing while the client reads nothing, then reads the body
+// and checks it whole.
+func stalledRead(t *testing.T, f *fixture, c net.Conn, br *bufio.Reader, path string, written *atomic.Int64) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	io.WriteString(c, "GET /"+f.token("bk_1")+path+" HTTP/1.1\r\nHost: x\r\n\r\n")
+	res, err := http.ReadResponse(br, &http.Request{Method: "GET"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	if n := settle(t, written); n >= bigBody {
+		t.Fatalf("the backend wrote all %d bytes to a client that read none", n)
+	}
+	got, want := make([]byte, 64<<10), make([]byte, 64<<10)
+	n := 0
+	for {
+		k, err := io.ReadFull(res.Body, got)
+		pattern(n, want[:k])
+		if !bytes.Equal(got[:k], want[:k]) {
+			t.Fatalf("body differs after byte %d", n)
+		}
+		n += k
+		if err != nil {
+			break
+		}
+	}
+	if n != bigBody {
+		t.Fatalf("read %d body bytes, want %d", n, bigBody)
+	}
+}
+
 func settle(t *testing.T, written *atomic.Int64) int64 {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -77,32 +110,7 @@ func TestServer_Backpressure(t *testing.T) {
 		t.Run(path[1:], func(t *testing.T) {
 			written.Store(0)
 			c, br := f.rawConn(t)
-			c.SetDeadline(time.Now().Add(30 * time.Second))
-			io.WriteString(c, "GET /"+f.token("bk_1")+path+" HTTP/1.1\r\nHost: x\r\n\r\n")
-			res, err := http.ReadResponse(br, &http.Request{Method: "GET"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			if n := settle(t, &written); n >= bigBody {
-				t.Fatalf("the backend wrote all %d bytes to a client that read none", n)
-			}
-			got, want := make([]byte, 64<<10), make([]byte, 64<<10)
-			n := 0
-			for {
-				k, err := io.ReadFull(res.Body, got)
-				pattern(n, want[:k])
-				if !bytes.Equal(got[:k], want[:k]) {
-					t.Fatalf("body differs after byte %d", n)
-				}
-				n += k
-				if err != nil {
-					break
-				}
-			}
-			res.Body.Close()
-			if n != bigBody {
-				t.Fatalf("read %d body bytes, want %d", n, bigBody)
-			}
+			stalledRead(t, f, c, br, path, &written)
 			if err := <-finished; err != nil {
 				t.Fatalf("backend: %v", err)
 			}
@@ -238,14 +246,8 @@ func TestServer_ShutdownTimeout(t *testing.T) {
 	f := newFixture(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		<-release
 	}))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := f.proxy.NewServer(ServerConfig{NoEventLoop: noEventLoop})
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
-	c, err := net.Dial("tcp", ln.Addr().String())
+	srv, addr, served := f.ownServer(t, ServerConfig{NoEventLoop: noEventLoop})
+	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -273,20 +275,18 @@ func TestServer_ShutdownTimeout(t *testing.T) {
 func TestGoroutineServer(t *testing.T) {
 	noEventLoop = true
 	defer func() { noEventLoop = false }()
+	tests := behaviourTests()
 	for name, test := range map[string]func(*testing.T){
-		"Path": TestProxy_Path, "Redirect": TestProxy_Redirect, "Unauthorized": TestProxy_Unauthorized,
-		"ResolveErrors": TestProxy_ResolveErrors, "WaitsForStart": TestProxy_WaitsForStart,
-		"Headers": TestProxy_Headers, "HeaderInjection": TestProxy_HeaderInjection,
-		"Streaming": TestProxy_Streaming, "WebSocket": TestProxy_WebSocket, "Activity": TestProxy_Activity,
-		"Close": TestProxy_Close, "Head": TestProxy_Head, "Trailers": TestProxy_Trailers,
-		"EarlyHints": TestProxy_EarlyHints, "StaleConnection": TestProxy_StaleConnection,
-		"ClientCancel": TestProxy_ClientCancel, "HandOff": TestServer_HandOff,
-		"ResponseFraming": TestServer_ResponseFraming, "ConnectionClose": TestServer_ConnectionClose,
-		"IdleTimeout": TestServer_IdleTimeout, "Shutdown": TestServer_Shutdown,
-		"Backpressure": TestServer_Backpressure, "ClientLeavesMidResponse": TestServer_ClientLeavesMidResponse,
-		"Pipelining": TestServer_Pipelining, "HandOffToWait": TestServer_HandOffToWait,
-		"ShutdownTimeout": TestServer_ShutdownTimeout, "ClientHalfClose": TestServer_ClientHalfClose,
+		"HandOff": TestServer_HandOff, "ResponseFraming": TestServer_ResponseFraming,
+		"ConnectionClose": TestServer_ConnectionClose, "IdleTimeout": TestServer_IdleTimeout,
+		"Shutdown": TestServer_Shutdown, "Backpressure": TestServer_Backpressure,
+		"ClientLeavesMidResponse": TestServer_ClientLeavesMidResponse, "Pipelining": TestServer_Pipelining,
+		"HandOffToWait": TestServer_HandOffToWait, "ShutdownTimeout": TestServer_ShutdownTimeout,
+		"ClientHalfClose": TestServer_ClientHalfClose,
 	} {
+		tests[name] = test
+	}
+	for name, test := range tests {
 		t.Run(name, test)
 	}
 }

@@ -186,6 +186,20 @@ func (f *fixture) starting(backendID string) chan struct{} {
 	return ready
 }
 
+// ownServer serves f's proxy on a Server of its own, for tests that
+// shut it down themselves: its address, and what Serve returned.
+func (f *fixture) ownServer(t testing.TB, cfg ServerConfig) (srv *Server, addr string, served <-chan error) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv = f.proxy.NewServer(cfg)
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	return srv, ln.Addr().String(), done
+}
+
 func (f *fixture) token(backendID string) string {
 	return f.signer.Issue(backendID, "alice", now.Add(time.Hour))
 }
@@ -710,15 +724,21 @@ func TestProxy_ClientCancel(t *testing.T) {
 func TestHandler(t *testing.T) {
 	viaHandler = true
 	defer func() { viaHandler = false }()
-	for name, test := range map[string]func(*testing.T){
+	for name, test := range behaviourTests() {
+		t.Run(name, test)
+	}
+}
+
+// behaviourTests are the tests of the proxy's behaviour, which every way
+// of serving it must pass.
+func behaviourTests() map[string]func(*testing.T) {
+	return map[string]func(*testing.T){
 		"Path": TestProxy_Path, "Redirect": TestProxy_Redirect, "Unauthorized": TestProxy_Unauthorized,
 		"ResolveErrors": TestProxy_ResolveErrors, "WaitsForStart": TestProxy_WaitsForStart,
 		"Headers": TestProxy_Headers, "HeaderInjection": TestProxy_HeaderInjection,
 		"Streaming": TestProxy_Streaming, "WebSocket": TestProxy_WebSocket, "Activity": TestProxy_Activity,
 		"Close": TestProxy_Close, "Head": TestProxy_Head, "Trailers": TestProxy_Trailers,
 		"EarlyHints": TestProxy_EarlyHints, "StaleConnection": TestProxy_StaleConnection,
-		"ClientCancel": TestProxy_ClientCancel,
-	} {
-		t.Run(name, test)
+		"ClientCancel": TestProxy_ClientCancel, "Keep": TestProxy_Keep, "PooledHint": TestProxy_PooledHint,
 	}
 }

@@ -203,19 +203,14 @@ func TestServer_ConnectionClose(t *testing.T) {
 // closed after the idle timeout.
 func TestServer_IdleTimeout(t *testing.T) {
 	f := newFixture(t, http.HandlerFunc(echoURI))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := f.proxy.NewServer(ServerConfig{IdleTimeout: 200 * time.Millisecond, NoEventLoop: noEventLoop})
-	go srv.Serve(ln)
+	srv, addr, _ := f.ownServer(t, ServerConfig{IdleTimeout: 200 * time.Millisecond, NoEventLoop: noEventLoop})
 	defer srv.Shutdown(context.Background())
 
 	for _, sent := range []string{
 		"GET /" + f.token("bk_1") + "/x HTTP/1.1\r\nHost: x\r\n\r\n", // a request, then idle
 		"GET /" + f.token("bk_1") + "/x HTTP/1.1\r\nHo",              // half a head
 	} {
-		c, err := net.Dial("tcp", ln.Addr().String())
+		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -241,15 +236,9 @@ func TestServer_Shutdown(t *testing.T) {
 		}
 		io.WriteString(w, "done")
 	}))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := f.proxy.NewServer(ServerConfig{NoEventLoop: noEventLoop})
-	served := make(chan error, 1)
-	go func() { served <- srv.Serve(ln) }()
+	srv, addr, served := f.ownServer(t, ServerConfig{NoEventLoop: noEventLoop})
 	dial := func() (net.Conn, *bufio.Reader) {
-		c, err := net.Dial("tcp", ln.Addr().String())
+		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}
