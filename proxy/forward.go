@@ -40,10 +40,44 @@ type forwarder struct {
 
 type backendConn struct {
 	net.Conn
+	raw    net.Conn // Conn with raw system calls, under br and bw
 	addr   string
-	br     *bufio.Reader
+	br     *bufio.Reader // nil while idle in the pool, as bw
 	bw     *bufio.Writer
 	idleAt time.Time
+}
+
+// A backend connection borrows its buffers for a request and gives them
+// back when it goes idle in the pool: 20 KiB per connection that a backend
+// many clients visited at once may keep for 90 s.
+var (
+	backendReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, backendReadSize) }}
+	backendWriters = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }}
+)
+
+func newBackendConn(c net.Conn, addr string) *backendConn {
+	return &backendConn{Conn: c, raw: newRawConn(c), addr: addr}
+}
+
+// borrow gives bc its buffers.
+func (bc *backendConn) borrow() {
+	if bc.br == nil {
+		bc.br = backendReaders.Get().(*bufio.Reader)
+		bc.br.Reset(bc.raw)
+		bc.bw = backendWriters.Get().(*bufio.Writer)
+		bc.bw.Reset(bc.raw)
+	}
+}
+
+// giveBack returns bc's buffers, which hold nothing.
+func (bc *backendConn) giveBack() {
+	if bc.br != nil {
+		bc.br.Reset(nil)
+		backendReaders.Put(bc.br)
+		bc.bw.Reset(nil)
+		backendWriters.Put(bc.bw)
+		bc.br, bc.bw = nil, nil
+	}
 }
 
 // plain reports whether r can take the forwarder's path.
@@ -347,6 +381,7 @@ func (f *forwarder) get(ctx context.Context, addr string) (bc *backendConn, reus
 		conns[len(conns)-1] = nil
 		f.idle[addr] = conns[:len(conns)-1]
 		f.mu.Unlock()
+		bc.borrow()
 		return bc, true, nil
 	}
 	f.mu.Unlock()
@@ -354,11 +389,15 @@ func (f *forwarder) get(ctx context.Context, addr string) (bc *backendConn, reus
 	if err != nil {
 		return nil, false, err
 	}
-	rw := newRawConn(c)
-	return &backendConn{Conn: c, addr: addr, br: bufio.NewReaderSize(rw, 16<<10), bw: bufio.NewWriterSize(rw, 4<<10)}, false, nil
+	bc = newBackendConn(c, addr)
+	bc.borrow()
+	return bc, false, nil
 }
 
+// put keeps bc, whose buffers hold nothing, for the next request to its
+// address.
 func (f *forwarder) put(bc *backendConn) {
+	bc.giveBack()
 	bc.idleAt = time.Now()
 	f.mu.Lock()
 	conns := f.idle[bc.addr]
@@ -436,8 +475,7 @@ func (p *Proxy) Keep(addr string, c net.Conn, br *bufio.Reader) {
 		c.Close()
 		return
 	}
-	rw := newRawConn(c)
-	p.fwd.put(&backendConn{Conn: c, addr: addr, br: bufio.NewReaderSize(rw, 16<<10), bw: bufio.NewWriterSize(rw, 4<<10)})
+	p.fwd.put(newBackendConn(c, addr))
 }
 
 // completeResponse reports whether br holds exactly one whole final

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"errors"
+	"io"
 	"net"
 	"os"
 	"testing"
@@ -37,5 +38,36 @@ func TestForwarder_Pool(t *testing.T) {
 		if !closed(p) {
 			t.Errorf("pruned connection %d is still open", i)
 		}
+	}
+}
+
+// A pooled connection holds no buffers; the request that takes it gets
+// buffers that work on it.
+func TestForwarder_IdleHoldsNoBuffers(t *testing.T) {
+	f := &forwarder{idleTimeout: time.Minute, maxIdle: 2}
+	defer f.close()
+	c, peer := net.Pipe()
+	defer peer.Close()
+	bc := newBackendConn(c, "a:1")
+	bc.borrow()
+	f.put(bc)
+	if bc.br != nil || bc.bw != nil {
+		t.Fatal("an idle connection kept its buffers")
+	}
+	got, reused, err := f.get(t.Context(), "a:1")
+	if err != nil || !reused || got != bc {
+		t.Fatalf("get: %v, reused %v, same %v; want the pooled connection", err, reused, got == bc)
+	}
+	go func() {
+		got.bw.WriteString("ping")
+		got.bw.Flush()
+	}()
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(peer, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("the backend read %q, %v; want ping", buf, err)
+	}
+	go peer.Write([]byte("pong"))
+	if s, err := got.br.Peek(4); err != nil || string(s) != "pong" {
+		t.Fatalf("the proxy read %q, %v; want pong", s, err)
 	}
 }

@@ -19,15 +19,15 @@ func TestLoop_IdleConnectionHoldsNoReadBuffer(t *testing.T) {
 	c := &lconn{fd: fds[0], in: make([]byte, clientReadSize)}
 	buf := &c.in[0]
 
-	if l.readHead(c) || c.in != nil || len(l.inFree) != 1 {
-		t.Fatalf("idle: in %d bytes, %d free; want the buffer with the loop", len(c.in), len(l.inFree))
+	if l.readHead(c) || c.in != nil || len(l.inFree.bufs) != 1 {
+		t.Fatalf("idle: in %d bytes, %d free; want the buffer with the loop", len(c.in), len(l.inFree.bufs))
 	}
 	if _, err := unix.Write(fds[1], []byte("GET /")); err != nil {
 		t.Fatal(err)
 	}
 	c.readable = true
-	if !l.readHead(c) || len(c.in) != clientReadSize || &c.in[0] != buf || len(l.inFree) != 0 || string(c.in[c.start:c.end]) != "GET /" {
-		t.Fatalf("readable: in %d bytes holding %q, %d free; want the loop's buffer back with what was sent", len(c.in), c.in[c.start:c.end], len(l.inFree))
+	if !l.readHead(c) || len(c.in) != clientReadSize || &c.in[0] != buf || len(l.inFree.bufs) != 0 || string(c.in[c.start:c.end]) != "GET /" {
+		t.Fatalf("readable: in %d bytes holding %q, %d free; want the loop's buffer back with what was sent", len(c.in), c.in[c.start:c.end], len(l.inFree.bufs))
 	}
 	// Half a head is not idle: the buffer stays.
 	if l.readHead(c) || c.in == nil {
@@ -45,7 +45,7 @@ func TestLoop_IdleConnectionHoldsNoReadBuffer(t *testing.T) {
 	for range 70 {
 		l.releaseInput(&lconn{in: make([]byte, clientReadSize)})
 	}
-	if len(l.inFree) != 64 {
-		t.Errorf("the loop keeps %d free read buffers, want 64", len(l.inFree))
+	if len(l.inFree.bufs) != 64 {
+		t.Errorf("the loop keeps %d free read buffers, want 64", len(l.inFree.bufs))
 	}
 }

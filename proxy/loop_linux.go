@@ -62,10 +62,11 @@ type loop struct {
 	conns    map[*lconn]struct{}
 	idle     map[string][]*lbackend // by address, least recently used first
 	maxIdle  int                    // per address
-	outFree  [][]byte
-	inFree   [][]byte // client read buffers of connections gone idle
-	leaving  []*lconn // clients gone while a young request is in flight
-	now      int64    // unix nanoseconds, after the last epoll_wait
+	outFree  freeBufs               // client write buffers between answers
+	inFree   freeBufs               // client read buffers of connections gone idle
+	beFree   freeBufs               // read buffers of backend connections gone idle
+	leaving  []*lconn               // clients gone while a young request is in flight
+	now      int64                  // unix nanoseconds, after the last epoll_wait
 	swept    int64
 	deadline int64 // of the wait on ep
 }
@@ -129,7 +130,7 @@ type lbackend struct {
 	writable   bool
 	hup        bool
 	eof        bool
-	in         []byte // 16 KiB, as the goroutine path's backend reader
+	in         []byte // backendReadSize while a request is out; nil while idle
 	start, end int
 	out        outBuf
 	got        bool // bytes of the current response arrived
@@ -441,6 +442,9 @@ func (l *loop) stop() {
 // connects that take too long.
 func (l *loop) sweep() {
 	l.swept = l.now
+	l.inFree.trim()
+	l.beFree.trim()
+	l.outFree.trim()
 	cutoff := l.now - int64(l.s.idleTimeout)
 	for c := range l.conns {
 		switch {
@@ -616,12 +620,7 @@ func (l *loop) begin(c *lconn, n int) bool {
 // output is c's output buffer.
 func (l *loop) output(c *lconn) *outBuf {
 	if c.out.b == nil {
-		if n := len(l.outFree); n > 0 {
-			c.out.b, l.outFree[n-1] = l.outFree[n-1], nil
-			l.outFree = l.outFree[:n-1]
-		} else {
-			c.out.b = make([]byte, 0, clientOutMax+4<<10)
-		}
+		c.out.b = l.outFree.get(clientOutMax + 4<<10)[:0]
 	}
 	return &c.out
 }
@@ -695,7 +694,7 @@ func (l *loop) dial(addr string) (*lbackend, error) {
 		unix.Close(fd)
 		return nil, fmt.Errorf("dial tcp %s: connect: %w", addr, err)
 	}
-	b := &lbackend{fd: fd, addr: addr, in: make([]byte, backendReadSize), dialAt: l.now}
+	b := &lbackend{fd: fd, addr: addr, dialAt: l.now}
 	if err := l.register(fd, fdOwner{b: b}); err != nil {
 		unix.Close(fd)
 		return nil, fmt.Errorf("dial tcp %s: epoll_ctl: %w", addr, err)
@@ -723,6 +722,9 @@ func (l *loop) connected(c *lconn) bool {
 
 func (l *loop) startSend(c *lconn) bool {
 	b := c.be
+	if b.in == nil {
+		b.in = l.beFree.get(backendReadSize)
+	}
 	b.out.b = b.out.b[:0]
 	writeFastRequest(&b.out, &c.req, c.fw, c.clientIP)
 	b.got, b.eof = false, false
@@ -975,28 +977,56 @@ func (l *loop) endActivity(c *lconn) {
 }
 
 // input is a client read buffer.
-func (l *loop) input() []byte {
-	if n := len(l.inFree); n > 0 {
-		b := l.inFree[n-1]
-		l.inFree[n-1] = nil
-		l.inFree = l.inFree[:n-1]
-		return b
-	}
-	return make([]byte, clientReadSize)
-}
+func (l *loop) input() []byte { return l.inFree.get(clientReadSize) }
 
 // releaseInput takes the read buffer of c, which holds nothing unconsumed.
 func (l *loop) releaseInput(c *lconn) {
-	if c.in != nil && len(l.inFree) < 64 {
-		l.inFree = append(l.inFree, c.in)
-	}
+	l.inFree.put(c.in)
 	c.in = nil
 }
 
-func (l *loop) releaseOutput(c *lconn) {
-	if c.out.b != nil && len(l.outFree) < 64 {
-		l.outFree = append(l.outFree, c.out.b[:0])
+// freeBufs is a loop's spare buffers of one kind: a connection going idle
+// leaves its buffer here, and one with bytes to move takes it back. The
+// list holds at most maxFreeBufs, and trim, at every sweep, drops the
+// spares that went unused since the last one, so a spike's buffers do not
+// stay with the loop for good.
+type freeBufs struct {
+	bufs [][]byte
+	low  int // the fewest spares since the last trim
+}
+
+const maxFreeBufs = 64
+
+// get returns a spare, or a new buffer of size bytes.
+func (f *freeBufs) get(size int) []byte {
+	n := len(f.bufs)
+	if n == 0 {
+		return make([]byte, size)
 	}
+	b := f.bufs[n-1]
+	f.bufs[n-1] = nil
+	f.bufs = f.bufs[:n-1]
+	f.low = min(f.low, n-1)
+	return b
+}
+
+func (f *freeBufs) put(b []byte) {
+	if b != nil && len(f.bufs) < maxFreeBufs {
+		f.bufs = append(f.bufs, b)
+	}
+}
+
+// trim drops the spares no get needed since the last trim: the bottom of
+// the list, which is what stayed below its lowest point.
+func (f *freeBufs) trim() {
+	n := copy(f.bufs, f.bufs[f.low:])
+	clear(f.bufs[n:])
+	f.bufs = f.bufs[:n]
+	f.low = n
+}
+
+func (l *loop) releaseOutput(c *lconn) {
+	l.outFree.put(c.out.b)
 	c.out.b = nil
 }
 
@@ -1016,6 +1046,8 @@ func (l *loop) closeClient(c *lconn) {
 
 func (l *loop) closeBackend(b *lbackend) {
 	b.owner = nil
+	l.beFree.put(b.in)
+	b.in = nil
 	l.fds[b.fd] = fdOwner{}
 	unix.Close(b.fd)
 	b.fd = -1
@@ -1029,6 +1061,10 @@ func (l *loop) putIdle(b *lbackend) {
 	}
 	b.idleAt = l.now
 	b.start, b.end = 0, 0
+	// An idle connection holds no read buffer: a backend that many
+	// clients visited at once may keep hundreds of them for 90 s.
+	l.beFree.put(b.in)
+	b.in = nil
 	l.idle[b.addr] = append(bs, b)
 }
 
