@@ -655,6 +655,13 @@ func (l *loop) connect(c *lconn) bool {
 	return true
 }
 
+// loopCanDial reports whether a loop can connect to addr itself: an IP
+// literal and a port.
+func loopCanDial(addr string) bool {
+	_, err := sockaddr(addr)
+	return err == nil
+}
+
 // sockaddr parses an IP literal address.
 func sockaddr(addr string) (unix.Sockaddr, error) {
 	ap, err := netip.ParseAddrPort(addr)

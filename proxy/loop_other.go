@@ -11,5 +11,6 @@ type loopGroup struct{}
 func startLoops(*Server) *loopGroup { return nil }
 
 func (*loopGroup) adopt(net.Conn) bool { return false }
+func loopCanDial(string) bool          { return false }
 func (*loopGroup) wake()               {}
 func (*loopGroup) abort()              {}

@@ -247,6 +247,10 @@ type clientConn struct {
 	gone       atomic.Bool
 	bc         atomic.Pointer[backendConn]
 	cancelWait atomic.Pointer[context.CancelFunc]
+
+	// loopable: the last request's backend is one an event loop can
+	// reach, so the connection may go back to one (see rejoin).
+	loopable bool
 }
 
 func (cc *clientConn) closeIfIdle() {
@@ -301,6 +305,10 @@ func (cc *clientConn) serve() {
 		if !keep || s.closing.Load() {
 			return
 		}
+		if cc.loopable && cc.br.Buffered() == 0 && cc.rejoin() {
+			handedOff = true
+			return
+		}
 		cc.idleSince.Store(time.Now().UnixNano())
 		if !cc.state.CompareAndSwap(connActive, connIdle) || s.closing.Load() {
 			return
@@ -349,6 +357,29 @@ func (cc *clientConn) handOff() bool {
 	if !cc.s.handoff.put(hc) {
 		cc.c.Close()
 	}
+	return true
+}
+
+// rejoin gives the connection, which has nothing buffered, to an event
+// loop. A loop hands a connection to a goroutine when its request must
+// wait for a backend to start; once that request is answered, the loop
+// serves the rest of the connection's requests, as it would have had the
+// backend been ready (a browser keeps the connection that opened a
+// document for the document's later requests).
+func (cc *clientConn) rejoin() bool {
+	c := cc.c
+	if hc, ok := c.(*handoffConn); ok {
+		if len(hc.prefix) > 0 {
+			return false
+		}
+		c = hc.Conn
+	}
+	if !cc.s.loops.adopt(c) {
+		return false
+	}
+	cc.br.Reset(nil)
+	cc.s.readers.Put(cc.br)
+	cc.br = nil
 	return true
 }
 
@@ -402,6 +433,7 @@ func (cc *clientConn) forward(req *request, n int) (keep bool) {
 		defer a.End()
 	}
 	fw.route = route
+	cc.loopable = s.loops != nil && loopCanDial(route.Addr)
 	if err := checkAdded(fw); err != nil {
 		cc.br.Discard(n)
 		return cc.writeError(bw, req, badGateway(fw, err)) && keep
