@@ -433,7 +433,13 @@ func (cc *clientConn) forward(req *request, n int) (keep bool) {
 		defer a.End()
 	}
 	fw.route = route
-	cc.loopable = s.loops != nil && loopCanDial(route.Addr)
+	// Only a backend the loops will find ready next time: with a Resolver
+	// that always makes them wait, every request would bounce the
+	// connection from a loop to a goroutine and back.
+	cc.loopable = false
+	if s.loops != nil && loopCanDial(route.Addr) {
+		_, cc.loopable = p.resolveReady(claims.BackendID)
+	}
 	if err := checkAdded(fw); err != nil {
 		cc.br.Discard(n)
 		return cc.writeError(bw, req, badGateway(fw, err)) && keep
