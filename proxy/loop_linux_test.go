@@ -3,10 +3,8 @@
 package proxy
 
 import (
-	"bufio"
 	"context"
 	"io"
-	"net"
 	"net/http"
 	"strconv"
 	"testing"
@@ -26,13 +24,7 @@ func TestServer_EventLoop(t *testing.T) {
 		return len(srv.conns)
 	}
 
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	br := bufio.NewReader(c)
+	c, br := dialRaw(t, addr)
 	io.WriteString(c, "GET /"+f.token("bk_1")+"/x HTTP/1.1\r\nHost: x\r\n\r\n")
 	if res, body := readResponse(t, br, "GET"); res.StatusCode != 200 || body != "/x" {
 		t.Fatalf("got %d %q", res.StatusCode, body)
@@ -68,12 +60,7 @@ func TestServer_RejoinWithBytesInKernel(t *testing.T) {
 	srv, addr, _ := f.ownServer(t, ServerConfig{})
 	defer srv.Shutdown(t.Context())
 	started := f.starting("bk_1")
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c, br := dialRaw(t, addr)
 	io.WriteString(c, "GET /"+f.token("bk_1")+"/first HTTP/1.1\r\nHost: x\r\n\r\n")
 	waitFor(t, "the request to wait for the start", func() bool { return f.resolver.calls.Load() > 0 })
 	io.WriteString(c, "GET /"+f.token("bk_1")+"/second HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -81,7 +68,6 @@ func TestServer_RejoinWithBytesInKernel(t *testing.T) {
 	delete(f.resolver.starting, "bk_1")
 	f.resolver.mu.Unlock()
 	close(started)
-	br := bufio.NewReader(c)
 	for _, want := range []string{"/first", "/second"} {
 		if res, body := readResponse(t, br, "GET"); res.StatusCode != 200 || body != want {
 			t.Fatalf("got %d %q, want 200 %q", res.StatusCode, body, want)
@@ -104,13 +90,7 @@ func TestServer_NoRejoinWithoutResolveReady(t *testing.T) {
 	f.proxy.cfg.Resolver = readyless{f.resolver}
 	srv, addr, _ := f.ownServer(t, ServerConfig{})
 	defer srv.Shutdown(t.Context())
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
-	br := bufio.NewReader(c)
+	c, br := dialRaw(t, addr)
 	for i := range 3 {
 		path := "/" + strconv.Itoa(i)
 		io.WriteString(c, "GET /"+f.token("bk_1")+path+" HTTP/1.1\r\nHost: x\r\n\r\n")

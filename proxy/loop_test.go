@@ -247,12 +247,7 @@ func TestServer_ShutdownTimeout(t *testing.T) {
 		<-release
 	}))
 	srv, addr, served := f.ownServer(t, ServerConfig{NoEventLoop: noEventLoop})
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(10 * time.Second))
+	c, _ := dialRaw(t, addr)
 	io.WriteString(c, "GET /"+f.token("bk_1")+"/slow HTTP/1.1\r\nHost: x\r\n\r\n")
 	waitFor(t, "the request to begin", func() bool { return f.activity.begins.Load() == 1 })
 

@@ -16,7 +16,14 @@ import (
 // rawConn opens a client connection to the fixture's proxy.
 func (f *fixture) rawConn(t *testing.T) (net.Conn, *bufio.Reader) {
 	t.Helper()
-	c, err := net.Dial("tcp", strings.TrimPrefix(f.server.URL, "http://"))
+	return dialRaw(t, strings.TrimPrefix(f.server.URL, "http://"))
+}
+
+// dialRaw opens a client connection to addr, closed when the test ends,
+// with a deadline that keeps a hung test from hanging for good.
+func dialRaw(t *testing.T, addr string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
