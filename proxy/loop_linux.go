@@ -114,7 +114,8 @@ type lconn struct {
 	reqLen     int
 	keep       bool
 	closeAfter bool
-	fw         *forward
+	fw         *forward // &fwd while a request is in flight
+	fwd        forward
 	activity   Activity
 	be         *lbackend
 	attempt    int
@@ -587,7 +588,8 @@ func (l *loop) readHead(c *lconn) bool {
 func (l *loop) begin(c *lconn, n int) bool {
 	p := l.s.p
 	c.reqLen, c.keep, c.begun = n, !c.req.close, l.now
-	fw, redirect, err := p.admit(&c.req, &c.verified)
+	fw := &c.fwd
+	redirect, err := p.admit(&c.req, &c.verified, fw)
 	switch {
 	case err != nil:
 		p.writeFastError(l.output(c), &c.req, err)
@@ -966,7 +968,7 @@ func (l *loop) flush(c *lconn) bool {
 		return false
 	}
 	l.endActivity(c)
-	c.fw = nil
+	c.fw, c.fwd = nil, forward{} // holds nothing of a backend between requests
 	l.releaseOutput(c)
 	if c.closeAfter || l.s.closing.Load() {
 		l.closeClient(c)

@@ -251,6 +251,7 @@ type clientConn struct {
 	// loopable: the last request's backend is one an event loop can
 	// reach, so the connection may go back to one (see rejoin).
 	loopable bool
+	fwd      forward // the request in flight's
 }
 
 func (cc *clientConn) closeIfIdle() {
@@ -392,7 +393,9 @@ func (cc *clientConn) forward(req *request, n int) (keep bool) {
 	defer cc.releaseWriter(bw)
 	keep = !req.close
 
-	fw, redirect, err := p.admit(req, &cc.verified)
+	fw := &cc.fwd
+	defer func() { cc.fwd = forward{} }() // holds nothing of a backend between requests
+	redirect, err := p.admit(req, &cc.verified, fw)
 	switch {
 	case err != nil:
 		cc.br.Discard(n)
@@ -578,22 +581,24 @@ func (cc *clientConn) releaseWriter(bw *bufio.Writer) {
 
 // admit checks a parsed request's token and looks up its backend's route
 // without waiting. It returns the error to answer with, or redirect for a
-// URL that ends with its token, or the forward to make; the forward's
-// route has no address when the backend is not known to be ready and
-// p.resolve must wait for it.
-func (p *Proxy) admit(req *request, v *verified) (fw *forward, redirect bool, err error) {
+// URL that ends with its token, or fills in fw, the forward to make (the
+// caller's, so that a request allocates nothing); fw's route has no
+// address when the backend is not known to be ready and p.resolve must
+// wait for it.
+func (p *Proxy) admit(req *request, v *verified, fw *forward) (redirect bool, err error) {
 	if len(req.token) == 0 {
-		return nil, false, errMissingToken
+		return false, errMissingToken
 	}
 	claims, err := v.verify(p.cfg.Signer, req.token, p.cfg.Now())
 	if err != nil {
-		return nil, false, tokenError(err)
+		return false, tokenError(err)
 	}
 	if !req.hasRest {
-		return nil, true, nil
+		return true, nil
 	}
 	route, _ := p.resolveReady(claims.BackendID)
-	return &forward{route: route, claims: claims}, false, nil
+	*fw = forward{route: route, claims: claims}
+	return false, nil
 }
 
 // verified is the last token a client connection presented that verified,
