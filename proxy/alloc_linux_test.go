@@ -17,46 +17,32 @@ import (
 func TestLoop_ForwardsWithoutAllocating(t *testing.T) {
 	const response = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 	answer := []byte(response)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
+	backend := rawListener(t, func(c net.Conn) {
+		buf := make([]byte, 4096)
+		have := 0
 		for {
-			c, err := ln.Accept()
+			n, err := c.Read(buf[have:])
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 4096)
-				have := 0
-				for {
-					n, err := c.Read(buf[have:])
-					if err != nil {
-						return
-					}
-					have += n
-					for {
-						end := bytes.Index(buf[:have], []byte("\r\n\r\n"))
-						if end < 0 {
-							break
-						}
-						if _, err := c.Write(answer); err != nil {
-							return
-						}
-						have = copy(buf, buf[end+4:have])
-					}
+			have += n
+			for {
+				end := bytes.Index(buf[:have], []byte("\r\n\r\n"))
+				if end < 0 {
+					break
 				}
-			}()
+				if _, err := c.Write(answer); err != nil {
+					return
+				}
+				have = copy(buf, buf[end+4:have])
+			}
 		}
-	}()
+	})
 
 	f := newFixture(t, http.NotFoundHandler())
 	f.resolver.mu.Lock()
 	route := f.resolver.routes["bk_1"]
-	route.Addr = ln.Addr().String()
+	route.Addr = backend
 	f.resolver.routes["bk_1"] = route
 	f.resolver.mu.Unlock()
 	_, addr, _ := f.ownServer(t, ServerConfig{})

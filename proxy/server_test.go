@@ -99,6 +99,21 @@ func TestServer_HandOff(t *testing.T) {
 // raw response and reports whether to keep the connection.
 func rawBackend(t *testing.T, reply func(w io.Writer, req *http.Request) bool) string {
 	t.Helper()
+	return rawListener(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil || !reply(c, req) {
+				return
+			}
+		}
+	})
+}
+
+// rawListener serves each connection with serve, which owns it until it
+// returns, until the test ends; it returns the listener's address.
+func rawListener(t *testing.T, serve func(c net.Conn)) string {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -112,13 +127,7 @@ func rawBackend(t *testing.T, reply func(w io.Writer, req *http.Request) bool) s
 			}
 			go func() {
 				defer c.Close()
-				br := bufio.NewReader(c)
-				for {
-					req, err := http.ReadRequest(br)
-					if err != nil || !reply(c, req) {
-						return
-					}
-				}
+				serve(c)
 			}()
 		}
 	}()
