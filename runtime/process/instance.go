@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/berthhq/berth/runtime"
@@ -19,6 +20,14 @@ type instance struct {
 	st   state
 	done chan struct{} // closed once the leader has exited and its output is copied
 	exit runtime.Exit  // set before done is closed
+
+	// child is set for a process this Runtime started: until cmd.Wait has
+	// reaped the leader (reaped), its pid, and so the group id, cannot
+	// name another process, so reused need not read /proc to tell. (Like
+	// the read, this is a check before a kill(2): a reap in between would
+	// need the pid numbers to wrap around before the kill to matter.)
+	child  bool
+	reaped atomic.Bool
 
 	mu     sync.Mutex
 	tail   *tail
@@ -96,6 +105,9 @@ func (i *instance) follow(w io.Writer, r *Runtime, log *slog.Logger) bool {
 // reused reports whether the leader's pid now names another process, which
 // means the group is gone and its id free for others.
 func (i *instance) reused() bool {
+	if i.child && !i.reaped.Load() {
+		return false
+	}
 	s, err := readStat(i.st.PID)
 	return err == nil && s.start != i.st.Start
 }
@@ -149,12 +161,13 @@ func (i *instance) kill(ctx context.Context) error {
 
 // members lists the running processes of the group and the cgroup.
 func (i *instance) members() ([]int, error) {
-	if i.reused() {
+	// Usually the group is empty once the leader is gone: one kill(2) says
+	// so, sparing a scan of all of /proc on every stop (and, an empty group
+	// being empty whoever had its id, the read of the leader's stat).
+	if i.st.Cgroup == "" && unix.Kill(-i.st.PGID, 0) == unix.ESRCH {
 		return nil, nil
 	}
-	// Usually the group is empty once the leader is gone: one kill(2) says
-	// so, sparing a scan of all of /proc on every stop.
-	if i.st.Cgroup == "" && unix.Kill(-i.st.PGID, 0) == unix.ESRCH {
+	if i.reused() {
 		return nil, nil
 	}
 	pids, err := groupMembers(i.st.PGID, i.st.Start)

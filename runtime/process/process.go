@@ -3,11 +3,11 @@
 // Docker engine answers.
 //
 // Every backend gets a directory Dir/<backend id> holding its working
-// directory (work/, also $HOME), its $TMPDIR (tmp/), its output log
-// (output.log) and its handle (handle.json, which List reads). Cleanup
-// prepares the next backend's directory (Dir/.spare-N), so a start usually
-// only renames one into place; what a backend's processes used (work/,
-// tmp/, output.log) is never given to another. The backend writes stdout
+// directory (work/, also $HOME and $TMPDIR), its output log (output.log)
+// and its handle (handle.json, which List reads). Cleanup prepares the next
+// backend's directory (Dir/.spare-N), so a start usually only renames one
+// into place; what a backend's processes used (work/, output.log) is never
+// given to another. The backend writes stdout
 // and stderr straight to output.log, so it survives Berth being killed (no
 // pipe to break), and the runtime tails that file into Spec.Logs. A
 // restarted Berth re-attaches through Recover, checking the pid together
@@ -40,6 +40,7 @@
 package process
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -260,17 +261,17 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (*runtime.Handle
 	}
 	log := r.log.With("backend", id)
 	base := filepath.Join(r.dir, id)
-	work, tmp := filepath.Join(base, "work"), filepath.Join(base, "tmp")
+	work := filepath.Join(base, "work")
 	if !r.takeSpare(base) {
-		// Dir exists (New made it): three mkdir calls, not MkdirAll's
+		// Dir exists (New made it): two mkdir calls, not MkdirAll's
 		// stats first.
-		for _, d := range []string{base, work, tmp} {
+		for _, d := range []string{base, work} {
 			if err := os.Mkdir(d, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 				return nil, fmt.Errorf("process: start %s: %w", id, err)
 			}
 		}
 	}
-	h, err := r.start(spec, base, work, tmp, log)
+	h, err := r.start(spec, base, work, log)
 	if err != nil {
 		os.RemoveAll(base)
 		return nil, fmt.Errorf("process: start %s: %w", id, err)
@@ -278,7 +279,7 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (*runtime.Handle
 	return h, nil
 }
 
-func (r *Runtime) start(spec runtime.Spec, base, work, tmp string, log *slog.Logger) (*runtime.Handle, error) {
+func (r *Runtime) start(spec runtime.Spec, base, work string, log *slog.Logger) (*runtime.Handle, error) {
 	args := berth.ExpandArgs(spec.Spawn.Command, spec.Env)
 	path, err := program(args[0])
 	if err != nil {
@@ -298,7 +299,7 @@ func (r *Runtime) start(spec runtime.Spec, base, work, tmp string, log *slog.Log
 		Path:        path,
 		Args:        args,
 		Dir:         work,
-		Env:         environ(spec, work, tmp),
+		Env:         environ(spec, work),
 		Stdin:       null,
 		Stdout:      out,
 		Stderr:      out,
@@ -334,9 +335,11 @@ func (r *Runtime) start(spec runtime.Spec, base, work, tmp string, log *slog.Log
 		return nil, err
 	}
 	inst := newInstance(st)
+	inst.child = true
 	inst.follow(spec.Logs, r, log) // before it can end, so no output is missed
 	go func() {
 		err := cmd.Wait()
+		inst.reaped.Store(true)
 		inst.finish(exitOf(err, cmd.ProcessState))
 	}()
 	r.mu.Lock()
@@ -374,12 +377,12 @@ func program(name string) (string, error) {
 
 // environ is a minimal base environment, then spec.Env, which may override
 // it; Berth's own environment does not leak into backends.
-func environ(spec runtime.Spec, work, tmp string) []string {
+func environ(spec runtime.Spec, work string) []string {
 	path := os.Getenv("PATH")
 	if path == "" {
 		path = defaultPath
 	}
-	env := []string{"PATH=" + path, "HOME=" + work, "TMPDIR=" + tmp}
+	env := []string{"PATH=" + path, "HOME=" + work, "TMPDIR=" + work}
 	for _, k := range slices.Sorted(maps.Keys(spec.Env)) {
 		env = append(env, k+"="+spec.Env[k])
 	}
@@ -509,11 +512,14 @@ func (r *Runtime) Cleanup(ctx context.Context, h *runtime.Handle) error {
 		return err
 	}
 	st, err := decodeState(h)
-	if err == nil && alive(st.PID, st.Start) {
+	r.mu.Lock()
+	inst := r.insts[h.BackendID]
+	r.mu.Unlock()
+	// An instance that has ended already says the leader is gone.
+	if err == nil && (inst == nil || !inst.finished()) && alive(st.PID, st.Start) {
 		return fmt.Errorf("process: cleanup %s: still running; stop it first", h.BackendID)
 	}
 	r.mu.Lock()
-	inst := r.insts[h.BackendID]
 	delete(r.insts, h.BackendID)
 	r.mu.Unlock()
 	if inst != nil {
@@ -558,27 +564,49 @@ func (r *Runtime) List(ctx context.Context) ([]*runtime.Handle, error) {
 		if err != nil {
 			return nil, fmt.Errorf("process: list: %w", err)
 		}
+		// The first JSON value only: see writeHandle.
 		var h runtime.Handle
-		if err := json.Unmarshal(b, &h); err != nil {
+		if err := json.NewDecoder(bytes.NewReader(b)).Decode(&h); err != nil {
 			r.log.Warn("skipping an unreadable handle", "file", filepath.Join(r.dir, e.Name(), handleFile), "err", err)
 			continue
+		}
+		if h.BackendID != e.Name() {
+			continue // a spare's last handle: a backend still starting
 		}
 		hs = append(hs, &h)
 	}
 	return hs, nil
 }
 
-// writeHandle writes the handle in one write(2), over the empty file a spare
-// holds or to a new one. No temporary file and rename: List runs only when
-// Berth starts, never beside a Start; an empty or missing file is "still
-// starting" to it; and a crash between the process start and this write
-// loses the handle either way.
+// writeHandle writes the handle over whatever the file holds (in a spare,
+// the last backend's handle; see park) and cuts the file to its length:
+// rewriting in place costs a few microseconds where emptying a file and
+// filling it again costs a block freed and allocated, hundreds of
+// microseconds on ext4. No temporary file and rename: List runs only when
+// Berth starts, never beside a Start; it takes a handle that names another
+// backend, or none, for one still starting, and reads only the first JSON
+// value, so a crash between the write and the cut still leaves this
+// handle; a crash before the write loses the handle either way.
 func writeHandle(path string, h *runtime.Handle) error {
 	b, err := json.Marshal(h)
 	if err != nil {
 		return err
 	}
-	return os.WriteFile(path, b, 0o600)
+	fd, err := unix.Open(path, unix.O_WRONLY|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+	if err != nil {
+		return &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer unix.Close(fd)
+	if n, err := unix.Pwrite(fd, b, 0); err != nil || n != len(b) {
+		if err == nil {
+			err = io.ErrShortWrite
+		}
+		return &fs.PathError{Op: "write", Path: path, Err: err}
+	}
+	if err := unix.Ftruncate(fd, int64(len(b))); err != nil {
+		return &fs.PathError{Op: "truncate", Path: path, Err: err}
+	}
+	return nil
 }
 
 func checkID(id string) error {

@@ -202,7 +202,7 @@ func TestRuntime_Environment(t *testing.T) {
 	base := filepath.Join(r.dir, "bk_env")
 	for k, want := range map[string]string{
 		"HOME":            filepath.Join(base, "work"),
-		"TMPDIR":          filepath.Join(base, "tmp"),
+		"TMPDIR":          filepath.Join(base, "work"),
 		"BERTH_STATE_DIR": sp.StateDir,
 		"PORT":            sp.Env["PORT"],
 		"BERTH_TEST_LEAK": "",
@@ -750,5 +750,51 @@ func TestRuntime_SpareDirectories(t *testing.T) {
 	r = newRuntime(t, Config{Dir: r.dir})
 	if n := spares(); n != 0 {
 		t.Errorf("%d spare directories after New, want none", n)
+	}
+}
+
+// A handle is rewritten in place, over a spare's last one; List takes a
+// handle naming another backend for one still starting, and reads the
+// first JSON value of a file whose cut a crash prevented.
+func TestRuntime_HandleInPlace(t *testing.T) {
+	t.Parallel()
+	r := newRuntime(t, Config{})
+	ctx := context.Background()
+	handle := func(id string) *runtime.Handle {
+		raw, _ := json.Marshal(state{PID: 4242, PGID: 4242, Start: 7, Log: filepath.Join(r.dir, id, logFile)})
+		return &runtime.Handle{BackendID: id, Runtime: Name, Addr: "127.0.0.1:1", State: raw}
+	}
+	write := func(id string, h *runtime.Handle) string {
+		dir := filepath.Join(r.dir, id)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, handleFile)
+		if err := writeHandle(path, h); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+
+	// A spare that held bk_long_previous_backend_id, taken by bk_new.
+	path := write("bk_new", handle("bk_long_previous_backend_id"))
+	if hs, err := r.List(ctx); err != nil || len(hs) != 0 {
+		t.Errorf("List = %v, %v; want nothing (a spare's last handle is no backend)", hs, err)
+	}
+	want, _ := json.Marshal(handle("bk_new"))
+	write("bk_new", handle("bk_new"))
+	if b, err := os.ReadFile(path); err != nil || !bytes.Equal(b, want) {
+		t.Errorf("handle file after a shorter rewrite: %q, %v; want exactly %q", b, err, want)
+	}
+	if hs, err := r.List(ctx); err != nil || len(hs) != 1 || hs[0].BackendID != "bk_new" || hs[0].Addr != "127.0.0.1:1" {
+		t.Errorf("List = %v, %v; want bk_new", hs, err)
+	}
+
+	// Written, not yet cut: the old handle's tail follows the new one.
+	if err := os.WriteFile(path, append(want, `"previous_backend_id","runtime":"process"}`...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if hs, err := r.List(ctx); err != nil || len(hs) != 1 || hs[0].BackendID != "bk_new" {
+		t.Errorf("List with a stale tail = %v, %v; want bk_new", hs, err)
 	}
 }

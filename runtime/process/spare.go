@@ -9,7 +9,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Making a backend's directory (three directories and two files) and
+// Making a backend's directory (two directories and two files) and
 // removing it again is most of what a start and a cleanup cost the file
 // system, and it is not cheap: each file or directory made is an inode
 // allocated, which under churn (hundreds of starts a second) can take tens to
@@ -21,7 +21,8 @@ import (
 //
 // What a backend's processes may hold is never handed to another backend: a
 // process it left behind (one that escaped its process group) could still
-// write to it. So a spare's working directory and $TMPDIR are always new;
+// write to it. So a spare's working directory (also $TMPDIR: one directory
+// made per backend, not two) is always new;
 // its output log is the last one, truncated, only when no process has it
 // open (the kernel grants a write lease only then); and the directory
 // around them and the handle file, which no backend process uses, are
@@ -74,9 +75,11 @@ func (r *Runtime) park(base string) error {
 	return nil
 }
 
-// empty removes from base what the backend's processes used (work/, tmp/,
-// and output.log unless it can be reused) and truncates the handle. It
-// reports whether base then holds nothing else, as Start left it.
+// empty removes from base what the backend's processes used (work/, and
+// output.log unless it can be reused). It reports whether base then
+// holds nothing else, as Start left it. The handle stays: List tells a
+// spare's last handle by its backend id, and writeHandle rewrites it in
+// place.
 func empty(base string) bool {
 	log := filepath.Join(base, logFile)
 	if !truncateUnused(log) {
@@ -84,12 +87,10 @@ func empty(base string) bool {
 			return false
 		}
 	}
-	for _, name := range []string{"work", "tmp"} {
-		d := filepath.Join(base, name)
-		if err := unix.Rmdir(d); err != nil && err != unix.ENOENT {
-			if os.RemoveAll(d) != nil {
-				return false
-			}
+	d := filepath.Join(base, "work")
+	if err := unix.Rmdir(d); err != nil && err != unix.ENOENT {
+		if os.RemoveAll(d) != nil {
+			return false
 		}
 	}
 	f, err := os.Open(base)
@@ -103,12 +104,7 @@ func empty(base string) bool {
 	}
 	for _, name := range names {
 		switch name {
-		case handleFile:
-			fd, err := unix.Open(filepath.Join(base, handleFile), unix.O_WRONLY|unix.O_TRUNC|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-			if err != nil {
-				return false
-			}
-			unix.Close(fd)
+		case handleFile: // kept: the next Start writes over it
 		case logFile: // truncated above
 		default:
 			return false
@@ -162,13 +158,11 @@ func (r *Runtime) addSpare() {
 	r.mu.Unlock()
 }
 
-// fillSpare makes in dir what a backend's processes use: new work/ and
-// tmp/, and an empty output log unless dir holds one (see empty).
+// fillSpare makes in dir what a backend's processes use: a new work/
+// and an empty output log unless dir holds one (see empty).
 func fillSpare(dir string) error {
-	for _, d := range []string{"work", "tmp"} {
-		if err := os.Mkdir(filepath.Join(dir, d), 0o700); err != nil {
-			return err
-		}
+	if err := os.Mkdir(filepath.Join(dir, "work"), 0o700); err != nil {
+		return err
 	}
 	fd, err := unix.Open(filepath.Join(dir, logFile), unix.O_WRONLY|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
 	if err != nil {
@@ -201,10 +195,8 @@ func removeBackendDir(base string) error {
 	for _, name := range []string{logFile, handleFile} {
 		unix.Unlink(filepath.Join(base, name))
 	}
-	for _, name := range []string{"work", "tmp"} {
-		if err := unix.Rmdir(filepath.Join(base, name)); err != nil && err != unix.ENOENT {
-			break // not empty: RemoveAll below
-		}
+	if err := unix.Rmdir(filepath.Join(base, "work")); err != nil && err != unix.ENOENT {
+		return os.RemoveAll(base) // not empty
 	}
 	if err := unix.Rmdir(base); err == nil || err == unix.ENOENT {
 		return nil
