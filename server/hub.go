@@ -1,30 +1,58 @@
 package server
 
-import "sync"
+import (
+	"context"
+	"sync"
 
-// hub tells subscribers that a backend changed. It carries no payload:
-// subscribers re-read the store's history, so a missed or merged signal can
-// never lose an event.
+	"github.com/berthhq/berth"
+)
+
+// hub tells subscribers that a backend changed. A signal carries no
+// payload: subscribers re-read the store's history, so a missed or merged
+// signal can never lose an event.
+//
+// The subscribers of one backend (an app's tabs on one document, say) all
+// wake on the same signal and ask for the history after the same event, so
+// the hub shares those reads: one store read per backend, signal and
+// starting point, however many subscribers ask. A shared read is valid
+// until the next signal (gen counts them). Each signal follows its store
+// write, and gen moves before anyone is woken, so a subscriber that woke
+// for a change always reads after it: a read shared under gen g may miss
+// only a change whose signal is still to come.
 type hub struct {
-	mu   sync.Mutex
-	subs map[string]map[chan struct{}]struct{}
+	mu     sync.Mutex
+	topics map[string]*topic
 }
 
-func newHub() *hub { return &hub{subs: make(map[string]map[chan struct{}]struct{})} }
+type topic struct {
+	subs  map[chan struct{}]struct{}
+	gen   uint64
+	reads map[int64]*sharedRead // by the seq the history is read after; this gen's only
+}
+
+type sharedRead struct {
+	done chan struct{} // closed once evs and err are set
+	evs  []berth.Event // shared: read only
+	err  error
+}
+
+func newHub() *hub { return &hub{topics: make(map[string]*topic)} }
 
 func (h *hub) subscribe(id string) (<-chan struct{}, func()) {
 	c := make(chan struct{}, 1)
 	h.mu.Lock()
-	if h.subs[id] == nil {
-		h.subs[id] = make(map[chan struct{}]struct{})
+	t := h.topics[id]
+	if t == nil {
+		t = &topic{subs: make(map[chan struct{}]struct{})}
+		h.topics[id] = t
 	}
-	h.subs[id][c] = struct{}{}
+	t.subs[c] = struct{}{}
 	h.mu.Unlock()
 	return c, func() {
 		h.mu.Lock()
-		delete(h.subs[id], c)
-		if len(h.subs[id]) == 0 {
-			delete(h.subs, id)
+		delete(t.subs, c)
+		if len(t.subs) == 0 && h.topics[id] == t {
+			delete(h.topics, id)
 		}
 		h.mu.Unlock()
 	}
@@ -32,11 +60,55 @@ func (h *hub) subscribe(id string) (<-chan struct{}, func()) {
 
 func (h *hub) publish(id string) {
 	h.mu.Lock()
-	for c := range h.subs[id] {
-		select {
-		case c <- struct{}{}:
-		default: // a signal is already pending; it covers this change too
+	if t := h.topics[id]; t != nil {
+		t.gen++
+		t.reads = nil
+		for c := range t.subs {
+			select {
+			case c <- struct{}{}:
+			default: // a signal is already pending; it covers this change too
+			}
 		}
 	}
 	h.mu.Unlock()
+}
+
+// events returns id's history after seq by load, sharing the read with
+// every caller asking the same of a subscribed backend since its last
+// signal. The slice is shared: callers must not modify it.
+func (h *hub) events(ctx context.Context, id string, after int64, load func(context.Context) ([]berth.Event, error)) ([]berth.Event, error) {
+	h.mu.Lock()
+	t := h.topics[id]
+	if t == nil { // nobody subscribed: nothing to share
+		h.mu.Unlock()
+		return load(ctx)
+	}
+	if r := t.reads[after]; r != nil {
+		h.mu.Unlock()
+		select {
+		case <-r.done:
+			return r.evs, r.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	r := &sharedRead{done: make(chan struct{})}
+	if t.reads == nil {
+		t.reads = make(map[int64]*sharedRead)
+	}
+	t.reads[after] = r
+	reads := t.reads
+	h.mu.Unlock()
+
+	// Others may wait on this read: it must not end with this caller.
+	r.evs, r.err = load(context.WithoutCancel(ctx))
+	if r.err != nil { // not worth sharing: let the next caller try again
+		h.mu.Lock()
+		if reads[after] == r {
+			delete(reads, after)
+		}
+		h.mu.Unlock()
+	}
+	close(r.done)
+	return r.evs, r.err
 }

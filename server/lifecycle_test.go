@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"context"
 	"path/filepath"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/berthhq/berth/runtime"
 	"github.com/berthhq/berth/runtime/process"
 	"github.com/berthhq/berth/runtime/runtimetest"
+	"github.com/berthhq/berth/store"
 	"github.com/berthhq/berth/store/sqlite"
 	"github.com/berthhq/berth/token"
 )
@@ -22,33 +24,7 @@ import (
 // starting, ready, terminating, terminated.
 func TestManager_StopRightAfterAnswer(t *testing.T) {
 	bin := runtimetest.BuildTestBackend(t)
-	st, err := sqlite.Open(filepath.Join(t.TempDir(), "berth.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	rt, err := process.New(process.Config{Dir: t.TempDir()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer, err := token.NewSigner(bytes.Repeat([]byte("k"), token.MinKeyLen))
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := New(Config{
-		Store:    st,
-		Runtimes: map[string]runtime.Runtime{"process": rt},
-		Logs:     logs.New(logs.Config{}),
-		Signer:   signer,
-		FreePort: process.FreePort,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Shutdown(t.Context()) })
-	if err := m.Reconcile(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	m := newProcessManager(t, nil)
 	// The stop arrives after the probe's answer, before the route opens
 	// and before the lifecycle saw the answer.
 	testHookAnswered = func(inst *instance) {
@@ -92,4 +68,42 @@ func TestManager_StopRightAfterAnswer(t *testing.T) {
 			t.Fatalf("history %v, want %v", states, want)
 		}
 	}
+}
+
+// newProcessManager is a Manager on a new SQLite store (passed through
+// wrap, if set) and the process runtime, shut down when tb ends.
+func newProcessManager(tb testing.TB, wrap func(store.Store) store.Store) *Manager {
+	tb.Helper()
+	st, err := sqlite.Open(filepath.Join(tb.TempDir(), "berth.db"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { st.Close() })
+	rt, err := process.New(process.Config{Dir: tb.TempDir()})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	signer, err := token.NewSigner(bytes.Repeat([]byte("k"), token.MinKeyLen))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var s store.Store = st
+	if wrap != nil {
+		s = wrap(st)
+	}
+	m, err := New(Config{
+		Store:    s,
+		Runtimes: map[string]runtime.Runtime{"process": rt},
+		Logs:     logs.New(logs.Config{}),
+		Signer:   signer,
+		FreePort: process.FreePort,
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { m.Shutdown(context.Background()) })
+	if err := m.Reconcile(context.Background()); err != nil {
+		tb.Fatal(err)
+	}
+	return m
 }

@@ -392,9 +392,13 @@ func (m *Manager) Terminate(ctx context.Context, id string, hard bool) error {
 	return nil
 }
 
-// Events returns a backend's history after seq.
+// Events returns a backend's history after seq. Callers asking the same
+// of a subscribed backend share one store read (see hub) and so one slice,
+// which they must not modify.
 func (m *Manager) Events(ctx context.Context, id string, after int64) ([]berth.Event, error) {
-	return m.cfg.Store.Events(ctx, id, after)
+	return m.hub.events(ctx, id, after, func(ctx context.Context) ([]berth.Event, error) {
+		return m.cfg.Store.Events(ctx, id, after)
+	})
 }
 
 // Subscribe returns a channel that receives a value whenever backend id
