@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"math"
 	"os"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -37,9 +38,12 @@ type tail struct {
 	punch bool
 
 	// Owned by run.
-	buf        []byte
 	off, freed int64 // read offset; bytes before freed are released
 }
+
+// tailBufs holds the tails' read buffers: a tail borrows one for a copy,
+// so a quiet backend (most of them, most of the time) holds none.
+var tailBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
 
 // startTail follows the file at path from its first byte not yet freed.
 func startTail(path string, w io.Writer, max int64, watch *watcher, log *slog.Logger) (*tail, error) {
@@ -68,7 +72,7 @@ func newTail(path string, w io.Writer, max int64, watch *watcher, log *slog.Logg
 	return &tail{
 		f: f, w: w, max: max, log: log, watch: watch, punch: true,
 		stop: make(chan struct{}), done: make(chan struct{}),
-		buf: make([]byte, 64<<10), off: off, freed: off,
+		off: off, freed: off,
 	}, nil
 }
 
@@ -118,11 +122,14 @@ func (t *tail) run() {
 // copy copies up to n bytes, or to the end of the file, into w, releasing
 // consumed bytes past the bound as it goes. It returns how many it copied.
 func (t *tail) copy(n int64) int64 {
+	bp := tailBufs.Get().(*[]byte)
+	defer tailBufs.Put(bp)
+	buf := *bp
 	var copied int64
 	for copied < n {
-		m, err := t.f.Read(t.buf[:min(int64(len(t.buf)), n-copied)])
+		m, err := t.f.Read(buf[:min(int64(len(buf)), n-copied)])
 		if m > 0 {
-			t.w.Write(t.buf[:m])
+			t.w.Write(buf[:m])
 			t.off += int64(m)
 			copied += int64(m)
 		}
