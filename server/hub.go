@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"sync"
 
 	"github.com/berthhq/berth"
@@ -100,15 +101,22 @@ func (h *hub) events(ctx context.Context, id string, after int64, load func(cont
 	reads := t.reads
 	h.mu.Unlock()
 
-	// Others may wait on this read: it must not end with this caller.
-	r.evs, r.err = load(context.WithoutCancel(ctx))
-	if r.err != nil { // not worth sharing: let the next caller try again
-		h.mu.Lock()
-		if reads[after] == r {
-			delete(reads, after)
+	// Others may wait on this read: it must not end with this caller, and
+	// must end for them even if load panics.
+	r.err = errReadAbandoned
+	defer func() {
+		if r.err != nil { // not worth sharing: let the next caller try again
+			h.mu.Lock()
+			if reads[after] == r {
+				delete(reads, after)
+			}
+			h.mu.Unlock()
 		}
-		h.mu.Unlock()
-	}
-	close(r.done)
+		close(r.done)
+	}()
+	r.evs, r.err = load(context.WithoutCancel(ctx))
 	return r.evs, r.err
 }
+
+// errReadAbandoned is what waiters on a shared read get if it panicked.
+var errReadAbandoned = errors.New("reading the history failed")

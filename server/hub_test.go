@@ -197,3 +197,45 @@ func (s countingStore) Events(ctx context.Context, id string, after int64) ([]be
 	s.n.Add(1)
 	return s.Store.Events(ctx, id, after)
 }
+
+// A read that panics still ends for those waiting on it, and is not
+// shared afterwards.
+func TestHub_PanickingReadIsNotShared(t *testing.T) {
+	h := newHub()
+	_, cancel := h.subscribe("bk_1")
+	defer cancel()
+	release := make(chan struct{})
+	started := make(chan struct{})
+	go func() {
+		defer func() { recover() }()
+		h.events(context.Background(), "bk_1", 0, func(context.Context) ([]berth.Event, error) {
+			close(started)
+			<-release
+			panic("store driver bug")
+		})
+	}()
+	<-started
+	waited := make(chan error, 1)
+	go func() {
+		_, err := h.events(context.Background(), "bk_1", 0, func(context.Context) ([]berth.Event, error) {
+			return nil, errors.New("a waiter must not load")
+		})
+		waited <- err
+	}()
+	time.Sleep(10 * time.Millisecond) // the waiter finds the read in flight
+	close(release)
+	select {
+	case err := <-waited:
+		if err == nil {
+			t.Error("a waiter on a read that panicked got no error")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a waiter on a read that panicked still waits")
+	}
+	evs, err := h.events(context.Background(), "bk_1", 0, func(context.Context) ([]berth.Event, error) {
+		return []berth.Event{{Seq: 1}}, nil
+	})
+	if err != nil || len(evs) != 1 {
+		t.Errorf("after a read that panicked: %v, %v; want a new read", evs, err)
+	}
+}

@@ -520,7 +520,9 @@ func (r *Runtime) Cleanup(ctx context.Context, h *runtime.Handle) error {
 		return fmt.Errorf("process: cleanup %s: still running; stop it first", h.BackendID)
 	}
 	r.mu.Lock()
-	delete(r.insts, h.BackendID)
+	if r.insts[h.BackendID] == inst { // not a Start's of the same id since
+		delete(r.insts, h.BackendID)
+	}
 	r.mu.Unlock()
 	if inst != nil {
 		select { // let the tail finish before its file goes
