@@ -354,9 +354,10 @@ func (r *Runtime) Wait(ctx context.Context, h *runtime.Handle) (runtime.Exit, er
 	e := runtime.Exit{Code: code, At: time.Now()}
 	r.exitState(ctx, cid, &e)
 	// The engine learns of an OOM kill from an event of its own, which can
-	// come after the exit: a SIGKILL nobody here sent gets a second look.
+	// come after the exit: a SIGKILL nobody here sent gets a second look,
+	// for up to a second (200 ms was seen too short on a loaded machine).
 	_, stopped := r.stopped.Load(cid)
-	for i := 0; i < 5 && e.Code == 128+9 && !e.OOMKilled && !stopped; i++ {
+	for i := 0; i < 25 && e.Code == 128+9 && !e.OOMKilled && !stopped; i++ {
 		time.Sleep(40 * time.Millisecond)
 		r.exitState(ctx, cid, &e)
 	}
