@@ -31,7 +31,7 @@ var scenarios = []*scenario{
 		summary: "connect → first HTTP 200 through the proxy, process runtime, vs exec of the same binary → first 200",
 		figures: []figureSpec{
 			{name: "connect → ready, process, p50", unit: "ms", baseline: "exec", target: target{ratioAtMost, 1.5},
-				method: "Berth: POST /v1/connect for a new key (wait=false), then GET the returned URL through the proxy until a 200; then a hard terminate, waited out. Baseline: exec the same binary with PORT set, GET it directly until a 200. Same polling client (a new connection per attempt, 100 µs apart), alternating, 15 samples each per run (after 2 discarded); phases from Berth's own event timestamps"},
+				method: "Berth: POST /v1/connect for a new key (wait=false), then GET the returned URL through the proxy until a 200; then a hard terminate, waited out. Baseline: exec the same binary with PORT set, GET it directly until a 200. Same polling client (a new connection per attempt, 100 µs apart as asked of Go's timers, which in an idle process wake after ~1.1 ms; so does Berth's probe), alternating, 15 samples each per run (after 2 discarded); phases from Berth's own event timestamps"},
 		},
 		run: runColdProcess,
 	},
@@ -111,7 +111,11 @@ var scenarios = []*scenario{
 
 // pollUntil200 is the polling client both sides of a cold start use: a
 // fresh connection per attempt (a refused one costs microseconds), 100 µs
-// between failed attempts, until a 200. It gives up early when exited is
+// between failed attempts, until a 200. Like Berth's readiness probe it
+// waits on a Go timer, which wakes an idle process after ~1.1 ms (the
+// runtime's poller waits in whole milliseconds); sleeping in the kernel
+// for 100 µs instead was tried on both sides and made no start faster
+// (BENCHMARKS.md). It gives up early when exited is
 // closed (the process it waits for is gone).
 func pollUntil200(ctx context.Context, addr, path string, timeout time.Duration, exited <-chan struct{}) error {
 	rc := newRawClient(addr, getRequest(addr, path))
