@@ -67,3 +67,45 @@ func TestFreeBufs_TrimDropsUnusedSpares(t *testing.T) {
 		t.Fatalf("an empty list gave a %d-byte buffer, want a new one of 7", len(got))
 	}
 }
+
+// After a spike the loop's connection map and descriptor table are remade
+// at their present size, keeping every entry.
+func TestLoop_ShrinkAfterSpike(t *testing.T) {
+	l := &loop{conns: make(map[*lconn]struct{})}
+	var keep []*lconn
+	for i := range 4 * shrinkMin {
+		c := &lconn{fd: i}
+		l.conns[c] = struct{}{}
+		if i%100 == 0 {
+			keep = append(keep, c)
+		}
+	}
+	l.peak = len(l.conns)
+	l.fds = make([]fdOwner, 8*shrinkMin)
+	l.fds[10] = fdOwner{c: keep[0]}
+	l.fds[8*shrinkMin-1] = fdOwner{c: keep[1]}
+
+	l.shrink() // nothing went: nothing changes
+	if l.peak != 4*shrinkMin || len(l.fds) != 8*shrinkMin {
+		t.Fatalf("peak %d, %d descriptors after a sweep with nothing gone", l.peak, len(l.fds))
+	}
+
+	for c := range l.conns {
+		if c.fd%100 != 0 {
+			delete(l.conns, c)
+		}
+	}
+	l.fds[8*shrinkMin-1] = fdOwner{}
+	l.shrink()
+	if len(l.conns) != len(keep) || l.peak != len(keep) {
+		t.Errorf("%d connections, peak %d after the shrink; want %d and %d", len(l.conns), l.peak, len(keep), len(keep))
+	}
+	for _, c := range keep {
+		if _, ok := l.conns[c]; !ok {
+			t.Fatalf("connection %d lost in the shrink", c.fd)
+		}
+	}
+	if len(l.fds) != 11 || l.fds[10].c != keep[0] {
+		t.Errorf("%d descriptors after the shrink (fd 10 owned by %v); want 11, fd 10 kept", len(l.fds), l.fds[10].c)
+	}
+}

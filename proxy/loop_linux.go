@@ -60,6 +60,7 @@ type loop struct {
 	// The rest belongs to the loop's goroutine.
 	fds      []fdOwner // by descriptor
 	conns    map[*lconn]struct{}
+	peak     int                    // most conns since the map was last made (see shrink)
 	idle     map[string][]*lbackend // by address, least recently used first
 	maxIdle  int                    // per address
 	outFree  freeBufs               // client write buffers between answers
@@ -400,6 +401,7 @@ func (l *loop) takeIncoming() {
 			continue
 		}
 		l.conns[c] = struct{}{}
+		l.peak = max(l.peak, len(l.conns))
 	}
 }
 
@@ -457,6 +459,7 @@ func (l *loop) sweep() {
 			}
 		}
 	}
+	l.shrink()
 	cutoff = l.now - int64(idleConnTimeout)
 	for addr, bs := range l.idle {
 		old := 0
@@ -1037,6 +1040,32 @@ func (f *freeBufs) trim() {
 func (l *loop) releaseOutput(c *lconn) {
 	l.outFree.put(c.out.b)
 	c.out.b = nil
+}
+
+// shrinkMin is the size below which shrink leaves the loop's tables alone.
+const shrinkMin = 1024
+
+// shrink lets the loop's tables go back down after a spike of connections:
+// a Go map keeps its buckets when entries go, and fds is as long as the
+// highest descriptor ever registered. Each is remade when it holds under a
+// quarter of what it was sized for.
+func (l *loop) shrink() {
+	if n := len(l.conns); l.peak > shrinkMin && n < l.peak/4 {
+		m := make(map[*lconn]struct{}, n)
+		for c := range l.conns {
+			m[c] = struct{}{}
+		}
+		l.conns, l.peak = m, n
+	}
+	if len(l.fds) > shrinkMin {
+		top := len(l.fds)
+		for top > 0 && l.fds[top-1] == (fdOwner{}) {
+			top--
+		}
+		if top < len(l.fds)/4 {
+			l.fds = append([]fdOwner(nil), l.fds[:top]...)
+		}
+	}
 }
 
 func (l *loop) closeClient(c *lconn) {
