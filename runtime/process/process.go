@@ -7,9 +7,8 @@
 // and its handle (handle.json, which List reads). Cleanup prepares the next
 // backend's directory (Dir/.spare-N), so a start usually only renames one
 // into place; what a backend's processes used (work/, output.log) is never
-// given to another. The backend writes stdout
-// and stderr straight to output.log, so it survives Berth being killed (no
-// pipe to break), and the runtime tails that file into Spec.Logs. A
+// given to another. The backend writes stdout and stderr straight to
+// output.log, so it survives Berth being killed (no pipe to break), and the runtime tails that file into Spec.Logs. A
 // restarted Berth re-attaches through Recover, checking the pid together
 // with the process start time, so a reused pid is never mistaken for the
 // backend.
@@ -520,7 +519,7 @@ func (r *Runtime) Cleanup(ctx context.Context, h *runtime.Handle) error {
 		return fmt.Errorf("process: cleanup %s: still running; stop it first", h.BackendID)
 	}
 	r.mu.Lock()
-	if r.insts[h.BackendID] == inst { // not a Start's of the same id since
+	if r.insts[h.BackendID] == inst { // not one a Start of the same id made since
 		delete(r.insts, h.BackendID)
 	}
 	r.mu.Unlock()
