@@ -8,10 +8,10 @@
 // backend's directory (Dir/.spare-N), so a start usually only renames one
 // into place; what a backend's processes used (work/, output.log) is never
 // given to another. The backend writes stdout and stderr straight to
-// output.log, so it survives Berth being killed (no pipe to break), and the runtime tails that file into Spec.Logs. A
-// restarted Berth re-attaches through Recover, checking the pid together
-// with the process start time, so a reused pid is never mistaken for the
-// backend.
+// output.log, so it survives Berth being killed (no pipe to break), and
+// the runtime tails that file into Spec.Logs. A restarted Berth re-attaches
+// through Recover, checking the pid together with the process start time,
+// so a reused pid is never mistaken for the backend.
 //
 // Stop signals the whole process group, waits up to the grace period for the
 // leader, then SIGKILLs the group, and keeps killing until no process of the
