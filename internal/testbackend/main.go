@@ -27,6 +27,7 @@
 //	                      ignores SIGTERM and sleeps; its pid is written to
 //	                      $TB_CHILD_PIDFILE before the server listens
 //	TB_ALLOC_MB=N         allocate and touch N MiB before listening
+//	TB_ALLOC_AFTER_MS=N   wait N ms before that allocation
 package main
 
 import (
@@ -66,6 +67,7 @@ func main() {
 		}
 	}
 	if mb := envInt("TB_ALLOC_MB"); mb > 0 {
+		time.Sleep(time.Duration(envInt("TB_ALLOC_AFTER_MS")) * time.Millisecond)
 		ballast = make([]byte, mb<<20)
 		for i := 0; i < len(ballast); i += 4096 {
 			ballast[i] = 1

@@ -44,7 +44,9 @@
 // 128+N, so Exit.Code carries that and Exit.Signal stays empty: the runtime
 // cannot tell it from a program that exits with that code. Exit.OOMKilled
 // comes from the engine's record of the container, which also keeps exit
-// codes across a restart of Berth. A command the image lacks still starts
+// codes across a restart of Berth; the engine can miss an OOM kill in the
+// first moments of a container's life (containerd is not yet watching its
+// cgroup), which then reads as a plain exit 137. A command the image lacks still starts
 // (docker-init runs) and exits with code 127 at once.
 //
 // Logs are read from the engine (json-file, local, or any driver under

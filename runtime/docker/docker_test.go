@@ -318,7 +318,12 @@ func TestRuntime_Stop_signal(t *testing.T) {
 func TestRuntime_Wait_oomKilled(t *testing.T) {
 	t.Parallel()
 	r := newRuntime(t, Config{})
-	spec := testSpec(testID(), map[string]string{"TB_ALLOC_MB": "256"})
+	// The engine learns of an OOM kill from containerd, which watches the
+	// container's cgroup only once the task has started: a kill right at
+	// the start, on a loaded machine, can come before the watch and never
+	// be reported (seen in CI). So the backend starts first, then
+	// allocates.
+	spec := testSpec(testID(), map[string]string{"TB_ALLOC_MB": "256", "TB_ALLOC_AFTER_MS": "500"})
 	spec.Spawn.Resources.MemoryMB = 32
 	s := start(t, r, spec)
 	e := s.wait(t)
