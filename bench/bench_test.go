@@ -113,6 +113,32 @@ func TestNewRow(t *testing.T) {
 	})
 }
 
+// A figure that rounds to its target's own value shows more digits, so a
+// miss never reads as the target.
+func TestTarget_Shown(t *testing.T) {
+	for _, tc := range []struct {
+		t    target
+		v    float64
+		unit string
+		want string
+	}{
+		{target{ratioAtLeast, 1}, 0.9964, "/s", "0.996×"},
+		{target{ratioAtLeast, 1}, 1.0004, "/s", "1.0004×"},
+		{target{ratioAtLeast, 1}, 1, "/s", "1.00×"},
+		{target{ratioAtLeast, 1}, 0.97, "/s", "0.97×"},
+		{target{ratioAtMost, 1.5}, 1.503, "ms", "1.503×"},
+		{target{deltaAtMost, 100}, 100.4, "µs", "+100.4 µs"},
+		{target{deltaAtMost, 100}, 99.6, "µs", "+99.6 µs"},
+		{target{deltaAtMost, 100}, 96, "µs", "+96 µs"},
+		{target{deltaAtMost, 1000}, 1000.3, "µs", "+1000.3 µs"},
+		{target{deltaAtMost, 100}, -20, "µs", "−20 µs"},
+	} {
+		if got := tc.t.shown(tc.v, tc.unit); got != tc.want {
+			t.Errorf("%v.shown(%v) = %q, want %q", tc.t, tc.v, got, tc.want)
+		}
+	}
+}
+
 func TestReport_WriteTable(t *testing.T) {
 	rep := &Report{
 		Date: time.Date(2026, 1, 2, 3, 4, 0, 0, time.UTC), Machine: "nproc 2", Command: "berth bench", Generator: "wrk", Runs: 3,

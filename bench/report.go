@@ -46,7 +46,7 @@ type Row struct {
 	Method string      `json:"method,omitempty"`
 	Notes  []string    `json:"notes,omitempty"`
 	PerRun []RunFigure `json:"per_run,omitempty"`
-	kind   targetKind
+	goal   target
 }
 
 // RunFigure is one run's values of a figure.
@@ -143,7 +143,7 @@ func newRow(scenario string, f figureSpec, runs []RunFigure, notes []string) Row
 		Target:       f.target.String(f.unit),
 		PerRun:       runs,
 		Notes:        notes,
-		kind:         f.target.kind,
+		goal:         f.target,
 	}
 	if len(runs) == 0 {
 		row.Status = StatusError
@@ -220,6 +220,27 @@ func fmtRatio(r float64) string {
 	return fmt.Sprintf("%.2f×", r)
 }
 
+// shown formats the compared value v of a ratio or difference target. When
+// v rounds to the target's own figure it gets more digits, so that a miss
+// never reads as the target (0.996× against ≥ 1.00× shows as 0.996×).
+func (t target) shown(v float64, unit string) string {
+	switch t.kind {
+	case ratioAtMost, ratioAtLeast:
+		for _, prec := range []int{2, 3, 4} {
+			if s := fmt.Sprintf("%.*f×", prec, v); prec == 4 || s != fmt.Sprintf("%.*f×", prec, t.value) || v == t.value {
+				return s
+			}
+		}
+	case deltaAtMost:
+		s := fmtSigned(v, unit)
+		if s == fmtSigned(t.value, unit) && v != t.value && unit == "µs" {
+			s = fmt.Sprintf("+%.1f µs", v)
+		}
+		return s
+	}
+	return "—"
+}
+
 // fmtValue formats v in unit with a precision that suits it.
 func fmtValue(v float64, unit string) string {
 	if math.IsNaN(v) {
@@ -274,12 +295,7 @@ func (r *Row) cells() []string {
 		base = fmtValue(*r.Baseline, r.Unit) + " " + r.BaselineName
 	}
 	if r.Compared != nil {
-		switch r.kind {
-		case ratioAtMost, ratioAtLeast:
-			cmp = fmtRatio(*r.Compared)
-		case deltaAtMost:
-			cmp = fmtSigned(*r.Compared, r.Unit)
-		}
+		cmp = r.goal.shown(*r.Compared, r.Unit)
 	}
 	result := r.Status
 	if r.Why != "" {
