@@ -172,6 +172,9 @@ type loadResult struct {
 	Requests float64 // completed 2xx responses per second
 	Non2xx   int64
 	Errors   int64
+	// GenCPU is the CPU time wrk used (user and system); zero for the
+	// in-process generator, whose CPU is the bench's own.
+	GenCPU time.Duration
 }
 
 // loadGen runs conns keep-alive connections, each sending req back to back
@@ -264,6 +267,9 @@ func (w *wrk) run(ctx context.Context, url string, threads, conns int, d time.Du
 	}
 	var res loadResult
 	res.Requests, _ = strconv.ParseFloat(string(m[1]), 64)
+	if ps := cmd.ProcessState; ps != nil {
+		res.GenCPU = ps.UserTime() + ps.SystemTime()
+	}
 	if m := wrkNon2xx.FindSubmatch(out); m != nil {
 		res.Non2xx, _ = strconv.ParseInt(string(m[1]), 10, 64)
 	}

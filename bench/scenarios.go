@@ -50,7 +50,7 @@ var scenarios = []*scenario{
 		summary: "proxy HTTP throughput, 32 keep-alive connections, vs nginx proxying the same backend",
 		figures: []figureSpec{
 			{name: "proxy HTTP throughput, 32 conns", unit: "/s", baseline: "nginx", target: target{ratioAtLeast, 1.0},
-				method: "GET / of the bench backend (6-byte body) over 32 keep-alive connections for 10 s (after 2 s of warm-up), through Berth's proxy and through nginx (generated config: worker_processes auto, upstream keepalive, access log off) to the same backend process, in alternating order; CPU per request from /proc/PID/stat of the proxy's processes"},
+				method: "GET / of the bench backend (6-byte body) over 32 keep-alive connections for 10 s (after 2 s of warm-up), through Berth's proxy and through nginx (generated config: worker_processes auto, upstream keepalive, access log off) to the same backend process, in alternating order; CPU per request from /proc/PID/stat of the proxy's processes and the backend's, and wrk's own rusage"},
 			{name: "backend alone, 32 conns (ceiling)", unit: "/s",
 				method: "the same load straight to the backend: what the machine allows with no proxy taking CPU"},
 		},
@@ -285,8 +285,10 @@ func runThroughput(ctx context.Context, e *env, r *runCtx) (*result, error) {
 
 	type measured struct {
 		loadResult
-		cpuPerReq time.Duration // of the proxy's processes
-		busy      float64       // the machine's CPU
+		cpuPerReq     time.Duration // of the proxy's processes
+		backendPerReq time.Duration // of the backend process
+		genPerReq     time.Duration // of wrk
+		busy          float64       // the machine's CPU
 	}
 	measure := func(name, addr, path string, pids []int, profile bool) (measured, error) {
 		if warm > 0 {
@@ -298,6 +300,10 @@ func runThroughput(ctx context.Context, e *env, r *runCtx) (*result, error) {
 			r.cpuProfile(e, "throughput", d-time.Second)
 		}
 		m := meterCPU(pids...)
+		var mb *cpuMeter
+		if lb.pid > 0 {
+			mb = meterCPU(lb.pid)
+		}
 		lr, err := e.load(ctx, addr, path, conns, d, "", nil)
 		used, busy := m.stop()
 		if err != nil {
@@ -307,9 +313,16 @@ func runThroughput(ctx context.Context, e *env, r *runCtx) (*result, error) {
 			return measured{}, fmt.Errorf("%s: no successful requests (%d non-2xx, %d errors)", name, lr.Non2xx, lr.Errors)
 		}
 		out := measured{loadResult: lr, busy: busy}
+		total := lr.Requests * max(time.Second, d.Round(time.Second)).Seconds()
+		perReq := func(cpu time.Duration) time.Duration { return time.Duration(float64(cpu) / total) }
 		if len(pids) > 0 {
-			out.cpuPerReq = time.Duration(float64(used) / (lr.Requests * max(time.Second, d.Round(time.Second)).Seconds()))
+			out.cpuPerReq = perReq(used)
 		}
+		if mb != nil {
+			bu, _ := mb.stop()
+			out.backendPerReq = perReq(bu)
+		}
+		out.genPerReq = perReq(lr.GenCPU)
 		return out, nil
 	}
 	ng, nerr := e.nginxFor(ctx, lb)
@@ -336,8 +349,13 @@ func runThroughput(ctx context.Context, e *env, r *runCtx) (*result, error) {
 	switch {
 	case nerr == nil:
 		res.values[fig] = RunFigure{Berth: bx.Requests, Baseline: nx.Requests}
-		res.notes[fig] = fmt.Sprintf("proxy CPU per request: Berth %.1f µs, %s (%d workers) %.1f µs; machine CPU busy %.0f%% / %.0f%%; non-2xx/socket errors: Berth %d/%d, nginx %d/%d",
-			us(bx.cpuPerReq), ng.version, len(ng.pids())-1, us(nx.cpuPerReq), 100*bx.busy, 100*nx.busy, bx.Non2xx, bx.Errors, nx.Non2xx, nx.Errors)
+		others := fmt.Sprintf("backend %.1f / %.1f µs", us(bx.backendPerReq), us(nx.backendPerReq))
+		if e.wrk != nil {
+			others += fmt.Sprintf(", wrk %.1f / %.1f µs", us(bx.genPerReq), us(nx.genPerReq))
+		}
+		res.notes[fig] = fmt.Sprintf("CPU per request: proxy: Berth %.1f µs, %s (%d workers) %.1f µs; with Berth / with nginx: %s; machine CPU busy %.0f%% / %.0f%%; non-2xx/socket errors: Berth %d/%d, nginx %d/%d",
+			us(bx.cpuPerReq), ng.version, len(ng.pids())-1, us(nx.cpuPerReq), others,
+			100*bx.busy, 100*nx.busy, bx.Non2xx, bx.Errors, nx.Non2xx, nx.Errors)
 	default:
 		var ni *errNotInstalled
 		if !errors.As(nerr, &ni) {

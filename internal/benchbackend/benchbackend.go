@@ -17,6 +17,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 )
 
@@ -26,9 +27,11 @@ var hello = []byte("hello\n")
 //
 //	GET /      200 "hello\n" with a Content-Length (the proxy benchmarks)
 //	GET /port  the $PORT it listens on, so the bench can reach it directly
+//	GET /pid   its process ID as it sees it, so the bench can meter its CPU
 //	GET /ws    a WebSocket that echoes every frame back unchanged
 func Handler() http.Handler {
 	port := []byte(os.Getenv("PORT"))
+	pid := []byte(strconv.Itoa(os.Getpid()))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.URL.Path {
 		case "/ws":
@@ -36,6 +39,9 @@ func Handler() http.Handler {
 		case "/port":
 			w.Header()["Content-Type"] = []string{"text/plain"}
 			w.Write(port)
+		case "/pid":
+			w.Header()["Content-Type"] = []string{"text/plain"}
+			w.Write(pid)
 		default:
 			h := w.Header()
 			h["Content-Type"] = []string{"text/plain"}
