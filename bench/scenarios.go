@@ -50,7 +50,7 @@ var scenarios = []*scenario{
 		summary: "proxy HTTP throughput, 32 keep-alive connections, vs nginx proxying the same backend",
 		figures: []figureSpec{
 			{name: "proxy HTTP throughput, 32 conns", unit: "/s", baseline: "nginx", target: target{ratioAtLeast, 1.0},
-				method: "GET / of the bench backend (6-byte body) over 32 keep-alive connections for 10 s (after 2 s of warm-up), through Berth's proxy and through nginx (generated config: worker_processes auto, upstream keepalive, access log off) to the same backend process, in alternating order; CPU per request from /proc/PID/stat of the proxy's processes and the backend's, and wrk's own rusage"},
+				method: "GET / of the bench backend (6-byte body) over 32 keep-alive connections, through Berth's proxy and through nginx (generated config: worker_processes auto, upstream keepalive, access log off, the headers Berth's proxy adds) to the same backend process: after 2 s of warm-up each, 5 blocks of 2 s each, taking turns; CPU per request from /proc/PID/stat of the proxy's processes and the backend's, and wrk's own rusage"},
 			{name: "backend alone, 32 conns (ceiling)", unit: "/s",
 				method: "the same load straight to the backend: what the machine allows with no proxy taking CPU"},
 		},
@@ -279,97 +279,123 @@ func runThroughput(ctx context.Context, e *env, r *runCtx) (*result, error) {
 	if err != nil {
 		return nil, err
 	}
-	d, warm := size(&e.cfg, 10*time.Second, time.Second), size(&e.cfg, 2*time.Second, 0)
+	// Berth and nginx take turns in blocks, so that the machine's drift
+	// over a run (it is shared, and its speed wanders by 10 % within a
+	// minute) falls on both alike.
+	blocks, block, warm := size(&e.cfg, 5, 1), size(&e.cfg, 2*time.Second, time.Second), size(&e.cfg, 2*time.Second, 0)
 	res := newResult()
 	const fig, ceiling = "proxy HTTP throughput, 32 conns", "backend alone, 32 conns (ceiling)"
 
-	type measured struct {
-		loadResult
-		cpuPerReq     time.Duration // of the proxy's processes
-		backendPerReq time.Duration // of the backend process
-		genPerReq     time.Duration // of wrk
-		busy          float64       // the machine's CPU
+	type endpoint struct {
+		name, addr, path string
+		pids             []int // of the proxy
 	}
-	measure := func(name, addr, path string, pids []int, profile bool) (measured, error) {
-		if warm > 0 {
-			if _, err := e.load(ctx, addr, path, conns, warm, "", nil); err != nil {
-				return measured{}, err
-			}
-		}
-		if profile {
-			r.cpuProfile(e, "throughput", d-time.Second)
-		}
-		m := meterCPU(pids...)
+	// measured sums a target's blocks.
+	type measured struct {
+		requests            float64       // completed 2xx responses
+		secs                float64       // measured
+		non2xx, errs        int64         //
+		proxy, backend, gen time.Duration // CPU used
+		busy                float64       // the machine's CPU, weighted by secs
+	}
+	measure := func(t endpoint, into *measured) error {
+		m := meterCPU(t.pids...)
 		var mb *cpuMeter
 		if lb.pid > 0 {
 			mb = meterCPU(lb.pid)
 		}
-		lr, err := e.load(ctx, addr, path, conns, d, "", nil)
+		lr, err := e.load(ctx, t.addr, t.path, conns, block, "", nil)
 		used, busy := m.stop()
 		if err != nil {
-			return measured{}, fmt.Errorf("%s: %w", name, err)
+			return fmt.Errorf("%s: %w", t.name, err)
 		}
 		if lr.Requests == 0 {
-			return measured{}, fmt.Errorf("%s: no successful requests (%d non-2xx, %d errors)", name, lr.Non2xx, lr.Errors)
+			return fmt.Errorf("%s: no successful requests (%d non-2xx, %d errors)", t.name, lr.Non2xx, lr.Errors)
 		}
-		out := measured{loadResult: lr, busy: busy}
-		total := lr.Requests * max(time.Second, d.Round(time.Second)).Seconds()
-		perReq := func(cpu time.Duration) time.Duration { return time.Duration(float64(cpu) / total) }
-		if len(pids) > 0 {
-			out.cpuPerReq = perReq(used)
-		}
+		secs := max(time.Second, block.Round(time.Second)).Seconds()
+		into.requests += lr.Requests * secs
+		into.secs += secs
+		into.non2xx += lr.Non2xx
+		into.errs += lr.Errors
+		into.proxy += used
+		into.gen += lr.GenCPU
+		into.busy += busy * secs
 		if mb != nil {
 			bu, _ := mb.stop()
-			out.backendPerReq = perReq(bu)
+			into.backend += bu
 		}
-		out.genPerReq = perReq(lr.GenCPU)
-		return out, nil
+		return nil
 	}
+	perReq := func(m *measured, cpu time.Duration) float64 { return us(time.Duration(float64(cpu) / m.requests)) }
+	rate := func(m *measured) float64 { return m.requests / m.secs }
+
+	berthT := endpoint{name: "Berth", addr: lb.proxy, path: lb.prefix + "/", pids: []int{e.berth.PID}}
+	targets := []endpoint{berthT}
 	ng, nerr := e.nginxFor(ctx, lb)
-	var nx, bx measured
-	measureBerth := func() error {
-		bx, err = measure("Berth", lb.proxy, lb.prefix+"/", []int{e.berth.PID}, true)
-		return err
-	}
-	if r.n%2 == 0 {
-		if err := measureBerth(); err != nil {
-			return nil, err
-		}
-	}
 	if nerr == nil {
-		if nx, err = measure("nginx", ng.addr, "/", ng.pids(), false); err != nil {
+		targets = append(targets, endpoint{name: "nginx", addr: ng.addr, path: "/", pids: ng.pids()})
+	}
+	for _, t := range targets {
+		if warm > 0 {
+			if _, err := e.load(ctx, t.addr, t.path, conns, warm, "", nil); err != nil {
+				return nil, fmt.Errorf("%s: %w", t.name, err)
+			}
+		}
+	}
+	if r.profile != "" && r.n == 1 {
+		// A load of its own, outside the measured blocks.
+		d := time.Duration(blocks) * block
+		r.cpuProfile(e, "throughput", d-time.Second)
+		if _, err := e.load(ctx, berthT.addr, berthT.path, conns, d, "", nil); err != nil {
 			return nil, err
 		}
 	}
-	if r.n%2 != 0 {
-		if err := measureBerth(); err != nil {
-			return nil, err
+	got := make([]measured, len(targets))
+	for i := range blocks {
+		for j := range targets {
+			k := j
+			if (i+r.n)%2 == 1 {
+				k = len(targets) - 1 - j
+			}
+			if err := measure(targets[k], &got[k]); err != nil {
+				return nil, err
+			}
 		}
 	}
+	bx := &got[0]
 	switch {
 	case nerr == nil:
-		res.values[fig] = RunFigure{Berth: bx.Requests, Baseline: nx.Requests}
-		others := fmt.Sprintf("backend %.1f / %.1f µs", us(bx.backendPerReq), us(nx.backendPerReq))
+		nx := &got[1]
+		others := fmt.Sprintf("backend %.1f / %.1f µs", perReq(bx, bx.backend), perReq(nx, nx.backend))
 		if e.wrk != nil {
-			others += fmt.Sprintf(", wrk %.1f / %.1f µs", us(bx.genPerReq), us(nx.genPerReq))
+			others += fmt.Sprintf(", wrk %.1f / %.1f µs", perReq(bx, bx.gen), perReq(nx, nx.gen))
 		}
+		res.values[fig] = RunFigure{Berth: rate(bx), Baseline: rate(nx)}
 		res.notes[fig] = fmt.Sprintf("CPU per request: proxy: Berth %.1f µs, %s (%d workers) %.1f µs; with Berth / with nginx: %s; machine CPU busy %.0f%% / %.0f%%; non-2xx/socket errors: Berth %d/%d, nginx %d/%d",
-			us(bx.cpuPerReq), ng.version, len(ng.pids())-1, us(nx.cpuPerReq), others,
-			100*bx.busy, 100*nx.busy, bx.Non2xx, bx.Errors, nx.Non2xx, nx.Errors)
+			perReq(bx, bx.proxy), ng.version, len(ng.pids())-1, perReq(nx, nx.proxy), others,
+			100*bx.busy/bx.secs, 100*nx.busy/nx.secs, bx.non2xx, bx.errs, nx.non2xx, nx.errs)
 	default:
 		var ni *errNotInstalled
 		if !errors.As(nerr, &ni) {
 			return nil, nerr
 		}
 		res.skipped[fig] = nerr.Error()
-		res.notes[fig] = fmt.Sprintf("Berth alone: %s; Berth CPU per request %.1f µs", fmtValue(bx.Requests, "/s"), us(bx.cpuPerReq))
+		res.notes[fig] = fmt.Sprintf("Berth alone: %s; Berth CPU per request %.1f µs", fmtValue(rate(bx), "/s"), perReq(bx, bx.proxy))
 	}
-	dx, err := measure("direct", lb.direct, "/", nil, false)
-	if err != nil {
-		return nil, err
+	var dx measured
+	direct := endpoint{name: "direct", addr: lb.direct, path: "/"}
+	if warm > 0 {
+		if _, err := e.load(ctx, direct.addr, direct.path, conns, warm, "", nil); err != nil {
+			return nil, err
+		}
 	}
-	res.values[ceiling] = RunFigure{Berth: dx.Requests}
-	res.notes[ceiling] = fmt.Sprintf("machine CPU busy %.0f%%", 100*dx.busy)
+	for range blocks {
+		if err := measure(direct, &dx); err != nil {
+			return nil, err
+		}
+	}
+	res.values[ceiling] = RunFigure{Berth: rate(&dx)}
+	res.notes[ceiling] = fmt.Sprintf("machine CPU busy %.0f%%", 100*dx.busy/dx.secs)
 	return res, nil
 }
 
