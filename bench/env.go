@@ -557,18 +557,24 @@ type errNotInstalled struct{ what, how string }
 
 func (e *errNotInstalled) Error() string { return e.what + " is not installed (" + e.how + ")" }
 
-func (e *env) startNginx(ctx context.Context, lb *liveBackend) (*nginxServer, error) {
-	bin, err := exec.LookPath("nginx")
-	if err != nil {
-		for _, p := range []string{"/usr/sbin/nginx", "/usr/local/sbin/nginx"} {
-			if _, err2 := os.Stat(p); err2 == nil {
-				bin, err = p, nil
-				break
-			}
+// findNginx returns the path of nginx, looking in sbin directories that a
+// non-root PATH may lack.
+func findNginx() (string, error) {
+	if bin, err := exec.LookPath("nginx"); err == nil {
+		return bin, nil
+	}
+	for _, p := range []string{"/usr/sbin/nginx", "/usr/local/sbin/nginx"} {
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
 		}
 	}
+	return "", &errNotInstalled{"nginx", "apt-get install nginx"}
+}
+
+func (e *env) startNginx(ctx context.Context, lb *liveBackend) (*nginxServer, error) {
+	bin, err := findNginx()
 	if err != nil {
-		return nil, &errNotInstalled{"nginx", "apt-get install nginx"}
+		return nil, err
 	}
 	dir := filepath.Join(e.dir, "nginx")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
@@ -623,6 +629,10 @@ func (e *env) startNginx(ctx context.Context, lb *liveBackend) (*nginxServer, er
 // liveUser is the user the live backend's connect names, which Berth's
 // proxy passes to it as X-Berth-User.
 const liveUser = "bench"
+
+// secretLen is the length of a backend's secret (server.newSecret: 24
+// random bytes in hex), for nginx's stand-in X-Berth-Secret.
+const secretLen = 48
 
 // nginxConfig proxies addr to upstream over a pool of keep-alive
 // connections, with one worker per CPU and no access log: nginx as people
@@ -681,7 +691,7 @@ http {
         }
     }
 }
-`, dir, addr, upstream, backendID, liveUser, strings.Repeat("0", 48))
+`, dir, addr, upstream, backendID, liveUser, strings.Repeat("0", secretLen))
 }
 
 func (n *nginxServer) stop() {
