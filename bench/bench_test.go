@@ -132,6 +132,9 @@ func TestTarget_Shown(t *testing.T) {
 		{target{deltaAtMost, 100}, 96, "µs", "+96 µs"},
 		{target{deltaAtMost, 1000}, 1000.3, "µs", "+1000.3 µs"},
 		{target{deltaAtMost, 100}, -20, "µs", "−20 µs"},
+		{target{deltaAtMost, 100}, 100.04, "µs", "+100.04 µs"},
+		{target{ratioAtLeast, 1}, 0.99996, "/s", "0.99996×"},
+		{target{ratioAtMost, 1.5}, 1.5 + 1e-12, "ms", "1.500000000001×"},
 	} {
 		if got := tc.t.shown(tc.v, tc.unit); got != tc.want {
 			t.Errorf("%v.shown(%v) = %q, want %q", tc.t, tc.v, got, tc.want)

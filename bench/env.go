@@ -455,8 +455,13 @@ func (e *env) liveBackend(ctx context.Context) (*liveBackend, error) {
 		return nil, fmt.Errorf("ask the backend its port: %w", err)
 	}
 	lb.direct = net.JoinHostPort("127.0.0.1", port)
-	if pid, err := e.ask(ctx, res.URL+"pid"); err == nil {
-		lb.pid, _ = strconv.Atoi(pid)
+	pid, err := e.ask(ctx, res.URL+"pid")
+	if err == nil {
+		lb.pid, err = strconv.Atoi(pid)
+	}
+	if err != nil {
+		lb.pid = 0
+		e.verbose("the backend did not tell its process ID (%v): its CPU is not metered", err)
 	}
 	e.live = lb
 	e.verbose("live backend %s: direct %s, proxy %s", lb.id, lb.direct, lb.proxy)
@@ -638,7 +643,8 @@ const secretLen = 48
 // connections, with one worker per CPU and no access log: nginx as people
 // tune it for a reverse proxy. /ws passes WebSocket upgrades.
 //
-// Toward the backend it sends the headers Berth's proxy sends, so that the
+// Toward the backend, outside /ws (where only the handshake is parsed), it
+// sends the headers Berth's proxy sends, so that the
 // backend parses the same request from both: Host and X-Forwarded-Host as
 // the client sent its Host, X-Forwarded-For, X-Forwarded-Proto, and the
 // X-Berth-* identity an application behind nginx would need as well (the

@@ -8,6 +8,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,7 +24,18 @@ func captureBackend(t *testing.T) (addr string, heads <-chan string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+	)
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close() // a proxy's idle keep-alive connection would hold its goroutine
+		}
+	})
 	ch := make(chan string, 64)
 	go func() {
 		for {
@@ -31,6 +43,9 @@ func captureBackend(t *testing.T) (addr string, heads <-chan string) {
 			if err != nil {
 				return
 			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
 			go func() {
 				defer c.Close()
 				br := bufio.NewReader(c)

@@ -5,6 +5,7 @@ import (
 	"io"
 	"math"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -221,24 +222,31 @@ func fmtRatio(r float64) string {
 }
 
 // shown formats the compared value v of a ratio or difference target. When
-// v rounds to the target's own figure it gets more digits, so that a miss
-// never reads as the target (0.996× against ≥ 1.00× shows as 0.996×).
+// v rounds to the target's own figure it gets more digits, until the two
+// differ, so that a miss never reads as the target (0.996× against ≥ 1.00×
+// shows as 0.996×).
 func (t target) shown(v float64, unit string) string {
+	var format func(prec int, x float64) string
+	first := 2
 	switch t.kind {
 	case ratioAtMost, ratioAtLeast:
-		for _, prec := range []int{2, 3, 4} {
-			if s := fmt.Sprintf("%.*f×", prec, v); prec == 4 || s != fmt.Sprintf("%.*f×", prec, t.value) || v == t.value {
-				return s
-			}
-		}
+		format = func(prec int, x float64) string { return strconv.FormatFloat(x, 'f', prec, 64) + "×" }
 	case deltaAtMost:
 		s := fmtSigned(v, unit)
-		if s == fmtSigned(t.value, unit) && v != t.value && unit == "µs" {
-			s = fmt.Sprintf("+%.1f µs", v)
+		if s != fmtSigned(t.value, unit) || v == t.value || unit != "µs" {
+			return s
 		}
-		return s
+		format = func(prec int, x float64) string { return "+" + strconv.FormatFloat(x, 'f', prec, 64) + " µs" }
+		first = 1
+	default:
+		return "—"
 	}
-	return "—"
+	for prec := first; prec < 10; prec++ {
+		if s := format(prec, v); s != format(prec, t.value) || v == t.value {
+			return s
+		}
+	}
+	return format(-1, v) // as many digits as v has
 }
 
 // fmtValue formats v in unit with a precision that suits it.

@@ -344,7 +344,7 @@ func runThroughput(ctx context.Context, e *env, r *runCtx) (*result, error) {
 	}
 	if r.profile != "" && r.n == 1 {
 		// A load of its own, outside the measured blocks.
-		d := time.Duration(blocks) * block
+		d := max(time.Duration(blocks)*block, 2*time.Second) // the profile stops a second before the load
 		r.cpuProfile(e, "throughput", d-time.Second)
 		if _, err := e.load(ctx, berthT.addr, berthT.path, conns, d, "", nil); err != nil {
 			return nil, err
@@ -366,13 +366,19 @@ func runThroughput(ctx context.Context, e *env, r *runCtx) (*result, error) {
 	switch {
 	case nerr == nil:
 		nx := &got[1]
-		others := fmt.Sprintf("backend %.1f / %.1f µs", perReq(bx, bx.backend), perReq(nx, nx.backend))
+		var others []string
+		if lb.pid > 0 {
+			others = append(others, fmt.Sprintf("backend %.1f / %.1f µs", perReq(bx, bx.backend), perReq(nx, nx.backend)))
+		}
 		if e.wrk != nil {
-			others += fmt.Sprintf(", wrk %.1f / %.1f µs", perReq(bx, bx.gen), perReq(nx, nx.gen))
+			others = append(others, fmt.Sprintf("wrk %.1f / %.1f µs", perReq(bx, bx.gen), perReq(nx, nx.gen)))
+		}
+		if len(others) == 0 {
+			others = append(others, "not metered")
 		}
 		res.values[fig] = RunFigure{Berth: rate(bx), Baseline: rate(nx)}
 		res.notes[fig] = fmt.Sprintf("CPU per request: proxy: Berth %.1f µs, %s (%d workers) %.1f µs; with Berth / with nginx: %s; machine CPU busy %.0f%% / %.0f%%; non-2xx/socket errors: Berth %d/%d, nginx %d/%d",
-			perReq(bx, bx.proxy), ng.version, len(ng.pids())-1, perReq(nx, nx.proxy), others,
+			perReq(bx, bx.proxy), ng.version, len(ng.pids())-1, perReq(nx, nx.proxy), strings.Join(others, ", "),
 			100*bx.busy/bx.secs, 100*nx.busy/nx.secs, bx.non2xx, bx.errs, nx.non2xx, nx.errs)
 	default:
 		var ni *errNotInstalled

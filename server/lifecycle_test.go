@@ -107,3 +107,12 @@ func newProcessManager(tb testing.TB, wrap func(store.Store) store.Store) *Manag
 	}
 	return m
 }
+
+// A backend's secret is 48 characters: `berth bench` gives nginx a stand-in
+// X-Berth-Secret of that length (bench.secretLen), so that the backend
+// parses the same head behind both proxies.
+func TestNewSecret_Length(t *testing.T) {
+	if s := newSecret(); len(s) != 48 {
+		t.Errorf("len(newSecret()) = %d, want 48 (change bench.secretLen with it)", len(s))
+	}
+}
