@@ -294,7 +294,7 @@ func runThroughput(ctx context.Context, e *env, r *runCtx) (*result, error) {
 	type measured struct {
 		requests            float64       // completed 2xx responses
 		secs                float64       // measured
-		non2xx, errs        int64         //
+		non2xx, errs        int64         // over all blocks
 		proxy, backend, gen time.Duration // CPU used
 		busy                float64       // the machine's CPU, weighted by secs
 	}
