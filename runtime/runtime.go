@@ -93,6 +93,10 @@ type Lister interface {
 	// List returns the handle of every instance this runtime (under this
 	// Berth's identity) keeps: running, or exited but not yet cleaned up, so
 	// that Stop and Cleanup of the ones no live backend owns leave nothing
-	// behind.
+	// behind. That includes an instance whose Start never returned (Berth
+	// was killed during it): whatever Start launches must be findable by
+	// its Spec.BackendID alone, from the moment it can run. Berth records
+	// the backend's id and runtime durably before it calls Start, so a
+	// restarted Berth can match every instance List returns to a record.
 	List(ctx context.Context) ([]*Handle, error)
 }

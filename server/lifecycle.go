@@ -216,9 +216,11 @@ func (m *Manager) start(ctx context.Context, inst *instance, b *berth.Backend, l
 	}
 	// starting is recorded together with the runtime handle, in one write
 	// once the runtime has started the backend, dated when the start began.
-	// A crash before that write leaves the backend scheduled without a
-	// handle: Reconcile records it lost, and the runtime's List finds the
-	// instance, which no live backend owns, and removes it.
+	// The record made before (CreateBackend) already says which backend
+	// and which runtime, and the runtime can find what it starts by the
+	// backend's id alone (runtime.Lister): a crash before this write leaves
+	// the backend scheduled without a handle, and Reconcile stops the
+	// instance its runtime lists for it before recording it lost.
 	at := time.Now().UTC()
 	h, err := inst.rt.Start(ctx, spec)
 	if err != nil {

@@ -108,7 +108,12 @@ type Manager struct {
 	byKey    map[string]*instance // live key holders
 	closing  bool
 	spawning map[string]*pending // keys whose CreateBackend is in flight
+
+	lostStops chan struct{} // a slot per stop of a lost backend's instance
 }
+
+// maxLostStops bounds the lost backends' instances a restart stops at once.
+const maxLostStops = 8
 
 // pending lets concurrent connects for one key share a single CreateBackend.
 type pending struct {
@@ -133,6 +138,8 @@ func New(cfg Config) (*Manager, error) {
 		live:     make(map[string]*instance),
 		byKey:    make(map[string]*instance),
 		spawning: make(map[string]*pending),
+
+		lostStops: make(chan struct{}, maxLostStops),
 	}, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/berthhq/berth"
 	"github.com/berthhq/berth/runtime"
@@ -12,22 +13,24 @@ import (
 
 // Reconcile makes the store and the runtimes agree after a start, including
 // one after SIGKILL: every backend the store says is live is either
-// re-adopted (the runtime still runs it) or terminated as lost, and anything a
-// runtime runs that no live record owns is stopped and removed.
+// re-adopted (the runtime still runs it) or stopped and terminated as lost,
+// and anything a runtime runs that no live record owns is stopped and
+// removed.
+//
+// A spawn records the backend (its id and runtime) before the runtime
+// starts it, and a runtime can find whatever it started by that id alone
+// (runtime.Lister), so a Berth killed between a start and the record of its
+// handle leaves an instance that this finds: the record says scheduled, with
+// no handle, and the runtime lists an instance for it. Such an instance is
+// stopped before its record says lost: a record is terminated only once
+// nothing of its backend runs, and its key is free only then.
 func (m *Manager) Reconcile(ctx context.Context) error {
 	bs, err := m.cfg.Store.Backends(ctx, store.Filter{Live: true})
 	if err != nil {
 		return fmt.Errorf("reconcile: list live backends: %w", err)
 	}
-	owned := make(map[string]bool)
-	for _, b := range bs {
-		if m.cfg.Node != "" && b.Node != "" && b.Node != m.cfg.Node {
-			continue // another replica's backend
-		}
-		if m.recover(ctx, b) {
-			owned[b.ID] = true
-		}
-	}
+	// What each runtime runs, listed before any record is judged.
+	listed := make(map[string]map[string]*runtime.Handle) // runtime → backend id → handle
 	for name, rt := range m.cfg.Runtimes {
 		l, ok := rt.(runtime.Lister)
 		if !ok {
@@ -37,13 +40,27 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 		if err != nil {
 			return fmt.Errorf("reconcile: list %s instances: %w", name, err)
 		}
+		byID := make(map[string]*runtime.Handle, len(hs))
 		for _, h := range hs {
-			if owned[h.BackendID] {
-				continue
-			}
+			byID[h.BackendID] = h
+		}
+		listed[name] = byID
+	}
+	for _, b := range bs {
+		if m.cfg.Node != "" && b.Node != "" && b.Node != m.cfg.Node {
+			continue // another replica's backend
+		}
+		found := listed[b.Runtime][b.ID]
+		delete(listed[b.Runtime], b.ID) // its record accounts for it
+		m.recover(ctx, b, found)
+	}
+	for name, hs := range listed {
+		rt := m.cfg.Runtimes[name]
+		for _, h := range hs {
 			m.log.Warn("removing an instance no live backend owns", "runtime", name, "backend", h.BackendID)
 			if err := rt.Stop(ctx, h, "", 0); err != nil {
 				m.log.Error("stop orphan", "backend", h.BackendID, "err", err)
+				continue
 			}
 			rt.Cleanup(ctx, h)
 		}
@@ -51,40 +68,36 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 	return nil
 }
 
-// recover re-adopts one live backend, or records it as lost. It reports
-// whether the backend is running again under this Manager.
-func (m *Manager) recover(ctx context.Context, b *berth.Backend) bool {
+// recover re-adopts one live backend, or stops what may run of it and
+// records it as lost. listed is the instance its runtime's List found for
+// it, if any.
+func (m *Manager) recover(ctx context.Context, b *berth.Backend, listed *runtime.Handle) {
 	log := m.log.With("backend", b.ID, "key", b.Key)
 	inst := newInstance(b, m.cfg.Runtimes[b.Runtime])
-	lost := func(why string) bool {
-		log.Warn("backend lost", "why", why)
-		m.transition(inst, storeTransition(berth.StateTerminating, berth.ReasonLost, why))
-		// The final save may wait on a blob store that is down: do it in
-		// the background, with the key held, so Berth itself comes up.
-		m.adopt(inst)
-		m.wg.Add(1)
-		go func() {
-			defer m.wg.Done()
-			defer m.finish(inst)
-			m.afterExit(inst)
-			m.terminate(inst, berth.ReasonLost, nil, why)
-		}()
-		return false
-	}
 	if inst.rt == nil {
-		return lost(fmt.Sprintf("runtime %q is not available on this server", b.Runtime))
+		// Nothing can be asked or stopped: the runtime is not configured
+		// here (the operator removed it).
+		m.lose(inst, nil, fmt.Sprintf("runtime %q is not available on this server", b.Runtime))
+		return
 	}
 	h, err := decodeHandle(b.Handle)
 	if err != nil {
-		return lost("it never started: " + err.Error())
+		if listed != nil {
+			m.lose(inst, listed, "Berth stopped while it was starting; its instance was stopped")
+		} else {
+			m.lose(inst, nil, "it never started")
+		}
+		return
 	}
 	m.cfg.Logs.Open(b.ID)
 	if err := inst.rt.Recover(ctx, h, m.cfg.Logs.Writer(b.ID)); err != nil {
 		if errors.Is(err, runtime.ErrGone) {
-			inst.rt.Cleanup(ctx, h)
-			return lost("it stopped while Berth was down")
+			// What it started may outlive it (a child in its group).
+			m.lose(inst, h, "it stopped while Berth was down")
+		} else {
+			m.lose(inst, h, "recover: "+err.Error())
 		}
-		return lost("recover: " + err.Error())
+		return
 	}
 	log.Info("recovered backend", "state", b.State)
 	if m.cfg.Hooks.Recovered != nil {
@@ -105,11 +118,53 @@ func (m *Manager) recover(ctx context.Context, b *berth.Backend) bool {
 		defer m.wg.Done()
 		m.run(inst, &recovery{handle: h})
 	}()
-	return true
 }
 
-func storeTransition(to berth.State, why berth.Reason, msg string) store.Transition {
-	return store.Transition{To: to, Reason: why, Message: msg}
+// lose terminates a backend as lost: terminating at once, terminated once
+// what h names is stopped and removed (retried until the runtime confirms
+// it) and the final save is done. The key stays held until then, but in
+// the background, so Berth itself comes up while a runtime or the blob
+// store is slow.
+func (m *Manager) lose(inst *instance, h *runtime.Handle, why string) {
+	m.log.Warn("backend lost", "backend", inst.id, "key", inst.key, "why", why)
+	m.transition(inst, store.Transition{To: berth.StateTerminating, Reason: berth.ReasonLost, Message: why})
+	m.adopt(inst)
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		defer m.finish(inst)
+		if h != nil && !m.stopLost(inst, h) {
+			return // shutting down: the next start reconciles it again
+		}
+		m.afterExit(inst)
+		m.terminate(inst, berth.ReasonLost, nil, why)
+	}()
+}
+
+// stopLost stops and removes the instance of a lost backend, retrying until
+// the runtime says it is gone (true), or Berth shuts down (false).
+func (m *Manager) stopLost(inst *instance, h *runtime.Handle) bool {
+	m.lostStops <- struct{}{} // bound the stops a restart runs at once
+	defer func() { <-m.lostStops }()
+	backoff := 200 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := inst.rt.Stop(m.ctx, h, "", 0)
+		if err == nil {
+			inst.rt.Cleanup(m.ctx, h)
+			return true
+		}
+		if m.ctx.Err() != nil {
+			return false
+		}
+		m.log.Error("stop a lost backend's instance; retrying", "backend", inst.id, "attempt", attempt, "err", err)
+		m.recordEvent(inst, fmt.Sprintf("stopping its instance failed (attempt %d): %v; retrying in %s", attempt, err, backoff))
+		select {
+		case <-time.After(backoff):
+		case <-m.ctx.Done():
+			return false
+		}
+		backoff = min(backoff*2, 30*time.Second)
+	}
 }
 
 // adopt makes inst one of this Manager's live backends.

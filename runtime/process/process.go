@@ -547,20 +547,24 @@ func (r *Runtime) Cleanup(ctx context.Context, h *runtime.Handle) error {
 }
 
 // List returns the handle of every backend under Dir not yet cleaned up,
-// whether it still runs or not.
+// whether it still runs or not, and of every backend whose Start was cut
+// short before it wrote the handle (a Berth killed meanwhile) but whose
+// processes run (see find.go).
 func (r *Runtime) List(ctx context.Context) ([]*runtime.Handle, error) {
 	ents, err := os.ReadDir(r.dir)
 	if err != nil {
 		return nil, fmt.Errorf("process: list: %w", err)
 	}
 	var hs []*runtime.Handle
+	unrecorded := make(map[string]bool)
 	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), ".") {
+		if strings.HasPrefix(e.Name(), ".") || !e.IsDir() {
 			continue // a spare (see park); backend ids never start with a dot
 		}
 		b, err := os.ReadFile(filepath.Join(r.dir, e.Name(), handleFile))
 		if errors.Is(err, fs.ErrNotExist) || (err == nil && len(b) == 0) {
-			continue // not a backend, or one still starting
+			unrecorded[e.Name()] = true
+			continue
 		}
 		if err != nil {
 			return nil, fmt.Errorf("process: list: %w", err)
@@ -568,15 +572,17 @@ func (r *Runtime) List(ctx context.Context) ([]*runtime.Handle, error) {
 		// The first JSON value only: see writeHandle.
 		var h runtime.Handle
 		if err := json.NewDecoder(bytes.NewReader(b)).Decode(&h); err != nil {
-			r.log.Warn("skipping an unreadable handle", "file", filepath.Join(r.dir, e.Name(), handleFile), "err", err)
+			r.log.Warn("unreadable handle; looking for the backend's processes", "file", filepath.Join(r.dir, e.Name(), handleFile), "err", err)
+			unrecorded[e.Name()] = true
 			continue
 		}
 		if h.BackendID != e.Name() {
-			continue // a spare's last handle: a backend still starting
+			unrecorded[e.Name()] = true // a spare's last handle: this backend's was never written
+			continue
 		}
 		hs = append(hs, &h)
 	}
-	return hs, nil
+	return append(hs, r.findUnrecorded(unrecorded)...), nil
 }
 
 // writeHandle writes the handle over whatever the file holds (in a spare,

@@ -798,3 +798,104 @@ func TestRuntime_HandleInPlace(t *testing.T) {
 		t.Errorf("List with a stale tail = %v, %v; want bk_new", hs, err)
 	}
 }
+
+// A Berth killed between a start and the write of its handle leaves a
+// process group that no handle names; a restarted runtime's List still finds
+// it by its backend id, with the address Start would have recorded, and
+// Stop removes it.
+func TestRuntime_ListFindsUnrecordedStart(t *testing.T) {
+	t.Parallel()
+	bin := runtimetest.BuildTestBackend(t)
+	ctx := context.Background()
+	// startElsewhere starts a backend from another process, as a Berth
+	// that then died would have, and returns the handle it wrote.
+	startElsewhere := func(t *testing.T, dir, id string) runtime.Handle {
+		t.Helper()
+		sp := testSpec(t, bin, id, nil)
+		req, _ := json.Marshal(helperRequest{Dir: dir, Spec: sp})
+		cmd := exec.Command(os.Args[0])
+		cmd.Env = append(os.Environ(), helperEnv+"="+string(req), "GORACE=atexit_sleep_ms=0")
+		cmd.Stderr = os.Stderr
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatalf("helper Berth: %v", err)
+		}
+		var h runtime.Handle
+		if err := json.Unmarshal(out, &h); err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+	findAndStop := func(t *testing.T, r *Runtime, want runtime.Handle, pid int) {
+		t.Helper()
+		hs, err := r.List(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got *runtime.Handle
+		for _, h := range hs {
+			if h.BackendID == want.BackendID {
+				got = h
+			}
+		}
+		if got == nil {
+			t.Fatalf("List = %v, want a handle for %s, whose process %d runs without a handle file", hs, want.BackendID, pid)
+		}
+		if st := handleState(t, got); st.PID != pid || st.PGID != pid {
+			t.Errorf("found pid %d group %d, want %d", st.PID, st.PGID, pid)
+		}
+		if want.Addr != "" && got.Addr != want.Addr {
+			t.Errorf("found address %q, want %q", got.Addr, want.Addr)
+		}
+		if err := r.Stop(ctx, got, "", 0); err != nil {
+			t.Fatalf("Stop: %v", err)
+		}
+		if s, err := readStat(pid); err == nil && s.running() {
+			t.Errorf("process %d still runs after Stop", pid)
+		}
+		if err := r.Cleanup(ctx, got); err != nil {
+			t.Errorf("Cleanup: %v", err)
+		}
+	}
+
+	t.Run("no handle file", func(t *testing.T) {
+		dir := t.TempDir()
+		h := startElsewhere(t, dir, "bk_nohandle")
+		pid := handleState(t, &h).PID
+		t.Cleanup(func() { unix.Kill(-pid, unix.SIGKILL) })
+		os.Remove(filepath.Join(dir, h.BackendID, handleFile))
+		findAndStop(t, newRuntime(t, Config{Dir: dir}), h, pid)
+	})
+	t.Run("a spare's old handle", func(t *testing.T) {
+		dir := t.TempDir()
+		h := startElsewhere(t, dir, "bk_sparehandle")
+		pid := handleState(t, &h).PID
+		t.Cleanup(func() { unix.Kill(-pid, unix.SIGKILL) })
+		old := h
+		old.BackendID = "bk_previous"
+		if err := writeHandle(filepath.Join(dir, h.BackendID, handleFile), &old); err != nil {
+			t.Fatal(err)
+		}
+		findAndStop(t, newRuntime(t, Config{Dir: dir}), h, pid)
+	})
+	t.Run("before exec", func(t *testing.T) {
+		// Forked and in its working directory, but not yet exec'd: the
+		// environment is still Berth's, without BERTH_BACKEND_ID.
+		dir := t.TempDir()
+		work := filepath.Join(dir, "bk_preexec", "work")
+		if err := os.MkdirAll(work, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		cmd := exec.Command(bin)
+		cmd.Dir = work
+		cmd.Env = []string{"PORT=0"}
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		pid := cmd.Process.Pid
+		go cmd.Wait() // reaps it once Stop killed it
+		t.Cleanup(func() { unix.Kill(-pid, unix.SIGKILL) })
+		findAndStop(t, newRuntime(t, Config{Dir: dir}), runtime.Handle{BackendID: "bk_preexec"}, pid)
+	})
+}
