@@ -19,6 +19,10 @@ import (
 // longer exists.
 var ErrGone = errors.New("runtime: instance is gone")
 
+// ErrVolumeBusy is returned (wrapped) by Start when Spec.VolumeLock is held:
+// another instance, perhaps one a crashed Berth left, still has the volume.
+var ErrVolumeBusy = errors.New("runtime: the volume is in use by another instance")
+
 // Spec is everything a runtime needs to start one backend.
 type Spec struct {
 	BackendID string
@@ -35,6 +39,14 @@ type Spec struct {
 	// StateDir, when set, is a host directory the backend gets as
 	// BERTH_STATE_DIR (mode dir and volume). Container runtimes mount it.
 	StateDir string
+	// VolumeLock, when set, makes StateDir the key's volume (mode volume),
+	// which one instance at a time may have: the instance holds the lock
+	// for as long as anything of it runs — even after a Berth that started
+	// it died — and Start fails with ErrVolumeBusy while another does. It
+	// names a lock file beside the volume for runtimes that can hand a
+	// file lock to what they start; others use their own means (see each
+	// runtime's doc).
+	VolumeLock string
 	// Logs receives the backend's stdout and stderr, interleaved as written.
 	Logs io.Writer
 }

@@ -99,7 +99,12 @@ func (s *spool) save(ctx context.Context, key string, fence int64, r io.Reader, 
 	}
 	unlock := s.lock(key)
 	defer unlock()
-	if old, _, err := s.find(key); err == nil {
+	if old, oldFence, err := s.find(key); err == nil {
+		if oldFence > fence {
+			// A newer holder's save waits here: a stale writer must
+			// neither replace it nor land.
+			return blob.Info{}, &blob.FencedError{Key: key, Fence: fence, Current: oldFence}
+		}
 		os.Remove(old) // an older save that never reached the store: superseded
 	}
 	if err := os.Rename(tmp, s.name(key, fence)); err != nil {

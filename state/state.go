@@ -149,7 +149,12 @@ func (s *Service) BeforeStart(ctx context.Context, b *berth.Backend, spec *runti
 		if err != nil {
 			return err
 		}
+		lock, err := volumeLock(dir)
+		if err != nil {
+			return err
+		}
 		spec.StateDir = dir
+		spec.VolumeLock = lock
 		spec.Env["BERTH_STATE_DIR"] = dir
 		return nil
 	}
@@ -344,6 +349,18 @@ func VolumeDir(root, key string) (string, error) {
 		return "", fmt.Errorf("state: volume for key %q resolves outside the volume root", key)
 	}
 	return real, nil
+}
+
+// volumeLock returns the lock file of the volume dir (made by VolumeDir)
+// that the runtime hands to the backend (runtime.Spec.VolumeLock), in
+// root/.locks: no key's directory is named there, as every one starts with
+// "k-".
+func volumeLock(dir string) (string, error) {
+	locks := filepath.Join(filepath.Dir(dir), ".locks")
+	if err := os.MkdirAll(locks, 0o700); err != nil {
+		return "", fmt.Errorf("state: volume locks: %w", err)
+	}
+	return filepath.Join(locks, filepath.Base(dir)), nil
 }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }

@@ -54,6 +54,11 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (*runtime.Handle
 	if err != nil {
 		return nil, fmt.Errorf("docker: start %s: %w", id, err)
 	}
+	if spec.VolumeLock != "" {
+		if err := r.volumeFree(ctx, spec.StateDir); err != nil {
+			return nil, fmt.Errorf("docker: start %s: %w", id, err)
+		}
+	}
 	if spec.StateDir != "" {
 		if err := chownTree(spec.StateDir, r.user(img)); err != nil {
 			return nil, fmt.Errorf("docker: start %s: prepare the state directory: %w", id, err)
@@ -218,6 +223,9 @@ func (r *Runtime) createOptions(spec runtime.Spec, img imageInfo, sb sandbox) (c
 			LabelInstance: r.cfg.Instance,
 			LabelManaged:  "true",
 		},
+	}
+	if spec.VolumeLock != "" {
+		cfg.Labels[LabelVolume] = spec.StateDir
 	}
 	if sb.id != "" {
 		hc.NetworkMode = container.NetworkMode("container:" + sb.id)
@@ -516,6 +524,28 @@ func (r *Runtime) List(ctx context.Context) ([]*runtime.Handle, error) {
 		hs = append(hs, &runtime.Handle{BackendID: c.Labels[LabelBackend], Runtime: Name, State: raw})
 	}
 	return hs, nil
+}
+
+// volumeFree returns runtime.ErrVolumeBusy (wrapped) when a container of the
+// engine, of any Berth, that has not exited carries dir as its volume: a
+// file lock cannot be handed into a container, so the engine's own record
+// of what runs is the lock. A container that has exited no longer writes.
+func (r *Runtime) volumeFree(ctx context.Context, dir string) error {
+	res, err := r.cli.ContainerList(ctx, client.ContainerListOptions{
+		All:     true,
+		Filters: make(client.Filters).Add("label", LabelVolume+"="+dir),
+	})
+	if err != nil {
+		return fmt.Errorf("check the volume: %w", err)
+	}
+	for _, c := range res.Items {
+		switch c.State {
+		case container.StateExited, container.StateDead:
+			continue
+		}
+		return fmt.Errorf("%w: container %s (backend %s) is %s", runtime.ErrVolumeBusy, c.ID[:min(12, len(c.ID))], c.Labels[LabelBackend], c.State)
+	}
+	return nil
 }
 
 func containerID(h *runtime.Handle) (string, error) {

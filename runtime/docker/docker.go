@@ -37,6 +37,10 @@
 //     /berth/state, which BERTH_STATE_DIR then names. The runtime hands the
 //     host directory to the container's user (chown when the user is numeric
 //     and Berth runs as root, else it makes the tree world-writable).
+//     A key's volume (Spec.VolumeLock set) is one container's at a time: the
+//     container carries the directory in LabelVolume, and Start refuses
+//     (runtime.ErrVolumeBusy) while any container of the engine, of any
+//     Berth instance, that carries it has not exited.
 //
 // Stop sends the stop signal (the one asked for, else the spawn's
 // stop_signal, else the image's STOPSIGNAL, else SIGTERM), waits the grace
@@ -82,6 +86,9 @@ const (
 	LabelKey      = "berth.key"
 	LabelInstance = "berth.instance"
 	LabelManaged  = "berth.managed"
+	// LabelVolume names the host directory of a mode-volume backend, so
+	// the engine can tell whether a container still has the volume.
+	LabelVolume = "berth.volume"
 )
 
 const (

@@ -513,3 +513,33 @@ func (l *logBuffer) waitFor(t *testing.T, s string) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// A mode-volume backend's container keeps its volume from every other
+// container of the engine, of any Berth (another instance label here):
+// a second start for the volume fails with ErrVolumeBusy until the first
+// container has stopped.
+func TestRuntime_Start_volumeBusy(t *testing.T) {
+	t.Parallel()
+	r := newRuntime(t, Config{})
+	other := newRuntime(t, Config{Instance: "volume-busy-" + strings.ToLower(rand.Text()[:8])})
+	dir := t.TempDir()
+	spec := testSpec(testID(), nil)
+	spec.StateDir, spec.VolumeLock = dir, dir+".lock"
+	a := start(t, r, spec)
+
+	specB := testSpec(testID(), nil)
+	specB.StateDir, specB.VolumeLock = dir, dir+".lock"
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
+	defer cancel()
+	if h, err := other.Start(ctx, specB); !errors.Is(err, runtime.ErrVolumeBusy) {
+		if err == nil {
+			other.Stop(ctx, h, "", 0)
+			other.Cleanup(ctx, h)
+		}
+		t.Fatalf("second start for the volume while the first runs: %v, want ErrVolumeBusy", err)
+	}
+	if err := r.Stop(ctx, a.h, "", 0); err != nil {
+		t.Fatal(err)
+	}
+	start(t, other, specB)
+}

@@ -13,6 +13,11 @@
 // through Recover, checking the pid together with the process start time,
 // so a reused pid is never mistaken for the backend.
 //
+// A backend of mode volume holds the lock file Spec.VolumeLock (flock,
+// exclusive) through a descriptor it inherits as file descriptor 3, for as
+// long as any of its processes keeps it open: a second backend for the same
+// volume cannot start while one still runs, even one a crashed Berth left.
+//
 // Stop signals the whole process group, waits up to the grace period for the
 // leader, then SIGKILLs the group, and keeps killing until no process of the
 // group is left. The runtime never signals a group it cannot prove is its
@@ -304,6 +309,14 @@ func (r *Runtime) start(spec runtime.Spec, base, work string, log *slog.Logger) 
 		Stderr:      out,
 		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
 	}
+	if spec.VolumeLock != "" {
+		lock, err := lockVolume(spec.VolumeLock)
+		if err != nil {
+			return nil, err
+		}
+		defer lock.Close() // the backend holds the lock through its own copy
+		cmd.ExtraFiles = []*os.File{lock}
+	}
 	var cg string
 	if r.cgroupDir != "" {
 		var fd int
@@ -363,6 +376,27 @@ func (r *Runtime) record(h *runtime.Handle, st *state, base string) error {
 		return err
 	}
 	return writeHandle(filepath.Join(base, handleFile), h)
+}
+
+// lockVolume opens and locks a volume's lock file (Spec.VolumeLock). The
+// backend inherits the descriptor, as its file descriptor 3, and with it
+// the lock (flock(2) locks belong to the open file, which every process of
+// the backend that keeps the descriptor shares), so the kernel releases the
+// lock only once the last of them has exited — however Berth fares
+// meanwhile.
+func lockVolume(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open the volume lock: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if err == unix.EWOULDBLOCK {
+			return nil, fmt.Errorf("%w: a process holds %s", runtime.ErrVolumeBusy, path)
+		}
+		return nil, fmt.Errorf("lock the volume: %w", err)
+	}
+	return f, nil
 }
 
 // program resolves the command's program. A relative path is relative to

@@ -899,3 +899,49 @@ func TestRuntime_ListFindsUnrecordedStart(t *testing.T) {
 		findAndStop(t, newRuntime(t, Config{Dir: dir}), runtime.Handle{BackendID: "bk_preexec"}, pid)
 	})
 }
+
+// A backend of mode volume holds its volume's lock for as long as it runs,
+// even after the Berth that started it died; a second backend for the
+// volume cannot start until it is gone.
+func TestRuntime_VolumeLock(t *testing.T) {
+	t.Parallel()
+	bin := runtimetest.BuildTestBackend(t)
+	ctx := context.Background()
+	dir := t.TempDir()
+	lock := filepath.Join(t.TempDir(), "k-doc")
+
+	// A is started by a Berth that exits right after (the helper process).
+	sp := testSpec(t, bin, "bk_vola", nil)
+	sp.VolumeLock = lock
+	req, _ := json.Marshal(helperRequest{Dir: dir, Spec: sp})
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), helperEnv+"="+string(req), "GORACE=atexit_sleep_ms=0")
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("helper Berth: %v", err)
+	}
+	var a runtime.Handle
+	if err := json.Unmarshal(out, &a); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Kill(-handleState(t, &a).PGID, unix.SIGKILL) })
+
+	r := newRuntime(t, Config{Dir: dir})
+	spB := testSpec(t, bin, "bk_volb", nil)
+	spB.VolumeLock = lock
+	if h, err := r.Start(ctx, spB); !errors.Is(err, runtime.ErrVolumeBusy) {
+		if err == nil {
+			r.Stop(ctx, h, "", 0)
+			r.Cleanup(ctx, h)
+		}
+		t.Fatalf("start B while A runs: %v, want ErrVolumeBusy", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "bk_volb")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("the refused start left its directory behind: %v", err)
+	}
+	if err := r.Stop(ctx, &a, "", 0); err != nil {
+		t.Fatal(err)
+	}
+	start(t, r, spB)
+}
