@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/berthhq/berth/logs"
@@ -22,7 +21,7 @@ import (
 	"github.com/berthhq/berth/server"
 	"github.com/berthhq/berth/state"
 	"github.com/berthhq/berth/store"
-	"github.com/berthhq/berth/store/sqlite"
+	"github.com/berthhq/berth/store/stores"
 	"github.com/berthhq/berth/token"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -109,7 +108,7 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
 	}
-	st, err := openStore(o)
+	st, err := openStore(ctx, o)
 	if err != nil {
 		return err
 	}
@@ -249,22 +248,16 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 	return nil
 }
 
-func openStore(o *serverOptions) (store.Store, error) {
+func openStore(ctx context.Context, o *serverOptions) (store.Store, error) {
 	spec := o.Store
 	if spec == "" {
 		spec = "sqlite:" + filepath.Join(o.DataDir, "berth.db")
 	}
-	switch {
-	case strings.HasPrefix(spec, "sqlite:"):
-		st, err := sqlite.Open(strings.TrimPrefix(spec, "sqlite:"))
-		if err != nil {
-			return nil, fmt.Errorf("open store: %w", err)
-		}
-		return st, nil
-	case strings.HasPrefix(spec, "postgres://"), strings.HasPrefix(spec, "postgresql://"):
-		return nil, errors.New("--store postgres:// is not available in this build yet; use sqlite:PATH")
+	st, err := stores.Open(ctx, spec)
+	if errors.Is(err, stores.ErrUnknown) {
+		return nil, usagef("--store: %v", err)
 	}
-	return nil, usagef("--store %q: use sqlite:PATH or postgres://…", spec)
+	return st, err
 }
 
 // openSigner loads the token key, generating one into the data dir on first
