@@ -30,38 +30,39 @@ type instance struct {
 	id, key string
 	rt      runtime.Runtime
 
-	// routable is closed once the proxy may send the backend traffic: when
-	// it first answered HTTP (before ready is recorded) or ended. ready is
-	// closed once ready is recorded, or the backend ended: connects that
-	// wait for ready return a backend whose record says so.
-	routable chan struct{}
-	ready    chan struct{}
-	done     chan struct{} // closed once terminated
-	stopC    chan struct{} // signalled by requestStop
+	// answered is closed once the backend first answered its readiness
+	// probe (the proxy routes to it from then on, before ready is
+	// recorded) or ended. readyRecorded is closed once the store says
+	// ready, or the backend ended: connects that wait for ready return a
+	// backend whose record says so.
+	answered      chan struct{}
+	readyRecorded chan struct{}
+	done          chan struct{} // closed once terminated
+	stopC         chan struct{} // signalled by requestStop
 
 	active     atomic.Int64 // open requests and WebSockets
 	lastActive atomic.Int64 // monoNow() of the last activity
-	waiting    atomic.Int64 // proxied GETs and HEADs waiting for routable
+	waiting    atomic.Int64 // proxied GETs and HEADs waiting for answered
 
-	mu        sync.Mutex
-	b         *berth.Backend
-	addr      string
-	stopWhy   berth.Reason
-	stopHard  bool
-	readyOnce sync.Once
-	routeOnce sync.Once
+	mu         sync.Mutex
+	b          *berth.Backend
+	addr       string
+	stopWhy    berth.Reason
+	stopHard   bool
+	readyOnce  sync.Once
+	answerOnce sync.Once
 }
 
 func newInstance(b *berth.Backend, rt runtime.Runtime) *instance {
 	inst := &instance{
-		id:       b.ID,
-		key:      b.Key,
-		rt:       rt,
-		b:        b,
-		routable: make(chan struct{}),
-		ready:    make(chan struct{}),
-		done:     make(chan struct{}),
-		stopC:    make(chan struct{}, 1),
+		id:            b.ID,
+		key:           b.Key,
+		rt:            rt,
+		b:             b,
+		answered:      make(chan struct{}),
+		readyRecorded: make(chan struct{}),
+		done:          make(chan struct{}),
+		stopC:         make(chan struct{}, 1),
 	}
 	inst.lastActive.Store(monoNow())
 	return inst
@@ -101,14 +102,14 @@ func (i *instance) terminating() bool {
 	return s == berth.StateTerminating || s == berth.StateTerminated
 }
 
-// openRoute lets the proxy send traffic to the backend.
-func (i *instance) openRoute() { i.routeOnce.Do(func() { close(i.routable) }) }
+// markAnswered lets the proxy send traffic to the backend.
+func (i *instance) markAnswered() { i.answerOnce.Do(func() { close(i.answered) }) }
 
-// markReady releases connects waiting for ready (and opens the route, if
-// that has not happened yet).
-func (i *instance) markReady() {
-	i.openRoute()
-	i.readyOnce.Do(func() { close(i.ready) })
+// markReadyRecorded releases connects waiting for ready (and marks the
+// backend answered, if that has not happened yet).
+func (i *instance) markReadyRecorded() {
+	i.markAnswered()
+	i.readyOnce.Do(func() { close(i.readyRecorded) })
 }
 
 // requestStop asks the lifecycle to stop the backend. The first reason wins;
@@ -178,7 +179,7 @@ func (m *Manager) run(inst *instance, rec *recovery) {
 			return
 		}
 	} else {
-		inst.markReady()
+		inst.markReadyRecorded()
 	}
 	m.supervise(ctx, inst, b, h, exitC, log)
 }
@@ -209,8 +210,8 @@ func (m *Manager) start(ctx context.Context, inst *instance, b *berth.Backend, l
 	spec.Env["BERTH_FENCING_TOKEN"] = strconv.FormatInt(b.FencingToken, 10)
 	m.cfg.Logs.Open(b.ID)
 	spec.Logs = m.cfg.Logs.Writer(b.ID)
-	if m.cfg.Hooks.BeforeStart != nil {
-		if err := m.cfg.Hooks.BeforeStart(ctx, b, &spec); err != nil {
+	if m.cfg.State != nil {
+		if err := m.cfg.State.Prepare(ctx, b, &spec); err != nil {
 			return nil, fmt.Errorf("prepare state: %w", err)
 		}
 	}
@@ -250,7 +251,7 @@ func (m *Manager) awaitReady(ctx context.Context, inst *instance, b *berth.Backe
 	m.starting.Add(1)
 	go func() {
 		defer m.starting.Add(-1)
-		err := pollReady(rctx, h.Addr, m.pollInterval, m.keepFor(inst))
+		err := pollReady(rctx, h.Addr, m.pollInterval, m.probeConnReuser(inst))
 		if err == nil && testHookAnswered != nil {
 			testHookAnswered(inst)
 		}
@@ -263,7 +264,7 @@ func (m *Manager) awaitReady(ctx context.Context, inst *instance, b *berth.Backe
 			// re-adopts and polls again.
 			readyAt = time.Now().UTC()
 			inst.lastActive.Store(monoNow())
-			inst.openRoute()
+			inst.markAnswered()
 			goruntime.Gosched()
 		}
 		readyC <- err
@@ -271,7 +272,7 @@ func (m *Manager) awaitReady(ctx context.Context, inst *instance, b *berth.Backe
 
 	ready := func() {
 		m.transition(inst, store.Transition{To: berth.StateReady, At: readyAt})
-		inst.markReady()
+		inst.markReadyRecorded()
 		m.cfg.Metrics.startup.Observe(time.Since(started).Seconds())
 	}
 	// A backend the probe found answering may already be routed to, have
@@ -314,12 +315,12 @@ func (m *Manager) awaitReady(ctx context.Context, inst *instance, b *berth.Backe
 // answered its probe, before the route opens.
 var testHookAnswered func(*instance)
 
-// keepFor returns the ConnKeeper for inst's readiness probe: the proxy gets
+// probeConnReuser returns what takes inst's readiness probe's connection: the proxy gets
 // the answered connection only while a request it can carry (a plain GET
 // or HEAD, proxy.Pooled) waits for the backend, so a backend that no such
 // request waits for leaves no idle connection behind.
-func (m *Manager) keepFor(inst *instance) ConnKeeper {
-	keep := m.cfg.KeepConn
+func (m *Manager) probeConnReuser(inst *instance) ProbeConnReuser {
+	keep := m.cfg.ReuseProbeConn
 	if keep == nil {
 		return nil
 	}
@@ -438,12 +439,12 @@ func (m *Manager) stopAndTerminate(inst *instance, h *runtime.Handle, exitC chan
 // afterExit runs the state hook until it succeeds: the key stays held (the
 // backend stays terminating) while its final state is not durable.
 func (m *Manager) afterExit(inst *instance) {
-	if m.cfg.Hooks.AfterExit == nil {
+	if m.cfg.State == nil {
 		return
 	}
 	backoff := 200 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		err := m.cfg.Hooks.AfterExit(context.Background(), inst.snapshot())
+		err := m.cfg.State.SaveFinal(context.Background(), inst.snapshot())
 		if err == nil {
 			return
 		}
@@ -522,7 +523,7 @@ func (m *Manager) terminate(inst *instance, why berth.Reason, code *int, msg str
 
 // finish releases everything a backend held in memory.
 func (m *Manager) finish(inst *instance) {
-	inst.markReady()
+	inst.markReadyRecorded()
 	m.forget(inst)
 	m.cfg.Logs.Finish(inst.id)
 	close(inst.done)

@@ -50,26 +50,30 @@ type Config struct {
 	TokenTTL time.Duration
 	// FreePort picks a port for runtimes that need one chosen by Berth.
 	FreePort func() (int, error)
-	// Hooks let the state layer take part in a backend's life.
-	Hooks Hooks
-	// KeepConn, if set, takes over the connection on which a starting
-	// backend first answered its readiness probe, so the proxy can send
-	// the first request on it (proxy.Proxy.Keep).
-	KeepConn ConnKeeper
+	// State keeps backends' state across sessions (package state); nil
+	// means none is kept.
+	State StateLayer
+	// ReuseProbeConn, if set, takes over the connection on which a
+	// starting backend first answered its readiness probe, so the proxy
+	// can send the first request on it (proxy.Proxy.Keep).
+	ReuseProbeConn ProbeConnReuser
 	// Node names this Berth in records.
 	Node string
 }
 
-// Hooks are called by the lifecycle around starts and stops. All are optional.
-// An error from BeforeStart fails the spawn; an error from AfterExit keeps the
-// backend in terminating and is retried, because its state must not be lost.
-type Hooks struct {
-	// BeforeStart may add env vars and a state dir to the spec.
-	BeforeStart func(ctx context.Context, b *berth.Backend, spec *runtime.Spec) error
-	// AfterExit runs after the backend exited, before it is terminated.
-	AfterExit func(ctx context.Context, b *berth.Backend) error
-	// Recovered runs when a restarted Berth re-adopts a running backend.
-	Recovered func(ctx context.Context, b *berth.Backend) error
+// StateLayer takes part in a backend's life to keep its state (package
+// state implements it). The lifecycle calls it around starts and stops.
+type StateLayer interface {
+	// Prepare runs before the runtime starts b. It raises the key's fence
+	// to b's token and may add env vars, a state directory and a volume
+	// lock to spec. An error fails the spawn.
+	Prepare(ctx context.Context, b *berth.Backend, spec *runtime.Spec) error
+	// SaveFinal runs after b exited, before it is terminated. An error
+	// keeps b terminating, and its key held, and is retried: its state
+	// must not be lost.
+	SaveFinal(ctx context.Context, b *berth.Backend) error
+	// Resume runs when a restarted Berth re-adopts a running b.
+	Resume(ctx context.Context, b *berth.Backend) error
 }
 
 func (c *Config) setDefaults() {
@@ -167,7 +171,7 @@ func (m *Manager) Connect(ctx context.Context, req *api.ConnectRequest) (*api.Co
 		}
 		wctx, cancel := context.WithTimeout(ctx, wait)
 		select {
-		case <-inst.ready:
+		case <-inst.readyRecorded:
 		case <-wctx.Done():
 		}
 		cancel()
@@ -518,9 +522,9 @@ func (m *Manager) KeyLive(key string) bool {
 	return m.byKey[key] != nil || m.spawning[key] != nil
 }
 
-// SetHooks installs the state layer's lifecycle hooks. Call before
-// Reconcile and before serving.
-func (m *Manager) SetHooks(h Hooks) { m.cfg.Hooks = h }
+// SetStateLayer sets Config.State. Call it before Reconcile and serving.
+func (m *Manager) SetStateLayer(s StateLayer) { m.cfg.State = s }
 
-// SetKeepConn sets Config.KeepConn. Call it before Reconcile and serving.
-func (m *Manager) SetKeepConn(k ConnKeeper) { m.cfg.KeepConn = k }
+// SetReuseProbeConn sets Config.ReuseProbeConn. Call it before Reconcile
+// and serving.
+func (m *Manager) SetReuseProbeConn(f ProbeConnReuser) { m.cfg.ReuseProbeConn = f }

@@ -26,15 +26,16 @@ func (m *Manager) pollInterval() time.Duration {
 	return time.Duration(max(1, m.starting.Load())) * 100 * time.Microsecond
 }
 
-// ConnKeeper takes over a connection on which a readiness probe's GET / was
-// answered; br holds what was read of the answer. proxy.Proxy.Keep is one.
-type ConnKeeper func(addr string, c net.Conn, br *bufio.Reader)
+// ProbeConnReuser takes over a connection on which a readiness probe's GET /
+// was answered; br holds what was read of the answer. proxy.Proxy.Keep is
+// one.
+type ProbeConnReuser func(addr string, c net.Conn, br *bufio.Reader)
 
 // pollReady returns nil once something answers HTTP at addr: every
 // interval() for the first 50 ms (a refused connection costs microseconds),
 // then with a backoff up to 5 ms. keep, if not nil, gets the connection
 // that was answered.
-func pollReady(ctx context.Context, addr string, interval func() time.Duration, keep ConnKeeper) error {
+func pollReady(ctx context.Context, addr string, interval func() time.Duration, keep ProbeConnReuser) error {
 	p := newProbe(addr, keep)
 	start := time.Now()
 	wait := interval()
@@ -70,10 +71,10 @@ type probe struct {
 	ap   netip.AddrPort // invalid when addr is not an IP and port
 	req  []byte
 	d    net.Dialer
-	keep ConnKeeper
+	keep ProbeConnReuser
 }
 
-func newProbe(addr string, keep ConnKeeper) *probe {
+func newProbe(addr string, keep ProbeConnReuser) *probe {
 	ap, _ := netip.ParseAddrPort(addr)
 	conn := "Connection: close\r\n"
 	if keep != nil {

@@ -211,12 +211,12 @@ func TestProbe_KeepsAnsweredConnection(t *testing.T) {
 // backend; otherwise the connection is closed.
 func TestManager_KeepFor(t *testing.T) {
 	var kept []net.Conn
-	m := &Manager{cfg: Config{KeepConn: func(_ string, c net.Conn, _ *bufio.Reader) { kept = append(kept, c) }}}
+	m := &Manager{cfg: Config{ReuseProbeConn: func(_ string, c net.Conn, _ *bufio.Reader) { kept = append(kept, c) }}}
 	inst := &instance{}
 	for _, waiting := range []int64{0, 1} {
 		inst.waiting.Store(waiting)
 		here, there := net.Pipe()
-		m.keepFor(inst)("127.0.0.1:1", here, bufio.NewReader(here))
+		m.probeConnReuser(inst)("127.0.0.1:1", here, bufio.NewReader(here))
 		there.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
 		_, err := there.Read(make([]byte, 1))
 		closed := errors.Is(err, io.EOF)
@@ -225,7 +225,7 @@ func TestManager_KeepFor(t *testing.T) {
 		}
 		here.Close()
 	}
-	if (&Manager{}).keepFor(inst) != nil {
-		t.Error("without Config.KeepConn the probe got a keeper")
+	if (&Manager{}).probeConnReuser(inst) != nil {
+		t.Error("without Config.ReuseProbeConn the probe got a keeper")
 	}
 }

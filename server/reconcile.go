@@ -100,8 +100,8 @@ func (m *Manager) recover(ctx context.Context, b *berth.Backend, listed *runtime
 		return
 	}
 	log.Info("recovered backend", "state", b.State)
-	if m.cfg.Hooks.Recovered != nil {
-		if err := m.cfg.Hooks.Recovered(ctx, b); err != nil {
+	if m.cfg.State != nil {
+		if err := m.cfg.State.Resume(ctx, b); err != nil {
 			log.Error("resume state saving", "err", err)
 		}
 	}

@@ -24,7 +24,7 @@ func (m *Manager) ResolveReady(id string) (proxy.Route, bool) {
 		return proxy.Route{}, false
 	}
 	select {
-	case <-inst.routable:
+	case <-inst.answered:
 	default:
 		return proxy.Route{}, false
 	}
@@ -56,13 +56,13 @@ func (m *Manager) Resolve(ctx context.Context, id string) (proxy.Route, error) {
 		return proxy.Route{}, proxy.ErrGone
 	}
 	// Only a request that a kept probe connection can carry counts as
-	// waiting for one (see keepFor).
+	// waiting for one (see probeConnReuser).
 	if proxy.Pooled(ctx) {
 		inst.waiting.Add(1)
 		defer inst.waiting.Add(-1)
 	}
 	select {
-	case <-inst.routable:
+	case <-inst.answered:
 	case <-ctx.Done():
 		return proxy.Route{}, fmt.Errorf("backend %s is still starting: %w", id, ctx.Err())
 	}

@@ -1,8 +1,8 @@
-// Package state keeps backends' state across sessions. It plugs into the
-// Manager's lifecycle hooks and serves the backend API: backends GET and PUT
-// their state (mode blob), or get a directory that is restored before they
-// start and saved while and after they run (mode dir), or a per-key directory
-// under a volume root (mode volume).
+// Package state keeps backends' state across sessions. It is the Manager's
+// state layer (server.StateLayer) and serves the backend API: backends GET
+// and PUT their state (mode blob), or get a directory that is restored
+// before they start and saved while and after they run (mode dir), or a
+// per-key directory under a volume root (mode volume).
 //
 // Every write is fenced: a backend may write only while it is the live holder
 // of its key, and the blob store itself refuses a write whose fencing token
@@ -132,10 +132,10 @@ func (s *Service) Close() {
 	s.wg.Wait()
 }
 
-// BeforeStart is the Manager's hook before a backend starts: it raises the
+// Prepare runs before a backend starts (server.StateLayer): it raises the
 // key's fence to the new holder's token (so no earlier holder can write any
 // more) and prepares the backend's state mode.
-func (s *Service) BeforeStart(ctx context.Context, b *berth.Backend, spec *runtime.Spec) error {
+func (s *Service) Prepare(ctx context.Context, b *berth.Backend, spec *runtime.Spec) error {
 	mode := b.Spawn.StateMode()
 	if mode == berth.StateModeNone {
 		return nil
@@ -186,10 +186,10 @@ func (s *Service) BeforeStart(ctx context.Context, b *berth.Backend, spec *runti
 	return nil
 }
 
-// AfterExit is the Manager's hook after a backend exited: the final save.
+// SaveFinal runs after a backend exited (server.StateLayer): the final save.
 // It returns an error while the state is not durable; the Manager retries
 // and keeps the key held meanwhile.
-func (s *Service) AfterExit(ctx context.Context, b *berth.Backend) error {
+func (s *Service) SaveFinal(ctx context.Context, b *berth.Backend) error {
 	s.writers.close(b.ID)
 	switch b.Spawn.StateMode() {
 	case berth.StateModeDir:
@@ -225,9 +225,9 @@ func (s *Service) AfterExit(ctx context.Context, b *berth.Backend) error {
 	return nil
 }
 
-// Recovered resumes periodic snapshots of a mode-dir backend that a
+// Resume resumes periodic snapshots of a mode-dir backend that a
 // restarted Berth re-adopted.
-func (s *Service) Recovered(ctx context.Context, b *berth.Backend) error {
+func (s *Service) Resume(ctx context.Context, b *berth.Backend) error {
 	if b.Spawn.StateMode() != berth.StateModeDir {
 		return nil
 	}

@@ -14,7 +14,10 @@ import (
 	"github.com/berthhq/berth/blob"
 	"github.com/berthhq/berth/blob/file"
 	"github.com/berthhq/berth/runtime"
+	"github.com/berthhq/berth/server"
 )
+
+var _ server.StateLayer = (*Service)(nil)
 
 // allLive says every backend is live: the test plays the Manager.
 type allLive struct{}
@@ -60,8 +63,8 @@ func holder(id, key string, fence int64, mode berth.StateMode) *berth.Backend {
 func before(t *testing.T, s *Service, b *berth.Backend) runtime.Spec {
 	t.Helper()
 	spec := runtime.Spec{BackendID: b.ID, Env: map[string]string{}}
-	if err := s.BeforeStart(context.Background(), b, &spec); err != nil {
-		t.Fatalf("BeforeStart of %s: %v", b.ID, err)
+	if err := s.Prepare(context.Background(), b, &spec); err != nil {
+		t.Fatalf("Prepare of %s: %v", b.ID, err)
 	}
 	return spec
 }

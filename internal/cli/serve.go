@@ -191,9 +191,9 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 		return err
 	}
 	defer states.Close()
-	mgr.SetHooks(server.Hooks{BeforeStart: states.BeforeStart, AfterExit: states.AfterExit, Recovered: states.Recovered})
+	mgr.SetStateLayer(states)
 	px := proxy.New(proxy.Config{Resolver: mgr, Signer: signer, Logger: log})
-	mgr.SetKeepConn(px.Keep)
+	mgr.SetReuseProbeConn(px.Keep)
 	if err := mgr.Reconcile(ctx); err != nil {
 		return err
 	}
