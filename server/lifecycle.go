@@ -1,139 +1,17 @@
 package server
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
-	goruntime "runtime"
 	"strconv"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/berthhq/berth"
 	"github.com/berthhq/berth/runtime"
 	"github.com/berthhq/berth/store"
 )
-
-// epoch anchors monotonic activity times: wall clocks may jump, idle
-// deadlines must not.
-var epoch = time.Now()
-
-func monoNow() int64 { return int64(time.Since(epoch)) }
-
-// instance is the in-memory half of a live backend. Its lifecycle goroutine
-// (Manager.run) is the only writer of its state.
-type instance struct {
-	id, key string
-	rt      runtime.Runtime
-
-	// answered is closed once the backend first answered its readiness
-	// probe (the proxy routes to it from then on, before ready is
-	// recorded) or ended. readyRecorded is closed once the store says
-	// ready, or the backend ended: connects that wait for ready return a
-	// backend whose record says so.
-	answered      chan struct{}
-	readyRecorded chan struct{}
-	done          chan struct{} // closed once terminated
-	stopC         chan struct{} // signalled by requestStop
-
-	active     atomic.Int64 // open requests and WebSockets
-	lastActive atomic.Int64 // monoNow() of the last activity
-	waiting    atomic.Int64 // proxied GETs and HEADs waiting for answered
-
-	mu         sync.Mutex
-	b          *berth.Backend
-	addr       string
-	stopWhy    berth.Reason
-	stopHard   bool
-	readyOnce  sync.Once
-	answerOnce sync.Once
-}
-
-func newInstance(b *berth.Backend, rt runtime.Runtime) *instance {
-	inst := &instance{
-		id:            b.ID,
-		key:           b.Key,
-		rt:            rt,
-		b:             b,
-		answered:      make(chan struct{}),
-		readyRecorded: make(chan struct{}),
-		done:          make(chan struct{}),
-		stopC:         make(chan struct{}, 1),
-	}
-	inst.lastActive.Store(monoNow())
-	return inst
-}
-
-// Begin and End implement proxy.Activity: every request and every open
-// WebSocket keeps the backend from going idle.
-func (i *instance) Begin() {
-	i.active.Add(1)
-	i.lastActive.Store(monoNow())
-}
-
-func (i *instance) End() {
-	i.lastActive.Store(monoNow())
-	i.active.Add(-1)
-}
-
-func (i *instance) snapshot() *berth.Backend {
-	i.mu.Lock()
-	b := *i.b
-	i.mu.Unlock()
-	if b.State.Live() {
-		at := time.Now().Add(-time.Duration(monoNow() - i.lastActive.Load())).UTC()
-		b.LastActiveAt = &at
-	}
-	return &b
-}
-
-func (i *instance) state() berth.State {
-	i.mu.Lock()
-	defer i.mu.Unlock()
-	return i.b.State
-}
-
-func (i *instance) terminating() bool {
-	s := i.state()
-	return s == berth.StateTerminating || s == berth.StateTerminated
-}
-
-// markAnswered lets the proxy send traffic to the backend.
-func (i *instance) markAnswered() { i.answerOnce.Do(func() { close(i.answered) }) }
-
-// markReadyRecorded releases connects waiting for ready (and marks the
-// backend answered, if that has not happened yet).
-func (i *instance) markReadyRecorded() {
-	i.markAnswered()
-	i.readyOnce.Do(func() { close(i.readyRecorded) })
-}
-
-// requestStop asks the lifecycle to stop the backend. The first reason wins;
-// a later hard request still upgrades a graceful stop to a kill.
-func (i *instance) requestStop(why berth.Reason, hard bool) {
-	i.mu.Lock()
-	if i.stopWhy == "" {
-		i.stopWhy = why
-	}
-	if hard {
-		i.stopHard = true
-	}
-	i.mu.Unlock()
-	select {
-	case i.stopC <- struct{}{}:
-	default:
-	}
-}
-
-func (i *instance) stopRequest() (berth.Reason, bool) {
-	i.mu.Lock()
-	defer i.mu.Unlock()
-	return i.stopWhy, i.stopHard
-}
 
 // recovery carries what Reconcile learned about a backend it re-adopted.
 type recovery struct {
@@ -238,99 +116,6 @@ func (m *Manager) start(ctx context.Context, inst *instance, b *berth.Backend, l
 	}
 	log.Debug("started", "addr", h.Addr)
 	return h, nil
-}
-
-// awaitReady waits for the backend to answer HTTP. It returns false when the
-// backend ended instead (already driven to terminated).
-func (m *Manager) awaitReady(ctx context.Context, inst *instance, b *berth.Backend, h *runtime.Handle, exitC chan runtime.Exit, log *slog.Logger) bool {
-	started := time.Now()
-	rctx, cancel := context.WithTimeout(ctx, b.Spawn.StartupTimeout())
-	defer cancel()
-	readyC := make(chan error, 1)
-	var readyAt time.Time
-	m.starting.Add(1)
-	go func() {
-		defer m.starting.Add(-1)
-		err := pollReady(rctx, h.Addr, m.pollInterval, m.probeConnReuser(inst))
-		if err == nil && testHookAnswered != nil {
-			testHookAnswered(inst)
-		}
-		if err == nil {
-			// The backend answers: route to it at once, from here, and let
-			// the requests that were waiting for it go out before this
-			// goroutine or the one recording ready takes the CPU back.
-			// ready is recorded after; a crash in between leaves the
-			// backend starting with a live handle, which Reconcile
-			// re-adopts and polls again.
-			readyAt = time.Now().UTC()
-			inst.lastActive.Store(monoNow())
-			inst.markAnswered()
-			goruntime.Gosched()
-		}
-		readyC <- err
-	}()
-
-	ready := func() {
-		m.transition(inst, store.Transition{To: berth.StateReady, At: readyAt})
-		inst.markReadyRecorded()
-		m.cfg.Metrics.startup.Observe(time.Since(started).Seconds())
-	}
-	// A backend the probe found answering may already be routed to, have
-	// served requests and been told to stop by a client that saw them.
-	// So after a stop or an exit the probe's answer is still awaited (once
-	// cancelled it comes at once) and a yes is recorded as ready first:
-	// the history never skips ready.
-	readyIfAnswered := func() {
-		if <-readyC == nil {
-			ready()
-		}
-	}
-	select {
-	case err := <-readyC:
-		if err != nil {
-			if ctx.Err() != nil {
-				return true // shutting down; supervise sees the stop
-			}
-			log.Warn("startup timeout", "after", b.Spawn.StartupTimeout())
-			m.stopAndTerminate(inst, h, exitC, berth.ReasonStartupTimeout, false, log)
-			return false
-		}
-		ready()
-		return true
-	case e := <-exitC:
-		cancel()
-		readyIfAnswered()
-		m.exited(inst, h, e, log)
-		return false
-	case <-inst.stopC:
-		cancel()
-		readyIfAnswered()
-		why, hard := inst.stopRequest()
-		m.stopAndTerminate(inst, h, exitC, why, hard, log)
-		return false
-	}
-}
-
-// testHookAnswered, when set by a test, runs once a starting backend has
-// answered its probe, before the route opens.
-var testHookAnswered func(*instance)
-
-// probeConnReuser returns what takes inst's readiness probe's connection: the proxy gets
-// the answered connection only while a request it can carry (a plain GET
-// or HEAD, proxy.Pooled) waits for the backend, so a backend that no such
-// request waits for leaves no idle connection behind.
-func (m *Manager) probeConnReuser(inst *instance) ProbeConnReuser {
-	keep := m.cfg.ReuseProbeConn
-	if keep == nil {
-		return nil
-	}
-	return func(addr string, c net.Conn, br *bufio.Reader) {
-		if inst.waiting.Load() == 0 {
-			c.Close()
-			return
-		}
-		keep(addr, c, br)
-	}
 }
 
 // supervise watches a ready backend until it exits or must stop.

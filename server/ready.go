@@ -5,11 +5,16 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
+	goruntime "runtime"
 	"time"
 
+	"github.com/berthhq/berth"
+	"github.com/berthhq/berth/runtime"
+	"github.com/berthhq/berth/store"
 	"golang.org/x/sys/unix"
 )
 
@@ -184,4 +189,97 @@ func connectNow(ap netip.AddrPort) (net.Conn, error) {
 	c, err := net.FileConn(f)
 	f.Close()
 	return c, err
+}
+
+// awaitReady waits for the backend to answer HTTP. It returns false when the
+// backend ended instead (already driven to terminated).
+func (m *Manager) awaitReady(ctx context.Context, inst *instance, b *berth.Backend, h *runtime.Handle, exitC chan runtime.Exit, log *slog.Logger) bool {
+	started := time.Now()
+	rctx, cancel := context.WithTimeout(ctx, b.Spawn.StartupTimeout())
+	defer cancel()
+	readyC := make(chan error, 1)
+	var readyAt time.Time
+	m.starting.Add(1)
+	go func() {
+		defer m.starting.Add(-1)
+		err := pollReady(rctx, h.Addr, m.pollInterval, m.probeConnReuser(inst))
+		if err == nil && testHookAnswered != nil {
+			testHookAnswered(inst)
+		}
+		if err == nil {
+			// The backend answers: route to it at once, from here, and let
+			// the requests that were waiting for it go out before this
+			// goroutine or the one recording ready takes the CPU back.
+			// ready is recorded after; a crash in between leaves the
+			// backend starting with a live handle, which Reconcile
+			// re-adopts and polls again.
+			readyAt = time.Now().UTC()
+			inst.lastActive.Store(monoNow())
+			inst.markAnswered()
+			goruntime.Gosched()
+		}
+		readyC <- err
+	}()
+
+	ready := func() {
+		m.transition(inst, store.Transition{To: berth.StateReady, At: readyAt})
+		inst.markReadyRecorded()
+		m.cfg.Metrics.startup.Observe(time.Since(started).Seconds())
+	}
+	// A backend the probe found answering may already be routed to, have
+	// served requests and been told to stop by a client that saw them.
+	// So after a stop or an exit the probe's answer is still awaited (once
+	// cancelled it comes at once) and a yes is recorded as ready first:
+	// the history never skips ready.
+	readyIfAnswered := func() {
+		if <-readyC == nil {
+			ready()
+		}
+	}
+	select {
+	case err := <-readyC:
+		if err != nil {
+			if ctx.Err() != nil {
+				return true // shutting down; supervise sees the stop
+			}
+			log.Warn("startup timeout", "after", b.Spawn.StartupTimeout())
+			m.stopAndTerminate(inst, h, exitC, berth.ReasonStartupTimeout, false, log)
+			return false
+		}
+		ready()
+		return true
+	case e := <-exitC:
+		cancel()
+		readyIfAnswered()
+		m.exited(inst, h, e, log)
+		return false
+	case <-inst.stopC:
+		cancel()
+		readyIfAnswered()
+		why, hard := inst.stopRequest()
+		m.stopAndTerminate(inst, h, exitC, why, hard, log)
+		return false
+	}
+}
+
+// testHookAnswered, when set by a test, runs once a starting backend has
+// answered its probe, before the route opens.
+var testHookAnswered func(*instance)
+
+// probeConnReuser returns what takes inst's readiness probe's connection: the proxy gets
+// the answered connection only while a request it can carry (a plain GET
+// or HEAD, proxy.Pooled) waits for the backend, so a backend that no such
+// request waits for leaves no idle connection behind.
+func (m *Manager) probeConnReuser(inst *instance) ProbeConnReuser {
+	keep := m.cfg.ReuseProbeConn
+	if keep == nil {
+		return nil
+	}
+	return func(addr string, c net.Conn, br *bufio.Reader) {
+		if inst.waiting.Load() == 0 {
+			c.Close()
+			return
+		}
+		keep(addr, c, br)
+	}
 }
