@@ -34,6 +34,11 @@ type APIConfig struct {
 	Logger   *slog.Logger
 	// Extra routes (the state API) are mounted by the caller on Mux.
 	Mux *http.ServeMux
+	// Demo, when set, serves GET /demo (berth dev): a connect to key "demo"
+	// with the spawn Demo returns, answered by a redirect to the fresh
+	// proxy URL, so a browser starts the demo backend again once it went
+	// idle.
+	Demo func() (*berth.SpawnConfig, error)
 }
 
 // NewAPI returns the control API as an http.Handler.
@@ -56,6 +61,20 @@ func NewAPI(cfg APIConfig) http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		fmt.Fprintf(w, `{"status":"ok","backends":%d}`+"\n", a.m.LiveCount())
 	})
+	if cfg.Demo != nil {
+		mux.Handle("GET /demo", a.handle(func(w http.ResponseWriter, r *http.Request) error {
+			spawn, err := cfg.Demo()
+			if err != nil {
+				return err
+			}
+			resp, err := a.m.Connect(r.Context(), &api.ConnectRequest{Key: "demo", Spawn: spawn, User: "browser", Wait: true})
+			if err != nil {
+				return err
+			}
+			http.Redirect(w, r, resp.URL, http.StatusFound)
+			return nil
+		}))
+	}
 	if cfg.Gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
 	}

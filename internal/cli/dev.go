@@ -3,14 +3,12 @@ package cli
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/berthhq/berth"
 	"github.com/berthhq/berth/api"
-	"github.com/berthhq/berth/server"
 )
 
 func init() {
@@ -74,23 +72,4 @@ Then open the "url" it returns. List backends with: berth ps
 
 Press Ctrl-C to stop Berth and its backends.
 `, s.apiURL)
-}
-
-// mountDemo adds GET /demo to the dev API: it connects to the demo key and
-// redirects the browser to a fresh proxy URL, starting the backend again if
-// it went idle.
-func mountDemo(mux *http.ServeMux, m *server.Manager) {
-	mux.HandleFunc("GET /demo", func(w http.ResponseWriter, r *http.Request) {
-		spawn, err := demoSpawn()
-		if err != nil {
-			server.WriteError(w, err)
-			return
-		}
-		resp, err := m.Connect(r.Context(), &api.ConnectRequest{Key: "demo", Spawn: spawn, User: "browser", Wait: true})
-		if err != nil {
-			server.WriteError(w, err)
-			return
-		}
-		http.Redirect(w, r, resp.URL, http.StatusFound)
-	})
 }

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/berthhq/berth"
 	"github.com/berthhq/berth/logs"
 	"github.com/berthhq/berth/proxy"
 	"github.com/berthhq/berth/runtime"
@@ -200,11 +201,12 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 
 	mux := http.NewServeMux()
 	states.Mount(mux)
+	var demo func() (*berth.SpawnConfig, error)
 	if o.dev {
-		mountDemo(mux, mgr)
+		demo = demoSpawn
 	}
 	apiSrv := &http.Server{
-		Handler:           server.NewAPI(server.APIConfig{Manager: mgr, APIKey: o.APIKey, Gatherer: reg, Logger: log, Mux: mux}),
+		Handler:           server.NewAPI(server.APIConfig{Manager: mgr, APIKey: o.APIKey, Gatherer: reg, Logger: log, Mux: mux, Demo: demo}),
 		ReadHeaderTimeout: 10 * time.Second,
 	}
 	proxySrv := px.NewServer(proxy.ServerConfig{IdleTimeout: 30 * time.Second, NoEventLoop: o.ProxyGoroutine})
