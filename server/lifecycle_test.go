@@ -37,20 +37,7 @@ func TestManager_StopRightAfterAnswer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		b, err := m.Backend(t.Context(), res.BackendID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if b.State == berth.StateTerminated {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the backend is still %s", b.State)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	waitTerminated(t, m, res.BackendID)
 	events, err := m.Events(t.Context(), res.BackendID, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -67,6 +54,25 @@ func TestManager_StopRightAfterAnswer(t *testing.T) {
 		if states[i] != want[i] {
 			t.Fatalf("history %v, want %v", states, want)
 		}
+	}
+}
+
+// waitTerminated polls m until backend id is terminated and returns it.
+func waitTerminated(t *testing.T, m *Manager, id string) *berth.Backend {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		b, err := m.Backend(t.Context(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.State == berth.StateTerminated {
+			return b
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("backend %s is still %s", id, b.State)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }
 

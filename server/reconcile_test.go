@@ -141,20 +141,7 @@ func TestManager_ReconcileStopsUnrecordedStart(t *testing.T) {
 
 	rt.release <- struct{}{} // the first stop fails; the retry succeeds
 	rt.release <- struct{}{}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		got, err = st.Backend(ctx, b.ID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if got.State == berth.StateTerminated {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("record still %s", got.State)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	got = waitTerminated(t, m, b.ID)
 	if !rt.wasStopped(b.ID) {
 		t.Error("record terminated but the instance was never stopped")
 	}

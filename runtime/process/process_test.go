@@ -287,16 +287,15 @@ func TestRuntime_PIDReuse(t *testing.T) {
 
 // A backend outlives the Berth that started it; a new Berth recovers it,
 // its earlier output included, and stops it.
-func TestRuntime_RecoverOrphan(t *testing.T) {
-	t.Parallel()
-	bin := runtimetest.BuildTestBackend(t)
-	dir := t.TempDir()
-	sp := testSpec(t, bin, "bk_orphan", map[string]string{"TB_LOG_LINES": "3"})
-	req, _ := json.Marshal(helperRequest{Dir: dir, Spec: sp})
-	berthCmd := exec.Command(os.Args[0])
-	berthCmd.Env = append(os.Environ(), helperEnv+"="+string(req), "GORACE=atexit_sleep_ms=0")
-	berthCmd.Stderr = os.Stderr
-	out, err := berthCmd.Output()
+// startInHelper starts spec from another process, as a Berth that then
+// exited (or was killed) would have, and returns the handle it made.
+func startInHelper(t *testing.T, dir string, spec runtime.Spec) runtime.Handle {
+	t.Helper()
+	req, _ := json.Marshal(helperRequest{Dir: dir, Spec: spec})
+	cmd := exec.Command(os.Args[0])
+	cmd.Env = append(os.Environ(), helperEnv+"="+string(req), "GORACE=atexit_sleep_ms=0")
+	cmd.Stderr = os.Stderr
+	out, err := cmd.Output()
 	if err != nil {
 		t.Fatalf("helper Berth: %v", err)
 	}
@@ -304,6 +303,14 @@ func TestRuntime_RecoverOrphan(t *testing.T) {
 	if err := json.Unmarshal(out, &h); err != nil {
 		t.Fatal(err)
 	}
+	return h
+}
+
+func TestRuntime_RecoverOrphan(t *testing.T) {
+	t.Parallel()
+	bin := runtimetest.BuildTestBackend(t)
+	dir := t.TempDir()
+	h := startInHelper(t, dir, testSpec(t, bin, "bk_orphan", map[string]string{"TB_LOG_LINES": "3"}))
 
 	r := newRuntime(t, Config{Dir: dir})
 	logs := new(syncBuffer)
@@ -807,24 +814,8 @@ func TestRuntime_ListFindsUnrecordedStart(t *testing.T) {
 	t.Parallel()
 	bin := runtimetest.BuildTestBackend(t)
 	ctx := context.Background()
-	// startElsewhere starts a backend from another process, as a Berth
-	// that then died would have, and returns the handle it wrote.
 	startElsewhere := func(t *testing.T, dir, id string) runtime.Handle {
-		t.Helper()
-		sp := testSpec(t, bin, id, nil)
-		req, _ := json.Marshal(helperRequest{Dir: dir, Spec: sp})
-		cmd := exec.Command(os.Args[0])
-		cmd.Env = append(os.Environ(), helperEnv+"="+string(req), "GORACE=atexit_sleep_ms=0")
-		cmd.Stderr = os.Stderr
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("helper Berth: %v", err)
-		}
-		var h runtime.Handle
-		if err := json.Unmarshal(out, &h); err != nil {
-			t.Fatal(err)
-		}
-		return h
+		return startInHelper(t, dir, testSpec(t, bin, id, nil))
 	}
 	findAndStop := func(t *testing.T, r *Runtime, want runtime.Handle, pid int) {
 		t.Helper()
@@ -913,18 +904,7 @@ func TestRuntime_VolumeLock(t *testing.T) {
 	// A is started by a Berth that exits right after (the helper process).
 	sp := testSpec(t, bin, "bk_vola", nil)
 	sp.VolumeLock = lock
-	req, _ := json.Marshal(helperRequest{Dir: dir, Spec: sp})
-	cmd := exec.Command(os.Args[0])
-	cmd.Env = append(os.Environ(), helperEnv+"="+string(req), "GORACE=atexit_sleep_ms=0")
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("helper Berth: %v", err)
-	}
-	var a runtime.Handle
-	if err := json.Unmarshal(out, &a); err != nil {
-		t.Fatal(err)
-	}
+	a := startInHelper(t, dir, sp)
 	t.Cleanup(func() { unix.Kill(-handleState(t, &a).PGID, unix.SIGKILL) })
 
 	r := newRuntime(t, Config{Dir: dir})
