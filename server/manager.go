@@ -114,6 +114,7 @@ type Manager struct {
 	spawning map[string]*pending // keys whose CreateBackend is in flight
 
 	lostStops chan struct{} // a slot per stop of a lost backend's instance
+	sweeper   sync.WaitGroup // sweepLoop
 }
 
 // maxLostStops bounds the lost backends' instances a restart stops at once.
@@ -450,10 +451,12 @@ func (m *Manager) Shutdown(ctx context.Context) error {
 	var err error
 	select {
 	case <-done:
+		m.sweep(ctx) // what an engine finished for a Berth killed before
 	case <-ctx.Done():
 		err = fmt.Errorf("backends still stopping: %w", ctx.Err())
 	}
 	m.stop()
+	m.sweeper.Wait()
 	return err
 }
 

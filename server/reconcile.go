@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/berthhq/berth"
@@ -54,18 +57,93 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 		delete(listed[b.Runtime], b.ID) // its record accounts for it
 		m.recover(ctx, b, found)
 	}
+	// Before serving: a key whose record is terminated is free, so what
+	// still runs of its last holder must be gone first.
 	for name, hs := range listed {
-		rt := m.cfg.Runtimes[name]
-		for _, h := range hs {
-			m.log.Warn("removing an instance no live backend owns", "runtime", name, "backend", h.BackendID)
+		m.removeUnowned(ctx, name, slices.Collect(maps.Values(hs)))
+	}
+	m.sweeper.Add(1)
+	go m.sweepLoop()
+	return nil
+}
+
+// removeUnowned stops and removes instances that no live record owns, a
+// few at a time, and returns once all are done.
+func (m *Manager) removeUnowned(ctx context.Context, runtimeName string, hs []*runtime.Handle) {
+	rt := m.cfg.Runtimes[runtimeName]
+	var wg sync.WaitGroup
+	slots := make(chan struct{}, maxLostStops)
+	for _, h := range hs {
+		m.log.Warn("removing an instance no live backend owns", "runtime", runtimeName, "backend", h.BackendID)
+		wg.Add(1)
+		slots <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-slots }()
 			if err := rt.Stop(ctx, h, "", 0); err != nil {
-				m.log.Error("stop orphan", "backend", h.BackendID, "err", err)
-				continue
+				m.log.Error("stop an instance no live backend owns", "backend", h.BackendID, "err", err)
+				return
 			}
 			rt.Cleanup(ctx, h)
+		}()
+	}
+	wg.Wait()
+}
+
+// Sweeps list the runtimes again after Reconcile, sweepFirst after it and
+// then every sweepEvery, and once more at Shutdown: an engine may finish
+// a create or a start that a killed Berth asked for after Reconcile
+// listed what it runs, and nothing else would ever remove that instance.
+var (
+	sweepFirst = 5 * time.Second
+	sweepEvery = time.Minute
+)
+
+func (m *Manager) sweepLoop() {
+	defer m.sweeper.Done()
+	t := time.NewTimer(sweepFirst)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.ctx.Done():
+			return
+		case <-t.C:
+			m.sweep(m.ctx)
+			t.Reset(sweepEvery)
 		}
 	}
-	return nil
+}
+
+// sweep removes every listed instance whose backend is neither live here
+// nor live in the store (terminated, or never recorded). A backend being
+// spawned is live in the store before its runtime starts anything.
+func (m *Manager) sweep(ctx context.Context) {
+	for name, rt := range m.cfg.Runtimes {
+		l, ok := rt.(runtime.Lister)
+		if !ok {
+			continue
+		}
+		hs, err := l.List(ctx)
+		if err != nil {
+			m.log.Warn("sweep: list instances", "runtime", name, "err", err)
+			continue
+		}
+		var unowned []*runtime.Handle
+		for _, h := range hs {
+			m.mu.Lock()
+			here := m.live[h.BackendID] != nil
+			m.mu.Unlock()
+			if here {
+				continue
+			}
+			b, err := m.cfg.Store.Backend(ctx, h.BackendID)
+			if (err == nil && b.State.Live()) || (err != nil && !errors.Is(err, berth.ErrNotFound)) {
+				continue
+			}
+			unowned = append(unowned, h)
+		}
+		m.removeUnowned(ctx, name, unowned)
+	}
 }
 
 // recover re-adopts one live backend, or stops what may run of it and
@@ -85,7 +163,7 @@ func (m *Manager) recover(ctx context.Context, b *berth.Backend, listed *runtime
 		if listed != nil {
 			m.lose(inst, listed, "Berth stopped while it was starting; its instance was stopped")
 		} else {
-			m.lose(inst, nil, "it never started")
+			m.lose(inst, nil, "Berth stopped before it recorded the start, and no instance of it runs")
 		}
 		return
 	}
