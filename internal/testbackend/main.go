@@ -28,10 +28,30 @@
 //	                      $TB_CHILD_PIDFILE before the server listens
 //	TB_ALLOC_MB=N         allocate and touch N MiB before listening
 //	TB_ALLOC_AFTER_MS=N   wait N ms before that allocation
+//	TB_AUDIT_FILE=PATH    append one line per event of this backend's life to
+//	                      PATH, each in a single O_APPEND write, so lines of
+//	                      many backends never interleave:
+//	                      "tb-audit EVENT key=K backend=ID fence=N pid=P [more]"
+//	                      EVENT is start, locked (late=1 when it had to wait),
+//	                      VIOLATION (holder="…" names the other holder),
+//	                      ready (listening), stop (signal=…) or exit (code=…:
+//	                      /exit, /crash, TB_EXIT_AFTER_MS, a fatal error)
+//	TB_LOCK_DIR=DIR       first thing at start, take flock(LOCK_EX|LOCK_NB) on
+//	                      DIR/<key>.lock (the key escaped), which the kernel
+//	                      releases when the process dies, even by SIGKILL: two
+//	                      live backends of one key cannot both hold it. Held by
+//	                      another process: append a VIOLATION line to
+//	                      TB_AUDIT_FILE, keep running, and take the lock when it
+//	                      frees, so a third holder is caught too
+//
+// ${VAR} in TB_AUDIT_FILE and TB_LOCK_DIR is expanded from the environment,
+// so a container can name BERTH_STATE_DIR, which it only learns at start.
 package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -40,6 +60,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -56,6 +77,25 @@ func main() {
 		for { // not select{}: the runtime would call that a deadlock
 			time.Sleep(time.Hour)
 		}
+	}
+	// Before anything else: the sooner the lock is taken, the less of a
+	// second holder's life goes unseen.
+	var held string
+	if dir := os.Getenv("TB_LOCK_DIR"); dir != "" {
+		var err error
+		if held, err = lockKey(os.ExpandEnv(dir)); err != nil {
+			fatal("lock key: %v", err)
+		}
+	}
+	audit("start", "")
+	switch {
+	case os.Getenv("TB_LOCK_DIR") == "":
+	case held == "":
+		audit("locked", "")
+	default:
+		audit("VIOLATION", "holder="+strconv.Quote(held))
+		fmt.Fprintf(os.Stderr, "testbackend: VIOLATION: key %s is held by %s\n", os.Getenv("BERTH_KEY"), held)
+		go awaitLock()
 	}
 	for i := 1; i <= envInt("TB_LOG_LINES"); i++ {
 		fmt.Fprintf(os.Stdout, "tb stdout %d\n", i)
@@ -76,7 +116,10 @@ func main() {
 	}
 	handleSignals()
 	if ms := envInt("TB_EXIT_AFTER_MS"); ms > 0 {
-		time.AfterFunc(time.Duration(ms)*time.Millisecond, func() { os.Exit(envInt("TB_EXIT_CODE")) })
+		time.AfterFunc(time.Duration(ms)*time.Millisecond, func() {
+			audit("exit", "code="+strconv.Itoa(envInt("TB_EXIT_CODE")))
+			os.Exit(envInt("TB_EXIT_CODE"))
+		})
 	}
 	time.Sleep(time.Duration(envInt("TB_READY_DELAY_MS")) * time.Millisecond)
 
@@ -85,6 +128,7 @@ func main() {
 		fatal("listen: %v", err)
 	}
 	fmt.Fprintf(os.Stderr, "listening on %s\n", ln.Addr())
+	audit("ready", "")
 	srv := &http.Server{
 		Handler: recordRequests(mux()),
 		ConnContext: func(ctx context.Context, _ net.Conn) context.Context {
@@ -140,10 +184,12 @@ func mux() *http.ServeMux {
 	m.HandleFunc("/exit", func(w http.ResponseWriter, r *http.Request) {
 		code, _ := strconv.Atoi(r.URL.Query().Get("code"))
 		reply(w, "exiting")
+		audit("exit", "code="+strconv.Itoa(code))
 		os.Exit(code)
 	})
 	m.HandleFunc("/crash", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, "crashing")
+		audit("exit", "code=2 crash=1")
 		// Outside the handler's goroutine, where net/http would recover it.
 		go func() { panic("testbackend: crash requested") }()
 		select {}
@@ -186,6 +232,7 @@ func handleSignals() {
 	go func() {
 		sig := <-c
 		fmt.Fprintf(os.Stderr, "got %s\n", name(sig))
+		audit("stop", "signal="+name(sig))
 		time.Sleep(time.Duration(envInt("TB_TERM_DELAY_MS")) * time.Millisecond)
 		os.Exit(0)
 	}()
@@ -240,6 +287,104 @@ func envInt(k string) int {
 }
 
 func fatal(format string, args ...any) {
-	fmt.Fprintf(os.Stderr, "testbackend: "+format+"\n", args...)
+	msg := fmt.Sprintf(format, args...)
+	fmt.Fprintf(os.Stderr, "testbackend: %s\n", msg)
+	audit("exit", "code=1 err="+strconv.Quote(msg))
 	os.Exit(1)
+}
+
+// audit appends one event to TB_AUDIT_FILE, if set. Errors go to stderr
+// only: the line is evidence for a test, not a reason to stop serving.
+func audit(event, extra string) {
+	path := os.Getenv("TB_AUDIT_FILE")
+	if path == "" {
+		return
+	}
+	line := fmt.Sprintf("tb-audit %s %s", event, identity())
+	if extra != "" {
+		line += " " + extra
+	}
+	f, err := os.OpenFile(os.ExpandEnv(path), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o666)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "testbackend: audit: %v\n", err)
+		return
+	}
+	defer f.Close()
+	if _, err := f.Write([]byte(line + "\n")); err != nil {
+		fmt.Fprintf(os.Stderr, "testbackend: audit: %v\n", err)
+	}
+}
+
+// identity names this backend in audit lines and lock files.
+func identity() string {
+	return fmt.Sprintf("key=%s backend=%s fence=%s pid=%d",
+		os.Getenv("BERTH_KEY"), os.Getenv("BERTH_BACKEND_ID"), os.Getenv("BERTH_FENCING_TOKEN"), os.Getpid())
+}
+
+// keyLock is the file whose flock marks this backend as its key's holder.
+// It stays open (and so locked) until the process dies.
+var keyLock *os.File
+
+// lockKey opens dir/<key>.lock and tries to lock it. It returns "" when
+// this process now holds the key, else who holds it (as that holder wrote
+// it into the file; possibly empty if it has not yet), which is "?" then.
+func lockKey(dir string) (holder string, err error) {
+	f, err := os.OpenFile(filepath.Join(dir, lockName(os.Getenv("BERTH_KEY"))), os.O_RDWR|os.O_CREATE, 0o666)
+	if err != nil {
+		return "", err
+	}
+	keyLock = f
+	err = syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+	if err == nil {
+		claim(f)
+		return "", nil
+	}
+	if err != syscall.EWOULDBLOCK {
+		return "", fmt.Errorf("flock %s: %w", f.Name(), err)
+	}
+	b, _ := io.ReadAll(io.NewSectionReader(f, 0, 1024))
+	if holder = strings.TrimSpace(string(b)); holder == "" {
+		holder = "?"
+	}
+	return holder, nil
+}
+
+// awaitLock waits for the key's lock after a VIOLATION, so that while this
+// process lives a third holder of the key is caught as well.
+func awaitLock() {
+	if err := syscall.Flock(int(keyLock.Fd()), syscall.LOCK_EX); err != nil {
+		fmt.Fprintf(os.Stderr, "testbackend: flock %s: %v\n", keyLock.Name(), err)
+		return
+	}
+	claim(keyLock)
+	audit("locked", "late=1")
+}
+
+// claim writes who holds the lock into the lock file, for the next
+// process that finds it held.
+func claim(f *os.File) {
+	f.Truncate(0)
+	f.WriteAt([]byte(identity()+"\n"), 0)
+}
+
+// lockName turns a key (any of [A-Za-z0-9._:/@-]) into a file name:
+// letters, digits, '.' and '-' stay, every other byte becomes _XX (hex),
+// so two keys never share a name; a name that would grow too long for a
+// directory entry is the key's SHA-256 instead.
+func lockName(key string) string {
+	var b strings.Builder
+	for i := 0; i < len(key); i++ {
+		c := key[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '-' {
+			b.WriteByte(c)
+		} else {
+			fmt.Fprintf(&b, "_%02x", c)
+		}
+	}
+	name := b.String()
+	if name == "" || len(name) > 200 || strings.HasPrefix(name, ".") {
+		sum := sha256.Sum256([]byte(key))
+		name = "sha256-" + hex.EncodeToString(sum[:])
+	}
+	return name + ".lock"
 }
