@@ -112,3 +112,14 @@ type Lister interface {
 	// restarted Berth can match every instance List returns to a record.
 	List(ctx context.Context) ([]*Handle, error)
 }
+
+// LateStarter is implemented by runtimes whose instances another process
+// makes (an engine, an API server), which may finish a start whose caller
+// no longer waits for it: a Berth killed during a Start can leave an
+// instance that appears only after the restarted Berth listed what runs.
+// StartSettle bounds how long after Berth's death that can still happen;
+// a restarted Berth holds the key of such a start that long, then lists
+// again, before it calls the backend lost.
+type LateStarter interface {
+	StartSettle() time.Duration
+}

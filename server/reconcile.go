@@ -200,7 +200,8 @@ func (m *Manager) recover(ctx context.Context, b *berth.Backend, listed *runtime
 
 // lose terminates a backend as lost: terminating at once, terminated once
 // what h names is stopped and removed (retried until the runtime confirms
-// it) and the final save is done. The key stays held until then, but in
+// it) and the final save is done. Without h, a runtime whose starts can
+// finish late (runtime.LateStarter) is asked again after its settle. The key stays held until then, but in
 // the background, so Berth itself comes up while a runtime or the blob
 // store is slow.
 func (m *Manager) lose(inst *instance, h *runtime.Handle, why string) {
@@ -211,12 +212,42 @@ func (m *Manager) lose(inst *instance, h *runtime.Handle, why string) {
 	go func() {
 		defer m.wg.Done()
 		defer m.finish(inst)
+		if h == nil && inst.rt != nil {
+			h = m.lateInstance(inst)
+		}
 		if h != nil && !m.stopLost(inst, h) {
 			return // shutting down: the next start reconciles it again
 		}
 		m.afterExit(inst)
 		m.terminate(inst, berth.ReasonLost, nil, why)
 	}()
+}
+
+// lateInstance waits out the start settle of inst's runtime, if it has
+// one (runtime.LateStarter), and returns the instance that appeared for
+// inst meanwhile, if any.
+func (m *Manager) lateInstance(inst *instance) *runtime.Handle {
+	ls, ok := inst.rt.(runtime.LateStarter)
+	l, lists := inst.rt.(runtime.Lister)
+	if !ok || !lists {
+		return nil
+	}
+	select {
+	case <-time.After(ls.StartSettle()):
+	case <-m.ctx.Done():
+		return nil
+	}
+	hs, err := l.List(m.ctx)
+	if err != nil {
+		m.log.Warn("list instances after the start settle", "backend", inst.id, "err", err)
+		return nil // the sweeps list again
+	}
+	for _, h := range hs {
+		if h.BackendID == inst.id {
+			return h
+		}
+	}
+	return nil
 }
 
 // stopLost stops and removes the instance of a lost backend, retrying until

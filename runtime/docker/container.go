@@ -542,6 +542,12 @@ func (r *Runtime) volumeFree(ctx context.Context, dir string) error {
 		switch c.State {
 		case container.StateExited, container.StateDead:
 			continue
+		case container.StateCreated:
+			// Never started, so it never wrote; and only the Berth that
+			// holds the key starts a created container. One a killed
+			// Berth created (the engine may finish a create late) is
+			// removed by the restarted Berth's sweeps.
+			continue
 		}
 		return fmt.Errorf("%w: container %s (backend %s) is %s", runtime.ErrVolumeBusy, c.ID[:min(12, len(c.ID))], c.Labels[LabelBackend], c.State)
 	}

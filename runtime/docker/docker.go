@@ -108,8 +108,9 @@ const (
 )
 
 var (
-	_ runtime.Runtime = (*Runtime)(nil)
-	_ runtime.Lister  = (*Runtime)(nil)
+	_ runtime.Runtime     = (*Runtime)(nil)
+	_ runtime.Lister      = (*Runtime)(nil)
+	_ runtime.LateStarter = (*Runtime)(nil)
 )
 
 // Config configures the docker runtime. Zero values mean the defaults.
@@ -280,6 +281,11 @@ func (r *Runtime) Close() error {
 
 // Name returns "docker".
 func (r *Runtime) Name() string { return Name }
+
+// StartSettle implements runtime.LateStarter: the engine finishes a create
+// it received even when the Berth that asked is gone; within seconds, unless
+// it is badly overloaded.
+func (r *Runtime) StartSettle() time.Duration { return 5 * time.Second }
 
 // Gateway is the host's address on the backends' network: where Berth can
 // bind the backend API so containers reach it. Invalid when the network
