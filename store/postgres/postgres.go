@@ -66,6 +66,10 @@ func Open(ctx context.Context, rawURL string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("postgres: open: %w", err)
 	}
+	if err := pool.Ping(ctx); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("postgres: connect: %w", err)
+	}
 	s := &Store{pool: pool}
 	if err := s.tx(ctx, func(tx pgx.Tx) error { return migrate(ctx, tx) }); err != nil {
 		pool.Close()
