@@ -3,10 +3,18 @@ package stores_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
+
+	"github.com/berthhq/berth/store"
+	"github.com/berthhq/berth/store/postgres"
 	"github.com/berthhq/berth/store/sqlite"
 	"github.com/berthhq/berth/store/stores"
 )
@@ -28,7 +36,6 @@ func TestOpen(t *testing.T) {
 		{"", "use sqlite:PATH"},
 		{"sqlite:", "names no file"},
 		{"mysql://u:secret@h/db", `scheme "mysql"`},
-		{"postgres://u:secret@h/db", "not available in this build"},
 	} {
 		_, err := stores.Open(ctx, tt.url)
 		if !errors.Is(err, stores.ErrUnknown) || !strings.Contains(err.Error(), tt.want) {
@@ -37,5 +44,74 @@ func TestOpen(t *testing.T) {
 		if err != nil && strings.Contains(err.Error(), "secret") {
 			t.Errorf("Open(%q) error shows the password: %v", tt.url, err)
 		}
+	}
+	// A postgres URL is the adapter's: a server that does not answer is a
+	// failed open, not an unknown store, and the error keeps the password
+	// hidden, in the userinfo or in the query.
+	for _, u := range []string{
+		"postgres://u:secret@127.0.0.1:1/db?connect_timeout=5",
+		"postgresql://u@127.0.0.1:1/db?password=secret&connect_timeout=5",
+	} {
+		st, err := stores.Open(ctx, u)
+		if err == nil {
+			st.Close()
+			t.Fatalf("Open(%q): no error from a server that does not listen", u)
+		}
+		if errors.Is(err, stores.ErrUnknown) || !strings.Contains(err.Error(), "stores: open postgres") {
+			t.Errorf("Open(%q) = %v; want a failed open of postgres, not ErrUnknown", u, err)
+		}
+		if strings.Contains(err.Error(), "secret") {
+			t.Errorf("Open(%q) error shows the password: %v", u, err)
+		}
+	}
+}
+
+// TestOpen_Postgres opens a real PostgreSQL store through both schemes.
+func TestOpen_Postgres(t *testing.T) {
+	raw := os.Getenv("BERTH_TEST_POSTGRES_URL")
+	if raw == "" {
+		msg := "BERTH_TEST_POSTGRES_URL is not set: run `source .ci/services.sh` from the repository root " +
+			"(it starts PostgreSQL on loopback and exports it), then run the tests again"
+		if os.Getenv("CI") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	ctx := context.Background()
+	// A schema of this test's own, so the tables land nowhere else.
+	schema := fmt.Sprintf("berth_storestest_%08x", rand.Uint32())
+	conn, err := pgx.Connect(ctx, raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if _, err := conn.Exec(ctx, "DROP SCHEMA "+schema+" CASCADE"); err != nil {
+			t.Error(err)
+		}
+	}()
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	q.Set("search_path", schema)
+	u.RawQuery = q.Encode()
+	for _, scheme := range []string{"postgres", "postgresql"} {
+		u.Scheme = scheme
+		st, err := stores.Open(ctx, u.String())
+		if err != nil {
+			t.Fatalf("Open(%s://…): %v", scheme, err)
+		}
+		if _, ok := st.(*postgres.Store); !ok {
+			t.Errorf("Open(%s://…) = %T, want *postgres.Store", scheme, st)
+		}
+		if bs, err := st.Backends(ctx, store.Filter{}); err != nil || len(bs) != 0 {
+			t.Errorf("Open(%s://…): Backends = %v, %v; want an empty store", scheme, bs, err)
+		}
+		st.Close()
 	}
 }
