@@ -9,10 +9,10 @@ import (
 // migrations[i] moves the schema from version i to i+1; PRAGMA user_version
 // holds the version reached. Append new steps; never edit a released one.
 //
-// The SQL is kept to what PostgreSQL also runs, so store/postgres can mirror
-// it: times are BIGINT microseconds since the Unix epoch (UTC), INTEGER
-// PRIMARY KEY AUTOINCREMENT stands where PostgreSQL has an identity column,
-// and the spawn config is JSON text.
+// store/postgres has the same tables and rules (prefixed berth_, with
+// timestamptz times); here times are BIGINT microseconds since the Unix
+// epoch (UTC), INTEGER PRIMARY KEY AUTOINCREMENT stands where PostgreSQL
+// has an identity column, and the spawn config is JSON text.
 var migrations = []string{
 	`
 CREATE TABLE backends (
