@@ -115,7 +115,7 @@ type stats struct {
 	killAt                            time.Duration
 	connects, answered, spawned, errs int // connects sent, answered, answered with spawned, failed before the kill
 	runningAtKill                     int // backends running right after the kill
-	records, live, lost, neverStarted int // after the restart; neverStarted: lost as "it never started"
+	records, live, lost, neverStarted int // after the restart; neverStarted: lost with no instance found (its start was never recorded)
 	otherTerminated                   int
 	orphans                           int // running with no live record
 	doubles                           int // keys with two live backends at once
@@ -160,7 +160,7 @@ func (s *stats) String() string {
 		kill = fmt.Sprintf("kill at %v; ", s.killAt.Round(time.Millisecond))
 	}
 	return fmt.Sprintf("%sconnects %d sent, %d answered (%d spawned), %d failed before the kill; %d backends running at the kill; "+
-		"after restart %d records (%d backends ever ran): %d live, %d lost (%d \"never started\"), %d other terminated; "+
+		"after restart %d records (%d backends ever ran): %d live, %d lost (%d with no instance found), %d other terminated; "+
 		"orphans %d, double holders %d (VIOLATION lines %d), untruthful records %d; "+
 		"reconnected %d keys (%d spawned anew, %d failing a check); left after graceful stop %d%s",
 		kill, s.connects, s.answered, s.spawned, s.errs, s.runningAtKill,
@@ -574,7 +574,7 @@ func (it *iteration) auditRestart(b *berthProc, recs []*berth.Backend) {
 	for _, r := range recs {
 		if r.State == berth.StateTerminated && r.Reason == berth.ReasonLost {
 			msgs[r.ID] = lastMessage(ctx, b, r.ID)
-			if strings.Contains(msgs[r.ID], "never started") {
+			if strings.Contains(msgs[r.ID], "no instance of it runs") {
 				it.st.neverStarted++
 			}
 		}
