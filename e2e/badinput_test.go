@@ -49,6 +49,10 @@ func TestBadInput(t *testing.T) {
 			{"negative wait_timeout_seconds", `{"key":"k","wait":true,"wait_timeout_seconds":-1,"spawn":{"command":` + cmd + `}}`, 400, "wait_timeout_seconds"},
 			{"unknown stop signal", spawn(`"stop_signal":"SIGBOGUS"`), 400, "spawn.stop_signal"},
 			{"reserved env var", spawn(`"env":{"PORT":"1"}`), 400, "spawn.env.PORT"},
+			{"null env value", spawn(`"env":{"A":null}`), 400, "spawn.env.A"},
+			{"duplicate key", `{"key":"a","key":"b","spawn":{"command":` + cmd + `}}`, 400, "key"},
+			{"duplicate env var", spawn(`"env":{"A":"1","A":"2"}`), 400, "spawn.env.A"},
+			{"duplicate spawn field", spawn(`"max_idle_seconds":5,"max_idle_seconds":6`), 400, "spawn.max_idle_seconds"},
 			// Valid keys up to the limit pass validation: not held and no
 			// spawn config is 404, proving the key itself was accepted.
 			{"key of 128 chars, not held", `{"key":"` + strings.Repeat("k", 128) + `"}`, 404, ""},
@@ -66,6 +70,29 @@ func TestBadInput(t *testing.T) {
 				e := apiError(t, body)
 				if e.Field != tt.field {
 					t.Errorf("error field %q, want %q (error %+v)", e.Field, tt.field, e)
+				}
+			})
+		}
+		// Messages say what to send, in the caller's terms.
+		for _, tt := range []struct{ name, body, field, says string }{
+			{"non-ASCII key", `{"key":"doc-é","spawn":{"command":` + cmd + `}}`, "key", `'é' at 4`},
+			{"max_idle_seconds no int holds", spawn(`"max_idle_seconds":1e30`), "spawn.max_idle_seconds", "between 0 and 604800"},
+			{"fractional grace_seconds", spawn(`"grace_seconds":2.5`), "spawn.grace_seconds", "between 0 and 3600"},
+			{"memory_mb no int holds", spawn(`"resources":{"memory_mb":1e20}`), "spawn.resources.memory_mb", "between 0 and 1048576"},
+			{"duplicate key", `{"key":"a","key":"b"}`, "key", "more than once"},
+			{"null env value", spawn(`"env":{"A":null}`), "spawn.env.A", "not null"},
+		} {
+			t.Run("message/"+tt.name, func(t *testing.T) {
+				resp, body := s.do(t, http.MethodPost, "/v1/connect", tt.body)
+				if resp.StatusCode != http.StatusBadRequest {
+					t.Fatalf("status %d, want 400; body %s", resp.StatusCode, body)
+				}
+				e := apiError(t, body)
+				if e.Code != "bad_request" || e.Field != tt.field || !strings.Contains(e.Message, tt.says) {
+					t.Errorf("error %+v; want bad_request on %s saying %q", e, tt.field, tt.says)
+				}
+				if strings.Contains(e.Message, "unmarshal") || strings.Contains(e.Message, "not number") {
+					t.Errorf("message %q speaks Go", e.Message)
 				}
 			})
 		}
