@@ -843,6 +843,45 @@ func TestStateLarge(t *testing.T) {
 	}
 }
 
+// TestStateTooLarge: a state over --max-state-bytes is 413 too_large, and
+// one far over it, sent slowly, is answered before the backend has sent
+// it all: Berth reads no more than the limit and a byte.
+func TestStateTooLarge(t *testing.T) {
+	t.Parallel()
+	const limit = 4 << 10
+	s := startWith(t, opts{}, "--max-state-bytes", strconv.Itoa(limit))
+	key := "toolarge/" + randHex(4)
+	st := stateOf(t, s.spawnReady(t, key, tbBlob()).URL)
+	st.mustPut(t, strings.Repeat("s", limit))
+
+	for _, size := range []int64{limit + 1, -1} {
+		code, body := stateReq(t, http.MethodPut, st.url, st.secret, strings.NewReader(strings.Repeat("s", limit+1)), size)
+		if code != http.StatusRequestEntityTooLarge {
+			t.Fatalf("PUT of limit+1 bytes (Content-Length %d): %d %s, want 413", size, code, body)
+		}
+		if e := apiError(t, body); e.Code != "too_large" {
+			t.Errorf("PUT of limit+1 bytes (Content-Length %d): code %q, want too_large", size, e.Code)
+		}
+	}
+	// Under 256 KiB, net/http would read the rest of a body the handler
+	// left, to keep the connection, before it sent the answer.
+	for _, chunked := range []bool{false, true} {
+		res, body, finished := slowUpload(t, st.url, st.secret, chunked, 2*limit, 200<<10)
+		if res.StatusCode != http.StatusRequestEntityTooLarge {
+			t.Fatalf("slow PUT (chunked %v): %d %s, want 413", chunked, res.StatusCode, body)
+		}
+		if e := apiError(t, body); e.Code != "too_large" {
+			t.Errorf("slow PUT (chunked %v): code %q, want too_large", chunked, e.Code)
+		}
+		if finished {
+			t.Errorf("slow PUT (chunked %v): answered only after the backend sent all of it", chunked)
+		}
+	}
+	if vs := s.versions(t, key); len(vs) != 1 {
+		t.Errorf("after the refused PUTs the history is %+v; want only the first save", vs)
+	}
+}
+
 // procStatusKB reads one "Name: N kB" line of /proc/<pid>/status.
 func procStatusKB(t *testing.T, pid int, name string) int64 {
 	t.Helper()

@@ -151,12 +151,20 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // value, no unknown fields, no key twice in an object. Errors name the
 // field at fault when they can.
 func DecodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	if r.ContentLength > MaxBodyBytes {
+		// Refused unread. Without this, net/http would read (up to 256 KiB
+		// of) the rest before answering, to keep the connection.
+		w.Header().Set("Connection", "close")
+		return tooLarge(MaxBodyBytes)
+	}
+	// Past the limit, MaxBytesReader also makes net/http close the
+	// connection rather than read the rest.
 	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
 	return decodeStrict(r.Body, v)
 }
 
 func tooLarge(limit int64) error {
-	return &HTTPError{Status: http.StatusBadRequest, Code: api.CodeTooLarge, Field: "body",
+	return &HTTPError{Status: http.StatusRequestEntityTooLarge, Code: api.CodeTooLarge, Field: "body",
 		Message: fmt.Sprintf("body: larger than the %d-byte limit", limit)}
 }
 

@@ -2,7 +2,9 @@ package server
 
 import (
 	"errors"
+	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
@@ -102,6 +104,37 @@ func TestDecodeStrict_Messages(t *testing.T) {
 			t.Errorf("%s: %v, want it accepted", body, err)
 		}
 	}
+}
+
+// TestDecodeJSON_TooLarge: a body over MaxBodyBytes is 413 too_large,
+// after reading no more than the limit and a byte.
+func TestDecodeJSON_TooLarge(t *testing.T) {
+	body := `{"key":"a","user":"` + strings.Repeat("u", MaxBodyBytes) + `"}`
+	for _, length := range []int64{int64(len(body)), -1} {
+		src := &countingReader{r: strings.NewReader(body)}
+		r := httptest.NewRequest(http.MethodPost, "/v1/connect", src)
+		r.ContentLength = length
+		var req api.ConnectRequest
+		err := DecodeJSON(httptest.NewRecorder(), r, &req)
+		var he *HTTPError
+		if !errors.As(err, &he) || he.Status != http.StatusRequestEntityTooLarge || he.Code != api.CodeTooLarge || he.Field != "body" {
+			t.Errorf("Content-Length %d: got %#v, want 413 too_large on body", length, err)
+		}
+		if src.n > MaxBodyBytes+1 {
+			t.Errorf("Content-Length %d: read %d bytes, want at most %d", length, src.n, MaxBodyBytes+1)
+		}
+	}
+}
+
+type countingReader struct {
+	r io.Reader
+	n int
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += n
+	return n, err
 }
 
 // FuzzDecodeConnect feeds arbitrary bodies through the same decoding and

@@ -82,12 +82,20 @@ func (s *Service) putOwn(w http.ResponseWriter, r *http.Request) {
 	}
 	defer end()
 	if r.ContentLength > s.cfg.MaxStateBytes {
+		// Refused unread: without Connection: close, net/http would read
+		// (up to 256 KiB of) the rest before answering, to keep the
+		// connection.
+		w.Header().Set("Connection", "close")
 		writeErr(w, http.StatusRequestEntityTooLarge, api.CodeTooLarge, "body", fmt.Sprintf("state is %d bytes; the limit is %d", r.ContentLength, s.cfg.MaxStateBytes))
 		return
 	}
+	// Past the limit, MaxBytesReader makes net/http close the connection
+	// rather than read the rest.
+	r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxStateBytes)
 	info, spooled, err := s.Save(r.Context(), b, r.Body)
+	var mbe *http.MaxBytesError
 	switch {
-	case errors.Is(err, ErrTooLarge):
+	case errors.Is(err, ErrTooLarge), errors.As(err, &mbe):
 		writeErr(w, http.StatusRequestEntityTooLarge, api.CodeTooLarge, "body", fmt.Sprintf("state is larger than the %d-byte limit", s.cfg.MaxStateBytes))
 	case errors.Is(err, blob.ErrFenced):
 		writeErr(w, http.StatusConflict, api.CodeConflict, "", "refused: a newer holder of key "+b.Key+" has taken over (fencing token "+itoa(b.FencingToken)+" is stale)")
@@ -174,6 +182,11 @@ func (s *Service) restore(w http.ResponseWriter, r *http.Request) {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			writeErr(w, http.StatusRequestEntityTooLarge, api.CodeTooLarge, "body", fmt.Sprintf("body: larger than the %d-byte limit", mbe.Limit))
+			return
+		}
 		writeErr(w, http.StatusBadRequest, api.CodeBadRequest, "body", "body: send {\"key\": …, \"version\": …}: "+err.Error())
 		return
 	}
