@@ -656,6 +656,66 @@ func TestStateFencing(t *testing.T) {
 	}
 }
 
+// TestStateSecretOracle: the backend API answers a wrong secret the same
+// way whether the backend id is live, terminated or unknown, so it tells
+// nobody which ids are live; the right secret of a terminated backend is
+// still told it no longer holds its key.
+func TestStateSecretOracle(t *testing.T) {
+	t.Parallel()
+	s := startWith(t, opts{})
+	a := s.spawnReady(t, "oracle/"+randHex(4), tbBlob())
+	sa := stateOf(t, a.URL)
+	unknown := strings.Replace(sa.url, a.BackendID, "bk_doesnotexist0000", 1)
+
+	type answer struct {
+		code int
+		err  api.ErrorDetail
+	}
+	ask := func(method, u, secret string) answer {
+		t.Helper()
+		var body io.Reader
+		if method == http.MethodPut {
+			body = strings.NewReader("forged")
+		}
+		code, b := stateReq(t, method, u, secret, body, 6)
+		return answer{code, apiError(t, b)}
+	}
+	wrong := map[string]string{"wrong": "not-the-secret", "empty": "", "A's, on another id": sa.secret}
+	var want *answer
+	check := func(what, u string) {
+		t.Helper()
+		for name, secret := range wrong {
+			if u == sa.url && secret == sa.secret {
+				continue // A's own: right, not wrong
+			}
+			for _, method := range []string{http.MethodPut, http.MethodGet} {
+				got := ask(method, u, secret)
+				if got.code != http.StatusUnauthorized {
+					t.Errorf("%s %s backend, %s secret: %d %+v, want 401", method, what, name, got.code, got.err)
+					continue
+				}
+				if want == nil {
+					want = &got
+				} else if got != *want {
+					t.Errorf("%s %s backend, %s secret: %+v; want the same answer as every wrong secret, %+v", method, what, name, got, *want)
+				}
+			}
+		}
+	}
+	check("live", sa.url)
+	check("unknown", unknown)
+	s.terminate(t, a.BackendID, false)
+	s.waitTerminated(t, a.BackendID, 20*time.Second)
+	check("terminated", sa.url)
+
+	// The right secret: A no longer holds its key.
+	for _, method := range []string{http.MethodPut, http.MethodGet} {
+		if got := ask(method, sa.url, sa.secret); got.code != http.StatusConflict {
+			t.Errorf("%s by A after it terminated, with its secret: %d %+v, want 409", method, got.code, got.err)
+		}
+	}
+}
+
 // stateWrite is one PUT of a hammer.
 type stateWrite struct {
 	started time.Time
