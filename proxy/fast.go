@@ -107,20 +107,36 @@ func (r *request) parse(b []byte) bool {
 	return len(b) == 0 && hosts == 1 && httpguts.ValidHostHeader(string(r.host))
 }
 
-// parseTarget splits /<token>/<rest>?<query>, and refuses what net/http
-// would treat differently: escapes inside the token, bad escapes, bytes
-// that are not visible ASCII.
+// parseTarget splits /<token>/<rest>?<query>. It leaves to net/http what
+// net/http would treat differently (escapes inside the token, bad escapes,
+// bytes that are not visible ASCII, absolute URLs) and what the Proxy
+// normalizes or refuses there (see path.go): dot-segments, empty segments,
+// escaped slashes. Only a '/' followed by '/', '.' or '%', or a "%2f",
+// costs more than the scan.
 func (r *request) parseTarget(t []byte) bool {
 	if len(t) < 2 || t[0] != '/' {
 		return false
 	}
+	odd := false
 	for i := 0; i < len(t); i++ {
 		c := t[i]
 		if c <= ' ' || c >= 0x7f || c == '#' {
 			return false
 		}
-		if c == '%' && (i+2 >= len(t) || !isHex(t[i+1]) || !isHex(t[i+2])) {
-			return false
+		switch c {
+		case '/':
+			if i+1 < len(t) {
+				if d := t[i+1]; d == '/' || d == '.' || d == '%' {
+					odd = true
+				}
+			}
+		case '%':
+			if i+2 >= len(t) || !isHex(t[i+1]) || !isHex(t[i+2]) {
+				return false
+			}
+			if t[i+1] == '2' && t[i+2]|0x20 == 'f' {
+				odd = true
+			}
 		}
 	}
 	path := t
@@ -132,7 +148,7 @@ func (r *request) parseTarget(t []byte) bool {
 	} else {
 		r.token = path[1:]
 	}
-	return bytes.IndexByte(r.token, '%') < 0
+	return bytes.IndexByte(r.token, '%') < 0 && !(odd && oddPath(r.rest))
 }
 
 // cutCRLF cuts b at its first line end, which must be CRLF.
