@@ -21,6 +21,8 @@ import (
 var (
 	errBadPath = &httpError{status: http.StatusBadRequest, code: api.CodeBadRequest,
 		msg: "bad path: it climbs above the token, or has escapes in the token segment"}
+	errAbsoluteForm = &httpError{status: http.StatusBadRequest, code: api.CodeBadRequest,
+		msg: "the request target must be a path, not an absolute URL"}
 )
 
 // rawTarget is the path of r as the client wrote it, escapes included.
@@ -32,6 +34,12 @@ func rawTarget(r *http.Request) string {
 		return u
 	}
 	return r.URL.EscapedPath()
+}
+
+// absoluteForm reports a request line that names a host
+// ("GET http://host/… HTTP/1.1"): its host must not reach the backend.
+func absoluteForm(r *http.Request) bool {
+	return r.URL.Scheme != "" || r.URL.Host != "" || (r.RequestURI != "" && r.RequestURI[0] != '/')
 }
 
 // splitToken splits the raw path "/<token>/<rest>" into the token and

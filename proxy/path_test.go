@@ -124,6 +124,37 @@ func TestProxy_PathNormalization(t *testing.T) {
 	}
 }
 
+// TestProxy_AbsoluteForm: a request line that names a host
+// (GET http://evil.example/<token>/ HTTP/1.1) is refused; its host never
+// reaches the backend.
+func TestProxy_AbsoluteForm(t *testing.T) {
+	pb := newPathBackends(t)
+	tok := pb.f.token("bk_1")
+	for _, m := range paths {
+		for _, target := range []string{
+			"http://evil.example/" + tok + "/a",
+			"http://evil.example:8080/" + tok + "/",
+			"https://evil.example/" + tok + "/a?b=c",
+			"HTTP://evil.example/" + tok + "/a",
+		} {
+			for _, host := range []string{"good.example", "evil.example"} {
+				res, body := pb.raw(t, m.method, target, host)
+				if res.StatusCode != http.StatusBadRequest {
+					t.Errorf("%s %s (Host %s) = %d %q, want 400", m.method, strings.ReplaceAll(target, tok, "<token>"), host, res.StatusCode, body)
+				}
+				if seen := pb.take(); len(seen) > 0 {
+					t.Errorf("%s %s (Host %s) reached a backend: %q", m.method, strings.ReplaceAll(target, tok, "<token>"), host, seen)
+				}
+			}
+		}
+	}
+	// Origin form is unchanged: the client's Host goes on.
+	res, body := pb.raw(t, http.MethodGet, "/"+tok+"/a", "good.example")
+	if seen := pb.take(); res.StatusCode != http.StatusOK || len(seen["bk_1"]) != 1 || seen["bk_1"][0] != "GET /a good.example" {
+		t.Errorf("GET /<token>/a = %d %q, bk_1 saw %q; want 200, \"GET /a good.example\"", res.StatusCode, body, seen["bk_1"])
+	}
+}
+
 func TestCleanPath(t *testing.T) {
 	tests := []struct {
 		in, want string

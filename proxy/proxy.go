@@ -188,6 +188,9 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
+	if absoluteForm(r) {
+		return errAbsoluteForm
+	}
 	tok, rawPath, path, ok, err := splitToken(rawTarget(r), r.URL.Path)
 	if err != nil {
 		return err
