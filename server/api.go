@@ -152,8 +152,8 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // field at fault when they can.
 func DecodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
 	if r.ContentLength > MaxBodyBytes {
-		// Refused unread. Without this, net/http would read (up to 256 KiB
-		// of) the rest before answering, to keep the connection.
+		// Refused unread; closing the connection after the answer saves
+		// net/http from reading the rest to keep it.
 		w.Header().Set("Connection", "close")
 		return tooLarge(MaxBodyBytes)
 	}

@@ -32,7 +32,8 @@ import (
 	"github.com/berthhq/berth/runtime"
 )
 
-// Holders answers who holds what, from the Manager's memory.
+// Holders answers who holds what, from the Manager's memory; Backend
+// also finds terminated backends in the store.
 type Holders interface {
 	// LiveBackend returns a backend that is live (not terminated) here.
 	LiveBackend(id string) (*berth.Backend, bool)
