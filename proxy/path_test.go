@@ -47,21 +47,36 @@ func (pb *pathBackends) take() map[string][]string {
 }
 
 // raw sends one request, written as is, on a connection of its own: the
-// client's exact request line, which http.Client would not send.
+// client's exact request line, which http.Client would not send. Method
+// "UPGRADE" is a GET that asks for a WebSocket, which the backend
+// declines, for the proxy's upgrade path.
 func (pb *pathBackends) raw(t *testing.T, method, target, host string) (*http.Response, string) {
 	t.Helper()
 	c, br := pb.f.rawConn(t)
-	req := method + " " + target + " HTTP/1.1\r\nHost: " + host + "\r\nConnection: close\r\n"
-	if method == http.MethodPost {
-		req += "Content-Length: 4\r\n\r\nbody"
-	} else {
-		req += "\r\n"
-	}
-	if _, err := io.WriteString(c, req); err != nil {
-		t.Fatal(err)
+	switch method {
+	case http.MethodPost:
+		_, err := io.WriteString(c, "POST "+target+" HTTP/1.1\r\nHost: "+host+"\r\nConnection: close\r\nContent-Length: 4\r\n\r\nbody")
+		if err != nil {
+			t.Fatal(err)
+		}
+	case "UPGRADE":
+		method = http.MethodGet
+		_, err := io.WriteString(c, "GET "+target+" HTTP/1.1\r\nHost: "+host+"\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"+
+			"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+		if err != nil {
+			t.Fatal(err)
+		}
+	default:
+		if _, err := io.WriteString(c, method+" "+target+" HTTP/1.1\r\nHost: "+host+"\r\nConnection: close\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
 	}
 	return readResponse(t, br, method)
 }
+
+// rawMethods are the ways through the proxy raw sends requests: the
+// forwarder (GET), ReverseProxy (POST) and the upgrade tunnel.
+var rawMethods = []string{http.MethodGet, http.MethodPost, "UPGRADE"}
 
 // TestProxy_PathNormalization: dot-segments (percent-encoded too) and
 // empty segments after the token are resolved before the path goes to the
@@ -104,21 +119,21 @@ func TestProxy_PathNormalization(t *testing.T) {
 		"/./" + tok + "/x",
 		"//" + tok + "/x",
 	}
-	for _, m := range paths {
+	for _, method := range rawMethods {
 		for _, tt := range normalized {
-			res, body := pb.raw(t, m.method, "/"+tok+tt.path, "x")
+			res, body := pb.raw(t, method, "/"+tok+tt.path, "x")
 			seen := pb.take()
 			if res.StatusCode != http.StatusOK || body != tt.want || len(seen["bk_2"]) > 0 {
-				t.Errorf("%s /<token>%s = %d %q (bk_2 saw %q); want 200 %q from bk_1", m.method, tt.path, res.StatusCode, body, seen["bk_2"], tt.want)
+				t.Errorf("%s /<token>%s = %d %q (bk_2 saw %q); want 200 %q from bk_1", method, tt.path, res.StatusCode, body, seen["bk_2"], tt.want)
 			}
 		}
 		for _, target := range refused {
-			res, body := pb.raw(t, m.method, target, "x")
+			res, body := pb.raw(t, method, target, "x")
 			if res.StatusCode != http.StatusBadRequest && res.StatusCode != http.StatusUnauthorized {
-				t.Errorf("%s %s = %d %q, want 400 or 401", m.method, strings.ReplaceAll(target, tok, "<token>"), res.StatusCode, body)
+				t.Errorf("%s %s = %d %q, want 400 or 401", method, strings.ReplaceAll(target, tok, "<token>"), res.StatusCode, body)
 			}
 			if seen := pb.take(); len(seen) > 0 {
-				t.Errorf("%s %s reached a backend: %q", m.method, strings.ReplaceAll(target, tok, "<token>"), seen)
+				t.Errorf("%s %s reached a backend: %q", method, strings.ReplaceAll(target, tok, "<token>"), seen)
 			}
 		}
 	}
@@ -130,7 +145,7 @@ func TestProxy_PathNormalization(t *testing.T) {
 func TestProxy_AbsoluteForm(t *testing.T) {
 	pb := newPathBackends(t)
 	tok := pb.f.token("bk_1")
-	for _, m := range paths {
+	for _, method := range rawMethods {
 		for _, target := range []string{
 			"http://evil.example/" + tok + "/a",
 			"http://evil.example:8080/" + tok + "/",
@@ -138,12 +153,12 @@ func TestProxy_AbsoluteForm(t *testing.T) {
 			"HTTP://evil.example/" + tok + "/a",
 		} {
 			for _, host := range []string{"good.example", "evil.example"} {
-				res, body := pb.raw(t, m.method, target, host)
+				res, body := pb.raw(t, method, target, host)
 				if res.StatusCode != http.StatusBadRequest {
-					t.Errorf("%s %s (Host %s) = %d %q, want 400", m.method, strings.ReplaceAll(target, tok, "<token>"), host, res.StatusCode, body)
+					t.Errorf("%s %s (Host %s) = %d %q, want 400", method, strings.ReplaceAll(target, tok, "<token>"), host, res.StatusCode, body)
 				}
 				if seen := pb.take(); len(seen) > 0 {
-					t.Errorf("%s %s (Host %s) reached a backend: %q", m.method, strings.ReplaceAll(target, tok, "<token>"), host, seen)
+					t.Errorf("%s %s (Host %s) reached a backend: %q", method, strings.ReplaceAll(target, tok, "<token>"), host, seen)
 				}
 			}
 		}
