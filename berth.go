@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 )
 
 // State is a backend's lifecycle state. States only move forward:
@@ -130,13 +131,23 @@ func ValidateKey(key string) error {
 	if key == "" {
 		return errors.New("must be 1 to 128 characters")
 	}
+	// Characters first, counted as the caller wrote them: a key of 100
+	// 'é' is wrong for its 'é', not for its 200 bytes.
+	pos := 0
+	for i, r := range key {
+		if r < utf8.RuneSelf && keyByte(byte(r)) {
+			pos++
+			continue
+		}
+		if r == utf8.RuneError {
+			if _, size := utf8.DecodeRuneInString(key[i:]); size == 1 {
+				return fmt.Errorf("byte %#x at %d is not valid UTF-8; use A-Z a-z 0-9 . _ : / @ -", key[i], pos)
+			}
+		}
+		return fmt.Errorf("character %q at %d is not allowed; use A-Z a-z 0-9 . _ : / @ -", r, pos)
+	}
 	if len(key) > MaxKeyLen {
 		return fmt.Errorf("is %d characters; at most %d allowed", len(key), MaxKeyLen)
-	}
-	for i := 0; i < len(key); i++ {
-		if !keyByte(key[i]) {
-			return fmt.Errorf("character %q at %d is not allowed; use A-Z a-z 0-9 . _ : / @ -", key[i], i)
-		}
 	}
 	return nil
 }

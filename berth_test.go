@@ -32,6 +32,28 @@ func TestValidateKey(t *testing.T) {
 	}
 }
 
+// TestValidateKey_Message: the error names the offending character as
+// the caller wrote it, at its position in characters, not a byte of it.
+func TestValidateKey_Message(t *testing.T) {
+	tests := []struct{ key, want string }{
+		{"doc-é", `character 'é' at 4 is not allowed`},
+		{"déjà", `character 'é' at 1 is not allowed`},
+		{"日本/doc 42", `character '日' at 0 is not allowed`},
+		{"doc 42", `character ' ' at 3 is not allowed`},
+		{"ab\xffc", `byte 0xff at 2 is not valid UTF-8`},
+		{strings.Repeat("é", 100), `character 'é' at 0 is not allowed`},
+		{strings.Repeat("k", 129), `is 129 characters; at most 128 allowed`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.key, func(t *testing.T) {
+			err := ValidateKey(tt.key)
+			if err == nil || !strings.Contains(err.Error(), tt.want) {
+				t.Errorf("ValidateKey(%q) = %v, want an error saying %q", tt.key, err, tt.want)
+			}
+		})
+	}
+}
+
 func FuzzValidateKey(f *testing.F) {
 	for _, s := range []string{"doc-42", "", "../etc", "a/b@c:d", strings.Repeat("x", 200)} {
 		f.Add(s)

@@ -59,6 +59,45 @@ const (
 	maxArgs         = 1024
 )
 
+// intRange is what an integer field of a spawn config allows: 0 to max,
+// where 0 may stand for something else than itself.
+type intRange struct {
+	max  int
+	zero string // what 0 means, if not 0 itself
+}
+
+func (r intRange) String() string {
+	if r.zero == "" {
+		return fmt.Sprintf("between 0 and %d", r.max)
+	}
+	return fmt.Sprintf("between 1 and %d (0 means %s)", r.max, r.zero)
+}
+
+// intRanges are a spawn config's integer fields by their JSON path under
+// the spawn config. Validate checks them, and IntRange words them for a
+// decoder that met a number no int holds.
+var intRanges = map[string]intRange{
+	"max_idle_seconds":            {max: maxSeconds},
+	"lifetime_seconds":            {max: maxSeconds, zero: "unbounded"},
+	"grace_seconds":               {max: maxGraceSeconds},
+	"startup_timeout_seconds":     {max: 3600, zero: "the default, 60"},
+	"resources.cpu_millis":        {max: 1_000_000},
+	"resources.memory_mb":         {max: 1 << 20},
+	"resources.pids":              {max: 1 << 22},
+	"state.save_interval_seconds": {max: 86400, zero: "the default, 30"},
+}
+
+// IntRange says which values the integer field at path (under the spawn
+// config, as in JSON: "resources.memory_mb") allows, as "between 0 and
+// 604800"; ok is false when path names no integer field.
+func IntRange(path string) (r string, ok bool) {
+	ir, ok := intRanges[path]
+	if !ok {
+		return "", false
+	}
+	return ir.String(), true
+}
+
 // MaxIdle is the idle timeout; 0 means the backend is never stopped for idleness.
 func (c *SpawnConfig) MaxIdle() time.Duration {
 	if c.MaxIdleSeconds == nil {
@@ -139,17 +178,16 @@ func (c *SpawnConfig) Validate(prefix string) error {
 			return fieldErr(f("env."+k), "is set by Berth and cannot be overridden")
 		}
 	}
-	if err := secondsField(f("max_idle_seconds"), c.MaxIdleSeconds, maxSeconds); err != nil {
-		return err
-	}
-	if c.LifetimeSeconds < 0 || c.LifetimeSeconds > maxSeconds {
-		return fieldErr(f("lifetime_seconds"), "must be between 0 (unbounded) and %d", maxSeconds)
-	}
-	if err := secondsField(f("grace_seconds"), c.GraceSeconds, maxGraceSeconds); err != nil {
-		return err
-	}
-	if c.StartupTimeoutSeconds < 0 || c.StartupTimeoutSeconds > 3600 {
-		return fieldErr(f("startup_timeout_seconds"), "must be between 1 and 3600 (0 means the default, 60)")
+	for _, v := range []struct {
+		name string
+		v    *int
+	}{
+		{"max_idle_seconds", c.MaxIdleSeconds}, {"lifetime_seconds", &c.LifetimeSeconds},
+		{"grace_seconds", c.GraceSeconds}, {"startup_timeout_seconds", &c.StartupTimeoutSeconds},
+	} {
+		if err := intField(prefix, v.name, v.v); err != nil {
+			return err
+		}
 	}
 	if c.StopSignal != "" {
 		if _, ok := Signals[strings.ToUpper(c.StopSignal)]; !ok {
@@ -161,29 +199,30 @@ func (c *SpawnConfig) Validate(prefix string) error {
 	default:
 		return fieldErr(f("pull_policy"), "must be if_not_present, always or never")
 	}
-	if c.Resources.CPUMillis < 0 || c.Resources.CPUMillis > 1_000_000 {
-		return fieldErr(f("resources.cpu_millis"), "must be between 0 and 1000000")
-	}
-	if c.Resources.MemoryMB < 0 || c.Resources.MemoryMB > 1<<20 {
-		return fieldErr(f("resources.memory_mb"), "must be between 0 and 1048576")
-	}
-	if c.Resources.Pids < 0 || c.Resources.Pids > 1<<22 {
-		return fieldErr(f("resources.pids"), "must be between 0 and 4194304")
+	for _, v := range []struct {
+		name string
+		v    *int
+	}{
+		{"resources.cpu_millis", &c.Resources.CPUMillis}, {"resources.memory_mb", &c.Resources.MemoryMB},
+		{"resources.pids", &c.Resources.Pids},
+	} {
+		if err := intField(prefix, v.name, v.v); err != nil {
+			return err
+		}
 	}
 	switch c.State.Mode {
 	case "", StateModeNone, StateModeBlob, StateModeDir, StateModeVolume:
 	default:
 		return fieldErr(f("state.mode"), "must be none, blob, dir or volume")
 	}
-	if c.State.SaveIntervalSeconds < 0 || c.State.SaveIntervalSeconds > 86400 {
-		return fieldErr(f("state.save_interval_seconds"), "must be between 1 and 86400 (0 means the default, 30)")
-	}
-	return nil
+	return intField(prefix, "state.save_interval_seconds", &c.State.SaveIntervalSeconds)
 }
 
-func secondsField(name string, v *int, max int) error {
-	if v != nil && (*v < 0 || *v > max) {
-		return fieldErr(name, "must be between 0 and %d", max)
+// intField checks the integer field name (see intRanges); nil is unset.
+func intField(prefix, name string, v *int) error {
+	r := intRanges[name]
+	if v != nil && (*v < 0 || *v > r.max) {
+		return fieldErr(prefix+"."+name, "must be %s", r)
 	}
 	return nil
 }

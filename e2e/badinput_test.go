@@ -1,9 +1,16 @@
 package e2e
 
 import (
+	"bufio"
+	"bytes"
 	"fmt"
+	"io"
+	"net"
 	"net/http"
+	"net/url"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -34,7 +41,7 @@ func TestBadInput(t *testing.T) {
 			{"unknown field", `{"key":"k","bogus":1,"spawn":{"command":` + cmd + `}}`, 400, "bogus"},
 			{"unknown spawn field", `{"key":"k","spawn":{"command":` + cmd + `,"comand":["x"]}}`, 400, "spawn.comand"},
 			{"wrong type", `{"key":5}`, 400, "key"},
-			{"body over 1 MiB", `{"key":"k","user":"` + strings.Repeat("a", 1<<20) + `"}`, 400, "body"},
+			{"body over 1 MiB", `{"key":"k","user":"` + strings.Repeat("a", 1<<20) + `"}`, 413, "body"},
 			{"key with a space", `{"key":"doc 42","spawn":{"command":` + cmd + `}}`, 400, "key"},
 			{"key with a bad char", `{"key":"doc#42","spawn":{"command":` + cmd + `}}`, 400, "key"},
 			{"key of 129 chars", `{"key":"` + strings.Repeat("k", 129) + `","spawn":{"command":` + cmd + `}}`, 400, "key"},
@@ -49,6 +56,10 @@ func TestBadInput(t *testing.T) {
 			{"negative wait_timeout_seconds", `{"key":"k","wait":true,"wait_timeout_seconds":-1,"spawn":{"command":` + cmd + `}}`, 400, "wait_timeout_seconds"},
 			{"unknown stop signal", spawn(`"stop_signal":"SIGBOGUS"`), 400, "spawn.stop_signal"},
 			{"reserved env var", spawn(`"env":{"PORT":"1"}`), 400, "spawn.env.PORT"},
+			{"null env value", spawn(`"env":{"A":null}`), 400, "spawn.env.A"},
+			{"duplicate key", `{"key":"a","key":"b","spawn":{"command":` + cmd + `}}`, 400, "key"},
+			{"duplicate env var", spawn(`"env":{"A":"1","A":"2"}`), 400, "spawn.env.A"},
+			{"duplicate spawn field", spawn(`"max_idle_seconds":5,"max_idle_seconds":6`), 400, "spawn.max_idle_seconds"},
 			// Valid keys up to the limit pass validation: not held and no
 			// spawn config is 404, proving the key itself was accepted.
 			{"key of 128 chars, not held", `{"key":"` + strings.Repeat("k", 128) + `"}`, 404, ""},
@@ -69,9 +80,60 @@ func TestBadInput(t *testing.T) {
 				}
 			})
 		}
+		// Messages say what to send, in the caller's terms.
+		for _, tt := range []struct{ name, body, field, says string }{
+			{"non-ASCII key", `{"key":"doc-é","spawn":{"command":` + cmd + `}}`, "key", `'é' at 4`},
+			{"max_idle_seconds no int holds", spawn(`"max_idle_seconds":1e30`), "spawn.max_idle_seconds", "between 0 and 604800"},
+			{"fractional grace_seconds", spawn(`"grace_seconds":2.5`), "spawn.grace_seconds", "between 0 and 3600"},
+			{"memory_mb no int holds", spawn(`"resources":{"memory_mb":1e20}`), "spawn.resources.memory_mb", "between 0 and 1048576"},
+			{"duplicate key", `{"key":"a","key":"b"}`, "key", "more than once"},
+			{"null env value", spawn(`"env":{"A":null}`), "spawn.env.A", "not null"},
+		} {
+			t.Run("message/"+tt.name, func(t *testing.T) {
+				resp, body := s.do(t, http.MethodPost, "/v1/connect", tt.body)
+				if resp.StatusCode != http.StatusBadRequest {
+					t.Fatalf("status %d, want 400; body %s", resp.StatusCode, body)
+				}
+				e := apiError(t, body)
+				if e.Code != "bad_request" || e.Field != tt.field || !strings.Contains(e.Message, tt.says) {
+					t.Errorf("error %+v; want bad_request on %s saying %q", e, tt.field, tt.says)
+				}
+				if strings.Contains(e.Message, "unmarshal") || strings.Contains(e.Message, "not number") {
+					t.Errorf("message %q speaks Go", e.Message)
+				}
+			})
+		}
 		// None of that may have started anything.
 		if list, err := s.Client.Backends(testCtx(t, 5*time.Second), "", ""); err != nil || len(list) != 0 {
 			t.Errorf("after only bad requests: backends %v, err %v; want none", list, err)
+		}
+	})
+
+	// A body over the limit is refused as soon as that is known, without
+	// reading the rest: by its Content-Length, or at the limit's next byte.
+	t.Run("body far over the limit, sent slowly", func(t *testing.T) {
+		const limit = 1 << 20
+		for _, chunked := range []bool{false, true} {
+			res, body, finished := slowUpload(t, s.API+"/v1/connect", "", chunked, limit-64<<10, limit+256<<10)
+			if res.StatusCode != http.StatusRequestEntityTooLarge {
+				t.Fatalf("chunked %v: status %d %s, want 413", chunked, res.StatusCode, body)
+			}
+			if e := apiError(t, body); e.Code != "too_large" || e.Field != "body" {
+				t.Errorf("chunked %v: error %+v, want too_large on body", chunked, e)
+			}
+			if finished {
+				t.Errorf("chunked %v: answered only after the client sent all of its body", chunked)
+			}
+		}
+	})
+
+	t.Run("restore body over the limit", func(t *testing.T) {
+		resp, body := s.do(t, http.MethodPost, "/v1/state/restore", `{"key":"k","version":"`+strings.Repeat("v", 1<<16)+`"}`)
+		if resp.StatusCode != http.StatusRequestEntityTooLarge {
+			t.Fatalf("status %d %s, want 413", resp.StatusCode, body)
+		}
+		if e := apiError(t, body); e.Code != "too_large" || e.Field != "body" {
+			t.Errorf("error %+v, want too_large on body", e)
 		}
 	})
 
@@ -171,4 +233,79 @@ func TestServeAPIKey(t *testing.T) {
 			t.Fatalf("GET %s: %d %s, want 200", c.URL, resp.StatusCode, body)
 		}
 	})
+}
+
+// slowUpload sends method rawURL with a body of total bytes, as a slow
+// client would: the head and the first fast bytes at once, then a KiB
+// every 10 ms, until the server answers or all is sent. The length goes
+// in Content-Length or, with chunked, is known only at the end. It
+// returns the server's answer, and whether the client had sent the whole
+// body by the time the answer came.
+func slowUpload(t *testing.T, rawURL, auth string, chunked bool, fast, total int) (res *http.Response, body []byte, finished bool) {
+	t.Helper()
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	head := "PUT " + u.RequestURI() + " HTTP/1.1\r\nHost: " + u.Host + "\r\nContent-Type: application/json\r\n"
+	if strings.HasSuffix(u.Path, "/v1/connect") {
+		head = "POST" + strings.TrimPrefix(head, "PUT")
+	}
+	if auth != "" {
+		head += "Authorization: Bearer " + auth + "\r\n"
+	}
+	if chunked {
+		head += "Transfer-Encoding: chunked\r\n\r\n"
+	} else {
+		head += "Content-Length: " + strconv.Itoa(total) + "\r\n\r\n"
+	}
+	var done atomic.Bool
+	stop := make(chan struct{})
+	wrote := make(chan struct{})
+	go func() {
+		defer close(wrote)
+		send := func(n int) bool {
+			b := bytes.Repeat([]byte(" "), n)
+			if chunked {
+				b = append(append([]byte(strconv.FormatInt(int64(n), 16)+"\r\n"), b...), "\r\n"...)
+			}
+			_, err := c.Write(b)
+			return err == nil
+		}
+		if _, err := io.WriteString(c, head); err != nil || !send(fast) {
+			return
+		}
+		for sent := fast; sent < total; sent += 1 << 10 {
+			select {
+			case <-stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			if !send(min(1<<10, total-sent)) {
+				return
+			}
+		}
+		if chunked {
+			io.WriteString(c, "0\r\n\r\n")
+		}
+		done.Store(true)
+	}()
+	defer func() { close(stop); <-wrote }()
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	br := bufio.NewReader(c)
+	res, err = http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("%s %s: no answer: %v", head[:strings.IndexByte(head, ' ')], rawURL, err)
+	}
+	finished = done.Load()
+	body, err = io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatalf("read the answer's body: %v", err)
+	}
+	return res, body, finished
 }

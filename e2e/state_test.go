@@ -656,6 +656,66 @@ func TestStateFencing(t *testing.T) {
 	}
 }
 
+// TestStateSecretOracle: the backend API answers a wrong secret the same
+// way whether the backend id is live, terminated or unknown, so it tells
+// nobody which ids are live; the right secret of a terminated backend is
+// still told it no longer holds its key.
+func TestStateSecretOracle(t *testing.T) {
+	t.Parallel()
+	s := startWith(t, opts{})
+	a := s.spawnReady(t, "oracle/"+randHex(4), tbBlob())
+	sa := stateOf(t, a.URL)
+	unknown := strings.Replace(sa.url, a.BackendID, "bk_doesnotexist0000", 1)
+
+	type answer struct {
+		code int
+		err  api.ErrorDetail
+	}
+	ask := func(method, u, secret string) answer {
+		t.Helper()
+		var body io.Reader
+		if method == http.MethodPut {
+			body = strings.NewReader("forged")
+		}
+		code, b := stateReq(t, method, u, secret, body, 6)
+		return answer{code, apiError(t, b)}
+	}
+	wrong := map[string]string{"wrong": "not-the-secret", "empty": "", "A's, on another id": sa.secret}
+	var want *answer
+	check := func(what, u string) {
+		t.Helper()
+		for name, secret := range wrong {
+			if u == sa.url && secret == sa.secret {
+				continue // A's own: right, not wrong
+			}
+			for _, method := range []string{http.MethodPut, http.MethodGet} {
+				got := ask(method, u, secret)
+				if got.code != http.StatusUnauthorized {
+					t.Errorf("%s %s backend, %s secret: %d %+v, want 401", method, what, name, got.code, got.err)
+					continue
+				}
+				if want == nil {
+					want = &got
+				} else if got != *want {
+					t.Errorf("%s %s backend, %s secret: %+v; want the same answer as every wrong secret, %+v", method, what, name, got, *want)
+				}
+			}
+		}
+	}
+	check("live", sa.url)
+	check("unknown", unknown)
+	s.terminate(t, a.BackendID, false)
+	s.waitTerminated(t, a.BackendID, 20*time.Second)
+	check("terminated", sa.url)
+
+	// The right secret: A no longer holds its key.
+	for _, method := range []string{http.MethodPut, http.MethodGet} {
+		if got := ask(method, sa.url, sa.secret); got.code != http.StatusConflict {
+			t.Errorf("%s by A after it terminated, with its secret: %d %+v, want 409", method, got.code, got.err)
+		}
+	}
+}
+
 // stateWrite is one PUT of a hammer.
 type stateWrite struct {
 	started time.Time
@@ -840,6 +900,45 @@ func TestStateLarge(t *testing.T) {
 	}
 	if vs := s.versions(t, key); len(vs) != 1 || vs[0].SHA256 != want {
 		t.Errorf("after the refused PUTs the history is %+v; want only the 64 MiB save", vs)
+	}
+}
+
+// TestStateTooLarge: a state over --max-state-bytes is 413 too_large, and
+// one far over it, sent slowly, is answered before the backend has sent
+// it all: Berth reads no more than the limit and a byte.
+func TestStateTooLarge(t *testing.T) {
+	t.Parallel()
+	const limit = 4 << 10
+	s := startWith(t, opts{}, "--max-state-bytes", strconv.Itoa(limit))
+	key := "toolarge/" + randHex(4)
+	st := stateOf(t, s.spawnReady(t, key, tbBlob()).URL)
+	st.mustPut(t, strings.Repeat("s", limit))
+
+	for _, size := range []int64{limit + 1, -1} {
+		code, body := stateReq(t, http.MethodPut, st.url, st.secret, strings.NewReader(strings.Repeat("s", limit+1)), size)
+		if code != http.StatusRequestEntityTooLarge {
+			t.Fatalf("PUT of limit+1 bytes (Content-Length %d): %d %s, want 413", size, code, body)
+		}
+		if e := apiError(t, body); e.Code != "too_large" {
+			t.Errorf("PUT of limit+1 bytes (Content-Length %d): code %q, want too_large", size, e.Code)
+		}
+	}
+	// Under 256 KiB, net/http would read the rest of a body the handler
+	// left, to keep the connection, before it sent the answer.
+	for _, chunked := range []bool{false, true} {
+		res, body, finished := slowUpload(t, st.url, st.secret, chunked, 2*limit, 200<<10)
+		if res.StatusCode != http.StatusRequestEntityTooLarge {
+			t.Fatalf("slow PUT (chunked %v): %d %s, want 413", chunked, res.StatusCode, body)
+		}
+		if e := apiError(t, body); e.Code != "too_large" {
+			t.Errorf("slow PUT (chunked %v): code %q, want too_large", chunked, e.Code)
+		}
+		if finished {
+			t.Errorf("slow PUT (chunked %v): answered only after the backend sent all of it", chunked)
+		}
+	}
+	if vs := s.versions(t, key); len(vs) != 1 {
+		t.Errorf("after the refused PUTs the history is %+v; want only the first save", vs)
 	}
 }
 

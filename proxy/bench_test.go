@@ -75,3 +75,26 @@ func BenchmarkProxy(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkRequestParse is the fast path's parse of a browser's request
+// head, which every request pays: the path checks must stay cheap.
+func BenchmarkRequestParse(b *testing.B) {
+	for _, bm := range []struct{ name, target string }{
+		{"plain", "/tok_abcdefghijklmnopqrstuvwxyz0123456789/static/js/app.4f3a9c.js?v=12"},
+		{"escapes", "/tok_abcdefghijklmnopqrstuvwxyz0123456789/files/caf%C3%A9/r%C3%A9sum%C3%A9.pdf"},
+	} {
+		head := []byte("GET " + bm.target + " HTTP/1.1\r\nHost: berth.example.com\r\n" +
+			"User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n" +
+			"Accept: */*\r\nAccept-Language: en-US,en;q=0.5\r\nAccept-Encoding: gzip, deflate, br\r\n" +
+			"Connection: keep-alive\r\nReferer: http://berth.example.com/tok/\r\n\r\n")
+		b.Run(bm.name, func(b *testing.B) {
+			b.ReportAllocs()
+			var r request
+			for b.Loop() {
+				if !r.parse(head) {
+					b.Fatal("parse refused the head")
+				}
+			}
+		})
+	}
+}

@@ -107,20 +107,35 @@ func (r *request) parse(b []byte) bool {
 	return len(b) == 0 && hosts == 1 && httpguts.ValidHostHeader(string(r.host))
 }
 
-// parseTarget splits /<token>/<rest>?<query>, and refuses what net/http
-// would treat differently: escapes inside the token, bad escapes, bytes
-// that are not visible ASCII.
+// parseTarget splits /<token>/<rest>?<query>. It leaves to net/http what
+// net/http would treat differently (escapes inside the token, bad escapes,
+// bytes that are not visible ASCII, absolute URLs) and what the Proxy
+// normalizes or refuses there (see path.go): dot-segments, empty segments,
+// escaped slashes. Only a '/' followed by '/', '.' or '%', or a "%2f",
+// costs more than the scan.
 func (r *request) parseTarget(t []byte) bool {
 	if len(t) < 2 || t[0] != '/' {
 		return false
 	}
+	odd := false // a '/' before '/', '.' or '%', or an escaped slash
 	for i := 0; i < len(t); i++ {
-		c := t[i]
-		if c <= ' ' || c >= 0x7f || c == '#' {
+		switch targetClass[t[i]] {
+		case tcPlain:
+		case tcBad:
 			return false
-		}
-		if c == '%' && (i+2 >= len(t) || !isHex(t[i+1]) || !isHex(t[i+2])) {
-			return false
+		case tcSlash:
+			if i+1 < len(t) {
+				if c := t[i+1]; c == '/' || c == '.' || c == '%' {
+					odd = true
+				}
+			}
+		case tcEscape:
+			if i+2 >= len(t) || !isHex(t[i+1]) || !isHex(t[i+2]) {
+				return false
+			}
+			if t[i+1] == '2' && t[i+2]|0x20 == 'f' {
+				odd = true
+			}
 		}
 	}
 	path := t
@@ -132,8 +147,27 @@ func (r *request) parseTarget(t []byte) bool {
 	} else {
 		r.token = path[1:]
 	}
-	return bytes.IndexByte(r.token, '%') < 0
+	return bytes.IndexByte(r.token, '%') < 0 && !(odd && oddPath(r.rest))
 }
+
+// Classes of a request target's bytes, for parseTarget: one table lookup
+// per byte sorts out the few that need a look.
+const (
+	tcPlain = iota
+	tcBad   // not visible ASCII, or '#'
+	tcSlash
+	tcEscape
+)
+
+var targetClass = func() (class [256]uint8) {
+	for c := range class {
+		if c <= ' ' || c >= 0x7f || c == '#' {
+			class[c] = tcBad
+		}
+	}
+	class['/'], class['%'] = tcSlash, tcEscape
+	return class
+}()
 
 // cutCRLF cuts b at its first line end, which must be CRLF.
 func cutCRLF(b []byte) (line, rest []byte, ok bool) {

@@ -21,7 +21,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httputil"
-	"strings"
 	"sync"
 	"time"
 
@@ -189,7 +188,13 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
-	tok, path, rawPath, ok := splitToken(r.URL.Path, r.URL.RawPath)
+	if absoluteForm(r) {
+		return errAbsoluteForm
+	}
+	tok, rawPath, path, ok, err := splitToken(rawTarget(r), r.URL.Path)
+	if err != nil {
+		return err
+	}
 	if tok == "" {
 		return errMissingToken
 	}
@@ -312,28 +317,6 @@ type pooledKey struct{}
 // will go out on a pooled backend connection: a connection given to Keep
 // meanwhile would carry it.
 func Pooled(ctx context.Context) bool { return ctx.Value(pooledKey{}) != nil }
-
-// splitToken splits "/<token>/<rest>" into the token and "/<rest>", in both
-// the decoded path and, when the client's escaping differs from the default,
-// the raw one. ok is false when nothing follows the token.
-func splitToken(path, rawPath string) (tok, rest, rawRest string, ok bool) {
-	if len(path) < 2 || path[0] != '/' {
-		return "", "", "", false
-	}
-	tok, rest, ok = strings.Cut(path[1:], "/")
-	if !ok {
-		return tok, "", "", false
-	}
-	rest = path[1+len(tok):]
-	if rawPath != "" {
-		if i := strings.IndexByte(rawPath[1:], '/'); i >= 0 {
-			// If the client escaped a slash inside the token, rawRest no
-			// longer matches rest and url.URL falls back to rest.
-			rawRest = rawPath[1+i:]
-		}
-	}
-	return tok, rest, rawRest, true
-}
 
 // rewrite builds the request to the backend. ReverseProxy has already
 // removed hop-by-hop and client X-Forwarded-* headers from pr.Out.

@@ -740,5 +740,6 @@ func behaviourTests() map[string]func(*testing.T) {
 		"Close": TestProxy_Close, "Head": TestProxy_Head, "Trailers": TestProxy_Trailers,
 		"EarlyHints": TestProxy_EarlyHints, "StaleConnection": TestProxy_StaleConnection,
 		"ClientCancel": TestProxy_ClientCancel, "Keep": TestProxy_Keep, "PooledHint": TestProxy_PooledHint,
+		"PathNormalization": TestProxy_PathNormalization, "AbsoluteForm": TestProxy_AbsoluteForm,
 	}
 }

@@ -167,18 +167,31 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 }
 
 // DecodeJSON reads a request body strictly: at most MaxBodyBytes, one JSON
-// value, no unknown fields. Errors name the field at fault when they can.
+// value, no unknown fields, no key twice in an object. Errors name the
+// field at fault when they can.
 func DecodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	if r.ContentLength > MaxBodyBytes {
+		// Refused unread; closing the connection after the answer saves
+		// net/http from reading the rest to keep it.
+		w.Header().Set("Connection", "close")
+		return tooLarge(MaxBodyBytes)
+	}
+	// Past the limit, MaxBytesReader also makes net/http close the
+	// connection rather than read the rest.
 	r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
 	return decodeStrict(r.Body, v)
+}
+
+func tooLarge(limit int64) error {
+	return &HTTPError{Status: http.StatusRequestEntityTooLarge, Code: api.CodeTooLarge, Field: "body",
+		Message: fmt.Sprintf("body: larger than the %d-byte limit", limit)}
 }
 
 func decodeStrict(body io.Reader, v any) error {
 	raw, err := io.ReadAll(body)
 	var mbe *http.MaxBytesError
 	if errors.As(err, &mbe) {
-		return &HTTPError{Status: http.StatusBadRequest, Code: api.CodeTooLarge, Field: "body",
-			Message: fmt.Sprintf("body: larger than the %d-byte limit", mbe.Limit)}
+		return tooLarge(mbe.Limit)
 	}
 	if err != nil {
 		return badRequest("body", "could not be read: "+err.Error())
@@ -193,14 +206,11 @@ func decodeStrict(body io.Reader, v any) error {
 		if _, err := dec.Token(); err != io.EOF {
 			return badRequest("body", "has data after the JSON object")
 		}
-		return nil
+		return checkObjects(raw, reflect.TypeOf(v))
 	}
 	var se *json.SyntaxError
 	var te *json.UnmarshalTypeError
 	switch {
-	case errors.As(err, &mbe):
-		return &HTTPError{Status: http.StatusBadRequest, Code: api.CodeTooLarge, Field: "body",
-			Message: fmt.Sprintf("body: larger than the %d-byte limit", mbe.Limit)}
 	case errors.Is(err, io.EOF):
 		return badRequest("body", "is empty; send a JSON object")
 	case errors.As(err, &se):
@@ -209,6 +219,10 @@ func decodeStrict(body io.Reader, v any) error {
 		field := te.Field
 		if field == "" {
 			field = "body"
+		}
+		if isInt(te.Type.Kind()) && strings.HasPrefix(te.Value, "number") {
+			// A number, but not one an int holds: 1.5, 1e3, 1e30.
+			return badRequest(field, "must be an integer "+intRange(field))
 		}
 		return badRequest(field, fmt.Sprintf("must be %s, not %s", jsonKind(te.Type.Kind().String()), te.Value))
 	case strings.HasPrefix(err.Error(), "json: unknown field "):
@@ -264,6 +278,117 @@ func findUnknown(doc any, t reflect.Type, name, prefix string) string {
 		}
 	}
 	return ""
+}
+
+func isInt(k reflect.Kind) bool {
+	return reflect.Int <= k && k <= reflect.Uint64
+}
+
+// intRange words the values the integer field at path allows.
+func intRange(path string) string {
+	if sub, ok := strings.CutPrefix(path, "spawn."); ok {
+		if r, ok := berth.IntRange(sub); ok {
+			return r
+		}
+	}
+	if path == "wait_timeout_seconds" {
+		return "between 1 and 3600 (0 means the default, 60)" // as validateConnect says
+	}
+	return "that fits in 64 bits"
+}
+
+// checkObjects refuses what encoding/json takes silently: a key given
+// twice in one object, of which it keeps the last (struct fields match
+// regardless of case, so "key" and "KEY" are the same field), and null
+// for a map value or an array element, which it takes for "" or 0. raw is
+// a valid JSON value that decoded into a value of type t.
+func checkObjects(raw []byte, t reflect.Type) error {
+	dec := json.NewDecoder(bytes.NewReader(raw))
+	dec.UseNumber()
+	return walkObjects(dec, t, "", false)
+}
+
+// walkObjects reads one value from dec, whose type, if known, is t, at
+// path; inContainer says it is a map value or array element.
+func walkObjects(dec *json.Decoder, t reflect.Type, path string, inContainer bool) error {
+	nullable := t == nil || t.Kind() == reflect.Pointer || t.Kind() == reflect.Interface
+	for t != nil && t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	tok, err := dec.Token()
+	if err != nil {
+		return badRequest("body", "is not valid JSON: "+err.Error())
+	}
+	switch tok {
+	case nil:
+		if inContainer && !nullable {
+			return badRequest(path, fmt.Sprintf("must be %s, not null", jsonKind(t.Kind().String())))
+		}
+	case json.Delim('{'):
+		seen := make(map[string]bool)
+		for dec.More() {
+			kt, err := dec.Token()
+			if err != nil {
+				return badRequest("body", "is not valid JSON: "+err.Error())
+			}
+			name, sub, isMap := kt.(string), reflect.Type(nil), false
+			switch {
+			case t == nil:
+			case t.Kind() == reflect.Map:
+				sub, isMap = t.Elem(), true
+			case t.Kind() == reflect.Struct:
+				name, sub = jsonField(t, name)
+			}
+			p := name
+			if path != "" {
+				p = path + "." + name
+			}
+			if seen[name] {
+				return badRequest(p, "is given more than once")
+			}
+			seen[name] = true
+			if err := walkObjects(dec, sub, p, isMap); err != nil {
+				return err
+			}
+		}
+		dec.Token() // '}'
+	case json.Delim('['):
+		var elem reflect.Type
+		if t != nil && (t.Kind() == reflect.Slice || t.Kind() == reflect.Array) {
+			elem = t.Elem()
+		}
+		for i := 0; dec.More(); i++ {
+			if err := walkObjects(dec, elem, fmt.Sprintf("%s[%d]", path, i), elem != nil); err != nil {
+				return err
+			}
+		}
+		dec.Token() // ']'
+	}
+	return nil
+}
+
+// jsonField finds the field of struct t that encoding/json decodes the
+// object key k into, and returns its JSON name and type; a key that
+// matches no field is returned as it is, with no type.
+func jsonField(t reflect.Type, k string) (string, reflect.Type) {
+	name, typ := k, reflect.Type(nil)
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		n, _, _ := strings.Cut(f.Tag.Get("json"), ",")
+		if n == "-" || !f.IsExported() {
+			continue
+		}
+		if n == "" {
+			n = f.Name
+		}
+		if n == k {
+			return n, f.Type
+		}
+		if typ == nil && strings.EqualFold(n, k) {
+			name, typ = n, f.Type // encoding/json's fallback: any case
+		}
+	}
+	return name, typ
 }
 
 func jsonKind(k string) string {

@@ -2,6 +2,7 @@ package state
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -28,19 +29,32 @@ func (s *Service) BackendAPI() http.Handler {
 	return mux
 }
 
-// caller authenticates a backend by its secret. A backend that is not live
-// here gets 409: it no longer holds its key.
+// caller authenticates a backend by its secret. Every wrong secret gets
+// the same 401, whether the backend is live, terminated or unknown, so
+// the answer tells nobody which ids are live. A backend that proves who
+// it is but no longer holds its key gets 409.
 func (s *Service) caller(w http.ResponseWriter, r *http.Request) (*berth.Backend, bool) {
 	id := r.PathValue("id")
 	b, live := s.cfg.Holders.LiveBackend(id)
-	if b == nil || !live {
-		// Unknown or terminated: say so without revealing which.
-		writeErr(w, http.StatusConflict, api.CodeConflict, "", "backend "+id+" does not hold its key (terminated or unknown)")
+	if b == nil {
+		var err error
+		if b, err = s.cfg.Holders.Backend(r.Context(), id); err != nil && !errors.Is(err, berth.ErrNotFound) {
+			s.log.Error("look up backend", "backend", id, "err", err)
+			writeErr(w, http.StatusServiceUnavailable, api.CodeUnavailable, "", "Berth's store is unavailable; retry")
+			return nil, false
+		}
+	}
+	want := s.noSecret
+	if b != nil {
+		want = b.Secret
+	}
+	secret, bearer := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !sameSecret(secret, want) || !bearer || b == nil {
+		writeErr(w, http.StatusUnauthorized, api.CodeUnauthorized, "", "send Authorization: Bearer $BERTH_SECRET")
 		return nil, false
 	}
-	secret := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
-	if subtle.ConstantTimeCompare([]byte(secret), []byte(b.Secret)) != 1 {
-		writeErr(w, http.StatusUnauthorized, api.CodeUnauthorized, "", "send Authorization: Bearer $BERTH_SECRET")
+	if !live {
+		writeErr(w, http.StatusConflict, api.CodeConflict, "", "backend "+id+" no longer holds its key: it has terminated")
 		return nil, false
 	}
 	if b.Spawn.StateMode() != berth.StateModeBlob {
@@ -48,6 +62,14 @@ func (s *Service) caller(w http.ResponseWriter, r *http.Request) (*berth.Backend
 		return nil, false
 	}
 	return b, true
+}
+
+// sameSecret compares a and b in time that depends on neither, their
+// lengths included (subtle.ConstantTimeCompare returns at once on
+// different lengths).
+func sameSecret(a, b string) bool {
+	ha, hb := sha256.Sum256([]byte(a)), sha256.Sum256([]byte(b))
+	return subtle.ConstantTimeCompare(ha[:], hb[:]) == 1
 }
 
 func (s *Service) getOwn(w http.ResponseWriter, r *http.Request) {
@@ -82,12 +104,20 @@ func (s *Service) putOwn(w http.ResponseWriter, r *http.Request) {
 	}
 	defer end()
 	if r.ContentLength > s.cfg.MaxStateBytes {
+		// Refused unread: without Connection: close, net/http would read
+		// (up to 256 KiB of) the rest before answering, to keep the
+		// connection.
+		w.Header().Set("Connection", "close")
 		writeErr(w, http.StatusRequestEntityTooLarge, api.CodeTooLarge, "body", fmt.Sprintf("state is %d bytes; the limit is %d", r.ContentLength, s.cfg.MaxStateBytes))
 		return
 	}
+	// Past the limit, MaxBytesReader makes net/http close the connection
+	// rather than read the rest.
+	r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxStateBytes)
 	info, spooled, err := s.Save(r.Context(), b, r.Body)
+	var mbe *http.MaxBytesError
 	switch {
-	case errors.Is(err, ErrTooLarge):
+	case errors.Is(err, ErrTooLarge), errors.As(err, &mbe):
 		writeErr(w, http.StatusRequestEntityTooLarge, api.CodeTooLarge, "body", fmt.Sprintf("state is larger than the %d-byte limit", s.cfg.MaxStateBytes))
 	case errors.Is(err, blob.ErrFenced):
 		writeErr(w, http.StatusConflict, api.CodeConflict, "", "refused: a newer holder of key "+b.Key+" has taken over (fencing token "+itoa(b.FencingToken)+" is stale)")
@@ -174,6 +204,11 @@ func (s *Service) restore(w http.ResponseWriter, r *http.Request) {
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			writeErr(w, http.StatusRequestEntityTooLarge, api.CodeTooLarge, "body", fmt.Sprintf("body: larger than the %d-byte limit", mbe.Limit))
+			return
+		}
 		writeErr(w, http.StatusBadRequest, api.CodeBadRequest, "body", "body: send {\"key\": …, \"version\": …}: "+err.Error())
 		return
 	}

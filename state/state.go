@@ -14,6 +14,7 @@ package state
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -31,10 +32,14 @@ import (
 	"github.com/berthhq/berth/runtime"
 )
 
-// Holders answers who holds what, from the Manager's memory.
+// Holders answers who holds what, from the Manager's memory; Backend
+// also finds terminated backends in the store.
 type Holders interface {
 	// LiveBackend returns a backend that is live (not terminated) here.
 	LiveBackend(id string) (*berth.Backend, bool)
+	// Backend returns any backend's record, live or terminated, with its
+	// secret; berth.ErrNotFound (wrapped) when there is none.
+	Backend(ctx context.Context, id string) (*berth.Backend, error)
 	// KeyLive reports whether a live backend holds key.
 	KeyLive(key string) bool
 }
@@ -67,6 +72,9 @@ type Service struct {
 	log     *slog.Logger
 	spool   *spool
 	writers *writers
+	// noSecret is what a secret sent for an unknown backend is compared
+	// with, so that it takes as long as for a known one.
+	noSecret string
 
 	mu    sync.Mutex
 	dirs  map[string]*dirSaver // mode dir, by backend id
@@ -104,7 +112,7 @@ func New(cfg Config) (*Service, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Service{cfg: cfg, log: cfg.Logger, spool: sp, writers: newWriters(), dirs: make(map[string]*dirSaver),
-		ctx: ctx, stop: cancel, kickC: make(chan struct{}, 1)}
+		ctx: ctx, stop: cancel, kickC: make(chan struct{}, 1), noSecret: rand.Text()}
 	s.wg.Add(1)
 	go s.retry()
 	return s, nil
