@@ -24,6 +24,9 @@ type allLive struct{}
 
 func (allLive) LiveBackend(string) (*berth.Backend, bool) { return nil, false }
 func (allLive) KeyLive(string) bool                       { return true }
+func (allLive) Backend(context.Context, string) (*berth.Backend, error) {
+	return nil, berth.ErrNotFound
+}
 
 // flaky is a blob store whose Puts fail while down is set.
 type flaky struct {
