@@ -3,6 +3,7 @@
 package api
 
 import (
+	"strings"
 	"time"
 
 	"github.com/berthhq/berth"
@@ -15,6 +16,22 @@ type ConnectRequest struct {
 	User               string             `json:"user,omitempty"`
 	Wait               bool               `json:"wait,omitempty"`
 	WaitTimeoutSeconds int                `json:"wait_timeout_seconds,omitempty"`
+}
+
+// WaitTimeoutRange is what wait_timeout_seconds allows, in words.
+const WaitTimeoutRange = "between 1 and 3600 (0 means the default, 60)"
+
+// IntRange says which values the integer field at path (as in JSON:
+// "spawn.grace_seconds") allows, so a decoder can say it when a number
+// does not fit (jsonbody.Ranger).
+func (*ConnectRequest) IntRange(path string) (string, bool) {
+	if sub, ok := strings.CutPrefix(path, "spawn."); ok {
+		return berth.IntRange(sub)
+	}
+	if path == "wait_timeout_seconds" {
+		return WaitTimeoutRange, true
+	}
+	return "", false
 }
 
 // ConnectResponse is the answer to POST /v1/connect.

@@ -137,6 +137,24 @@ func TestBadInput(t *testing.T) {
 		}
 	})
 
+	t.Run("restore body decoded as strictly as a connect", func(t *testing.T) {
+		for _, r := range []struct{ body, field string }{
+			{`{"key":"k","key":"other","version":"v"}`, "key"},
+			{`{"key":"k","version":"v","bogus":1}`, "bogus"},
+			{`{"key":"k","version":5}`, "version"},
+			{`{"key":`, "body"},
+		} {
+			resp, body := s.do(t, http.MethodPost, "/v1/state/restore", r.body)
+			if resp.StatusCode != http.StatusBadRequest {
+				t.Errorf("%s: status %d %s, want 400", r.body, resp.StatusCode, body)
+				continue
+			}
+			if e := apiError(t, body); e.Code != "bad_request" || e.Field != r.field {
+				t.Errorf("%s: error %+v, want bad_request on %s", r.body, e, r.field)
+			}
+		}
+	})
+
 	t.Run("unknown backend", func(t *testing.T) {
 		for _, r := range []struct{ method, path, body string }{
 			{"GET", "/v1/backends/bk_doesnotexist", ""},

@@ -209,7 +209,7 @@ func validateConnect(req *api.ConnectRequest) error {
 		}
 	}
 	if req.WaitTimeoutSeconds < 0 || req.WaitTimeoutSeconds > 3600 {
-		return &berth.FieldError{Field: "wait_timeout_seconds", Message: "must be between 1 and 3600 (0 means the default, 60)"}
+		return &berth.FieldError{Field: "wait_timeout_seconds", Message: "must be " + api.WaitTimeoutRange}
 	}
 	if req.Spawn == nil {
 		if req.Key == "" {

@@ -14,6 +14,7 @@ import (
 	"github.com/berthhq/berth"
 	"github.com/berthhq/berth/api"
 	"github.com/berthhq/berth/blob"
+	"github.com/berthhq/berth/internal/jsonbody"
 )
 
 // BackendAPI serves the backends' own API (BERTH_STATE_URL):
@@ -201,15 +202,17 @@ type RestoreRequest struct {
 
 func (s *Service) restore(w http.ResponseWriter, r *http.Request) {
 	var req RestoreRequest
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 1<<16))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			writeErr(w, http.StatusRequestEntityTooLarge, api.CodeTooLarge, "body", fmt.Sprintf("body: larger than the %d-byte limit", mbe.Limit))
-			return
+	if err := jsonbody.Read(w, r, 1<<16, &req); err != nil {
+		var tl *jsonbody.TooLargeError
+		var fe *berth.FieldError
+		switch {
+		case errors.As(err, &tl):
+			writeErr(w, http.StatusRequestEntityTooLarge, api.CodeTooLarge, "body", tl.Error())
+		case errors.As(err, &fe):
+			writeErr(w, http.StatusBadRequest, api.CodeBadRequest, fe.Field, fe.Error()+` (send {"key": …, "version": …})`)
+		default:
+			writeErr(w, http.StatusBadRequest, api.CodeBadRequest, "body", err.Error())
 		}
-		writeErr(w, http.StatusBadRequest, api.CodeBadRequest, "body", "body: send {\"key\": …, \"version\": …}: "+err.Error())
 		return
 	}
 	if err := berth.ValidateKey(req.Key); err != nil {
