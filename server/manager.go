@@ -113,7 +113,7 @@ type Manager struct {
 	closing  bool
 	spawning map[string]*pending // keys whose CreateBackend is in flight
 
-	lostStops chan struct{} // a slot per stop of a lost backend's instance
+	lostStops chan struct{}  // a slot per stop of a lost backend's instance
 	sweeper   sync.WaitGroup // sweepLoop
 }
 
