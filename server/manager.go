@@ -113,8 +113,9 @@ type Manager struct {
 	closing  bool
 	spawning map[string]*pending // keys whose CreateBackend is in flight
 
-	lostStops chan struct{}  // a slot per stop of a lost backend's instance
-	sweeper   sync.WaitGroup // sweepLoop
+	lostStops chan struct{}        // a slot per stop of a lost backend's instance
+	sweeper   sync.WaitGroup       // sweepLoop and the late lists
+	lateLists map[string]*lateList // by runtime; set by Reconcile
 }
 
 // maxLostStops bounds the lost backends' instances a restart stops at once.

@@ -32,6 +32,7 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("reconcile: list live backends: %w", err)
 	}
+	m.startLateLists()
 	// What each runtime runs, listed before any record is judged.
 	listed := make(map[string]map[string]*runtime.Handle) // runtime → backend id → handle
 	for name, rt := range m.cfg.Runtimes {
@@ -200,23 +201,27 @@ func (m *Manager) recover(ctx context.Context, b *berth.Backend, listed *runtime
 
 // lose terminates a backend as lost: terminating at once, terminated once
 // what h names is stopped and removed (retried until the runtime confirms
-// it) and the final save is done. Without h, a runtime whose starts can
-// finish late (runtime.LateStarter) is asked again after its settle. The key stays held until then, but in
+// it) and the final save is done. For a start that was never recorded, a
+// runtime whose starts can finish late (runtime.LateStarter) is asked
+// again after its settle, and what it lists then is stopped too. The key stays held until then, but in
 // the background, so Berth itself comes up while a runtime or the blob
 // store is slow.
 func (m *Manager) lose(inst *instance, h *runtime.Handle, why string) {
 	m.log.Warn("backend lost", "backend", inst.id, "key", inst.key, "why", why)
+	unrecorded := len(inst.snapshot().Handle) == 0 // a start Berth did not live to record
 	m.transition(inst, store.Transition{To: berth.StateTerminating, Reason: berth.ReasonLost, Message: why})
 	m.adopt(inst)
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
 		defer m.finish(inst)
-		if h == nil && inst.rt != nil {
-			h = m.lateInstance(inst)
-		}
 		if h != nil && !m.stopLost(inst, h) {
 			return // shutting down: the next start reconciles it again
+		}
+		if unrecorded && inst.rt != nil {
+			if late := m.lateInstance(inst); late != nil && !m.stopLost(inst, late) {
+				return
+			}
 		}
 		m.afterExit(inst)
 		m.terminate(inst, berth.ReasonLost, nil, why)
@@ -224,30 +229,62 @@ func (m *Manager) lose(inst *instance, h *runtime.Handle, why string) {
 }
 
 // lateInstance waits out the start settle of inst's runtime, if it has
-// one (runtime.LateStarter), and returns the instance that appeared for
-// inst meanwhile, if any.
+// one (runtime.LateStarter), and returns the instance its runtime lists
+// for inst then, if any: one that appeared after Reconcile listed (a
+// create the engine finished late, a child that was not yet identifiable),
+// or the one stopped before, which a second stop finds gone.
 func (m *Manager) lateInstance(inst *instance) *runtime.Handle {
-	ls, ok := inst.rt.(runtime.LateStarter)
-	l, lists := inst.rt.(runtime.Lister)
-	if !ok || !lists {
+	ll := m.lateLists[inst.rt.Name()]
+	if ll == nil {
 		return nil
 	}
 	select {
-	case <-time.After(ls.StartSettle()):
+	case <-ll.done:
 	case <-m.ctx.Done():
 		return nil
 	}
-	hs, err := l.List(m.ctx)
-	if err != nil {
-		m.log.Warn("list instances after the start settle", "backend", inst.id, "err", err)
-		return nil // the sweeps list again
-	}
-	for _, h := range hs {
-		if h.BackendID == inst.id {
-			return h
+	return ll.byID[inst.id]
+}
+
+// lateList is one listing of a runtime's instances, taken once its start
+// settle has passed after Reconcile, and shared by every lost backend
+// that waits for it.
+type lateList struct {
+	done chan struct{}
+	byID map[string]*runtime.Handle // set before done is closed
+}
+
+// startLateLists starts, for each runtime whose starts can finish late,
+// the one listing its lost backends' stops wait for.
+func (m *Manager) startLateLists() {
+	m.lateLists = make(map[string]*lateList)
+	for name, rt := range m.cfg.Runtimes {
+		ls, ok := rt.(runtime.LateStarter)
+		l, lists := rt.(runtime.Lister)
+		if !ok || !lists {
+			continue
 		}
+		ll := &lateList{done: make(chan struct{}), byID: make(map[string]*runtime.Handle)}
+		m.lateLists[name] = ll
+		m.sweeper.Add(1)
+		go func() {
+			defer m.sweeper.Done()
+			defer close(ll.done)
+			select {
+			case <-time.After(ls.StartSettle()):
+			case <-m.ctx.Done():
+				return
+			}
+			hs, err := l.List(m.ctx)
+			if err != nil {
+				m.log.Warn("list instances after the start settle", "runtime", name, "err", err)
+				return // the sweeps list again
+			}
+			for _, h := range hs {
+				ll.byID[h.BackendID] = h
+			}
+		}()
 	}
-	return nil
 }
 
 // stopLost stops and removes the instance of a lost backend, retrying until

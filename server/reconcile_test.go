@@ -158,3 +158,49 @@ func lastMessage(t *testing.T, m *Manager, id string) string {
 	}
 	return es[len(es)-1].Message
 }
+
+// lateRuntime is a listedRuntime whose starts can finish after Berth died
+// (runtime.LateStarter), as a Docker Engine's can.
+type lateRuntime struct{ *listedRuntime }
+
+func (lateRuntime) StartSettle() time.Duration { return 100 * time.Millisecond }
+
+// A start Berth did not live to record, whose instance the runtime lists
+// only after Reconcile listed (an engine finishing a create late): the
+// record says lost only once that instance, found after the settle, is
+// stopped.
+func TestManager_ReconcileStopsLateInstance(t *testing.T) {
+	ctx := context.Background()
+	st, err := sqlite.Open(filepath.Join(t.TempDir(), "berth.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	b := &berth.Backend{ID: "bk_late", Key: "doc", State: berth.StateScheduled, Runtime: "process",
+		Spawn: berth.SpawnConfig{Command: []string{"x"}}, Secret: "s", CreatedAt: time.Now().UTC()}
+	if _, _, err := st.CreateBackend(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	rt := lateRuntime{&listedRuntime{release: make(chan struct{})}}
+	close(rt.release)
+	signer, _ := token.NewSigner(bytes.Repeat([]byte("k"), token.MinKeyLen))
+	m, err := New(Config{Store: st, Runtimes: map[string]runtime.Runtime{"process": rt}, Logs: logs.New(logs.Config{}), Signer: signer})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Shutdown(ctx) })
+	if err := m.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rt.mu.Lock()
+	rt.listed = []*runtime.Handle{{BackendID: b.ID, Runtime: "process", State: []byte(`{}`)}}
+	rt.mu.Unlock()
+
+	got := waitTerminated(t, m, b.ID)
+	if !rt.wasStopped(b.ID) {
+		t.Error("record terminated, but the instance that appeared after Reconcile was never stopped")
+	}
+	if got.Reason != berth.ReasonLost {
+		t.Errorf("reason %q, want lost", got.Reason)
+	}
+}

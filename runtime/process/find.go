@@ -25,9 +25,11 @@ import (
 // List scans /proc for those, once, only when some backend directory has
 // no handle of its own, so a normal start pays nothing for it.
 //
-// What cannot be found: a child killed by nothing, between the fork and its
-// chdir to work/ (a few instructions in the forked child, before exec), when
-// there is no cgroup directory. Its environment is still Berth's then.
+// What cannot be found at once: a child between the fork and its chdir to
+// work/ (a few instructions in the forked child, before exec), when there
+// is no cgroup directory; its environment is still Berth's then. On a
+// loaded machine it may wait a while for a CPU, so a restarted Berth lists
+// again after StartSettle before it calls such a start lost.
 
 // envBackendID is the variable that names a backend in its environment.
 const envBackendID = "BERTH_BACKEND_ID="

@@ -89,8 +89,9 @@ const (
 var errUnknownExit = errors.New("process: exit status unknown: the backend was recovered after a restart of Berth, which is therefore not its parent")
 
 var (
-	_ runtime.Runtime = (*Runtime)(nil)
-	_ runtime.Lister  = (*Runtime)(nil)
+	_ runtime.Runtime     = (*Runtime)(nil)
+	_ runtime.Lister      = (*Runtime)(nil)
+	_ runtime.LateStarter = (*Runtime)(nil)
 )
 
 // Config configures the process runtime.
@@ -168,6 +169,13 @@ func New(cfg Config) (*Runtime, error) {
 
 // Name returns "process".
 func (r *Runtime) Name() string { return Name }
+
+// StartSettle implements runtime.LateStarter. A child that a Berth killed
+// meanwhile had forked but that had not yet reached its chdir to work/
+// carries nothing of its backend (see find.go); on a loaded machine it may
+// wait that long for a CPU, and once it runs it is identifiable within
+// microseconds.
+func (r *Runtime) StartSettle() time.Duration { return 2 * time.Second }
 
 // FreePort returns a TCP port on 127.0.0.1 that is free right now, for a
 // process backend to listen on.
