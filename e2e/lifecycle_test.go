@@ -77,6 +77,31 @@ func TestLifecycle(t *testing.T) {
 		}
 	})
 
+	t.Run("long request keeps it alive", func(t *testing.T) {
+		t.Parallel()
+		sp := tb(nil)
+		sp.MaxIdleSeconds = ptr(1)
+		c := s.spawnReady(t, "idle-long-request", sp)
+		// One request in flight for 3 s, three idle deadlines long: the
+		// backend must not be stopped under it.
+		resp, body := get(t, c.URL+"sleep?ms=3000", nil)
+		answered := time.Now()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("a request slower than max_idle_seconds: %d %s, want 200 (the backend stopped under it?)", resp.StatusCode, body)
+		}
+		if b := s.backend(t, c.BackendID); b.State != berth.StateReady {
+			t.Fatalf("right after a 3 s request: state %q reason %q, want still ready (max_idle_seconds 1)", b.State, b.Reason)
+		}
+		b := s.waitTerminated(t, c.BackendID, 10*time.Second)
+		if b.Reason != berth.ReasonIdle {
+			t.Fatalf("reason %q, want idle", b.Reason)
+		}
+		stop := eventAt(t, s.history(t, c.BackendID), berth.StateTerminating)
+		if late := stop.Sub(answered.Add(time.Second)); late > time.Second {
+			t.Errorf("idle stop %v after the deadline (1s after the request ended), want within 1s", late)
+		}
+	})
+
 	t.Run("lifetime", func(t *testing.T) {
 		t.Parallel()
 		sp := demo()
