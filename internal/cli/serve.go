@@ -208,10 +208,13 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 	apiSrv := &http.Server{
 		Handler:           server.NewAPI(server.APIConfig{Manager: mgr, APIKey: o.APIKey, Gatherer: reg, Logger: log, Mux: mux, Demo: demo}),
 		ReadHeaderTimeout: 10 * time.Second,
+		// An idle keep-alive connection is not held forever: connections
+		// are accepted before the API key is checked.
+		IdleTimeout: 60 * time.Second,
 	}
 	proxySrv := px.NewServer(proxy.ServerConfig{IdleTimeout: 30 * time.Second, NoEventLoop: o.ProxyGoroutine})
 
-	backendSrv := &http.Server{Handler: states.BackendAPI(), ReadHeaderTimeout: 30 * time.Second}
+	backendSrv := &http.Server{Handler: states.BackendAPI(), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second}
 
 	errC := make(chan error, 4)
 	if u, srv, err := dockerBackendAPI(runtimes, backendLn.Addr().(*net.TCPAddr).Port, states.BackendAPI(), errC); err != nil {
