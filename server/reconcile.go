@@ -32,7 +32,6 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("reconcile: list live backends: %w", err)
 	}
-	m.startLateLists()
 	// What each runtime runs, listed before any record is judged.
 	listed := make(map[string]map[string]*runtime.Handle) // runtime → backend id → handle
 	for name, rt := range m.cfg.Runtimes {
@@ -50,12 +49,13 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 		}
 		listed[name] = byID
 	}
+	m.startLateLists()
 	for _, b := range bs {
-		if m.cfg.Node != "" && b.Node != "" && b.Node != m.cfg.Node {
-			continue // another replica's backend
-		}
 		found := listed[b.Runtime][b.ID]
 		delete(listed[b.Runtime], b.ID) // its record accounts for it
+		if m.cfg.Node != "" && b.Node != "" && b.Node != m.cfg.Node {
+			continue // another replica's backend: its node reconciles it
+		}
 		m.recover(ctx, b, found)
 	}
 	// Before serving: a key whose record is terminated is free, so what
@@ -115,9 +115,9 @@ func (m *Manager) sweepLoop() {
 	}
 }
 
-// sweep removes every listed instance whose backend is neither live here
-// nor live in the store (terminated, or never recorded). A backend being
-// spawned is live in the store before its runtime starts anything.
+// sweep removes every listed instance whose backend is not live here and
+// whose record is terminated. A backend being spawned is live in the store
+// before its runtime starts anything.
 func (m *Manager) sweep(ctx context.Context) {
 	for name, rt := range m.cfg.Runtimes {
 		l, ok := rt.(runtime.Lister)
@@ -138,7 +138,14 @@ func (m *Manager) sweep(ctx context.Context) {
 				continue
 			}
 			b, err := m.cfg.Store.Backend(ctx, h.BackendID)
-			if (err == nil && b.State.Live()) || (err != nil && !errors.Is(err, berth.ErrNotFound)) {
+			if errors.Is(err, berth.ErrNotFound) {
+				// Not started by a Berth on this store (every start is
+				// recorded first): another Berth's, under the same
+				// instance identity. Not this sweep's to remove.
+				m.log.Warn("sweep: an instance of a backend this store does not know; is another Berth using the same runtime identity?", "runtime", name, "backend", h.BackendID)
+				continue
+			}
+			if err != nil || b.State.Live() {
 				continue
 			}
 			unowned = append(unowned, h)
@@ -162,7 +169,7 @@ func (m *Manager) recover(ctx context.Context, b *berth.Backend, listed *runtime
 	h, err := decodeHandle(b.Handle)
 	if err != nil {
 		if listed != nil {
-			m.lose(inst, listed, "Berth stopped while it was starting; its instance was stopped")
+			m.lose(inst, listed, "Berth stopped while it was starting; its instance is stopped")
 		} else {
 			m.lose(inst, nil, "Berth stopped before it recorded the start, and no instance of it runs")
 		}
@@ -219,8 +226,17 @@ func (m *Manager) lose(inst *instance, h *runtime.Handle, why string) {
 			return // shutting down: the next start reconciles it again
 		}
 		if unrecorded && inst.rt != nil {
-			if late := m.lateInstance(inst); late != nil && !m.stopLost(inst, late) {
+			late, ok := m.lateInstance(inst)
+			if !ok {
+				return // shutting down: the next start reconciles it again
+			}
+			if late != nil && !m.stopLost(inst, late) {
 				return
+			}
+			if h == nil && late == nil {
+				// Nothing of it ever ran: what Start made before the
+				// fork (a directory) goes.
+				inst.rt.Cleanup(m.ctx, &runtime.Handle{BackendID: inst.id, Runtime: inst.rt.Name()})
 			}
 		}
 		m.afterExit(inst)
@@ -232,18 +248,22 @@ func (m *Manager) lose(inst *instance, h *runtime.Handle, why string) {
 // one (runtime.LateStarter), and returns the instance its runtime lists
 // for inst then, if any: one that appeared after Reconcile listed (a
 // create the engine finished late, a child that was not yet identifiable),
-// or the one stopped before, which a second stop finds gone.
-func (m *Manager) lateInstance(inst *instance) *runtime.Handle {
+// or the one stopped before, which a second stop finds gone. ok is false
+// when Berth shuts down before a listing succeeded.
+func (m *Manager) lateInstance(inst *instance) (h *runtime.Handle, ok bool) {
 	ll := m.lateLists[inst.rt.Name()]
 	if ll == nil {
-		return nil
+		return nil, true
 	}
 	select {
 	case <-ll.done:
 	case <-m.ctx.Done():
-		return nil
+		return nil, false
 	}
-	return ll.byID[inst.id]
+	if !ll.ok {
+		return nil, false
+	}
+	return ll.byID[inst.id], true
 }
 
 // lateList is one listing of a runtime's instances, taken once its start
@@ -251,6 +271,7 @@ func (m *Manager) lateInstance(inst *instance) *runtime.Handle {
 // that waits for it.
 type lateList struct {
 	done chan struct{}
+	ok   bool                       // the listing succeeded; set before done is closed
 	byID map[string]*runtime.Handle // set before done is closed
 }
 
@@ -275,13 +296,22 @@ func (m *Manager) startLateLists() {
 			case <-m.ctx.Done():
 				return
 			}
-			hs, err := l.List(m.ctx)
-			if err != nil {
-				m.log.Warn("list instances after the start settle", "runtime", name, "err", err)
-				return // the sweeps list again
-			}
-			for _, h := range hs {
-				ll.byID[h.BackendID] = h
+			// Until a listing succeeds, the keys waiting for it stay held.
+			for backoff := time.Second; ; backoff = min(2*backoff, 30*time.Second) {
+				hs, err := l.List(m.ctx)
+				if err == nil {
+					for _, h := range hs {
+						ll.byID[h.BackendID] = h
+					}
+					ll.ok = true
+					return
+				}
+				m.log.Warn("list instances after the start settle; retrying", "runtime", name, "in", backoff, "err", err)
+				select {
+				case <-time.After(backoff):
+				case <-m.ctx.Done():
+					return
+				}
 			}
 		}()
 	}
@@ -290,13 +320,17 @@ func (m *Manager) startLateLists() {
 // stopLost stops and removes the instance of a lost backend, retrying until
 // the runtime says it is gone (true), or Berth shuts down (false).
 func (m *Manager) stopLost(inst *instance, h *runtime.Handle) bool {
-	m.lostStops <- struct{}{} // bound the stops a restart runs at once
-	defer func() { <-m.lostStops }()
 	backoff := 200 * time.Millisecond
 	for attempt := 1; ; attempt++ {
+		m.lostStops <- struct{}{} // bound the stops a restart runs at once
 		err := inst.rt.Stop(m.ctx, h, "", 0)
 		if err == nil {
-			inst.rt.Cleanup(m.ctx, h)
+			// For Docker the removal is what keeps a created container
+			// from ever starting: it must succeed too.
+			err = inst.rt.Cleanup(m.ctx, h)
+		}
+		<-m.lostStops
+		if err == nil {
 			return true
 		}
 		if m.ctx.Err() != nil {

@@ -7,6 +7,7 @@ import (
 	"io"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -160,15 +161,30 @@ func lastMessage(t *testing.T, m *Manager, id string) string {
 }
 
 // lateRuntime is a listedRuntime whose starts can finish after Berth died
-// (runtime.LateStarter), as a Docker Engine's can.
-type lateRuntime struct{ *listedRuntime }
+// (runtime.LateStarter), as a Docker Engine's can: its first List (the one
+// Reconcile makes) shows nothing, its second fails, and later ones show
+// the instance that appeared meanwhile.
+type lateRuntime struct {
+	*listedRuntime
+	lists atomic.Int64
+}
 
-func (lateRuntime) StartSettle() time.Duration { return 100 * time.Millisecond }
+func (*lateRuntime) StartSettle() time.Duration { return 50 * time.Millisecond }
+
+func (r *lateRuntime) List(ctx context.Context) ([]*runtime.Handle, error) {
+	switch r.lists.Add(1) {
+	case 1:
+		return nil, nil
+	case 2:
+		return nil, errors.New("engine overloaded")
+	}
+	return r.listedRuntime.List(ctx)
+}
 
 // A start Berth did not live to record, whose instance the runtime lists
-// only after Reconcile listed (an engine finishing a create late): the
-// record says lost only once that instance, found after the settle, is
-// stopped.
+// only after Reconcile listed (an engine finishing a create late), and
+// whose first listing after the settle fails: the record says lost only
+// once a listing succeeded and the instance it found is stopped.
 func TestManager_ReconcileStopsLateInstance(t *testing.T) {
 	ctx := context.Background()
 	st, err := sqlite.Open(filepath.Join(t.TempDir(), "berth.db"))
@@ -181,24 +197,28 @@ func TestManager_ReconcileStopsLateInstance(t *testing.T) {
 	if _, _, err := st.CreateBackend(ctx, b); err != nil {
 		t.Fatal(err)
 	}
-	rt := lateRuntime{&listedRuntime{release: make(chan struct{})}}
+	rt := &lateRuntime{listedRuntime: &listedRuntime{release: make(chan struct{}),
+		listed: []*runtime.Handle{{BackendID: b.ID, Runtime: "process", State: []byte(`{}`)}}}}
 	close(rt.release)
 	signer, _ := token.NewSigner(bytes.Repeat([]byte("k"), token.MinKeyLen))
 	m, err := New(Config{Store: st, Runtimes: map[string]runtime.Runtime{"process": rt}, Logs: logs.New(logs.Config{}), Signer: signer})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { m.Shutdown(ctx) })
+	t.Cleanup(func() {
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		m.Shutdown(sctx)
+	})
 	if err := m.Reconcile(ctx); err != nil {
 		t.Fatal(err)
 	}
-	rt.mu.Lock()
-	rt.listed = []*runtime.Handle{{BackendID: b.ID, Runtime: "process", State: []byte(`{}`)}}
-	rt.mu.Unlock()
-
 	got := waitTerminated(t, m, b.ID)
 	if !rt.wasStopped(b.ID) {
 		t.Error("record terminated, but the instance that appeared after Reconcile was never stopped")
+	}
+	if n := rt.lists.Load(); n < 3 {
+		t.Errorf("record terminated after %d listings; want the failed one retried", n)
 	}
 	if got.Reason != berth.ReasonLost {
 		t.Errorf("reason %q, want lost", got.Reason)

@@ -20,7 +20,8 @@ import (
 // identifiable by its backend id alone: Start makes Dir/<id> before the
 // fork, and the process carries the id in its environment
 // (BERTH_BACKEND_ID, which a spawn cannot override) and, from before its
-// exec, its working directory Dir/<id>/work. With a cgroup directory it is
+// exec, its working directory Dir/<id>/work while it still runs Berth's
+// own program. With a cgroup directory it is
 // also in CgroupDir/<id> from its first instruction (CLONE_INTO_CGROUP).
 // List scans /proc for those, once, only when some backend directory has
 // no handle of its own, so a normal start pays nothing for it.
@@ -52,12 +53,17 @@ func (r *Runtime) findUnrecorded(ids map[string]bool) []*runtime.Handle {
 		if err != nil || pid <= 1 {
 			continue
 		}
+		before, err := readStat(pid)
+		if err != nil || !before.running() {
+			continue
+		}
 		id, port := r.owner(pid, ids)
 		if id == "" {
 			continue
 		}
+		// The same process throughout, not a reused pid.
 		s, err := readStat(pid)
-		if err != nil || !s.running() {
+		if err != nil || !s.running() || s.start != before.start {
 			continue
 		}
 		found[id] = append(found[id], proc{pid: pid, stat: s, port: port})
@@ -107,6 +113,12 @@ func (r *Runtime) owner(pid int, ids map[string]bool) (id, port string) {
 		if ids[id] {
 			return id, port
 		}
+	}
+	// By working directory only a child not yet exec'd: it still runs
+	// Berth's own program. Anything else there (a shell an operator left
+	// in the directory) is not a backend.
+	if !sameFile(p+"/exe", "/proc/self/exe") {
+		return "", ""
 	}
 	cwd, err := os.Readlink(p + "/cwd")
 	if err != nil || filepath.Base(cwd) != "work" {
@@ -166,6 +178,16 @@ func (r *Runtime) unrecordedHandle(id string, ps []proc) *runtime.Handle {
 		}
 	}
 	return h
+}
+
+// sameFile reports whether the two paths name one file (device and inode).
+func sameFile(a, b string) bool {
+	fa, err := os.Stat(a)
+	if err != nil {
+		return false
+	}
+	fb, err := os.Stat(b)
+	return err == nil && os.SameFile(fa, fb)
 }
 
 func isDir(path string) bool {

@@ -151,6 +151,10 @@ func New(cfg Config) (*Runtime, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("process: %w", err)
 	}
+	// Resolved, as the kernel reports a working directory (find.go).
+	if dir, err = filepath.EvalSymlinks(dir); err != nil {
+		return nil, fmt.Errorf("process: %w", err)
+	}
 	if err := removeSpares(dir); err != nil {
 		return nil, fmt.Errorf("process: %w", err)
 	}
@@ -631,11 +635,11 @@ func (r *Runtime) List(ctx context.Context) ([]*runtime.Handle, error) {
 // the last backend's handle; see park) and cuts the file to its length:
 // rewriting in place costs a few microseconds where emptying a file and
 // filling it again costs a block freed and allocated, hundreds of
-// microseconds on ext4. No temporary file and rename: List runs only when
-// Berth starts, never beside a Start; it takes a handle that names another
-// backend, or none, for one still starting, and reads only the first JSON
-// value, so a crash between the write and the cut still leaves this
-// handle; a crash before the write loses the handle either way.
+// microseconds on ext4. No temporary file and rename: a List beside a
+// Start (a sweep) that reads a handle being written sees another backend's
+// handle or none, and looks for the backend's processes instead (find.go);
+// List reads only the first JSON value, so a crash between the write and
+// the cut still leaves this handle.
 func writeHandle(path string, h *runtime.Handle) error {
 	b, err := json.Marshal(h)
 	if err != nil {

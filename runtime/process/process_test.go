@@ -30,11 +30,20 @@ import (
 
 // helperEnv makes the test binary act as a Berth that starts one backend
 // and exits without stopping it (see TestRuntime_RecoverOrphan).
-const helperEnv = "BERTH_PROCESS_TEST_START"
+const (
+	helperEnv = "BERTH_PROCESS_TEST_START"
+	forkedEnv = "BERTH_PROCESS_TEST_FORKED"
+)
 
 func TestMain(m *testing.M) {
 	if req := os.Getenv(helperEnv); req != "" {
 		os.Exit(startAndExit(req))
+	}
+	if os.Getenv(forkedEnv) != "" {
+		// A stand-in for a child Berth forked that has not exec'd yet: it
+		// runs Berth's program (here, the test binary).
+		time.Sleep(time.Hour)
+		os.Exit(0)
 	}
 	os.Exit(m.Run())
 }
@@ -806,6 +815,23 @@ func TestRuntime_HandleInPlace(t *testing.T) {
 	}
 }
 
+// startIn starts program in its own process group with working directory
+// dir and only env, reaped once it is killed, and killed when the test ends.
+func startIn(t *testing.T, program, dir string, env ...string) int {
+	t.Helper()
+	cmd := exec.Command(program)
+	cmd.Dir = dir
+	cmd.Env = env
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	pid := cmd.Process.Pid
+	go cmd.Wait()
+	t.Cleanup(func() { unix.Kill(-pid, unix.SIGKILL) })
+	return pid
+}
+
 // A Berth killed between a start and the write of its handle leaves a
 // process group that no handle names; a restarted runtime's List still finds
 // it by its backend id, with the address Start would have recorded, and
@@ -871,23 +897,32 @@ func TestRuntime_ListFindsUnrecordedStart(t *testing.T) {
 	})
 	t.Run("before exec", func(t *testing.T) {
 		// Forked and in its working directory, but not yet exec'd: the
-		// environment is still Berth's, without BERTH_BACKEND_ID.
+		// environment is still Berth's, without BERTH_BACKEND_ID, and it
+		// runs Berth's own program.
 		dir := t.TempDir()
 		work := filepath.Join(dir, "bk_preexec", "work")
 		if err := os.MkdirAll(work, 0o700); err != nil {
 			t.Fatal(err)
 		}
-		cmd := exec.Command(bin)
-		cmd.Dir = work
-		cmd.Env = []string{"PORT=0"}
-		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-		if err := cmd.Start(); err != nil {
+		pid := startIn(t, os.Args[0], work, forkedEnv+"=1")
+		findAndStop(t, newRuntime(t, Config{Dir: dir}), runtime.Handle{BackendID: "bk_preexec"}, pid)
+	})
+	t.Run("another program in its directory", func(t *testing.T) {
+		// A shell an operator left in a lost backend's directory is not
+		// the backend.
+		dir := t.TempDir()
+		work := filepath.Join(dir, "bk_visited", "work")
+		if err := os.MkdirAll(work, 0o700); err != nil {
 			t.Fatal(err)
 		}
-		pid := cmd.Process.Pid
-		go cmd.Wait() // reaps it once Stop killed it
-		t.Cleanup(func() { unix.Kill(-pid, unix.SIGKILL) })
-		findAndStop(t, newRuntime(t, Config{Dir: dir}), runtime.Handle{BackendID: "bk_preexec"}, pid)
+		pid := startIn(t, bin, work, "PORT=0")
+		hs, err := newRuntime(t, Config{Dir: dir}).List(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(hs) != 0 {
+			t.Errorf("List = %v: it took process %d, another program whose working directory is the backend's, for the backend", hs, pid)
+		}
 	})
 }
 
