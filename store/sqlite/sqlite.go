@@ -46,13 +46,23 @@ type Store struct {
 	backend, keyHolder, events                                  *sql.Stmt
 }
 
+// dsn is the driver's name for the database at path: a file: URI, so a
+// path may hold '?', '#' or '%' (a data dir named "notes#1"), which the
+// driver would otherwise take for the start of its parameters.
+func dsn(path string, params url.Values) string {
+	if abs, err := filepath.Abs(path); err == nil {
+		path = abs // a relative one would read as the URI's authority
+	}
+	return (&url.URL{Scheme: "file", Path: path, RawQuery: params.Encode()}).String()
+}
+
 // Open opens the database at path, creating the file, its parent
 // directories and the schema as needed, and migrating an older schema.
 // path must name a file: ":memory:" would give every connection its own
 // empty database.
 func Open(path string) (*Store, error) {
-	if path == "" || path == ":memory:" || strings.ContainsAny(path, "?#") {
-		return nil, fmt.Errorf("sqlite: open %q: need a file path without '?' or '#'", path)
+	if path == "" || path == ":memory:" {
+		return nil, fmt.Errorf("sqlite: open %q: need a file path", path)
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
@@ -78,7 +88,7 @@ func open(path string) (_ *Store, err error) {
 		"_synchronous":  {"NORMAL"},
 		"_txlock":       {"immediate"},
 	}
-	w, err := sql.Open("sqlite", path+"?"+params.Encode())
+	w, err := sql.Open("sqlite", dsn(path, params))
 	if err != nil {
 		return nil, err
 	}
@@ -101,7 +111,7 @@ func open(path string) (_ *Store, err error) {
 	params.Del("_journal_mode") // persistent in the file; set above
 	params.Del("_txlock")
 	params.Set("_query_only", "on")
-	s.r, err = sql.Open("sqlite", path+"?"+params.Encode())
+	s.r, err = sql.Open("sqlite", dsn(path, params))
 	if err != nil {
 		return nil, err
 	}

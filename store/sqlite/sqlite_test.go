@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -37,10 +38,38 @@ func TestStore_Reopen(t *testing.T) {
 }
 
 func TestOpen_BadPath(t *testing.T) {
-	for _, path := range []string{"", ":memory:", "/tmp/x.db?mode=ro"} {
+	for _, path := range []string{"", ":memory:"} {
 		if s, err := sqlite.Open(path); err == nil {
 			s.Close()
 			t.Errorf("Open(%q): no error", path)
+		}
+	}
+}
+
+// A path is a path, whatever it holds: '?', '#', '%' and spaces are the
+// file's name, not the driver's parameters, and a relative path is
+// relative to the working directory.
+func TestOpen_OddPaths(t *testing.T) {
+	dir := t.TempDir()
+	t.Chdir(dir)
+	for _, path := range []string{
+		filepath.Join(dir, "notes#1", "berth.db"),
+		filepath.Join(dir, "what?mode=ro", "berth.db"),
+		filepath.Join(dir, "100%25 sure", "b e r t h.db"),
+		filepath.Join("rel", "berth.db"),
+	} {
+		s, err := sqlite.Open(path)
+		if err != nil {
+			t.Errorf("Open(%q): %v", path, err)
+			continue
+		}
+		b := &berth.Backend{ID: "bk_odd", Key: "k", State: berth.StateScheduled, Spawn: berth.SpawnConfig{Command: []string{"x"}}, CreatedAt: time.Now().UTC()}
+		if _, _, err := s.CreateBackend(t.Context(), b); err != nil {
+			t.Errorf("Open(%q): CreateBackend: %v", path, err)
+		}
+		s.Close()
+		if _, err := os.Stat(path); err != nil {
+			t.Errorf("Open(%q) wrote elsewhere: %v", path, err)
 		}
 	}
 }
