@@ -15,7 +15,8 @@ import (
 func openBlobs(ctx context.Context, o *serverOptions, log *slog.Logger) (blob.Store, error) {
 	spec := o.Blobs
 	if spec == "" {
-		spec = "file:" + filepath.Join(o.DataDir, "blobs")
+		// A bare path, not a file: URL: a data dir may hold '#' or '?'.
+		spec = filepath.Join(o.DataDir, "blobs")
 	}
 	opts := blob.Options{History: o.History, Logger: log.With("component", "blobs")}
 	st, err := blobs.Open(ctx, spec, opts)
