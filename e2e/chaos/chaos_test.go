@@ -52,12 +52,12 @@ type params struct {
 // in flight. The docker variant has far fewer keys: this machine's Docker
 // Engine takes about a second per container, one after another, and an
 // iteration waits for every key's container to start again after the
-// restart, so twelve keys already make an iteration take ~20 s (7 of them
-// ~2.5 min alone, ~3.5 min beside the process variant on 2 cores).
+// restart (and for the 5 s start settle of the starts the kill cut short),
+// so five keys make an iteration take ~11 s: 30 of them ~5.5 min alone.
 var (
 	processParams = params{runtime: "process", iterations: 30, workers: 48, keys: 200,
 		newKey: 0.6, waitShare: 0.25, readyDelay: 300 * time.Millisecond, killWithin: time.Second}
-	dockerParams = params{runtime: "docker", iterations: 7, workers: 12, keys: 12,
+	dockerParams = params{runtime: "docker", iterations: 30, workers: 8, keys: 5,
 		newKey: 0.6, waitShare: 0.25, readyDelay: 300 * time.Millisecond, killWithin: time.Second}
 )
 
