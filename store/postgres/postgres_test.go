@@ -3,63 +3,20 @@ package postgres_test
 import (
 	"context"
 	"errors"
-	"fmt"
-	"math/rand/v2"
-	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/berthhq/berth"
 	"github.com/berthhq/berth/store"
 	"github.com/berthhq/berth/store/postgres"
+	"github.com/berthhq/berth/store/postgres/pgtest"
 	"github.com/berthhq/berth/store/storetest"
+	"github.com/jackc/pgx/v5"
 )
 
-// testURL returns the database from .ci/services.sh with search_path set to
-// a new schema of this test's own, dropped when the test ends, so tests run
-// in parallel and again without meeting each other's tables.
-func testURL(t *testing.T) string {
-	t.Helper()
-	raw := os.Getenv("BERTH_TEST_POSTGRES_URL")
-	if raw == "" {
-		msg := "BERTH_TEST_POSTGRES_URL is not set: run `source .ci/services.sh` from the repository root " +
-			"(it starts PostgreSQL on loopback and exports it), then run the tests again"
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	schema := fmt.Sprintf("berth_storetest_%08x", rand.Uint32())
-	exec(t, raw, "CREATE SCHEMA "+schema)
-	t.Cleanup(func() { exec(t, raw, "DROP SCHEMA "+schema+" CASCADE") })
-	u, err := url.Parse(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
-	return u.String()
-}
-
-// exec runs one statement on a connection of its own.
-func exec(t *testing.T, dsn, sql string, args ...any) {
-	t.Helper()
-	ctx := context.Background()
-	conn, err := pgx.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, sql, args...); err != nil {
-		t.Fatalf("%s: %v", sql, err)
-	}
-}
+func testURL(t *testing.T) string { return pgtest.URL(t, "berth_storetest") }
 
 func open(t *testing.T, dsn string) *postgres.Store {
 	t.Helper()
@@ -131,7 +88,7 @@ func TestOpen_Concurrent(t *testing.T) {
 func TestOpen_NewerSchema(t *testing.T) {
 	dsn := testURL(t)
 	open(t, dsn).Close()
-	exec(t, dsn, "INSERT INTO berth_schema_version (version) VALUES (99)")
+	pgtest.Exec(t, dsn, "INSERT INTO berth_schema_version (version) VALUES (99)")
 	s, err := postgres.Open(t.Context(), dsn)
 	if err == nil {
 		s.Close()

@@ -3,18 +3,14 @@ package stores_test
 import (
 	"context"
 	"errors"
-	"fmt"
-	"math/rand/v2"
 	"net/url"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/berthhq/berth/store"
 	"github.com/berthhq/berth/store/postgres"
+	"github.com/berthhq/berth/store/postgres/pgtest"
 	"github.com/berthhq/berth/store/sqlite"
 	"github.com/berthhq/berth/store/stores"
 )
@@ -68,38 +64,11 @@ func TestOpen(t *testing.T) {
 
 // TestOpen_Postgres opens a real PostgreSQL store through both schemes.
 func TestOpen_Postgres(t *testing.T) {
-	raw := os.Getenv("BERTH_TEST_POSTGRES_URL")
-	if raw == "" {
-		msg := "BERTH_TEST_POSTGRES_URL is not set: run `source .ci/services.sh` from the repository root " +
-			"(it starts PostgreSQL on loopback and exports it), then run the tests again"
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
 	ctx := context.Background()
-	// A schema of this test's own, so the tables land nowhere else.
-	schema := fmt.Sprintf("berth_storestest_%08x", rand.Uint32())
-	conn, err := pgx.Connect(ctx, raw)
+	u, err := url.Parse(pgtest.URL(t, "berth_storestest"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close(ctx)
-	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+schema); err != nil {
-		t.Fatal(err)
-	}
-	defer func() {
-		if _, err := conn.Exec(ctx, "DROP SCHEMA "+schema+" CASCADE"); err != nil {
-			t.Error(err)
-		}
-	}()
-	u, err := url.Parse(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := u.Query()
-	q.Set("search_path", schema)
-	u.RawQuery = q.Encode()
 	for _, scheme := range []string{"postgres", "postgresql"} {
 		u.Scheme = scheme
 		st, err := stores.Open(ctx, u.String())
