@@ -3,6 +3,8 @@
 package proxy
 
 import (
+	"github.com/berthhq/berth/proxy/internal/h1"
+
 	"errors"
 	"fmt"
 	"net"
@@ -107,7 +109,7 @@ type lconn struct {
 	in         []byte // clientReadSize, nil while idle; in[start:end] is unconsumed
 	start, end int
 	searched   int // bytes of in[start:end] searched for a head's end
-	out        outBuf
+	out        h1.OutBuf
 
 	// The request in flight: its head is in[start:start+reqLen].
 	begun      int64 // unix nanoseconds
@@ -121,7 +123,7 @@ type lconn struct {
 	be         *lbackend
 	attempt    int
 	reused     bool
-	relay      relayStep
+	relay      h1.Relay
 }
 
 // lbackend is a backend connection in a loop.
@@ -134,7 +136,7 @@ type lbackend struct {
 	eof        bool
 	in         []byte // backendReadSize while a request is out; nil while idle
 	start, end int
-	out        outBuf
+	out        h1.OutBuf
 	got        bool // bytes of the current response arrived
 	owner      *lconn
 	dialAt     int64 // while connecting
@@ -546,7 +548,7 @@ func (l *loop) readHead(c *lconn) bool {
 			c.in = l.input()
 		}
 	}
-	n := indexHeadEnd(c.in[c.start:c.end], c.searched)
+	n := h1.IndexHeadEnd(c.in[c.start:c.end], c.searched)
 	if n < 0 {
 		c.searched = max(0, c.end-c.start-3)
 		if c.end-c.start == len(c.in) {
@@ -590,7 +592,7 @@ func (l *loop) readHead(c *lconn) bool {
 // bytes, as clientConn.forward does.
 func (l *loop) begin(c *lconn, n int) bool {
 	p := l.s.p
-	c.reqLen, c.keep, c.begun = n, !c.req.close, l.now
+	c.reqLen, c.keep, c.begun = n, !c.req.Close, l.now
 	fw := &c.fwd
 	redirect, err := p.admit(&c.req, &c.verified, fw)
 	switch {
@@ -623,9 +625,9 @@ func (l *loop) begin(c *lconn, n int) bool {
 }
 
 // output is c's output buffer.
-func (l *loop) output(c *lconn) *outBuf {
-	if c.out.b == nil {
-		c.out.b = l.outFree.get(clientOutMax + 4<<10)[:0]
+func (l *loop) output(c *lconn) *h1.OutBuf {
+	if c.out.B == nil {
+		c.out.B = l.outFree.get(clientOutMax + 4<<10)[:0]
 	}
 	return &c.out
 }
@@ -737,7 +739,7 @@ func (l *loop) startSend(c *lconn) bool {
 	if b.in == nil {
 		b.in = l.beFree.get(backendReadSize)
 	}
-	b.out.b = b.out.b[:0]
+	b.out.B = b.out.B[:0]
 	writeFastRequest(&b.out, &c.req, c.fw, c.clientIP)
 	b.got, b.eof = false, false
 	c.state = lcSend
@@ -750,11 +752,11 @@ func (l *loop) send(c *lconn) bool {
 		return false
 	}
 	b := c.be
-	for len(b.out.b) > 0 {
+	for len(b.out.B) > 0 {
 		if !b.writable {
 			return false
 		}
-		n, e := writeFd(b.fd, b.out.b)
+		n, e := writeFd(b.fd, b.out.B)
 		switch {
 		case e == unix.EAGAIN:
 			b.writable = false
@@ -764,12 +766,12 @@ func (l *loop) send(c *lconn) bool {
 		case e != 0:
 			return l.backendFailed(c, fmt.Errorf("write to backend: %w", e))
 		}
-		if n < len(b.out.b) {
+		if n < len(b.out.B) {
 			b.writable = false
 		}
-		b.out.b = b.out.b[:copy(b.out.b, b.out.b[n:])]
+		b.out.B = b.out.B[:copy(b.out.B, b.out.B[n:])]
 	}
-	c.relay.reset(c.req.head)
+	c.relay.Reset(c.req.Head)
 	c.state = lcRelay
 	return true
 }
@@ -784,18 +786,18 @@ func (l *loop) relayResponse(c *lconn) bool {
 		if l.clientGone(c) {
 			return false
 		}
-		if c.relay.state == rsHead {
-			c.relay.forceClose = !c.keep || l.s.closing.Load()
+		if c.relay.InHead() {
+			c.relay.ForceClose = !c.keep || l.s.closing.Load()
 		}
-		used, wantIn, err := c.relay.feed(b.in[b.start:b.end], out, clientOutMax-len(out.b), len(b.in), b.eof)
+		used, wantIn, err := c.relay.Feed(b.in[b.start:b.end], out, clientOutMax-len(out.B), len(b.in), b.eof)
 		b.start += used
 		if err != nil {
 			return l.relayFailed(c, err)
 		}
-		if c.relay.done() {
+		if c.relay.Done() {
 			return l.responded(c)
 		}
-		if len(out.b) > 0 {
+		if len(out.B) > 0 {
 			if !l.write(c) {
 				return false
 			}
@@ -836,11 +838,11 @@ func (l *loop) relayResponse(c *lconn) bool {
 // write writes c.out, and reports whether it is all written; when not,
 // c waits for the socket, or is closed.
 func (l *loop) write(c *lconn) bool {
-	for len(c.out.b) > 0 {
+	for len(c.out.B) > 0 {
 		if !c.writable {
 			return false
 		}
-		n, e := writeFd(c.fd, c.out.b)
+		n, e := writeFd(c.fd, c.out.B)
 		switch {
 		case e == unix.EAGAIN:
 			c.writable = false
@@ -852,10 +854,10 @@ func (l *loop) write(c *lconn) bool {
 			l.closeClient(c)
 			return false
 		}
-		if n < len(c.out.b) {
+		if n < len(c.out.B) {
 			c.writable = false
 		}
-		c.out.b = c.out.b[:copy(c.out.b, c.out.b[n:])]
+		c.out.B = c.out.B[:copy(c.out.B, c.out.B[n:])]
 	}
 	return true
 }
@@ -893,7 +895,7 @@ func (l *loop) clientGone(c *lconn) bool {
 
 // abandon ends the request in flight of a client that went away.
 func (l *loop) abandon(c *lconn) {
-	if c.state == lcRelay && c.relay.res.started {
+	if c.state == lcRelay && c.relay.Result().Started {
 		l.s.p.log.Debug("proxy: response aborted", "backend", c.fw.claims.BackendID, "err", errClientGone, "client_gone", true)
 	}
 	l.closeClient(c)
@@ -921,16 +923,16 @@ func (l *loop) checkLeaving() (next int64) {
 	return next
 }
 
-// responded ends a response relayed in full.
+// responded ends a response h1.Relayed in full.
 func (l *loop) responded(c *lconn) bool {
 	b := c.be
 	c.be, b.owner = nil, nil
-	if c.relay.res.backendReusable && b.start == b.end && !b.eof {
+	if c.relay.Result().BackendReusable && b.start == b.end && !b.eof {
 		l.putIdle(b)
 	} else {
 		l.closeBackend(b)
 	}
-	return l.answered(c, !c.keep || c.relay.res.clientClose)
+	return l.answered(c, !c.keep || c.relay.Result().ClientClose)
 }
 
 // retry sends the request again on another connection, after a reused
@@ -956,7 +958,7 @@ func (l *loop) backendFailed(c *lconn, err error) bool {
 // was written yet, else by closing the client's connection, so that a
 // truncated response never looks complete.
 func (l *loop) relayFailed(c *lconn, err error) bool {
-	if !c.relay.res.started {
+	if !c.relay.Result().Started {
 		return l.backendFailed(c, err)
 	}
 	l.s.p.log.Debug("proxy: response aborted", "backend", c.fw.claims.BackendID, "err", err, "client_gone", false)
@@ -1038,8 +1040,8 @@ func (f *freeBufs) trim() {
 }
 
 func (l *loop) releaseOutput(c *lconn) {
-	l.outFree.put(c.out.b)
-	c.out.b = nil
+	l.outFree.put(c.out.B)
+	c.out.B = nil
 }
 
 // shrinkMin is the size below which shrink leaves the loop's tables alone.

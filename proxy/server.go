@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"github.com/berthhq/berth/proxy/internal/h1"
+
 	"bufio"
 	"bytes"
 	"context"
@@ -73,8 +75,9 @@ const (
 	// larger ones (big cookies) go to net/http, which allows 1 MiB.
 	clientReadSize  = 8 << 10
 	clientWriteSize = 4 << 10
-	// maxHeaders bounds the request headers the fast path parses.
-	maxHeaders = 64
+	// backendReadSize is the read buffer of a backend connection, on
+	// either path: a response head must fit in it.
+	backendReadSize = 16 << 10
 )
 
 // NewServer returns a Server for p.
@@ -251,7 +254,8 @@ type clientConn struct {
 	// loopable: the last request's backend is one an event loop can
 	// reach, so the connection may go back to one (see rejoin).
 	loopable bool
-	fwd      forward // the request in flight's
+	fwd      forward  // the request in flight's
+	relay    h1.Relay // its response's
 }
 
 func (cc *clientConn) closeIfIdle() {
@@ -321,25 +325,11 @@ func (cc *clientConn) serve() {
 // its length, end of head included, without consuming it. It returns 0
 // when the head does not fit in the buffer.
 func (cc *clientConn) readHead() (int, error) {
-	n, err := readHeadIn(cc.br)
-	if errors.Is(err, errHeadTooLarge) {
+	n, err := h1.ReadHead(cc.br)
+	if errors.Is(err, h1.ErrHeadTooLarge) {
 		return 0, nil
 	}
 	return n, err
-}
-
-// indexHeadEnd returns the length of the head in b up to and including
-// its blank line, or -1. from is where to resume a search.
-func indexHeadEnd(b []byte, from int) int {
-	for i := from; i+3 < len(b); i++ {
-		if b[i] == '\r' && b[i+1] == '\n' && b[i+2] == '\r' && b[i+3] == '\n' {
-			return i + 4
-		}
-		if b[i] == '\n' && i+1 < len(b) && b[i+1] == '\n' {
-			return i + 2 // bare LFs: parse refuses it, net/http decides
-		}
-	}
-	return -1
 }
 
 // handOff passes the connection, with what has been read but not
@@ -391,7 +381,7 @@ func (cc *clientConn) forward(req *request, n int) (keep bool) {
 	p := s.p
 	bw := cc.writer()
 	defer cc.releaseWriter(bw)
-	keep = !req.close
+	keep = !req.Close
 
 	fw := &cc.fwd
 	defer func() { cc.fwd = forward{} }() // holds nothing of a backend between requests
@@ -472,19 +462,21 @@ func (cc *clientConn) forward(req *request, n int) (keep bool) {
 			return cc.writeError(bw, req, badGateway(fw, err)) && keep
 		}
 		cc.br.Discard(n) // req's slices point into the head: done with them
-		res, err := relayResponse(bw, bc.br, req.head, !keep || s.closing.Load())
+		cc.relay.Reset(req.Head)
+		cc.relay.ForceClose = !keep || s.closing.Load()
+		res, err := h1.RelayResponse(&cc.relay, bw, bc.br)
 		// The watcher may have cut the backend connection: stop it before
 		// deciding whether the connection can be reused.
 		gone = cc.disarmWatch()
 		if err != nil || gone {
 			bc.Close()
-			if err != nil && !res.started && !gone {
+			if err != nil && !res.Started && !gone {
 				return cc.writeError(bw, req, badGateway(fw, err)) && keep
 			}
 			p.log.Debug("proxy: response aborted", "backend", claims.BackendID, "err", err, "client_gone", gone)
 			return false
 		}
-		if res.backendReusable && bc.br.Buffered() == 0 {
+		if res.BackendReusable && bc.br.Buffered() == 0 {
 			p.fwd.put(bc)
 		} else {
 			bc.Close()
@@ -492,7 +484,7 @@ func (cc *clientConn) forward(req *request, n int) (keep bool) {
 		if err := bw.Flush(); err != nil {
 			return false
 		}
-		return keep && !res.clientClose
+		return keep && !res.ClientClose
 	}
 }
 
@@ -631,7 +623,7 @@ func (cc *clientConn) writeError(bw *bufio.Writer, req *request, err error) bool
 }
 
 // writeFastError writes the answer to err as Proxy.writeError does.
-func (p *Proxy) writeFastError(bw headWriter, req *request, err error) {
+func (p *Proxy) writeFastError(bw h1.Writer, req *request, err error) {
 	he := asHTTPError(err)
 	p.logError(context.Background(), he, "")
 	body := he.body()
@@ -639,11 +631,11 @@ func (p *Proxy) writeFastError(bw headWriter, req *request, err error) {
 	if he.status == http.StatusServiceUnavailable {
 		bw.WriteString("Retry-After: 1\r\n")
 	}
-	if req.close {
+	if req.Close {
 		bw.WriteString("Connection: close\r\n")
 	}
 	bw.WriteString("\r\n")
-	if !req.head {
+	if !req.Head {
 		bw.Write(body)
 	}
 }
@@ -654,7 +646,7 @@ func (cc *clientConn) redirect(bw *bufio.Writer, req *request) bool {
 	return bw.Flush() == nil
 }
 
-func writeRedirect(bw headWriter, req *request) {
+func writeRedirect(bw h1.Writer, req *request) {
 	bw.WriteString("HTTP/1.1 308 Permanent Redirect\r\nLocation: /")
 	bw.Write(req.token)
 	bw.WriteByte('/')
@@ -663,7 +655,7 @@ func writeRedirect(bw headWriter, req *request) {
 		bw.Write(req.query)
 	}
 	bw.WriteString("\r\nContent-Length: 0\r\n")
-	if req.close {
+	if req.Close {
 		bw.WriteString("Connection: close\r\n")
 	}
 	bw.WriteString("\r\n")
