@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"github.com/berthhq/berth/proxy/internal/evloop"
+
 	"github.com/berthhq/berth/proxy/internal/h1"
 
 	"bufio"
@@ -53,9 +55,9 @@ type Server struct {
 	conns   map[*clientConn]struct{}
 	lns     map[net.Listener]struct{}
 	sweeper *time.Ticker
-	loops   *loopGroup // nil: a goroutine per connection
+	loops   *evloop.Group // nil: a goroutine per connection
 	noLoops bool
-	wg      sync.WaitGroup // connection goroutines and event loops
+	wg      sync.WaitGroup // connection goroutines
 }
 
 // ServerConfig configures a Server.
@@ -117,7 +119,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.sweeper = time.NewTicker(s.sweepTick())
 		go s.sweep(s.sweeper.C)
 		if !s.noLoops {
-			s.loops = startLoops(s)
+			s.startLoops()
 		}
 	}
 	s.mu.Unlock()
@@ -139,7 +141,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			continue
 		}
 		backoff = 0
-		if s.loops != nil && s.loops.adopt(c) {
+		if s.loops.Adopt(c) {
 			continue
 		}
 		if !s.track(c) {
@@ -182,10 +184,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		cc.closeIfIdle()
 	}
 	s.mu.Unlock()
-	s.loops.wake() // to close their idle connections
+	s.loops.Shutdown() // they close their idle connections
 
 	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
+	go func() { s.wg.Wait(); s.loops.Wait(); close(done) }()
 	var err error
 	select {
 	case <-done:
@@ -196,13 +198,34 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			cc.c.Close()
 		}
 		s.mu.Unlock()
-		s.loops.abort()
+		s.loops.Abort()
 	}
 	if ferr := s.fallback.Shutdown(ctx); err == nil {
 		err = ferr
 	}
 	s.handoff.Close()
 	return err
+}
+
+// startLoops starts the event loops, unless the system refuses them.
+// s.mu is held.
+func (s *Server) startLoops() {
+	loops, err := evloop.Start(evloop.Config{
+		Handler:            loopHandler{s},
+		Log:                s.p.log,
+		IdleTimeout:        s.idleTimeout,
+		SweepTick:          s.sweepTick(),
+		ClientReadSize:     clientReadSize,
+		BackendReadSize:    backendReadSize,
+		MaxIdlePerBackend:  maxIdlePerBackend,
+		BackendIdleTimeout: idleConnTimeout,
+		WatchAfter:         watchAfter,
+	})
+	if err != nil {
+		s.p.log.Warn("proxy: event loop unavailable, serving a goroutine per connection", "err", err)
+		return
+	}
+	s.loops = loops
 }
 
 // sweepTick is how often idle connections are looked for.
@@ -365,7 +388,7 @@ func (cc *clientConn) rejoin() bool {
 		}
 		c = hc.Conn
 	}
-	if !cc.s.loops.adopt(c) {
+	if !cc.s.loops.Adopt(c) {
 		return false
 	}
 	cc.br.Reset(nil)
@@ -430,7 +453,7 @@ func (cc *clientConn) forward(req *request, n int) (keep bool) {
 	// that always makes them wait, every request would bounce the
 	// connection from a loop to a goroutine and back.
 	cc.loopable = false
-	if s.loops != nil && loopCanDial(route.Addr) {
+	if s.loops != nil && evloop.CanDial(route.Addr) {
 		_, cc.loopable = p.resolveReady(claims.BackendID)
 	}
 	if err := checkAdded(fw); err != nil {
