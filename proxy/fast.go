@@ -69,10 +69,14 @@ var droppedRequestHeaders = [...]string{
 func writeFastRequest(bw h1.Writer, req *request, fw *forward, clientIP string) {
 	bw.Write(req.Method)
 	bw.WriteByte(' ')
-	bw.Write(req.rest)
-	if req.hasQuery {
-		bw.WriteByte('?')
-		bw.Write(req.query)
+	if fw.route.Peer {
+		bw.Write(req.Target)
+	} else {
+		bw.Write(req.rest)
+		if req.hasQuery {
+			bw.WriteByte('?')
+			bw.Write(req.query)
+		}
 	}
 	bw.WriteString(" HTTP/1.1\r\nHost: ")
 	bw.Write(req.Host)
@@ -95,6 +99,10 @@ func writeFastRequest(bw h1.Writer, req *request, fw *forward, clientIP string) 
 	bw.WriteString("X-Forwarded-Host: ")
 	bw.Write(req.Host)
 	bw.WriteString("\r\nX-Forwarded-Proto: http\r\n")
+	if fw.route.Peer {
+		bw.WriteString("\r\n")
+		return
+	}
 	h1.WriteHeader(bw, HeaderBackend, fw.claims.BackendID)
 	h1.WriteHeader(bw, HeaderUser, fw.claims.User)
 	h1.WriteHeader(bw, HeaderSecret, fw.route.Secret)

@@ -171,7 +171,8 @@ func (f *forwarder) roundTrip(w http.ResponseWriter, r *http.Request, bc *backen
 func writeRequest(bw *bufio.Writer, r *http.Request, fw *forward) {
 	bw.WriteString(r.Method)
 	bw.WriteByte(' ')
-	u := url.URL{Path: fw.path, RawPath: fw.rawPath}
+	var u url.URL
+	u.Path, u.RawPath = fw.outPath()
 	bw.WriteString(u.EscapedPath())
 	if r.URL.RawQuery != "" || r.URL.ForceQuery {
 		bw.WriteByte('?')
@@ -206,9 +207,11 @@ func writeRequest(bw *bufio.Writer, r *http.Request, fw *forward) {
 	} else {
 		h1.WriteHeader(bw, "X-Forwarded-Proto", "http")
 	}
-	h1.WriteHeader(bw, HeaderBackend, fw.claims.BackendID)
-	h1.WriteHeader(bw, HeaderUser, fw.claims.User)
-	h1.WriteHeader(bw, HeaderSecret, fw.route.Secret)
+	if !fw.route.Peer {
+		h1.WriteHeader(bw, HeaderBackend, fw.claims.BackendID)
+		h1.WriteHeader(bw, HeaderUser, fw.claims.User)
+		h1.WriteHeader(bw, HeaderSecret, fw.route.Secret)
+	}
 	bw.WriteString("\r\n")
 }
 
