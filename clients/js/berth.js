@@ -5,7 +5,7 @@
 // and browsers both have. The API key must never reach a browser, so
 // BerthClient belongs on the app server; browsers get BerthSocket.
 
-export { BerthSocket, backoffDelay } from './socket.js';
+export { BerthSocket, BerthSocketEvent, backoffDelay, socketURL } from './socket.js';
 
 const defaultURL = 'http://127.0.0.1:7070';
 
@@ -54,6 +54,8 @@ async function errorFrom(res) {
 
 /** The client of one Berth's control API. */
 export class BerthClient {
+  #fetch;
+
   /**
    * @param {object} [opts]
    * @param {string} [opts.url] control API base URL; on Node, $BERTH_URL
@@ -68,8 +70,6 @@ export class BerthClient {
     this.apiKey = opts.apiKey ?? env.BERTH_API_KEY ?? '';
     this.#fetch = opts.fetch ?? globalThis.fetch.bind(globalThis);
   }
-
-  #fetch;
 
   /** Sends a request and returns the response when 2xx; throws BerthError otherwise. */
   async #send(method, path, { query, body, signal, headers = {} } = {}) {

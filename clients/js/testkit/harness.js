@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { randomUUID } from 'node:crypto';
 
 const run = promisify(execFile);
 
@@ -73,10 +74,23 @@ export function freeAddr() {
 
 /**
  * Starts `berth serve` with the process runtime, an API key and a fresh data
- * dir, and waits for /healthz. stop() ends it with SIGINT and rejects unless
+ * dir, and waits until it answers. stop() ends it with SIGINT and rejects unless
  * it exits 0 (it stops its backends first).
+ *
+ * A port found free can be taken by another process (a parallel test file,
+ * another program) before berth binds it; then it starts again on others.
  */
-export async function startBerth(berthBin, { apiKey = 'test-key-' + process.pid } = {}) {
+export async function startBerth(berthBin, opts) {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await startBerthOnce(berthBin, opts);
+    } catch (err) {
+      if (attempt >= 3 || !/address already in use/.test(err.message)) throw err;
+    }
+  }
+}
+
+async function startBerthOnce(berthBin, { apiKey = 'test-key-' + randomUUID() } = {}) {
   const dataDir = await mkdtemp(join(tmpdir(), 'berth-js-data-'));
   const [api, proxy, backendAPI] = [await freeAddr(), await freeAddr(), await freeAddr()];
   const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('BERTH_')));
@@ -114,14 +128,22 @@ export async function startBerth(berthBin, { apiKey = 'test-key-' + process.pid 
   };
   const deadline = Date.now() + 20000;
   for (;;) {
-    if (child.exitCode !== null) throw new Error(`berth exited before it was healthy\n${srv.output()}`);
+    if (child.exitCode !== null) {
+      await rm(dataDir, { recursive: true, force: true });
+      throw new Error(`berth exited before it was healthy\n${srv.output()}`);
+    }
     try {
-      const res = await fetch(srv.api + '/healthz', { signal: AbortSignal.timeout(1000) });
+      // With our key, not /healthz: a server another test started on a
+      // port we were also given would answer /healthz too.
+      const res = await fetch(srv.api + '/v1/backends', {
+        headers: { Authorization: 'Bearer ' + apiKey },
+        signal: AbortSignal.timeout(1000),
+      });
       if (res.ok) return srv;
     } catch {}
     if (Date.now() > deadline) {
       child.kill('SIGKILL');
-      throw new Error(`berth did not answer ${srv.api}/healthz within 20s\n${srv.output()}`);
+      throw new Error(`berth did not answer ${srv.api}/v1/backends within 20s\n${srv.output()}`);
     }
     await new Promise((r) => setTimeout(r, 20));
   }
