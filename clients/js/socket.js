@@ -61,7 +61,7 @@ export class BerthSocket extends EventTarget {
    * @param {BinaryType} [opts.binaryType]
    * @param {{initialMs?: number, maxMs?: number}} [opts.backoff]
    * @param {number} [opts.maxAttempts] failed attempts in a row before giving up
-   * @param {(ev: {code: number, reason: string}) => boolean} [opts.shouldReconnect]
+   * @param {(ev: CloseEvent) => boolean} [opts.shouldReconnect]
    *   whether a close by the backend calls for a reconnect (default: always)
    * @param {typeof WebSocket} [opts.WebSocket] the WebSocket class (default the global)
    */

@@ -200,3 +200,16 @@ test('close() ends it for good, and send() refuses when not open', { timeout: 60
   assert.equal((await berth.get(backend)).state, 'ready', 'the backend is left alone');
   await berth.terminate(backend);
 });
+
+test('when the app server keeps failing it reports errors, then gives up after maxAttempts', { timeout: 60000 }, async (t) => {
+  if (!ready(t)) return;
+  await openPage();
+  // Berth refuses the key (400), so the app server answers 502 every time.
+  await browser.eval(`start('not a valid key', { maxAttempts: 2, backoff: { initialMs: 50, maxMs: 100 } })`);
+  const l = await waitLog('it gives up', (e) => e.type === 'close');
+  assert.deepEqual(l.map((e) => e.type), ['error', 'reconnecting', 'error', 'reconnecting', 'error', 'error', 'close'], JSON.stringify(l));
+  assert.match(l[0].error, /app server: 502 .*key/);
+  assert.match(l.at(-2).error, /gave up after 2 failed attempts/);
+  assert.equal(l.at(-1).willReconnect, false);
+  assert.equal(await browser.eval('sock.readyState'), 'closed');
+});

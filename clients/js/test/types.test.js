@@ -5,12 +5,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { need } from '../testkit/harness.js';
+import { need, which } from '../testkit/harness.js';
 
 const dir = fileURLToPath(new URL('..', import.meta.url));
 
@@ -48,7 +47,7 @@ for (const file of ['berth', 'socket']) {
 }
 
 test('a program using the module type-checks against the declarations', { timeout: 120000 }, async (t) => {
-  const tsc = ['/usr/bin/tsc', '/usr/local/bin/tsc'].find((p) => existsSync(p));
+  const tsc = which('tsc');
   if (!tsc) return need(t, 'tsc', 'apt-get install -y node-typescript');
   try {
     await promisify(execFile)(tsc, ['-p', join(dir, 'testkit', 'tsconfig.json')]);

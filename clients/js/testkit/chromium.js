@@ -3,20 +3,14 @@
 // the browser tests need no WebSocket client and no package.
 
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { which } from './harness.js';
 
-/** The first Chromium found, or null. */
+/** The first Chromium on $PATH, or null. */
 export function findChromium() {
-  const names = ['chromium', 'chromium-browser', 'google-chrome', 'google-chrome-stable'];
-  for (const dir of (process.env.PATH ?? '').split(':')) {
-    for (const name of names) {
-      if (dir && existsSync(join(dir, name))) return join(dir, name);
-    }
-  }
-  return null;
+  return which('chromium', 'chromium-browser', 'google-chrome', 'google-chrome-stable');
 }
 
 /** Starts Chromium and returns a browser with one page (see Page). */

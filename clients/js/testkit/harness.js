@@ -27,11 +27,14 @@ export function need(t, what, howto) {
   t.skip(msg);
 }
 
-function goBinary() {
+/** The path of the first of names found on $PATH, or null. */
+export function which(...names) {
   for (const dir of (process.env.PATH ?? '').split(':')) {
-    if (dir && existsSync(join(dir, 'go'))) return join(dir, 'go');
+    for (const name of names) {
+      if (dir && existsSync(join(dir, name))) return join(dir, name);
+    }
   }
-  return existsSync('/usr/local/go/bin/go') ? '/usr/local/go/bin/go' : null;
+  return null;
 }
 
 /**
@@ -48,7 +51,8 @@ export async function binaries(dir) {
   const missing = Object.entries({ berth: './cmd/berth', testbackend: './internal/testbackend' })
     .filter(([name]) => !want[name]);
   if (missing.length) {
-    const go = goBinary();
+    // CI puts Go's own directory on PATH; a plain install is here.
+    const go = which('go') ?? (existsSync('/usr/local/go/bin/go') ? '/usr/local/go/bin/go' : null);
     if (!go) return null;
     await run(go, ['build', '-o', dir + '/', ...missing.map(([, pkg]) => pkg)], {
       cwd: repoRoot,
