@@ -147,6 +147,8 @@ async function startBerthOnce(berthBin, { apiKey = 'test-key-' + randomUUID() } 
     } catch {}
     if (Date.now() > deadline) {
       child.kill('SIGKILL');
+      await exited;
+      await rm(dataDir, { recursive: true, force: true });
       throw new Error(`berth did not answer ${srv.api}/v1/backends within 20s\n${srv.output()}`);
     }
     await new Promise((r) => setTimeout(r, 20));
