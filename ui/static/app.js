@@ -519,10 +519,10 @@ async function loadVersions(key) {
     el("td", {}, `${v.size} B`),
     el("td", {}, String(v.fence)),
     el("td", {}, el("code", { title: v.sha256 }, (v.sha256 || "").slice(0, 12))),
-    el("td", { class: "actions" },
+    el("td", {}, el("div", { class: "row-actions" },
       el("a", { href: q(v.version), download: `${key.replaceAll("/", "_")}-${v.version}`, "aria-label": `Download version ${v.version}` }, "Download"),
       i === 0 ? el("span", { class: "muted" }, "current")
-        : restoreButton(key, v.version)))));
+        : restoreButton(key, v.version))))));
   $("#st-empty").hidden = vs.length > 0;
 }
 
