@@ -43,11 +43,15 @@ func TestMain(m *testing.M) {
 
 // build compiles berth and the test backend as they ship: static, no cgo.
 func build(dir string) error {
-	out, err := exec.Command("go", "env", "GOMOD").Output()
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		gobin = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
+	}
+	out, err := exec.Command(gobin, "env", "GOMOD").Output()
 	if err != nil {
 		return fmt.Errorf("go env GOMOD: %w", err)
 	}
-	cmd := exec.Command("go", "build", "-o", dir+string(filepath.Separator), "./cmd/berth", "./internal/testbackend")
+	cmd := exec.Command(gobin, "build", "-o", dir+string(filepath.Separator), "./cmd/berth", "./internal/testbackend")
 	cmd.Dir = filepath.Dir(string(bytes.TrimSpace(out)))
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {

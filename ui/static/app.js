@@ -170,7 +170,7 @@ function merge(b) {
   const old = backends.get(b.backend_id);
   if (old && rank(old.state) > rank(b.state)) return;
   backends.set(b.backend_id, b);
-  if (old && old.state !== b.state && b.state === "terminated") announce(`Backend ${b.backend_id} terminated`);
+  if (detail && detail.id === b.backend_id && old && old.state !== b.state) announce(`Backend ${b.backend_id} is ${b.state}`);
   scheduleRender();
 }
 
@@ -499,6 +499,8 @@ async function showState(key) {
   $("#st-msg").textContent = "";
   $("#st-done").textContent = "";
   renderLive();
+  // The list holds the newest backends only; ask for this key's live one.
+  api("GET", `/v1/backends?live=true&key=${encodeURIComponent(key)}`).then((r) => r.backends.forEach(merge), () => {});
   await loadVersions(key);
 }
 
@@ -556,8 +558,8 @@ function renderLive() {
     p.replaceChildren(`Key ${stateKey} is live (backend `,
       el("a", { href: `#/backends/${encodeURIComponent(live.backend_id)}` }, live.backend_id),
       `, ${live.state}): a restore is refused until it terminates.`);
-  } else if (p.dataset.wasLive === "true") {
-    p.textContent = `Key ${stateKey} is no longer live.`;
+  } else {
+    p.textContent = p.dataset.wasLive === "true" ? `Key ${stateKey} is no longer live.` : `Key ${stateKey} is not live.`;
   }
   p.dataset.wasLive = live ? "true" : "false";
 }
