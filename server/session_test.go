@@ -141,6 +141,17 @@ func TestAPI_AllEvents(t *testing.T) {
 	srv := httptest.NewServer(NewAPI(APIConfig{Manager: m}))
 	t.Cleanup(srv.Close)
 
+	// Without an API key (berth dev) the dashboard needs no sign-in.
+	if resp, err := http.Get(srv.URL + "/ui/session"); err != nil {
+		t.Fatal(err)
+	} else {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if strings.TrimSpace(string(body)) != `{"key_required":false,"signed_in":true}` {
+			t.Errorf("GET /ui/session without an API key: %s", body)
+		}
+	}
+
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/v1/events", nil)
