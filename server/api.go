@@ -103,13 +103,13 @@ func requireKey(key string, next http.Handler) http.Handler {
 			return
 		}
 		got := []byte(r.Header.Get("Authorization"))
-		if len(got) == 0 {
-			if ok, pass := s.bySession(w, r); ok {
-				if pass {
-					next.ServeHTTP(w, r)
-				}
+		if len(got) == 0 && s.valid(r, time.Now()) {
+			if err := checkUIHeader(r); err != nil {
+				WriteError(w, err)
 				return
 			}
+			next.ServeHTTP(w, r)
+			return
 		}
 		if subtle.ConstantTimeCompare(got, want) != 1 {
 			WriteError(w, &HTTPError{Status: http.StatusUnauthorized, Code: api.CodeUnauthorized,

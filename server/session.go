@@ -64,19 +64,14 @@ func publicPath(p string) bool {
 	return p == "/healthz" || p == "/" || p == "/ui" || strings.HasPrefix(p, "/ui/")
 }
 
-// bySession authenticates r by its session cookie: ok is false without a
-// valid one; with one, r may pass unless it changes state without
-// UIHeader, in which case the refusal is written and pass is false.
-func (s sessions) bySession(w http.ResponseWriter, r *http.Request) (ok, pass bool) {
-	if !s.valid(r, time.Now()) {
-		return false, false
+// checkUIHeader refuses a request signed in by the session cookie that
+// may change state (not GET or HEAD) without UIHeader.
+func checkUIHeader(r *http.Request) error {
+	if r.Method == http.MethodGet || r.Method == http.MethodHead || r.Header.Get(UIHeader) == "1" {
+		return nil
 	}
-	if r.Method != http.MethodGet && r.Method != http.MethodHead && r.Header.Get(UIHeader) != "1" {
-		WriteError(w, &HTTPError{Status: http.StatusForbidden, Code: api.CodeForbidden,
-			Message: "a request signed in by the dashboard's cookie that changes anything must carry the header " + UIHeader + ": 1"})
-		return true, false
-	}
-	return true, true
+	return &HTTPError{Status: http.StatusForbidden, Code: api.CodeForbidden,
+		Message: "a request signed in by the dashboard's cookie that changes anything must carry the header " + UIHeader + ": 1"}
 }
 
 // mountSessions serves the dashboard's sign-in: GET /ui/session says
@@ -107,8 +102,8 @@ func (a *apiServer) mountSessions(mux *http.ServeMux, s sessions) {
 		return nil
 	}))
 	mux.Handle("POST /ui/logout", a.handle(func(w http.ResponseWriter, r *http.Request) error {
-		if r.Header.Get(UIHeader) != "1" {
-			return &HTTPError{Status: http.StatusForbidden, Code: api.CodeForbidden, Message: "send the header " + UIHeader + ": 1"}
+		if err := checkUIHeader(r); err != nil {
+			return err
 		}
 		http.SetCookie(w, sessionCookieFor(r, "", -1))
 		w.WriteHeader(http.StatusNoContent)

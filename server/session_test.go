@@ -62,6 +62,21 @@ func TestRequireKey_SessionCookie(t *testing.T) {
 
 	resp, body := do("GET", "/v1/backends", "", nil, nil)
 	expect("list without a key", resp, body, 401, api.CodeUnauthorized)
+	// The dashboard's files need no key, but no path through them
+	// reaches the API without one.
+	for _, p := range []string{"/ui/../v1/backends", "/ui/%2e%2e/v1/backends", "/ui/..%2fv1/backends"} {
+		req, _ := http.NewRequest("GET", srv.URL+"/", nil)
+		req.URL.Opaque = p // sent as is, not cleaned by the client
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == http.StatusOK && strings.Contains(string(b), `"backends"`) {
+			t.Errorf("GET %s without a key listed the backends", p)
+		}
+	}
 	resp, body = do("GET", "/ui/", "", nil, nil)
 	expect("the dashboard's page", resp, body, 200, "")
 	if !strings.Contains(body, `id="login-form"`) || !strings.Contains(resp.Header.Get("Content-Security-Policy"), "frame-ancestors 'none'") {
