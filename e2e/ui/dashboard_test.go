@@ -125,7 +125,12 @@ func TestDashboard(t *testing.T) {
 	var logsID string
 	t.Run("LogsFollow", func(t *testing.T) {
 		br.watch(t)
-		resp := connect(t, b, "logs-1", tb(map[string]string{"TB_LOG_LINES": "2", "APP_SECRET": "hunter2-secret"}), true)
+		// It ignores SIGTERM and has a long grace period, so only a hard
+		// terminate (TerminateFromPage) stops it at once.
+		spawn := tb(map[string]string{"TB_LOG_LINES": "2", "APP_SECRET": "hunter2-secret", "TB_IGNORE_SIGTERM": "1"})
+		grace := 60
+		spawn.GraceSeconds = &grace
+		resp := connect(t, b, "logs-1", spawn, true)
 		logsID = resp.BackendID
 		open(t, br, "#/backends/"+resp.BackendID)
 		br.waitFor(t, "the output written at start", `document.querySelector("#bk-logs").textContent.includes("tb stdout 2")`)
@@ -136,9 +141,9 @@ func TestDashboard(t *testing.T) {
 		get(t, resp.URL+"log?line="+line)
 		br.waitFor(t, "the followed line", `document.querySelector("#bk-logs").textContent.includes("`+line+`")`)
 
-		spawn := eval[string](t, br, `document.querySelector("#bk-spawn").textContent`)
-		if !strings.Contains(spawn, "APP_SECRET") || !strings.Contains(spawn, "TB_LOG_LINES") {
-			t.Errorf("spawn config %q does not name its environment variables", spawn)
+		shown := eval[string](t, br, `document.querySelector("#bk-spawn").textContent`)
+		if !strings.Contains(shown, "APP_SECRET") || !strings.Contains(shown, "TB_LOG_LINES") {
+			t.Errorf("spawn config %q does not name its environment variables", shown)
 		}
 		if strings.Contains(eval[string](t, br, `document.body.innerText`), "hunter2-secret") {
 			t.Errorf("the page shows an environment value")
@@ -160,8 +165,8 @@ func TestDashboard(t *testing.T) {
 		if got, err := b.Client.Backend(testCtx(t), logsID); err != nil || got.State != berth.StateReady {
 			t.Fatalf("after a cancelled terminate: %v %v, want ready", got, err)
 		}
-		br.do(t, "terminate, confirmed",
-			chromedp.Click(chromedp.ID("bk-term")),
+		br.do(t, "terminate hard, confirmed",
+			chromedp.Click(chromedp.ID("bk-kill")),
 			chromedp.WaitVisible(chromedp.ID("confirm")),
 			chromedp.Click(chromedp.ID("confirm-ok")))
 		br.waitFor(t, "terminated on the page", `document.querySelector("#bk-state")?.dataset.state === "terminated"`)
@@ -171,7 +176,7 @@ func TestDashboard(t *testing.T) {
 		if err != nil || got.State != berth.StateTerminated || got.Reason != berth.ReasonRequested {
 			t.Errorf("backend after terminate from the page: %+v %v, want terminated, requested", got, err)
 		}
-		if !eval[bool](t, br, `document.querySelector("#bk-term").disabled`) {
+		if !eval[bool](t, br, `document.querySelector("#bk-term").disabled && document.querySelector("#bk-kill").disabled`) {
 			t.Errorf("Terminate is still enabled on a terminated backend")
 		}
 	})
