@@ -85,6 +85,7 @@ type ErrorDetail struct {
 const (
 	CodeBadRequest   = "bad_request"
 	CodeUnauthorized = "unauthorized"
+	CodeForbidden    = "forbidden"
 	CodeNotFound     = "not_found"
 	CodeConflict     = "conflict"
 	CodeTooLarge     = "too_large"

@@ -16,6 +16,7 @@ import (
 	"github.com/berthhq/berth/api"
 	"github.com/berthhq/berth/internal/jsonbody"
 	"github.com/berthhq/berth/store"
+	"github.com/berthhq/berth/ui"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
@@ -56,6 +57,10 @@ func NewAPI(cfg APIConfig) http.Handler {
 	mux.Handle("POST /v1/backends/{id}/terminate", a.handle(a.terminate))
 	mux.Handle("GET /v1/backends/{id}/events", a.handle(a.events))
 	mux.Handle("GET /v1/backends/{id}/logs", a.handle(a.logs))
+	mux.Handle("GET /v1/events", a.handle(a.allEvents))
+	mux.Handle("GET /ui/", ui.Handler())
+	mux.Handle("GET /{$}", http.RedirectHandler("/ui/", http.StatusFound))
+	a.mountSessions(mux, sessions{key: cfg.APIKey})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		fmt.Fprintf(w, `{"status":"ok","backends":%d}`+"\n", a.m.LiveCount())
@@ -87,17 +92,28 @@ func NewAPI(cfg APIConfig) http.Handler {
 	return h
 }
 
+// requireKey admits a request with the API key as a Bearer token, or,
+// without an Authorization header, with the dashboard's session cookie.
 func requireKey(key string, next http.Handler) http.Handler {
 	want := []byte("Bearer " + key)
+	s := sessions{key: key}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/healthz" {
+		if publicPath(r.URL.Path) {
 			next.ServeHTTP(w, r)
 			return
 		}
 		got := []byte(r.Header.Get("Authorization"))
+		if len(got) == 0 && s.valid(r, time.Now()) {
+			if err := checkUIHeader(r); err != nil {
+				WriteError(w, err)
+				return
+			}
+			next.ServeHTTP(w, r)
+			return
+		}
 		if subtle.ConstantTimeCompare(got, want) != 1 {
 			WriteError(w, &HTTPError{Status: http.StatusUnauthorized, Code: api.CodeUnauthorized,
-				Message: "missing or wrong API key; send Authorization: Bearer <api key>"})
+				Message: "missing or wrong API key; send Authorization: Bearer <api key>, or sign in at /ui/"})
 			return
 		}
 		next.ServeHTTP(w, r)

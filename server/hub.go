@@ -20,9 +20,19 @@ import (
 // write, and gen moves before anyone is woken, so a subscriber that woke
 // for a change always reads after it: a read shared under gen g may miss
 // only a change whose signal is still to come.
+//
+// Watchers hear of every backend (the dashboard's list): each keeps the
+// set of ids changed since it last took them, so a slow reader sees every
+// backend that changed, at its latest state, however many signals merged.
 type hub struct {
-	mu     sync.Mutex
-	topics map[string]*topic
+	mu       sync.Mutex
+	topics   map[string]*topic
+	watchers map[*watcher]struct{}
+}
+
+type watcher struct {
+	c   chan struct{}
+	ids map[string]struct{} // changed since the last take; guarded by hub.mu
 }
 
 type topic struct {
@@ -37,7 +47,9 @@ type sharedRead struct {
 	err  error
 }
 
-func newHub() *hub { return &hub{topics: make(map[string]*topic)} }
+func newHub() *hub {
+	return &hub{topics: make(map[string]*topic), watchers: make(map[*watcher]struct{})}
+}
 
 func (h *hub) subscribe(id string) (<-chan struct{}, func()) {
 	c := make(chan struct{}, 1)
@@ -59,8 +71,40 @@ func (h *hub) subscribe(id string) (<-chan struct{}, func()) {
 	}
 }
 
+// watch subscribes to every backend's changes. changed receives a value
+// when take has ids to return; take returns the ids of the backends that
+// changed since its last call.
+func (h *hub) watch() (changed <-chan struct{}, take func() []string, cancel func()) {
+	w := &watcher{c: make(chan struct{}, 1), ids: make(map[string]struct{})}
+	h.mu.Lock()
+	h.watchers[w] = struct{}{}
+	h.mu.Unlock()
+	take = func() []string {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		ids := make([]string, 0, len(w.ids))
+		for id := range w.ids {
+			ids = append(ids, id)
+		}
+		clear(w.ids)
+		return ids
+	}
+	return w.c, take, func() {
+		h.mu.Lock()
+		delete(h.watchers, w)
+		h.mu.Unlock()
+	}
+}
+
 func (h *hub) publish(id string) {
 	h.mu.Lock()
+	for w := range h.watchers {
+		w.ids[id] = struct{}{}
+		select {
+		case w.c <- struct{}{}:
+		default:
+		}
+	}
 	if t := h.topics[id]; t != nil {
 		t.gen++
 		t.reads = nil

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -237,5 +238,46 @@ func TestHub_PanickingReadIsNotShared(t *testing.T) {
 	})
 	if err != nil || len(evs) != 1 {
 		t.Errorf("after a read that panicked: %v, %v; want a new read", evs, err)
+	}
+}
+
+// A watcher hears of every backend: signals merge, the ids do not, and a
+// cancelled watcher hears nothing more.
+func TestHub_Watch(t *testing.T) {
+	h := newHub()
+	changed, take, cancel := h.watch()
+	if got := take(); len(got) != 0 {
+		t.Fatalf("take before any change: %v", got)
+	}
+	for _, id := range []string{"bk_a", "bk_b", "bk_a"} {
+		h.publish(id)
+	}
+	select {
+	case <-changed:
+	default:
+		t.Fatal("no signal after three changes")
+	}
+	select {
+	case <-changed:
+		t.Fatal("three changes left two signals; they should merge into one")
+	default:
+	}
+	got := take()
+	slices.Sort(got)
+	if !slices.Equal(got, []string{"bk_a", "bk_b"}) {
+		t.Errorf("take: %v, want [bk_a bk_b]", got)
+	}
+	if got := take(); len(got) != 0 {
+		t.Errorf("a second take: %v, want nothing", got)
+	}
+	cancel()
+	h.publish("bk_c")
+	select {
+	case <-changed:
+		t.Error("a cancelled watcher got a signal")
+	default:
+	}
+	if got := take(); len(got) != 0 {
+		t.Errorf("a cancelled watcher took %v", got)
 	}
 }

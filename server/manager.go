@@ -422,6 +422,12 @@ func (m *Manager) Subscribe(id string) (<-chan struct{}, func()) {
 
 func (m *Manager) publish(id string) { m.hub.publish(id) }
 
+// Watch is Subscribe for every backend: changed receives a value when
+// take has the ids of backends that changed since its last call.
+func (m *Manager) Watch() (changed <-chan struct{}, take func() []string, cancel func()) {
+	return m.hub.watch()
+}
+
 // Logs copies a backend's output to w, following it if asked.
 func (m *Manager) Logs(ctx context.Context, id string, follow bool, w io.Writer) error {
 	if _, err := m.Backend(ctx, id); err != nil {
