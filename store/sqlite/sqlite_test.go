@@ -149,3 +149,41 @@ func spawnCycle(ctx context.Context, s *sqlite.Store, id, key string) error {
 	}
 	return nil
 }
+
+// BenchmarkCreateBackend measures CreateBackend alone: "new" takes a free
+// key, "held" finds the key held and returns its holder (a warm connect's
+// write path when the key is not in memory).
+func BenchmarkCreateBackend(b *testing.B) {
+	newBackend := func(i int, key string) *berth.Backend {
+		return &berth.Backend{
+			ID: fmt.Sprintf("bk_%d", i), Key: key, Runtime: "process", Secret: "secret", Node: "local",
+			Spawn:     berth.SpawnConfig{Command: []string{"./server"}, Env: map[string]string{"A": "1"}},
+			CreatedAt: time.Now(),
+		}
+	}
+	b.Run("new", func(b *testing.B) {
+		s := openAt(b, filepath.Join(b.TempDir(), "berth.db"))
+		defer s.Close()
+		i := 0
+		for b.Loop() {
+			if _, created, err := s.CreateBackend(b.Context(), newBackend(i, fmt.Sprintf("doc-%d", i))); err != nil || !created {
+				b.Fatalf("created %v, %v", created, err)
+			}
+			i++
+		}
+	})
+	b.Run("held", func(b *testing.B) {
+		s := openAt(b, filepath.Join(b.TempDir(), "berth.db"))
+		defer s.Close()
+		if _, _, err := s.CreateBackend(b.Context(), newBackend(-1, "doc")); err != nil {
+			b.Fatal(err)
+		}
+		i := 0
+		for b.Loop() {
+			if _, created, err := s.CreateBackend(b.Context(), newBackend(i, "doc")); err != nil || created {
+				b.Fatalf("created %v, %v", created, err)
+			}
+			i++
+		}
+	})
+}
