@@ -1,12 +1,14 @@
 package proxy
 
 import (
+	"github.com/berthhq/berth/proxy/internal/h1"
+
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -169,7 +171,8 @@ func (f *forwarder) roundTrip(w http.ResponseWriter, r *http.Request, bc *backen
 func writeRequest(bw *bufio.Writer, r *http.Request, fw *forward) {
 	bw.WriteString(r.Method)
 	bw.WriteByte(' ')
-	u := url.URL{Path: fw.path, RawPath: fw.rawPath}
+	var u url.URL
+	u.Path, u.RawPath = fw.outPath()
 	bw.WriteString(u.EscapedPath())
 	if r.URL.RawQuery != "" || r.URL.ForceQuery {
 		bw.WriteByte('?')
@@ -189,31 +192,26 @@ func writeRequest(bw *bufio.Writer, r *http.Request, fw *forward) {
 			continue
 		}
 		for _, v := range vv {
-			writeHeader(bw, k, v)
+			h1.WriteHeader(bw, k, v)
 		}
 	}
 	if listed(r.Header["Te"], "trailers") {
-		writeHeader(bw, "Te", "trailers")
+		h1.WriteHeader(bw, "Te", "trailers")
 	}
 	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		writeHeader(bw, "X-Forwarded-For", ip)
+		h1.WriteHeader(bw, "X-Forwarded-For", ip)
 	}
-	writeHeader(bw, "X-Forwarded-Host", r.Host)
+	h1.WriteHeader(bw, "X-Forwarded-Host", r.Host)
 	if r.TLS != nil {
-		writeHeader(bw, "X-Forwarded-Proto", "https")
+		h1.WriteHeader(bw, "X-Forwarded-Proto", "https")
 	} else {
-		writeHeader(bw, "X-Forwarded-Proto", "http")
+		h1.WriteHeader(bw, "X-Forwarded-Proto", "http")
 	}
-	writeHeader(bw, HeaderBackend, fw.claims.BackendID)
-	writeHeader(bw, HeaderUser, fw.claims.User)
-	writeHeader(bw, HeaderSecret, fw.route.Secret)
-	bw.WriteString("\r\n")
-}
-
-func writeHeader(bw headWriter, k, v string) {
-	bw.WriteString(k)
-	bw.WriteString(": ")
-	bw.WriteString(v)
+	if !fw.route.Peer {
+		h1.WriteHeader(bw, HeaderBackend, fw.claims.BackendID)
+		h1.WriteHeader(bw, HeaderUser, fw.claims.User)
+		h1.WriteHeader(bw, HeaderSecret, fw.route.Secret)
+	}
 	bw.WriteString("\r\n")
 }
 
@@ -263,7 +261,7 @@ func checkHeaders(r *http.Request, fw *forward) error {
 	for _, h := range [...]struct{ k, v string }{
 		{"Host", r.Host}, {HeaderBackend, fw.claims.BackendID}, {HeaderSecret, fw.route.Secret}, {HeaderUser, fw.claims.User},
 	} {
-		if !validHeaderValue(h.v) {
+		if !h1.ValidHeaderValue(h.v) {
 			return fmt.Errorf("invalid value for header %s", h.k)
 		}
 	}
@@ -272,22 +270,12 @@ func checkHeaders(r *http.Request, fw *forward) error {
 			return fmt.Errorf("invalid header name %q", k)
 		}
 		for _, v := range vv {
-			if !validHeaderValue(v) {
+			if !h1.ValidHeaderValue(v) {
 				return fmt.Errorf("invalid value for header %s", k)
 			}
 		}
 	}
 	return nil
-}
-
-// validHeaderValue reports whether v has no control characters but tab.
-func validHeaderValue[T string | []byte](v T) bool {
-	for i := 0; i < len(v); i++ {
-		if c := v[i]; (c < ' ' && c != '\t') || c == 0x7f {
-			return false
-		}
-	}
-	return true
 }
 
 // validHeaderKey reports whether k is a non-empty run of visible ASCII
@@ -478,27 +466,12 @@ func (p *Proxy) Keep(addr string, c net.Conn, br *bufio.Reader) {
 	p.fwd.put(newBackendConn(c, addr))
 }
 
-// completeResponse reports whether br holds exactly one whole final
-// response to a GET, after which the backend keeps the connection open.
+// completeResponse reports whether br holds exactly one whole response
+// to a GET, after which the backend keeps the connection open.
 func completeResponse(br *bufio.Reader) bool {
 	buf, _ := br.Peek(br.Buffered())
-	n := indexHeadEnd(buf, 0)
-	if n < 0 {
-		return false
-	}
-	var rh responseHead
-	if rh.parse(buf[:n]) != nil || rh.status < 200 || !rh.keepAlive {
-		return false
-	}
-	body := buf[n:]
-	switch {
-	case rh.status == 204 || rh.status == 304:
-		return len(body) == 0
-	case rh.chunked:
-		// Walk the chunks of the buffered bytes alone: running out of them
-		// is an error.
-		rest := bufio.NewReaderSize(bytes.NewReader(body), max(16, len(body)))
-		return relayChunked(bufio.NewWriter(io.Discard), rest) == nil && rest.Buffered() == 0
-	}
-	return rh.length >= 0 && int64(len(body)) == rh.length
+	var r h1.Relay
+	r.Reset(false)
+	used, _, err := r.Feed(buf, h1.Discard, math.MaxInt, len(buf)+1, false)
+	return err == nil && r.Done() && used == len(buf) && r.Result().BackendReusable
 }

@@ -47,6 +47,11 @@ type Route struct {
 	Addr      string   // host:port
 	Secret    string   // sent to the backend as X-Berth-Secret
 	Activity  Activity // told about traffic; may be nil
+	// Peer: Addr is the proxy of another Berth node, the one that runs the
+	// backend. The request goes there as the client sent it, token and
+	// all, without Berth's headers: that proxy checks the token again,
+	// counts the activity and adds them.
+	Peer bool
 }
 
 // Activity hears about traffic to a backend, so Berth can tell when it is
@@ -176,7 +181,21 @@ func (p *Proxy) Close() error {
 type forward struct {
 	route         Route
 	claims        token.Claims
-	path, rawPath string
+	token         string // as in the request's path; for a Peer route
+	path, rawPath string // after the token
+}
+
+// outPath is the path of the request that goes out: after the token, or
+// with it to a peer.
+func (f *forward) outPath() (path, rawPath string) {
+	if !f.route.Peer {
+		return f.path, f.rawPath
+	}
+	path = "/" + f.token + f.path
+	if f.rawPath != "" {
+		rawPath = "/" + f.token + f.rawPath
+	}
+	return path, rawPath
 }
 
 type forwardKey struct{}
@@ -228,7 +247,7 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
 			}
 		}()
 	}
-	f := &forward{route: route, claims: claims, path: path, rawPath: rawPath}
+	f := &forward{route: route, claims: claims, token: tok, path: path, rawPath: rawPath}
 	if plain(r) && !p.noForwarder {
 		if err := p.fwd.forward(w, r, f); err != nil {
 			if r.Context().Err() != nil {
@@ -325,8 +344,7 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 	out := pr.Out
 	out.URL.Scheme = "http"
 	out.URL.Host = f.route.Addr
-	out.URL.Path = f.path
-	out.URL.RawPath = f.rawPath
+	out.URL.Path, out.URL.RawPath = f.outPath()
 	// Pass the query on as sent; the backend alone interprets it.
 	out.URL.RawQuery = pr.In.URL.RawQuery
 	// out.Host stays the client's Host, so backends that check a WebSocket's
@@ -338,6 +356,9 @@ func (p *Proxy) rewrite(pr *httputil.ProxyRequest) {
 		if isBerthHeader(k) {
 			delete(h, k)
 		}
+	}
+	if f.route.Peer {
+		return
 	}
 	h[HeaderBackend] = []string{f.claims.BackendID}
 	h[HeaderUser] = []string{f.claims.User}

@@ -752,5 +752,6 @@ func behaviourTests() map[string]func(*testing.T) {
 		"EarlyHints": TestProxy_EarlyHints, "StaleConnection": TestProxy_StaleConnection,
 		"ClientCancel": TestProxy_ClientCancel, "Keep": TestProxy_Keep, "PooledHint": TestProxy_PooledHint,
 		"PathNormalization": TestProxy_PathNormalization, "AbsoluteForm": TestProxy_AbsoluteForm,
+		"PeerRoute": TestProxy_PeerRoute, "PeerRouteWebSocket": TestProxy_PeerRouteWebSocket,
 	}
 }

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"github.com/berthhq/berth/proxy/internal/rawio"
+
 	"io"
 	"net"
 	"syscall"
@@ -47,7 +49,7 @@ func newRawConn(c net.Conn) net.Conn {
 
 func (c *rawConn) read(fd uintptr) bool {
 	for {
-		n, e := sysRead(fd, c.rbuf)
+		n, e := rawio.Read(fd, c.rbuf)
 		switch e {
 		case unix.EINTR:
 			continue
@@ -81,7 +83,7 @@ func (c *rawConn) Read(b []byte) (int, error) {
 
 func (c *rawConn) write(fd uintptr) bool {
 	for len(c.wbuf) > 0 {
-		n, e := sysWrite(fd, c.wbuf)
+		n, e := rawio.Write(fd, c.wbuf)
 		switch e {
 		case 0:
 			c.wbuf = c.wbuf[n:]

@@ -1,6 +1,10 @@
 package proxy
 
 import (
+	"github.com/berthhq/berth/proxy/internal/evloop"
+
+	"github.com/berthhq/berth/proxy/internal/h1"
+
 	"bufio"
 	"bytes"
 	"context"
@@ -51,9 +55,9 @@ type Server struct {
 	conns   map[*clientConn]struct{}
 	lns     map[net.Listener]struct{}
 	sweeper *time.Ticker
-	loops   *loopGroup // nil: a goroutine per connection
+	loops   *evloop.Group // nil: a goroutine per connection
 	noLoops bool
-	wg      sync.WaitGroup // connection goroutines and event loops
+	wg      sync.WaitGroup // connection goroutines
 }
 
 // ServerConfig configures a Server.
@@ -73,8 +77,9 @@ const (
 	// larger ones (big cookies) go to net/http, which allows 1 MiB.
 	clientReadSize  = 8 << 10
 	clientWriteSize = 4 << 10
-	// maxHeaders bounds the request headers the fast path parses.
-	maxHeaders = 64
+	// backendReadSize is the read buffer of a backend connection, on
+	// either path: a response head must fit in it.
+	backendReadSize = 16 << 10
 )
 
 // NewServer returns a Server for p.
@@ -114,7 +119,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		s.sweeper = time.NewTicker(s.sweepTick())
 		go s.sweep(s.sweeper.C)
 		if !s.noLoops {
-			s.loops = startLoops(s)
+			s.startLoops()
 		}
 	}
 	s.mu.Unlock()
@@ -136,7 +141,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			continue
 		}
 		backoff = 0
-		if s.loops != nil && s.loops.adopt(c) {
+		if s.loops.Adopt(c) {
 			continue
 		}
 		if !s.track(c) {
@@ -179,10 +184,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		cc.closeIfIdle()
 	}
 	s.mu.Unlock()
-	s.loops.wake() // to close their idle connections
+	s.loops.Shutdown() // they close their idle connections
 
 	done := make(chan struct{})
-	go func() { s.wg.Wait(); close(done) }()
+	go func() { s.wg.Wait(); s.loops.Wait(); close(done) }()
 	var err error
 	select {
 	case <-done:
@@ -193,13 +198,34 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			cc.c.Close()
 		}
 		s.mu.Unlock()
-		s.loops.abort()
+		s.loops.Abort()
 	}
 	if ferr := s.fallback.Shutdown(ctx); err == nil {
 		err = ferr
 	}
 	s.handoff.Close()
 	return err
+}
+
+// startLoops starts the event loops, unless the system refuses them.
+// s.mu is held.
+func (s *Server) startLoops() {
+	loops, err := evloop.Start(evloop.Config{
+		Handler:            loopHandler{s},
+		Log:                s.p.log,
+		IdleTimeout:        s.idleTimeout,
+		SweepTick:          s.sweepTick(),
+		ClientReadSize:     clientReadSize,
+		BackendReadSize:    backendReadSize,
+		MaxIdlePerBackend:  maxIdlePerBackend,
+		BackendIdleTimeout: idleConnTimeout,
+		WatchAfter:         watchAfter,
+	})
+	if err != nil {
+		s.p.log.Warn("proxy: event loop unavailable, serving a goroutine per connection", "err", err)
+		return
+	}
+	s.loops = loops
 }
 
 // sweepTick is how often idle connections are looked for.
@@ -251,7 +277,8 @@ type clientConn struct {
 	// loopable: the last request's backend is one an event loop can
 	// reach, so the connection may go back to one (see rejoin).
 	loopable bool
-	fwd      forward // the request in flight's
+	fwd      forward  // the request in flight's
+	relay    h1.Relay // its response's
 }
 
 func (cc *clientConn) closeIfIdle() {
@@ -321,25 +348,11 @@ func (cc *clientConn) serve() {
 // its length, end of head included, without consuming it. It returns 0
 // when the head does not fit in the buffer.
 func (cc *clientConn) readHead() (int, error) {
-	n, err := readHeadIn(cc.br)
-	if errors.Is(err, errHeadTooLarge) {
+	n, err := h1.ReadHead(cc.br)
+	if errors.Is(err, h1.ErrHeadTooLarge) {
 		return 0, nil
 	}
 	return n, err
-}
-
-// indexHeadEnd returns the length of the head in b up to and including
-// its blank line, or -1. from is where to resume a search.
-func indexHeadEnd(b []byte, from int) int {
-	for i := from; i+3 < len(b); i++ {
-		if b[i] == '\r' && b[i+1] == '\n' && b[i+2] == '\r' && b[i+3] == '\n' {
-			return i + 4
-		}
-		if b[i] == '\n' && i+1 < len(b) && b[i+1] == '\n' {
-			return i + 2 // bare LFs: parse refuses it, net/http decides
-		}
-	}
-	return -1
 }
 
 // handOff passes the connection, with what has been read but not
@@ -375,7 +388,7 @@ func (cc *clientConn) rejoin() bool {
 		}
 		c = hc.Conn
 	}
-	if !cc.s.loops.adopt(c) {
+	if !cc.s.loops.Adopt(c) {
 		return false
 	}
 	cc.br.Reset(nil)
@@ -391,7 +404,7 @@ func (cc *clientConn) forward(req *request, n int) (keep bool) {
 	p := s.p
 	bw := cc.writer()
 	defer cc.releaseWriter(bw)
-	keep = !req.close
+	keep = !req.Close
 
 	fw := &cc.fwd
 	defer func() { cc.fwd = forward{} }() // holds nothing of a backend between requests
@@ -440,7 +453,7 @@ func (cc *clientConn) forward(req *request, n int) (keep bool) {
 	// that always makes them wait, every request would bounce the
 	// connection from a loop to a goroutine and back.
 	cc.loopable = false
-	if s.loops != nil && loopCanDial(route.Addr) {
+	if s.loops != nil && evloop.CanDial(route.Addr) {
 		_, cc.loopable = p.resolveReady(claims.BackendID)
 	}
 	if err := checkAdded(fw); err != nil {
@@ -472,19 +485,21 @@ func (cc *clientConn) forward(req *request, n int) (keep bool) {
 			return cc.writeError(bw, req, badGateway(fw, err)) && keep
 		}
 		cc.br.Discard(n) // req's slices point into the head: done with them
-		res, err := relayResponse(bw, bc.br, req.head, !keep || s.closing.Load())
+		cc.relay.Reset(req.Head)
+		cc.relay.ForceClose = !keep || s.closing.Load()
+		res, err := h1.RelayResponse(&cc.relay, bw, bc.br)
 		// The watcher may have cut the backend connection: stop it before
 		// deciding whether the connection can be reused.
 		gone = cc.disarmWatch()
 		if err != nil || gone {
 			bc.Close()
-			if err != nil && !res.started && !gone {
+			if err != nil && !res.Started && !gone {
 				return cc.writeError(bw, req, badGateway(fw, err)) && keep
 			}
 			p.log.Debug("proxy: response aborted", "backend", claims.BackendID, "err", err, "client_gone", gone)
 			return false
 		}
-		if res.backendReusable && bc.br.Buffered() == 0 {
+		if res.BackendReusable && bc.br.Buffered() == 0 {
 			p.fwd.put(bc)
 		} else {
 			bc.Close()
@@ -492,7 +507,7 @@ func (cc *clientConn) forward(req *request, n int) (keep bool) {
 		if err := bw.Flush(); err != nil {
 			return false
 		}
-		return keep && !res.clientClose
+		return keep && !res.ClientClose
 	}
 }
 
@@ -631,7 +646,7 @@ func (cc *clientConn) writeError(bw *bufio.Writer, req *request, err error) bool
 }
 
 // writeFastError writes the answer to err as Proxy.writeError does.
-func (p *Proxy) writeFastError(bw headWriter, req *request, err error) {
+func (p *Proxy) writeFastError(bw h1.Writer, req *request, err error) {
 	he := asHTTPError(err)
 	p.logError(context.Background(), he, "")
 	body := he.body()
@@ -639,11 +654,11 @@ func (p *Proxy) writeFastError(bw headWriter, req *request, err error) {
 	if he.status == http.StatusServiceUnavailable {
 		bw.WriteString("Retry-After: 1\r\n")
 	}
-	if req.close {
+	if req.Close {
 		bw.WriteString("Connection: close\r\n")
 	}
 	bw.WriteString("\r\n")
-	if !req.head {
+	if !req.Head {
 		bw.Write(body)
 	}
 }
@@ -654,7 +669,7 @@ func (cc *clientConn) redirect(bw *bufio.Writer, req *request) bool {
 	return bw.Flush() == nil
 }
 
-func writeRedirect(bw headWriter, req *request) {
+func writeRedirect(bw h1.Writer, req *request) {
 	bw.WriteString("HTTP/1.1 308 Permanent Redirect\r\nLocation: /")
 	bw.Write(req.token)
 	bw.WriteByte('/')
@@ -663,7 +678,7 @@ func writeRedirect(bw headWriter, req *request) {
 		bw.Write(req.query)
 	}
 	bw.WriteString("\r\nContent-Length: 0\r\n")
-	if req.close {
+	if req.Close {
 		bw.WriteString("Connection: close\r\n")
 	}
 	bw.WriteString("\r\n")

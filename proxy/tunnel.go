@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"github.com/berthhq/berth/proxy/internal/rawio"
+
 	"net"
 	"sync/atomic"
 	"syscall"
@@ -180,7 +182,7 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 		buf = p.buffers.Get()
 		for {
 			var e syscall.Errno
-			n, e = sysRead(fd, buf)
+			n, e = rawio.Read(fd, buf)
 			rerr = nil
 			if e != 0 {
 				rerr = e

@@ -1,8 +1,12 @@
 //go:build linux
 
-package proxy
+package evloop
 
 import (
+	"github.com/berthhq/berth/proxy/internal/rawio"
+
+	"github.com/berthhq/berth/proxy/internal/h1"
+
 	"errors"
 	"fmt"
 	"net"
@@ -18,34 +22,31 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Event loops serve the Server's fast path on Linux: each is one goroutine
-// with an epoll instance of its own, holding client connections and the
-// backend connections it forwards them to, all registered edge-triggered.
+// A loop reads a socket only when epoll has said it is readable, and
+// treats a read that did not fill the buffer as having drained it (the
+// next arrival is a new edge), as nginx does; all sockets are registered
+// edge-triggered. Go's netpoller instead reads a socket until read(2) says
+// EAGAIN before it parks the goroutine, and wakes the goroutine when the
+// socket is ready again: for the common request that is about one wasted
+// system call per socket and two goroutine parks and wake-ups. A loop's
+// requests never park a goroutine. Only a loop with no events at all
+// parks, on its epoll descriptor in Go's netpoller: one empty epoll_wait
+// per idle spell of the whole loop rather than a read per request.
 //
-// Go's netpoller reads a socket until read(2) says EAGAIN before it parks
-// the goroutine, and wakes the goroutine when the socket is ready again:
-// for the common request that is about one wasted system call per socket
-// and two goroutine parks and wake-ups. A loop instead reads a socket only
-// when epoll has said it is readable, and treats a read that did not fill
-// the buffer as having drained it (the next arrival is a new edge), as
-// nginx does; its requests never park a goroutine. Only a loop with no
-// events at all parks, on its epoll descriptor in Go's netpoller: one
-// empty epoll_wait per idle spell of the whole loop rather than a read
-// per request.
-//
-// A loop handles what the goroutine path's fast path handles — GET or
-// HEAD, HTTP/1.1, no body, a backend that is ready — and gives the rest
-// away with the bytes already read: to net/http (a body, an upgrade, a
-// head it does not parse) or to a goroutine of the goroutine path (a
-// backend that must be waited for, a backend address that is not an IP
-// literal), which keeps the connection from then on.
-type loopGroup struct {
-	loops []*loop
-	next  atomic.Uint32
+// A loop serves GET or HEAD, HTTP/1.1, no body, to a backend that is ready
+// at an IP address, and gives the rest away (Handler.HandOff).
+
+// Group is the event loops, one per GOMAXPROCS.
+type Group struct {
+	cfg     Config
+	loops   []*loop
+	next    atomic.Uint32
+	closing atomic.Bool
+	wg      sync.WaitGroup
 }
 
 type loop struct {
-	s    *Server
+	g    *Group
 	epfd int
 	ep   *os.File        // epfd, in Go's netpoller: the loop waits there
 	eprc syscall.RawConn // of ep
@@ -95,9 +96,8 @@ const (
 // lconn is a client connection in a loop.
 type lconn struct {
 	fd        int
-	clientIP  string
-	verified  verified // the connection's last good token
-	readable  bool     // epoll said so, and no read has drained it since
+	x         Exchange
+	readable  bool // epoll said so, and no read has drained it since
 	writable  bool
 	hup       bool // epoll saw the peer close or an error: reads stay due
 	peerDone  bool // a read saw the client's end of the connection
@@ -107,21 +107,19 @@ type lconn struct {
 	in         []byte // clientReadSize, nil while idle; in[start:end] is unconsumed
 	start, end int
 	searched   int // bytes of in[start:end] searched for a head's end
-	out        outBuf
+	out        h1.OutBuf
 
 	// The request in flight: its head is in[start:start+reqLen].
 	begun      int64 // unix nanoseconds
-	req        request
 	reqLen     int
+	addr       string // of its backend
+	head       bool   // a HEAD request
 	keep       bool
 	closeAfter bool
-	fw         *forward // &fwd while a request is in flight
-	fwd        forward
-	activity   Activity
 	be         *lbackend
 	attempt    int
 	reused     bool
-	relay      relayStep
+	relay      h1.Relay
 }
 
 // lbackend is a backend connection in a loop.
@@ -134,7 +132,7 @@ type lbackend struct {
 	eof        bool
 	in         []byte // backendReadSize while a request is out; nil while idle
 	start, end int
-	out        outBuf
+	out        h1.OutBuf
 	got        bool // bytes of the current response arrived
 	owner      *lconn
 	dialAt     int64 // while connecting
@@ -149,32 +147,31 @@ const (
 	dialTimeout  = 3 * time.Second // as newDialer's
 )
 
-// startLoops starts one loop per GOMAXPROCS, or returns nil when the
-// system refuses epoll. s.mu is held.
-func startLoops(s *Server) *loopGroup {
-	g := &loopGroup{}
+// Start starts one loop per GOMAXPROCS, or returns an error when the
+// system refuses epoll.
+func Start(cfg Config) (*Group, error) {
+	g := &Group{cfg: cfg}
 	for range runtime.GOMAXPROCS(0) {
-		l, err := newLoop(s)
+		l, err := newLoop(g)
 		if err != nil {
-			s.p.log.Warn("proxy: event loop unavailable, serving a goroutine per connection", "err", err)
 			for _, l := range g.loops {
 				l.stop() // never ran: this closes its descriptors
 			}
-			return nil
+			return nil, err
 		}
 		g.loops = append(g.loops, l)
 	}
 	for _, l := range g.loops {
-		// The loops share the goroutine path's bound on idle connections
-		// to one backend.
-		l.maxIdle = max(1, maxIdlePerBackend/len(g.loops))
-		s.wg.Add(1)
+		// The loops share the proxy's bound on idle connections to one
+		// backend.
+		l.maxIdle = max(1, cfg.MaxIdlePerBackend/len(g.loops))
+		g.wg.Add(1)
 		go l.run()
 	}
-	return g
+	return g, nil
 }
 
-func newLoop(s *Server) (*loop, error) {
+func newLoop(g *Group) (*loop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("epoll_create: %w", err)
@@ -206,7 +203,7 @@ func newLoop(s *Server) (*loop, error) {
 		return nil, fmt.Errorf("epoll in the netpoller: %w", err)
 	}
 	return &loop{
-		s:     s,
+		g:     g,
 		epfd:  epfd,
 		ep:    ep,
 		eprc:  rc,
@@ -216,9 +213,12 @@ func newLoop(s *Server) (*loop, error) {
 	}, nil
 }
 
-// adopt takes c out of Go's netpoller and gives it to a loop. It reports
-// false, leaving c as it was, when c is not a TCP socket.
-func (g *loopGroup) adopt(c net.Conn) bool {
+// Adopt takes c out of Go's netpoller and gives it to a loop. It reports
+// false, leaving c as it was, when c is not a TCP socket or no loop runs.
+func (g *Group) Adopt(c net.Conn) bool {
+	if g == nil {
+		return false
+	}
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
 		return false
@@ -259,24 +259,34 @@ func (g *loopGroup) adopt(c net.Conn) bool {
 	return false
 }
 
-// wake makes every loop look at the Server's state and its incoming
-// connections.
-func (g *loopGroup) wake() {
+// Shutdown makes the loops close their idle connections, and those with a
+// request in flight once it is answered, and stop when they hold none.
+// Connections adopted from then on are closed unless a request of theirs
+// is in flight.
+func (g *Group) Shutdown() {
 	if g == nil {
 		return
 	}
+	g.closing.Store(true)
 	for _, l := range g.loops {
 		l.wake()
 	}
 }
 
-// abort makes every loop close all its connections and stop.
-func (g *loopGroup) abort() {
+// Abort makes every loop close all its connections and stop.
+func (g *Group) Abort() {
 	if g == nil {
 		return
 	}
 	for _, l := range g.loops {
 		l.abort()
+	}
+}
+
+// Wait waits for every loop to stop.
+func (g *Group) Wait() {
+	if g != nil {
+		g.wg.Wait()
 	}
 }
 
@@ -300,8 +310,8 @@ func (l *loop) abort() {
 }
 
 func (l *loop) run() {
-	defer l.s.wg.Done()
-	tick := l.s.sweepTick()
+	defer l.g.wg.Done()
+	tick := l.g.cfg.SweepTick
 	events := make([]unix.EpollEvent, loopEvents)
 	var (
 		n     int
@@ -330,7 +340,7 @@ func (l *loop) run() {
 			err = errno
 		}
 		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
-			l.s.p.log.Error("proxy: event loop: epoll_wait", "err", err)
+			l.g.cfg.Log.Error("proxy: event loop: epoll_wait", "err", err)
 			l.aborted.Store(true)
 		}
 		for _, ev := range events[:max(n, 0)] {
@@ -366,7 +376,7 @@ func (l *loop) run() {
 			l.stop()
 			return
 		}
-		if l.s.closing.Load() {
+		if l.g.closing.Load() {
 			l.takeIncoming()
 			for c := range l.conns {
 				if c.state == lcHead {
@@ -394,9 +404,9 @@ func (l *loop) takeIncoming() {
 	l.incoming = nil
 	l.mu.Unlock()
 	for _, a := range incoming {
-		c := &lconn{fd: a.fd, clientIP: a.clientIP, idleSince: l.now}
+		c := &lconn{fd: a.fd, x: l.g.cfg.Handler.NewExchange(a.clientIP), idleSince: l.now}
 		if err := l.register(a.fd, fdOwner{c: c}); err != nil {
-			l.s.p.log.Warn("proxy: event loop: register", "err", err)
+			l.g.cfg.Log.Warn("proxy: event loop: register", "err", err)
 			unix.Close(a.fd)
 			continue
 		}
@@ -448,7 +458,7 @@ func (l *loop) sweep() {
 	l.inFree.trim()
 	l.beFree.trim()
 	l.outFree.trim()
-	cutoff := l.now - int64(l.s.idleTimeout)
+	cutoff := l.now - int64(l.g.cfg.IdleTimeout)
 	for c := range l.conns {
 		switch {
 		case c.state == lcHead && c.idleSince < cutoff:
@@ -460,7 +470,7 @@ func (l *loop) sweep() {
 		}
 	}
 	l.shrink()
-	cutoff = l.now - int64(idleConnTimeout)
+	cutoff = l.now - int64(l.g.cfg.BackendIdleTimeout)
 	for addr, bs := range l.idle {
 		old := 0
 		for old < len(bs) && bs[old].idleAt < cutoff {
@@ -512,7 +522,7 @@ func epollWaitNow(epfd uintptr, events []unix.EpollEvent) (int, syscall.Errno) {
 // readFd and writeFd are one read(2) or write(2), retried on EINTR.
 func readFd(fd int, b []byte) (int, syscall.Errno) {
 	for {
-		n, e := sysRead(uintptr(fd), b)
+		n, e := rawio.Read(uintptr(fd), b)
 		if e != unix.EINTR {
 			return n, e
 		}
@@ -521,7 +531,7 @@ func readFd(fd int, b []byte) (int, syscall.Errno) {
 
 func writeFd(fd int, b []byte) (int, syscall.Errno) {
 	for {
-		n, e := sysWrite(uintptr(fd), b)
+		n, e := rawio.Write(uintptr(fd), b)
 		if e != unix.EINTR {
 			return n, e
 		}
@@ -530,7 +540,7 @@ func writeFd(fd int, b []byte) (int, syscall.Errno) {
 
 // readHead reads until in holds a whole request head, and starts it.
 func (l *loop) readHead(c *lconn) bool {
-	if l.s.closing.Load() {
+	if l.g.closing.Load() {
 		l.closeClient(c)
 		return false
 	}
@@ -546,7 +556,7 @@ func (l *loop) readHead(c *lconn) bool {
 			c.in = l.input()
 		}
 	}
-	n := indexHeadEnd(c.in[c.start:c.end], c.searched)
+	n := h1.IndexHeadEnd(c.in[c.start:c.end], c.searched)
 	if n < 0 {
 		c.searched = max(0, c.end-c.start-3)
 		if c.end-c.start == len(c.in) {
@@ -579,53 +589,35 @@ func (l *loop) readHead(c *lconn) bool {
 		return true
 	}
 	c.searched = 0
-	if !c.req.parse(c.in[c.start : c.start+n]) {
-		l.handOff(c, false)
-		return false
-	}
 	return l.begin(c, n)
 }
 
-// begin starts a parsed request whose head is the first n unconsumed
-// bytes, as clientConn.forward does.
+// begin starts the request whose head is the first n unconsumed bytes.
 func (l *loop) begin(c *lconn, n int) bool {
-	p := l.s.p
-	c.reqLen, c.keep, c.begun = n, !c.req.close, l.now
-	fw := &c.fwd
-	redirect, err := p.admit(&c.req, &c.verified, fw)
-	switch {
-	case err != nil:
-		p.writeFastError(l.output(c), &c.req, err)
-		return l.answered(c, !c.keep)
-	case redirect:
-		writeRedirect(l.output(c), &c.req)
-		return l.answered(c, !c.keep)
-	case fw.route.Addr == "":
-		l.handOff(c, true) // the route must be waited for
+	next := c.x.Begin(c.in[c.start:c.start+n], l.output(c))
+	c.reqLen, c.head, c.keep, c.begun = n, next.Head, !next.Close, l.now
+	switch next.Action {
+	case Answered:
+		return l.answered(c, next.Close)
+	case Refuse:
+		l.handOff(c, false)
+		return false
+	case Wait:
+		l.handOff(c, true)
 		return false
 	}
-	if len(l.idle[fw.route.Addr]) == 0 {
-		if _, err := sockaddr(fw.route.Addr); err != nil {
-			l.handOff(c, true) // a name to look up
-			return false
-		}
+	if len(l.idle[next.Addr]) == 0 && !CanDial(next.Addr) {
+		l.handOff(c, true) // a name to look up
+		return false
 	}
-	if a := fw.route.Activity; a != nil {
-		a.Begin()
-		c.activity = a
-	}
-	c.fw, c.attempt = fw, 0
-	if err := checkAdded(fw); err != nil {
-		p.writeFastError(l.output(c), &c.req, badGateway(fw, err))
-		return l.answered(c, !c.keep)
-	}
+	c.addr, c.attempt = next.Addr, 0
 	return l.connect(c)
 }
 
 // output is c's output buffer.
-func (l *loop) output(c *lconn) *outBuf {
-	if c.out.b == nil {
-		c.out.b = l.outFree.get(clientOutMax + 4<<10)[:0]
+func (l *loop) output(c *lconn) *h1.OutBuf {
+	if c.out.B == nil {
+		c.out.B = l.outFree.get(clientOutMax + 4<<10)[:0]
 	}
 	return &c.out
 }
@@ -641,7 +633,7 @@ func (l *loop) answered(c *lconn, closeAfter bool) bool {
 
 // connect gives c a backend connection, idle or new, for its request.
 func (l *loop) connect(c *lconn) bool {
-	addr := c.fw.route.Addr
+	addr := c.addr
 	if bs := l.idle[addr]; len(bs) > 0 {
 		b := bs[len(bs)-1]
 		bs[len(bs)-1] = nil
@@ -651,8 +643,7 @@ func (l *loop) connect(c *lconn) bool {
 	}
 	b, err := l.dial(addr)
 	if err != nil {
-		p := l.s.p
-		p.writeFastError(l.output(c), &c.req, badGateway(c.fw, err))
+		c.x.BadGateway(l.output(c), err)
 		return l.answered(c, !c.keep)
 	}
 	c.be, b.owner, c.reused = b, c, false
@@ -660,9 +651,9 @@ func (l *loop) connect(c *lconn) bool {
 	return true
 }
 
-// loopCanDial reports whether a loop can connect to addr itself: an IP
+// CanDial reports whether a loop can connect to addr itself: an IP
 // literal and a port.
-func loopCanDial(addr string) bool {
+func CanDial(addr string) bool {
 	_, err := sockaddr(addr)
 	return err == nil
 }
@@ -735,10 +726,10 @@ func (l *loop) connected(c *lconn) bool {
 func (l *loop) startSend(c *lconn) bool {
 	b := c.be
 	if b.in == nil {
-		b.in = l.beFree.get(backendReadSize)
+		b.in = l.beFree.get(l.g.cfg.BackendReadSize)
 	}
-	b.out.b = b.out.b[:0]
-	writeFastRequest(&b.out, &c.req, c.fw, c.clientIP)
+	b.out.B = b.out.B[:0]
+	c.x.WriteRequest(&b.out)
 	b.got, b.eof = false, false
 	c.state = lcSend
 	return true
@@ -750,11 +741,11 @@ func (l *loop) send(c *lconn) bool {
 		return false
 	}
 	b := c.be
-	for len(b.out.b) > 0 {
+	for len(b.out.B) > 0 {
 		if !b.writable {
 			return false
 		}
-		n, e := writeFd(b.fd, b.out.b)
+		n, e := writeFd(b.fd, b.out.B)
 		switch {
 		case e == unix.EAGAIN:
 			b.writable = false
@@ -764,12 +755,12 @@ func (l *loop) send(c *lconn) bool {
 		case e != 0:
 			return l.backendFailed(c, fmt.Errorf("write to backend: %w", e))
 		}
-		if n < len(b.out.b) {
+		if n < len(b.out.B) {
 			b.writable = false
 		}
-		b.out.b = b.out.b[:copy(b.out.b, b.out.b[n:])]
+		b.out.B = b.out.B[:copy(b.out.B, b.out.B[n:])]
 	}
-	c.relay.reset(c.req.head)
+	c.relay.Reset(c.head)
 	c.state = lcRelay
 	return true
 }
@@ -784,18 +775,18 @@ func (l *loop) relayResponse(c *lconn) bool {
 		if l.clientGone(c) {
 			return false
 		}
-		if c.relay.state == rsHead {
-			c.relay.forceClose = !c.keep || l.s.closing.Load()
+		if c.relay.InHead() {
+			c.relay.ForceClose = !c.keep || l.g.closing.Load()
 		}
-		used, wantIn, err := c.relay.feed(b.in[b.start:b.end], out, clientOutMax-len(out.b), len(b.in), b.eof)
+		used, wantIn, err := c.relay.Feed(b.in[b.start:b.end], out, clientOutMax-len(out.B), len(b.in), b.eof)
 		b.start += used
 		if err != nil {
 			return l.relayFailed(c, err)
 		}
-		if c.relay.done() {
+		if c.relay.Done() {
 			return l.responded(c)
 		}
-		if len(out.b) > 0 {
+		if len(out.B) > 0 {
 			if !l.write(c) {
 				return false
 			}
@@ -836,26 +827,26 @@ func (l *loop) relayResponse(c *lconn) bool {
 // write writes c.out, and reports whether it is all written; when not,
 // c waits for the socket, or is closed.
 func (l *loop) write(c *lconn) bool {
-	for len(c.out.b) > 0 {
+	for len(c.out.B) > 0 {
 		if !c.writable {
 			return false
 		}
-		n, e := writeFd(c.fd, c.out.b)
+		n, e := writeFd(c.fd, c.out.B)
 		switch {
 		case e == unix.EAGAIN:
 			c.writable = false
 			return false
 		case e != 0:
 			if c.state == lcRelay {
-				l.s.p.log.Debug("proxy: response aborted", "backend", c.fw.claims.BackendID, "err", e, "client_gone", true)
+				c.x.Aborted(nil)
 			}
 			l.closeClient(c)
 			return false
 		}
-		if n < len(c.out.b) {
+		if n < len(c.out.B) {
 			c.writable = false
 		}
-		c.out.b = c.out.b[:copy(c.out.b, c.out.b[n:])]
+		c.out.B = c.out.B[:copy(c.out.B, c.out.B[n:])]
 	}
 	return true
 }
@@ -877,7 +868,7 @@ func (l *loop) clientGone(c *lconn) bool {
 		return false
 	case e != 0 || n == 0:
 		c.peerDone = true
-		if l.now-c.begun < int64(watchAfter) {
+		if l.now-c.begun < int64(l.g.cfg.WatchAfter) {
 			l.leaving = append(l.leaving, c)
 			return false
 		}
@@ -893,8 +884,8 @@ func (l *loop) clientGone(c *lconn) bool {
 
 // abandon ends the request in flight of a client that went away.
 func (l *loop) abandon(c *lconn) {
-	if c.state == lcRelay && c.relay.res.started {
-		l.s.p.log.Debug("proxy: response aborted", "backend", c.fw.claims.BackendID, "err", errClientGone, "client_gone", true)
+	if c.state == lcRelay && c.relay.Result().Started {
+		c.x.Aborted(nil)
 	}
 	l.closeClient(c)
 }
@@ -907,11 +898,11 @@ func (l *loop) checkLeaving() (next int64) {
 		switch {
 		case c.fd < 0 || c.state == lcHead || c.state == lcFlush:
 			// closed, or answered: reading the client's end closes it
-		case l.now-c.begun >= int64(watchAfter):
+		case l.now-c.begun >= int64(l.g.cfg.WatchAfter):
 			l.abandon(c)
 		default:
 			kept = append(kept, c)
-			if at := c.begun + int64(watchAfter); next == 0 || at < next {
+			if at := c.begun + int64(l.g.cfg.WatchAfter); next == 0 || at < next {
 				next = at
 			}
 		}
@@ -921,16 +912,16 @@ func (l *loop) checkLeaving() (next int64) {
 	return next
 }
 
-// responded ends a response relayed in full.
+// responded ends a response h1.Relayed in full.
 func (l *loop) responded(c *lconn) bool {
 	b := c.be
 	c.be, b.owner = nil, nil
-	if c.relay.res.backendReusable && b.start == b.end && !b.eof {
+	if c.relay.Result().BackendReusable && b.start == b.end && !b.eof {
 		l.putIdle(b)
 	} else {
 		l.closeBackend(b)
 	}
-	return l.answered(c, !c.keep || c.relay.res.clientClose)
+	return l.answered(c, !c.keep || c.relay.Result().ClientClose)
 }
 
 // retry sends the request again on another connection, after a reused
@@ -948,7 +939,7 @@ func (l *loop) retry(c *lconn) bool {
 func (l *loop) backendFailed(c *lconn, err error) bool {
 	l.closeBackend(c.be)
 	c.be = nil
-	l.s.p.writeFastError(l.output(c), &c.req, badGateway(c.fw, err))
+	c.x.BadGateway(l.output(c), err)
 	return l.answered(c, !c.keep)
 }
 
@@ -956,10 +947,10 @@ func (l *loop) backendFailed(c *lconn, err error) bool {
 // was written yet, else by closing the client's connection, so that a
 // truncated response never looks complete.
 func (l *loop) relayFailed(c *lconn, err error) bool {
-	if !c.relay.res.started {
+	if !c.relay.Result().Started {
 		return l.backendFailed(c, err)
 	}
-	l.s.p.log.Debug("proxy: response aborted", "backend", c.fw.claims.BackendID, "err", err, "client_gone", false)
+	c.x.Aborted(err)
 	l.closeClient(c)
 	return false
 }
@@ -970,10 +961,9 @@ func (l *loop) flush(c *lconn) bool {
 	if !l.write(c) {
 		return false
 	}
-	l.endActivity(c)
-	c.fw, c.fwd = nil, forward{} // holds nothing of a backend between requests
+	c.x.End()
 	l.releaseOutput(c)
-	if c.closeAfter || l.s.closing.Load() {
+	if c.closeAfter || l.g.closing.Load() {
 		l.closeClient(c)
 		return false
 	}
@@ -981,15 +971,8 @@ func (l *loop) flush(c *lconn) bool {
 	return true
 }
 
-func (l *loop) endActivity(c *lconn) {
-	if c.activity != nil {
-		c.activity.End()
-		c.activity = nil
-	}
-}
-
 // input is a client read buffer.
-func (l *loop) input() []byte { return l.inFree.get(clientReadSize) }
+func (l *loop) input() []byte { return l.inFree.get(l.g.cfg.ClientReadSize) }
 
 // releaseInput takes the read buffer of c, which holds nothing unconsumed.
 func (l *loop) releaseInput(c *lconn) {
@@ -1038,8 +1021,8 @@ func (f *freeBufs) trim() {
 }
 
 func (l *loop) releaseOutput(c *lconn) {
-	l.outFree.put(c.out.b)
-	c.out.b = nil
+	l.outFree.put(c.out.B)
+	c.out.B = nil
 }
 
 // shrinkMin is the size below which shrink leaves the loop's tables alone.
@@ -1073,7 +1056,7 @@ func (l *loop) closeClient(c *lconn) {
 		l.closeBackend(c.be)
 		c.be = nil
 	}
-	l.endActivity(c)
+	c.x.End()
 	l.releaseOutput(c)
 	l.releaseInput(c)
 	delete(l.conns, c)
@@ -1093,7 +1076,7 @@ func (l *loop) closeBackend(b *lbackend) {
 
 func (l *loop) putIdle(b *lbackend) {
 	bs := l.idle[b.addr]
-	if len(bs) >= l.maxIdle || l.s.closing.Load() {
+	if len(bs) >= l.maxIdle || l.g.closing.Load() {
 		l.closeBackend(b)
 		return
 	}
@@ -1120,10 +1103,12 @@ func (l *loop) dropIdle(b *lbackend) {
 	l.closeBackend(b)
 }
 
-// handOff gives c, with the bytes read and not consumed, to net/http or,
-// with fast, to a goroutine of the Server's goroutine path.
-func (l *loop) handOff(c *lconn, fast bool) {
+// handOff gives c, with the bytes read and not consumed, to the Handler.
+func (l *loop) handOff(c *lconn, parsed bool) {
+	c.x.End()
 	prefix := append([]byte(nil), c.in[c.start:c.end]...)
+	l.releaseOutput(c)
+	l.releaseInput(c)
 	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, c.fd, nil)
 	l.fds[c.fd] = fdOwner{}
 	delete(l.conns, c)
@@ -1132,18 +1117,8 @@ func (l *loop) handOff(c *lconn, fast bool) {
 	f.Close()
 	c.fd = -1
 	if err != nil {
-		l.s.p.log.Warn("proxy: event loop: hand-off", "err", err)
+		l.g.cfg.Log.Warn("proxy: event loop: hand-off", "err", err)
 		return
 	}
-	hc := &handoffConn{Conn: nc, prefix: prefix}
-	if fast {
-		l.s.track(hc)
-		return
-	}
-	// Not in the loop's goroutine: net/http may take its time to accept.
-	go func() {
-		if !l.s.handoff.put(hc) {
-			hc.Close()
-		}
-	}()
+	l.g.cfg.Handler.HandOff(nc, prefix, parsed)
 }

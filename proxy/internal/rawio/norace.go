@@ -1,6 +1,6 @@
 //go:build !race
 
-package proxy
+package rawio
 
 import (
 	"syscall"
@@ -9,13 +9,14 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// sysRead and sysWrite are raw read(2) and write(2).
-func sysRead(fd uintptr, b []byte) (int, syscall.Errno) {
+// Read and Write are raw read(2) and write(2): a system call that cannot block
+// (the descriptor is non-blocking) needs none of the runtime's bookkeeping.
+func Read(fd uintptr, b []byte) (int, syscall.Errno) {
 	n, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
 	return int(n), e
 }
 
-func sysWrite(fd uintptr, b []byte) (int, syscall.Errno) {
+func Write(fd uintptr, b []byte) (int, syscall.Errno) {
 	n, _, e := unix.RawSyscall(unix.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
 	return int(n), e
 }

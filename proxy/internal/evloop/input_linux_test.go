@@ -1,4 +1,4 @@
-package proxy
+package evloop
 
 import (
 	"testing"
@@ -15,7 +15,8 @@ func TestLoop_IdleConnectionHoldsNoReadBuffer(t *testing.T) {
 	}
 	defer unix.Close(fds[0])
 	defer unix.Close(fds[1])
-	l := &loop{s: &Server{}}
+	l := &loop{g: &Group{cfg: testConfig(nil)}}
+	clientReadSize := l.g.cfg.ClientReadSize
 	c := &lconn{fd: fds[0], in: make([]byte, clientReadSize)}
 	buf := &c.in[0]
 

@@ -1,19 +1,19 @@
 //go:build race
 
-package proxy
+package rawio
 
 import "syscall"
 
-// Under the race detector, sysRead and sysWrite go through package
+// Under the race detector, Read and Write go through package
 // syscall, whose Read and Write tell the detector that a write happens
 // before the read that sees its bytes; raw system calls would not, and
 // the detector would report races between the two ends of a connection.
-func sysRead(fd uintptr, b []byte) (int, syscall.Errno) {
+func Read(fd uintptr, b []byte) (int, syscall.Errno) {
 	n, err := syscall.Read(int(fd), b)
 	return errno(n, err)
 }
 
-func sysWrite(fd uintptr, b []byte) (int, syscall.Errno) {
+func Write(fd uintptr, b []byte) (int, syscall.Errno) {
 	n, err := syscall.Write(int(fd), b)
 	return errno(n, err)
 }

@@ -1,6 +1,6 @@
 //go:build linux
 
-package proxy
+package evloop
 
 import (
 	"testing"
@@ -17,8 +17,9 @@ func TestLoop_IdleBackendHoldsNoReadBuffer(t *testing.T) {
 	}
 	defer unix.Close(fds[1])
 	const addr = "127.0.0.1:1"
-	l := &loop{s: &Server{}, idle: make(map[string][]*lbackend), maxIdle: 4, fds: make([]fdOwner, fds[0]+1)}
-	b := &lbackend{fd: fds[0], addr: addr, in: make([]byte, backendReadSize)}
+	g := &Group{cfg: testConfig(nil)}
+	l := &loop{g: g, idle: make(map[string][]*lbackend), maxIdle: 4, fds: make([]fdOwner, fds[0]+1)}
+	b := &lbackend{fd: fds[0], addr: addr, in: make([]byte, g.cfg.BackendReadSize)}
 	buf := &b.in[0]
 
 	l.putIdle(b)
@@ -26,14 +27,11 @@ func TestLoop_IdleBackendHoldsNoReadBuffer(t *testing.T) {
 		t.Fatalf("idle: in %d bytes, %d free, %d idle; want the buffer with the loop", len(b.in), len(l.beFree.bufs), len(l.idle[addr]))
 	}
 
-	c := &lconn{fw: &forward{route: Route{Addr: addr}}}
-	if !c.req.parse([]byte("GET /tok/ HTTP/1.1\r\nHost: x\r\n\r\n")) {
-		t.Fatal("the request did not parse")
-	}
+	c := &lconn{addr: addr, x: &testExchange{}}
 	if !l.connect(c) || c.be != b || !c.reused {
 		t.Fatal("the request did not reuse the idle connection")
 	}
-	if len(b.in) != backendReadSize || &b.in[0] != buf || len(l.beFree.bufs) != 0 {
+	if len(b.in) != g.cfg.BackendReadSize || &b.in[0] != buf || len(l.beFree.bufs) != 0 {
 		t.Fatalf("in use: in %d bytes, %d free; want the loop's buffer back", len(b.in), len(l.beFree.bufs))
 	}
 
