@@ -233,6 +233,14 @@ func (m *Manager) afterExit(inst *instance) {
 		if err == nil {
 			return
 		}
+		if m.fenced() {
+			// Another node may hold the key by now, with a larger fencing
+			// token: this save would be refused, and the state is what the
+			// backend saved last.
+			m.log.Error("final state save failed and this node's lease has run out: giving it up", "backend", inst.id, "err", err)
+			m.recordEvent(inst, fmt.Sprintf("final state save given up: this node lost its lease (%v)", err))
+			return
+		}
 		m.log.Error("final state save failed; retrying", "backend", inst.id, "attempt", attempt, "err", err)
 		m.cfg.Metrics.saveErrors.Inc()
 		m.recordEvent(inst, fmt.Sprintf("final state save failed (attempt %d): %v; retrying in %s", attempt, err, backoff))
