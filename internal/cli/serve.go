@@ -384,7 +384,8 @@ func openRuntimes(ctx context.Context, o *serverOptions, log *slog.Logger) (map[
 		return nil, usagef("--runtime %q: use auto, process or docker", o.Runtime)
 	}
 	if o.Runtime == "auto" || o.Runtime == "process" {
-		p, err := process.New(process.Config{Dir: filepath.Join(o.DataDir, "run"), CgroupDir: o.CgroupDir, Logger: log.With("runtime", "process")})
+		p, err := process.New(process.Config{Dir: filepath.Join(o.DataDir, "run"), CgroupDir: o.CgroupDir, Logger: log.With("runtime", "process"),
+			DieWithBerth: isShared(o)})
 		if err != nil {
 			return nil, fmt.Errorf("process runtime: %w", err)
 		}
