@@ -49,6 +49,7 @@ type node struct {
 	dataDir string
 	Client  *api.Client
 	extra   []string
+	store   string // the store's URL as this node reaches it
 
 	mu      sync.Mutex
 	cmd     *exec.Cmd
@@ -58,7 +59,9 @@ type node struct {
 	killed  bool
 }
 
-func newCluster(t *testing.T, n int) *cluster {
+// newCluster starts n replicas; via, when set, gives the last one its own
+// way to the database.
+func newCluster(t *testing.T, n int, via ...*relay) *cluster {
 	t.Helper()
 	c := &cluster{
 		t:        t,
@@ -72,7 +75,11 @@ func newCluster(t *testing.T, n int) *cluster {
 		t.Fatal(err)
 	}
 	for i := range n {
-		c.add(fmt.Sprintf("n%d", i+1))
+		nd := &node{c: c, id: fmt.Sprintf("n%d", i+1), store: c.store}
+		if i == n-1 && len(via) > 0 {
+			nd.store = via[0].via(t, c.store)
+		}
+		c.add(nd)
 	}
 	for _, nd := range c.nodes {
 		nd.waitHealthy()
@@ -81,9 +88,9 @@ func newCluster(t *testing.T, n int) *cluster {
 }
 
 // add starts one more replica.
-func (c *cluster) add(id string, extra ...string) *node {
+func (c *cluster) add(nd *node) *node {
 	c.t.Helper()
-	nd := &node{c: c, id: id, dataDir: c.t.TempDir(), extra: extra}
+	nd.dataDir = c.t.TempDir()
 	api, backendAPI := freeAddr(c.t), freeAddr(c.t)
 	nd.proxyAt = freeAddr(c.t)
 	nd.API, nd.Proxy = "http://"+api, "http://"+nd.proxyAt
@@ -102,7 +109,7 @@ func (nd *node) launch(apiAddr, backendAPI string) {
 		"--api-addr", apiAddr, "--proxy-addr", nd.proxyAt, "--backend-api-addr", backendAPI,
 		"--data-dir", nd.dataDir, "--runtime", "process", "--log-level", "debug",
 		"--api-key", c.apiKey, "--token-key", c.tokenKey,
-		"--store", c.store, "--blobs", c.blobs,
+		"--store", nd.store, "--blobs", c.blobs,
 		"--node-id", nd.id, "--lease-ttl", leaseTTL.String(),
 	}
 	args = append(args, nd.extra...)
