@@ -100,6 +100,14 @@ func testNodes(t *testing.T, s store.Store) {
 		!renewed.StartedAt.Equal(n.StartedAt) {
 		t.Errorf("after renew: %+v; want heartbeat ≥ %v, lease 2×ttl after it, start unchanged", renewed, n.HeartbeatAt)
 	}
+	for _, bad := range []struct {
+		id  string
+		ttl time.Duration
+	}{{"", ttl}, {"node-c", 0}, {"node-c", -time.Second}} {
+		if _, err := s.RegisterNode(ctx, newNode(bad.id), bad.ttl); err == nil {
+			t.Errorf("RegisterNode(%q, ttl %v): no error", bad.id, bad.ttl)
+		}
+	}
 	if _, err := s.RenewLease(ctx, "node-missing", ttl); !errors.Is(err, berth.ErrLeaseExpired) {
 		t.Errorf("RenewLease of an unknown node: %v, want ErrLeaseExpired", err)
 	}
