@@ -16,7 +16,9 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-func testURL(t *testing.T) string { return pgtest.URL(t, "berth_storetest") }
+func testURL(t *testing.T) string { return pgtestURL(t) }
+
+func pgtestURL(tb testing.TB) string { return pgtest.URL(tb, "berth_storetest") }
 
 func open(t *testing.T, dsn string) *postgres.Store {
 	t.Helper()
