@@ -75,7 +75,10 @@ func (s *Store) listenLoop(ctx context.Context) {
 // hears until the connection fails or ctx ends. Its error only says why it
 // returned: the loop retries whatever it was.
 func (s *Store) listenOn(ctx context.Context, listening func()) error {
-	conn, err := pgx.ConnectConfig(ctx, s.pool.Config().ConnConfig.Copy())
+	cfg := s.pool.Config().ConnConfig.Copy()
+	// Named for operators (and tests) in pg_stat_activity.
+	cfg.RuntimeParams["application_name"] = "berth listen " + s.channel
+	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return err
 	}

@@ -44,6 +44,9 @@ const (
 
 // RegisterNode implements store.Store.
 func (s *Store) RegisterNode(ctx context.Context, n *store.Node, ttl time.Duration) (*store.Node, error) {
+	if n.ID == "" || ttl <= 0 {
+		return nil, fmt.Errorf("postgres: register node %q: need an id and a positive ttl (got %v)", n.ID, ttl)
+	}
 	runtimes := n.Runtimes
 	if runtimes == nil {
 		runtimes = []string{}

@@ -11,8 +11,9 @@
 // to each other. This package must never cache a record, a key's holder or
 // a fencing token across calls, never hold a transaction open across
 // anything but its own statements, and never open more connections than
-// its pool bound (default 8; pool_max_conns=N in the URL), so Berth cannot
-// exhaust the database's connection limit.
+// its pool bound (default 8; pool_max_conns=N in the URL), plus one
+// listening connection once Watch is called, so Berth cannot exhaust the
+// database's connection limit.
 //
 // Transactions run at READ COMMITTED whatever the server's default: the
 // statements rely on its row locks and re-checks, not on serialisation

@@ -25,6 +25,9 @@ const nodeColumns = `id, proxy_addr, api_addr, runtimes, capacity, drained,
 
 // RegisterNode implements store.Store.
 func (s *Store) RegisterNode(ctx context.Context, n *store.Node, ttl time.Duration) (*store.Node, error) {
+	if n.ID == "" || ttl <= 0 {
+		return nil, fmt.Errorf("sqlite: register node %q: need an id and a positive ttl (got %v)", n.ID, ttl)
+	}
 	runtimes, err := json.Marshal(n.Runtimes)
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: register node %s: %w", n.ID, err)
