@@ -59,3 +59,14 @@ func (t Timing) Deadlines(sent time.Time) (stop, kill time.Time) {
 	expiry := sent.Add(t.TTL)
 	return expiry.Add(-t.StopBefore), expiry.Add(-t.KillBefore)
 }
+
+// Scaled is Default's schedule for a lease of ttl: every margin in the same
+// proportion to it (a shorter lease for tests, a longer one for a store far
+// away). Zero gives Default.
+func Scaled(ttl time.Duration) Timing {
+	if ttl <= 0 || ttl == TTL {
+		return Default
+	}
+	scale := func(d time.Duration) time.Duration { return time.Duration(float64(d) * float64(ttl) / float64(TTL)) }
+	return Timing{RenewInterval: scale(RenewInterval), TTL: ttl, StopBefore: scale(StopBefore), KillBefore: scale(KillBefore)}
+}

@@ -63,3 +63,17 @@ func TestTiming_Deadlines(t *testing.T) {
 		})
 	}
 }
+
+func TestScaled(t *testing.T) {
+	if got := Scaled(0); got != Default {
+		t.Errorf("Scaled(0) = %+v, want Default", got)
+	}
+	got := Scaled(3 * time.Second)
+	want := Timing{RenewInterval: 400 * time.Millisecond, TTL: 3 * time.Second, StopBefore: 1200 * time.Millisecond, KillBefore: 600 * time.Millisecond}
+	if got != want {
+		t.Errorf("Scaled(3s) = %+v, want %+v", got, want)
+	}
+	if err := got.Validate(); err != nil {
+		t.Error(err)
+	}
+}

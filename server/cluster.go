@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/berthhq/berth"
+	"github.com/berthhq/berth/lease"
 	"github.com/berthhq/berth/proxy"
 	"github.com/berthhq/berth/store"
 )
@@ -28,46 +29,21 @@ type Cluster struct {
 	APIAddr   string
 	// Capacity caps this node's live backends; 0 means no cap.
 	Capacity int
-	// LeaseTTL is the lease's length; 0 means DefaultLeaseTTL. The rest
-	// of the timing follows from it (LeaseTiming).
+	// LeaseTTL is the lease's length; 0 means lease.TTL. The rest of the
+	// schedule scales with it (lease.Scaled).
 	LeaseTTL time.Duration
-}
-
-// DefaultLeaseTTL is a node's lease unless Cluster.LeaseTTL says otherwise.
-const DefaultLeaseTTL = 15 * time.Second
-
-// LeaseTiming is when a node renews its lease and when it gives up its
-// backends, all measured by the node's monotonic clock from the moment
-// before it sent its last successful renewal. The database sets the
-// lease's expiry from its own clock when it commits that renewal, which is
-// after that moment, so the node's deadlines come before the expiry any
-// other node can see; the margin (a fifth of the lease) also covers
-// clocks that run at slightly different rates and a kill that takes time.
-type LeaseTiming struct {
-	TTL   time.Duration
-	Renew time.Duration // between renewals: TTL/7, about 2 s of 15
-	Stop  time.Duration // graceful stop of every backend: 0.6 TTL, 9 s of 15
-	Kill  time.Duration // hard kill of what still runs: 0.8 TTL, 12 s of 15
-}
-
-// Timing derives the schedule from a lease length.
-func Timing(ttl time.Duration) LeaseTiming {
-	if ttl <= 0 {
-		ttl = DefaultLeaseTTL
-	}
-	return LeaseTiming{TTL: ttl, Renew: ttl / 7, Stop: ttl * 3 / 5, Kill: ttl * 4 / 5}
 }
 
 // cluster is a Manager's state as a replica.
 type cluster struct {
 	cfg    Cluster
-	timing LeaseTiming
+	timing lease.Timing
 
-	renewed  atomic.Int64 // monoNow before the last successful renewal was sent
-	cutOff   atomic.Bool  // past Stop since then: the node gave its backends up
-	mu       sync.Mutex
-	nodes    map[string]*store.Node // as last read
-	remote   map[string]remoteRoute // routes to backends other nodes run, by id
+	renewed atomic.Int64 // monoNow before the last successful renewal was sent
+	cutOff  atomic.Bool  // past Stop since then: the node gave its backends up
+	mu      sync.Mutex
+	nodes   map[string]*store.Node // as last read
+	remote  map[string]remoteRoute // routes to backends other nodes run, by id
 }
 
 type remoteRoute struct {
@@ -91,7 +67,7 @@ const remoteHard = "terminate requested (hard)"
 // rather than re-adopting backends whose keys others may hold. Reconcile
 // then starts following the store's feed.
 func (m *Manager) Join(ctx context.Context, c Cluster) error {
-	cl := &cluster{cfg: c, timing: Timing(c.LeaseTTL), nodes: map[string]*store.Node{}, remote: map[string]remoteRoute{}}
+	cl := &cluster{cfg: c, timing: lease.Scaled(c.LeaseTTL), nodes: map[string]*store.Node{}, remote: map[string]remoteRoute{}}
 	sent := monoNow()
 	if _, err := m.cfg.Store.RegisterNode(ctx, m.node(cl), cl.timing.TTL); err != nil {
 		return fmt.Errorf("register node %s: %w", m.cfg.Node, err)
@@ -132,7 +108,7 @@ func (m *Manager) node(cl *cluster) *store.Node {
 // the nodes.
 func (m *Manager) renewLoop() {
 	cl := m.cluster
-	t := time.NewTicker(cl.timing.Renew)
+	t := time.NewTicker(cl.timing.RenewInterval)
 	defer t.Stop()
 	for {
 		select {
@@ -141,7 +117,7 @@ func (m *Manager) renewLoop() {
 		case <-t.C:
 		}
 		sent := monoNow()
-		ctx, cancel := context.WithTimeout(m.ctx, cl.timing.Renew)
+		ctx, cancel := context.WithTimeout(m.ctx, cl.timing.RenewInterval)
 		_, err := m.cfg.Store.RenewLease(ctx, m.cfg.Node, cl.timing.TTL)
 		cancel()
 		m.cfg.Metrics.leaseRenew(time.Duration(monoNow()-sent), err)
@@ -159,7 +135,7 @@ func (m *Manager) renewLoop() {
 				"since_renewed", time.Duration(monoNow()-cl.renewed.Load()).Round(time.Millisecond))
 			continue
 		}
-		ctx, cancel = context.WithTimeout(m.ctx, cl.timing.Renew)
+		ctx, cancel = context.WithTimeout(m.ctx, cl.timing.RenewInterval)
 		moved, err := m.cfg.Store.ExpireNodes(ctx)
 		cancel()
 		if err != nil {
@@ -180,7 +156,7 @@ func (m *Manager) rejoin(cl *cluster) {
 	m.log.Error("this node's lease expired; its backends are lost; registering again")
 	m.giveUp(true)
 	sent := monoNow()
-	ctx, cancel := context.WithTimeout(m.ctx, cl.timing.Renew)
+	ctx, cancel := context.WithTimeout(m.ctx, cl.timing.RenewInterval)
 	defer cancel()
 	if _, err := m.cfg.Store.RegisterNode(ctx, m.node(cl), cl.timing.TTL); err != nil {
 		m.log.Warn("register again", "err", err)
@@ -191,11 +167,14 @@ func (m *Manager) rejoin(cl *cluster) {
 }
 
 // watchdog stops every backend once the lease may be about to expire
-// without this node having renewed it: gracefully at Stop, hard at Kill,
-// both counted from before the last renewal that succeeded.
+// without this node having renewed it: gracefully StopBefore its earliest
+// expiry, hard KillBefore it, counted from before the last renewal that
+// succeeded (lease.Timing.Deadlines, on the monotonic clock). The database
+// dates the expiry from its own clock when it commits that renewal, later
+// than this node sent it: the node's deadlines come first.
 func (m *Manager) watchdog() {
 	cl := m.cluster
-	t := time.NewTicker(min(cl.timing.Renew/4, 250*time.Millisecond))
+	t := time.NewTicker(min(cl.timing.RenewInterval/4, 250*time.Millisecond))
 	defer t.Stop()
 	for {
 		select {
@@ -205,9 +184,9 @@ func (m *Manager) watchdog() {
 		}
 		since := time.Duration(monoNow() - cl.renewed.Load())
 		switch {
-		case since >= cl.timing.Kill:
+		case since >= cl.timing.TTL-cl.timing.KillBefore:
 			m.giveUp(true)
-		case since >= cl.timing.Stop:
+		case since >= cl.timing.TTL-cl.timing.StopBefore:
 			if cl.cutOff.CompareAndSwap(false, true) {
 				m.log.Error("cut off from the store: stopping every backend before this node's lease can expire",
 					"since_renewed", since.Round(time.Millisecond), "lease", cl.timing.TTL)
@@ -246,7 +225,7 @@ func (m *Manager) Healthy() error {
 	if cl == nil {
 		return nil
 	}
-	if since := time.Duration(monoNow() - cl.renewed.Load()); since > 2*cl.timing.Renew+time.Second {
+	if since := time.Duration(monoNow() - cl.renewed.Load()); since > 2*cl.timing.RenewInterval+time.Second {
 		return fmt.Errorf("the store has not renewed this node's lease for %s", since.Round(time.Second))
 	}
 	return nil

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/berthhq/berth"
+	"github.com/berthhq/berth/lease"
 	"github.com/berthhq/berth/logs"
 	"github.com/berthhq/berth/proxy"
 	"github.com/berthhq/berth/runtime"
@@ -83,7 +84,7 @@ func (o *serverOptions) flags(fs *flag.FlagSet) {
 	fs.StringVar(&o.NodeID, "node-id", envOr("BERTH_NODE_ID", ""), "this replica's name among those sharing a PostgreSQL store (BERTH_NODE_ID; default: generated once into <data-dir>/node-id)")
 	fs.StringVar(&o.PeerAddr, "peer-addr", envOr("BERTH_PEER_ADDR", ""), "host:port at which the other replicas reach this one's proxy (BERTH_PEER_ADDR; default: --proxy-addr, which must then name a host)")
 	fs.IntVar(&o.Capacity, "capacity", 0, "most live backends this replica runs; 0: no limit")
-	fs.DurationVar(&o.LeaseTTL, "lease-ttl", server.DefaultLeaseTTL, "a replica's lease in the shared store: it stops its backends when cut off for 60% of it, and other replicas take its keys once it expired")
+	fs.DurationVar(&o.LeaseTTL, "lease-ttl", lease.TTL, "a replica's lease in the shared store: it stops its backends when cut off for 60% of it, and other replicas take its keys once it expired")
 	fs.BoolVar(&o.ProxyGoroutine, "proxy-goroutines", envOr("BERTH_PROXY_GOROUTINES", "") == "1", "serve the proxy with a goroutine per connection instead of its event loops (BERTH_PROXY_GOROUTINES=1): to compare, or to rule the loops out")
 }
 
@@ -226,7 +227,7 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 		if err := mgr.Join(ctx, server.Cluster{ProxyAddr: peer, APIAddr: apiLn.Addr().String(), Capacity: o.Capacity, LeaseTTL: o.LeaseTTL}); err != nil {
 			return err
 		}
-		log.Info("joined the cluster", "node", node, "peer_addr", peer, "lease", server.Timing(o.LeaseTTL).TTL)
+		log.Info("joined the cluster", "node", node, "peer_addr", peer, "lease", o.LeaseTTL)
 	}
 	if err := mgr.Reconcile(ctx); err != nil {
 		return err
