@@ -140,4 +140,3 @@ func dialPad(t *testing.T, via *node, res *api.ConnectResponse) *websocket.Conn 
 	}
 	return conn
 }
-
