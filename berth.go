@@ -108,6 +108,10 @@ var (
 	ErrInvalidTransition = errors.New("invalid state transition")
 	ErrKeyHeld           = errors.New("key is held by a live backend")
 	ErrConflict          = errors.New("conflict")
+	// ErrLeaseExpired says a node's lease ran out (by the database's clock)
+	// before it was renewed: other nodes may already hold its backends'
+	// keys, so the node must treat every backend it runs as lost.
+	ErrLeaseExpired = errors.New("node lease expired")
 )
 
 // FieldError is a validation error that names the offending field, so the API

@@ -297,3 +297,22 @@ func decodeError(resp *http.Response) error {
 	}
 	return e
 }
+
+// Nodes lists the replicas sharing the server's store.
+func (c *Client) Nodes(ctx context.Context) ([]Node, error) {
+	var out NodeList
+	if err := c.call(ctx, http.MethodGet, "/v1/nodes", nil, nil, &out); err != nil {
+		return nil, err
+	}
+	return out.Nodes, nil
+}
+
+// Drain stops new backends from being placed on a node (drained true), or
+// lets them be again.
+func (c *Client) Drain(ctx context.Context, node string, drained bool) error {
+	verb := "/drain"
+	if !drained {
+		verb = "/undrain"
+	}
+	return c.call(ctx, http.MethodPost, "/v1/nodes/"+url.PathEscape(node)+verb, nil, nil, nil)
+}

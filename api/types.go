@@ -115,3 +115,25 @@ type StateRestoreRequest struct {
 	Key     string `json:"key"`
 	Version string `json:"version"`
 }
+
+// Node is one replica of a Berth whose store several share, as listed by
+// GET /v1/nodes. Its times are the database's.
+type Node struct {
+	ID             string    `json:"id"`
+	ProxyAddr      string    `json:"proxy_addr"`
+	APIAddr        string    `json:"api_addr"`
+	Runtimes       []string  `json:"runtimes"`
+	Capacity       int       `json:"capacity"`
+	Drained        bool      `json:"drained"`
+	Live           int       `json:"live"`
+	StartedAt      time.Time `json:"started_at"`
+	HeartbeatAt    time.Time `json:"heartbeat_at"`
+	LeaseExpiresAt time.Time `json:"lease_expires_at"`
+	// Alive: its lease had not expired when the list was read.
+	Alive bool `json:"alive"`
+}
+
+// NodeList is the answer to GET /v1/nodes.
+type NodeList struct {
+	Nodes []Node `json:"nodes"`
+}

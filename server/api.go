@@ -61,8 +61,14 @@ func NewAPI(cfg APIConfig) http.Handler {
 	mux.Handle("GET /ui/", ui.Handler())
 	mux.Handle("GET /{$}", http.RedirectHandler("/ui/", http.StatusFound))
 	a.mountSessions(mux, sessions{key: cfg.APIKey})
+	a.mountNodes(mux)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
+		if err := a.m.Healthy(); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			json.NewEncoder(w).Encode(map[string]any{"status": "cut_off", "backends": a.m.LiveCount(), "message": err.Error()})
+			return
+		}
 		fmt.Fprintf(w, `{"status":"ok","backends":%d}`+"\n", a.m.LiveCount())
 	})
 	if cfg.Demo != nil {
@@ -159,7 +165,7 @@ func toHTTPError(err error) *HTTPError {
 		return &HTTPError{Status: http.StatusNotFound, Code: api.CodeNotFound, Message: err.Error()}
 	case errors.Is(err, berth.ErrKeyHeld), errors.Is(err, berth.ErrConflict):
 		return &HTTPError{Status: http.StatusConflict, Code: api.CodeConflict, Message: err.Error()}
-	case errors.Is(err, errShuttingDown):
+	case errors.Is(err, errShuttingDown), errors.Is(err, errNoNode):
 		return &HTTPError{Status: http.StatusServiceUnavailable, Code: api.CodeUnavailable, Message: err.Error()}
 	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
 		return &HTTPError{Status: http.StatusServiceUnavailable, Code: api.CodeUnavailable, Message: err.Error()}

@@ -191,7 +191,14 @@ func (m *Manager) exited(inst *instance, h *runtime.Handle, e runtime.Exit, log 
 // stopAndTerminate stops a running backend and records its end.
 func (m *Manager) stopAndTerminate(inst *instance, h *runtime.Handle, exitC chan runtime.Exit, why berth.Reason, hard bool, log *slog.Logger) {
 	b := inst.snapshot()
-	m.transition(inst, store.Transition{To: berth.StateTerminating, Reason: why})
+	// Recorded beside the stop, not before it: a replica cut off from its
+	// store must stop its backends before its lease can expire, however
+	// long the store takes to answer.
+	recorded := make(chan struct{})
+	go func() {
+		defer close(recorded)
+		m.transition(inst, store.Transition{To: berth.StateTerminating, Reason: why})
+	}()
 	grace := b.Spawn.Grace()
 	if hard {
 		grace = 0
@@ -218,6 +225,7 @@ func (m *Manager) stopAndTerminate(inst *instance, h *runtime.Handle, exitC chan
 	}
 	m.afterExit(inst)
 	inst.rt.Cleanup(context.Background(), h) // terminated means nothing is left of it
+	<-recorded
 	m.terminate(inst, why, exitCode(e), exitMessage(e))
 }
 
@@ -231,6 +239,14 @@ func (m *Manager) afterExit(inst *instance) {
 	for attempt := 1; ; attempt++ {
 		err := m.cfg.State.SaveFinal(context.Background(), inst.snapshot())
 		if err == nil {
+			return
+		}
+		if m.fenced() {
+			// Another node may hold the key by now, with a larger fencing
+			// token: this save would be refused, and the state is what the
+			// backend saved last.
+			m.log.Error("final state save failed and this node's lease has run out: giving it up", "backend", inst.id, "err", err)
+			m.recordEvent(inst, fmt.Sprintf("final state save given up: this node lost its lease (%v)", err))
 			return
 		}
 		m.log.Error("final state save failed; retrying", "backend", inst.id, "attempt", attempt, "err", err)
@@ -278,7 +294,9 @@ func (m *Manager) record(inst *instance, t store.Transition) error {
 	if t.At.IsZero() {
 		t.At = time.Now().UTC()
 	}
-	b, err := m.cfg.Store.Transition(context.Background(), inst.id, t)
+	ctx, cancel := context.WithTimeout(context.Background(), m.storeWriteTimeout())
+	defer cancel()
+	b, err := m.cfg.Store.Transition(ctx, inst.id, t)
 	if err != nil {
 		return err
 	}
@@ -313,4 +331,13 @@ func (m *Manager) finish(inst *instance) {
 	m.cfg.Logs.Finish(inst.id)
 	close(inst.done)
 	m.publish(inst.id)
+}
+
+// storeWriteTimeout bounds a lifecycle's write to the store. A replica's
+// writes are of no use once its lease may have run out.
+func (m *Manager) storeWriteTimeout() time.Duration {
+	if m.cluster != nil {
+		return m.cluster.timing.TTL
+	}
+	return 30 * time.Second
 }

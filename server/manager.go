@@ -113,6 +113,8 @@ type Manager struct {
 	closing  bool
 	spawning map[string]*pending // keys whose CreateBackend is in flight
 
+	cluster *cluster // nil unless this Manager is a replica (Join)
+
 	lostStops chan struct{}        // a slot per stop of a lost backend's instance
 	sweeper   sync.WaitGroup       // sweepLoop and the late lists
 	lateLists map[string]*lateList // by runtime; set by Reconcile
@@ -124,7 +126,7 @@ const maxLostStops = 8
 // pending lets concurrent connects for one key share a single CreateBackend.
 type pending struct {
 	done chan struct{}
-	inst *instance
+	held held
 	err  error
 }
 
@@ -161,24 +163,31 @@ func (m *Manager) Connect(ctx context.Context, req *api.ConnectRequest) (*api.Co
 	if err := validateConnect(req); err != nil {
 		return nil, err
 	}
-	inst, spawned, err := m.getOrSpawn(ctx, req)
+	h, spawned, err := m.getOrSpawn(ctx, req)
 	if err != nil {
 		return nil, err
 	}
 	m.cfg.Metrics.connect(spawned)
+	b := h.remote
 	if req.Wait {
 		wait := time.Duration(req.WaitTimeoutSeconds) * time.Second
 		if wait == 0 {
 			wait = 60 * time.Second
 		}
 		wctx, cancel := context.WithTimeout(ctx, wait)
-		select {
-		case <-inst.readyRecorded:
-		case <-wctx.Done():
+		if h.inst != nil {
+			select {
+			case <-h.inst.readyRecorded:
+			case <-wctx.Done():
+			}
+		} else if rb, err := m.waitRemote(wctx, b.ID); err == nil {
+			b = rb
 		}
 		cancel()
 	}
-	b := inst.snapshot()
+	if h.inst != nil {
+		b = h.inst.snapshot()
+	}
 	user := req.User
 	tok := m.cfg.Signer.Issue(b.ID, user, time.Now().Add(m.cfg.TokenTTL))
 	return &api.ConnectResponse{
@@ -227,18 +236,24 @@ func validateConnect(req *api.ConnectRequest) error {
 	return nil
 }
 
-// getOrSpawn returns the key's live instance, or creates one. Concurrent
+// held is a key's backend as a connect finds it: an instance this Manager
+// runs, or the record of one another node runs (a replica's).
+type held struct {
+	inst   *instance
+	remote *berth.Backend
+}
+
+// getOrSpawn returns the key's live backend, or creates one. Concurrent
 // callers for one key share a single store write.
-func (m *Manager) getOrSpawn(ctx context.Context, req *api.ConnectRequest) (*instance, bool, error) {
+func (m *Manager) getOrSpawn(ctx context.Context, req *api.ConnectRequest) (held, bool, error) {
 	for {
 		if req.Key == "" {
-			inst, err := m.spawn(ctx, req)
-			return inst, err == nil, err
+			return m.spawn(ctx, req)
 		}
 		m.mu.Lock()
 		if m.closing {
 			m.mu.Unlock()
-			return nil, false, errShuttingDown
+			return held{}, false, errShuttingDown
 		}
 		if inst := m.byKey[req.Key]; inst != nil {
 			m.mu.Unlock()
@@ -246,33 +261,38 @@ func (m *Manager) getOrSpawn(ctx context.Context, req *api.ConnectRequest) (*ins
 				// The key is still held until the old backend's final save
 				// completes; wait for that, then take the key afresh.
 				if err := waitDone(ctx, inst); err != nil {
-					return nil, false, err
+					return held{}, false, err
 				}
 				continue
 			}
-			return inst, false, nil
+			return held{inst: inst}, false, nil
 		}
 		if p := m.spawning[req.Key]; p != nil {
 			m.mu.Unlock()
 			select {
 			case <-p.done:
 			case <-ctx.Done():
-				return nil, false, ctx.Err()
+				return held{}, false, ctx.Err()
 			}
 			if p.err != nil {
-				return nil, false, p.err
+				return held{}, false, p.err
 			}
-			return p.inst, false, nil
+			return p.held, false, nil
 		}
-		if req.Spawn == nil {
+		if req.Spawn == nil && m.cluster == nil {
 			m.mu.Unlock()
-			return nil, false, fmt.Errorf("key %q is not held by a live backend and the request has no spawn config: %w", req.Key, berth.ErrNotFound)
+			return held{}, false, fmt.Errorf("key %q is not held by a live backend and the request has no spawn config: %w", req.Key, berth.ErrNotFound)
 		}
 		p := &pending{done: make(chan struct{})}
 		m.spawning[req.Key] = p
 		m.mu.Unlock()
 
-		p.inst, p.err = m.spawn(ctx, req)
+		var spawned bool
+		if req.Spawn == nil {
+			p.held, p.err = m.remoteHolder(ctx, req.Key)
+		} else {
+			p.held, spawned, p.err = m.spawn(ctx, req)
+		}
 		m.mu.Lock()
 		delete(m.spawning, req.Key)
 		m.mu.Unlock()
@@ -280,7 +300,7 @@ func (m *Manager) getOrSpawn(ctx context.Context, req *api.ConnectRequest) (*ins
 		if errors.Is(p.err, errRetry) {
 			continue
 		}
-		return p.inst, p.err == nil, p.err
+		return p.held, spawned, p.err
 	}
 }
 
@@ -298,11 +318,19 @@ func waitDone(ctx context.Context, inst *instance) error {
 	}
 }
 
-// spawn records a new backend and starts its lifecycle.
-func (m *Manager) spawn(ctx context.Context, req *api.ConnectRequest) (*instance, error) {
+// spawn records a new backend and starts its lifecycle, or returns the
+// key's holder that the store knows and this Manager does not run: one
+// another node runs. created says which.
+func (m *Manager) spawn(ctx context.Context, req *api.ConnectRequest) (h held, created bool, err error) {
 	rt, err := m.runtimeFor(req.Spawn)
 	if err != nil {
-		return nil, err
+		return held{}, false, err
+	}
+	node := m.cfg.Node
+	if m.cluster != nil {
+		if node, err = m.place(rt.Name()); err != nil {
+			return held{}, false, err
+		}
 	}
 	now := time.Now().UTC()
 	b := &berth.Backend{
@@ -313,34 +341,53 @@ func (m *Manager) spawn(ctx context.Context, req *api.ConnectRequest) (*instance
 		Runtime:   rt.Name(),
 		Spawn:     *req.Spawn,
 		Secret:    newSecret(),
-		Node:      m.cfg.Node,
+		Node:      node,
 		CreatedAt: now,
 	}
 	holder, created, err := m.cfg.Store.CreateBackend(ctx, b)
 	if err != nil {
-		return nil, fmt.Errorf("record backend: %w", err)
+		return held{}, false, fmt.Errorf("record backend: %w", err)
 	}
 	if !created {
+		if m.cluster != nil && holder.Node != m.cfg.Node {
+			return held{remote: holder}, false, nil
+		}
 		// The store knows a holder this Manager does not have in memory: it
 		// was recovered by Reconcile or is being torn down. Wait briefly.
 		m.mu.Lock()
 		inst := m.live[holder.ID]
 		m.mu.Unlock()
 		if inst == nil {
-			return nil, fmt.Errorf("key %q is held by backend %s, which this server does not manage: %w", req.Key, holder.ID, berth.ErrKeyHeld)
+			return held{}, false, fmt.Errorf("key %q is held by backend %s, which this server does not manage: %w", req.Key, holder.ID, berth.ErrKeyHeld)
 		}
-		return inst, errRetry
+		return held{inst: inst}, false, errRetry
+	}
+	m.cfg.Metrics.spawns.Inc()
+	if node != m.cfg.Node {
+		return held{remote: b}, true, nil // the node it was placed on starts it
 	}
 	inst := newInstance(b, rt)
 	m.adopt(inst)
-	m.cfg.Metrics.spawns.Inc()
 	m.publish(b.ID)
 	m.wg.Add(1)
 	go func() {
 		defer m.wg.Done()
 		m.run(inst, nil)
 	}()
-	return inst, nil
+	return held{inst: inst}, true, nil
+}
+
+// remoteHolder is a connect without a spawn config for a key this Manager
+// does not hold: another node may.
+func (m *Manager) remoteHolder(ctx context.Context, key string) (held, error) {
+	b, err := m.cfg.Store.KeyHolder(ctx, key)
+	if err == nil && b.Node != m.cfg.Node {
+		return held{remote: b}, nil
+	}
+	if err != nil && !errors.Is(err, berth.ErrNotFound) {
+		return held{}, err
+	}
+	return held{}, fmt.Errorf("key %q is not held by a live backend and the request has no spawn config: %w", key, berth.ErrNotFound)
 }
 
 func (m *Manager) runtimeFor(sc *berth.SpawnConfig) (runtime.Runtime, error) {
@@ -396,8 +443,12 @@ func (m *Manager) Terminate(ctx context.Context, id string, hard bool) error {
 	inst := m.live[id]
 	m.mu.Unlock()
 	if inst == nil {
-		if _, err := m.cfg.Store.Backend(ctx, id); err != nil {
+		b, err := m.cfg.Store.Backend(ctx, id)
+		if err != nil {
 			return err
+		}
+		if m.cluster != nil && b.State.Live() && b.Node != m.cfg.Node {
+			return m.terminateRemote(ctx, b, hard)
 		}
 		return nil // already terminated: terminating again is a no-op
 	}

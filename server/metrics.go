@@ -1,6 +1,10 @@
 package server
 
 import (
+	"errors"
+	"time"
+
+	"github.com/berthhq/berth"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -12,6 +16,10 @@ type Metrics struct {
 	terminations *prometheus.CounterVec
 	startup      prometheus.Histogram
 	saveErrors   prometheus.Counter
+
+	// A replica's (see Cluster).
+	renewals   *prometheus.HistogramVec
+	placements *prometheus.CounterVec
 }
 
 // NewMetrics registers Berth's collectors with reg (nil: unregistered).
@@ -34,10 +42,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		saveErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "berth_state_save_errors_total", Help: "Failed state saves (each is retried).",
 		}),
+		renewals: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "berth_lease_renew_seconds",
+			Help:    "Time a renewal of this node's lease took, by outcome.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14),
+		}, []string{"result"}),
+		placements: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "berth_placements_total", Help: "New backends placed, by where: local, remote, or none (refused).",
+		}, []string{"where"}),
 	}
 	m.warm, m.cold = m.connects.WithLabelValues("false"), m.connects.WithLabelValues("true")
 	if reg != nil {
-		reg.MustRegister(m.connects, m.spawns, m.terminations, m.startup, m.saveErrors)
+		reg.MustRegister(m.connects, m.spawns, m.terminations, m.startup, m.saveErrors, m.renewals, m.placements)
 	}
 	return m
 }
@@ -52,3 +68,16 @@ func (m *Metrics) connect(spawned bool) {
 		m.warm.Inc()
 	}
 }
+
+func (m *Metrics) leaseRenew(took time.Duration, err error) {
+	result := "ok"
+	switch {
+	case errors.Is(err, berth.ErrLeaseExpired):
+		result = "expired"
+	case err != nil:
+		result = "error"
+	}
+	m.renewals.WithLabelValues(result).Observe(took.Seconds())
+}
+
+func (m *Metrics) placed(where string) { m.placements.WithLabelValues(where).Inc() }

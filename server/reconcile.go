@@ -65,6 +65,9 @@ func (m *Manager) Reconcile(ctx context.Context) error {
 	}
 	m.sweeper.Add(1)
 	go m.sweepLoop()
+	if m.cluster != nil {
+		return m.followStore(ctx)
+	}
 	return nil
 }
 

@@ -21,7 +21,7 @@ func (m *Manager) ResolveReady(id string) (proxy.Route, bool) {
 	inst := m.live[id]
 	m.mu.Unlock()
 	if inst == nil {
-		return proxy.Route{}, false
+		return m.cachedRemote(id)
 	}
 	select {
 	case <-inst.answered:
@@ -44,16 +44,14 @@ func (i *instance) route() (proxy.Route, bool) {
 
 // Resolve implements proxy.Resolver: it answers from memory, waiting while
 // the backend starts, and consults the store only for backends that are not
-// live here (to tell "gone" from "never existed").
+// live here: to tell "gone" from "never existed" or, for a replica, to find
+// the node that runs it.
 func (m *Manager) Resolve(ctx context.Context, id string) (proxy.Route, error) {
 	m.mu.Lock()
 	inst := m.live[id]
 	m.mu.Unlock()
 	if inst == nil {
-		if _, err := m.cfg.Store.Backend(ctx, id); err != nil {
-			return proxy.Route{}, err
-		}
-		return proxy.Route{}, proxy.ErrGone
+		return m.resolveStored(ctx, id)
 	}
 	// Only a request that a kept probe connection can carry counts as
 	// waiting for one (see probeConnReuser).
@@ -71,4 +69,46 @@ func (m *Manager) Resolve(ctx context.Context, id string) (proxy.Route, error) {
 		return proxy.Route{}, proxy.ErrGone
 	}
 	return r, nil
+}
+
+// resolveStored resolves a backend this Manager does not run: gone, or, for
+// a replica, live on another node (whose proxy gets the request) or placed
+// here and about to be picked up.
+func (m *Manager) resolveStored(ctx context.Context, id string) (proxy.Route, error) {
+	if r, ok := m.cachedRemote(id); ok {
+		return r, nil
+	}
+	var changed <-chan struct{}
+	for {
+		b, err := m.cfg.Store.Backend(ctx, id)
+		if err != nil {
+			return proxy.Route{}, err
+		}
+		if m.cluster == nil || !b.State.Live() {
+			return proxy.Route{}, proxy.ErrGone
+		}
+		if b.Node != m.cfg.Node {
+			if r, ok := m.resolveRemote(ctx, b); ok {
+				return r, nil
+			}
+			return proxy.Route{}, fmt.Errorf("backend %s runs on node %s, whose proxy address is unknown", id, b.Node)
+		}
+		m.mu.Lock()
+		inst := m.live[id]
+		m.mu.Unlock()
+		if inst != nil {
+			return m.Resolve(ctx, id)
+		}
+		if changed == nil { // placed here: wait for the pick-up
+			var unsubscribe func()
+			changed, unsubscribe = m.hub.subscribe(id)
+			defer unsubscribe()
+			continue
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			return proxy.Route{}, fmt.Errorf("backend %s is still starting: %w", id, ctx.Err())
+		}
+	}
 }

@@ -1,8 +1,10 @@
 package cli
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
@@ -10,11 +12,15 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/berthhq/berth"
+	"github.com/berthhq/berth/lease"
 	"github.com/berthhq/berth/logs"
 	"github.com/berthhq/berth/proxy"
 	"github.com/berthhq/berth/runtime"
@@ -52,6 +58,10 @@ type serverOptions struct {
 	LogLevel       string
 	ShutdownGrace  time.Duration
 	ProxyGoroutine bool
+	NodeID         string
+	PeerAddr       string
+	Capacity       int
+	LeaseTTL       time.Duration
 	dev            bool
 }
 
@@ -71,6 +81,10 @@ func (o *serverOptions) flags(fs *flag.FlagSet) {
 	fs.StringVar(&o.TokenKey, "token-key", envOr("BERTH_TOKEN_KEY", ""), "secret for signing proxy tokens, 32+ bytes (BERTH_TOKEN_KEY; default: generated once into <data-dir>/token.key)")
 	fs.StringVar(&o.LogLevel, "log-level", envOr("BERTH_LOG_LEVEL", "info"), "debug, info, warn or error (BERTH_LOG_LEVEL)")
 	fs.DurationVar(&o.ShutdownGrace, "shutdown-timeout", 60*time.Second, "how long a shutdown waits for backends to stop")
+	fs.StringVar(&o.NodeID, "node-id", envOr("BERTH_NODE_ID", ""), "this replica's name among those sharing a PostgreSQL store (BERTH_NODE_ID; default: generated once into <data-dir>/node-id)")
+	fs.StringVar(&o.PeerAddr, "peer-addr", envOr("BERTH_PEER_ADDR", ""), "host:port at which the other replicas reach this one's proxy (BERTH_PEER_ADDR; default: --proxy-addr, which must then name a host)")
+	fs.IntVar(&o.Capacity, "capacity", 0, "most live backends this replica runs; 0: no limit")
+	fs.DurationVar(&o.LeaseTTL, "lease-ttl", lease.TTL, "a replica's lease in the shared store: it stops its backends when cut off for 60% of it, and other replicas take its keys once it expired")
 	fs.BoolVar(&o.ProxyGoroutine, "proxy-goroutines", envOr("BERTH_PROXY_GOROUTINES", "") == "1", "serve the proxy with a goroutine per connection instead of its event loops (BERTH_PROXY_GOROUTINES=1): to compare, or to rule the loops out")
 }
 
@@ -114,6 +128,16 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 		return err
 	}
 	defer st.Close()
+	shared := isShared(o)
+	if shared && o.TokenKey == "" {
+		return usagef("--store %s is shared by replicas, which must sign tokens with one key: set --token-key (or BERTH_TOKEN_KEY) to the same secret of 32+ bytes on every replica", redactURL(o.Store))
+	}
+	node := "local"
+	if shared {
+		if node, err = nodeID(o); err != nil {
+			return err
+		}
+	}
 
 	signer, err := openSigner(o)
 	if err != nil {
@@ -168,7 +192,7 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 		PublicURL: public,
 		APIURL:    apiURL,
 		FreePort:  process.FreePort,
-		Node:      "local",
+		Node:      node,
 	})
 	if err != nil {
 		return err
@@ -195,6 +219,16 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 	mgr.SetStateLayer(states)
 	px := proxy.New(proxy.Config{Resolver: mgr, Signer: signer, Logger: log})
 	mgr.SetReuseProbeConn(px.Keep)
+	if shared {
+		peer, err := peerAddr(o, proxyLn.Addr())
+		if err != nil {
+			return err
+		}
+		if err := mgr.Join(ctx, server.Cluster{ProxyAddr: peer, APIAddr: apiLn.Addr().String(), Capacity: o.Capacity, LeaseTTL: o.LeaseTTL}); err != nil {
+			return err
+		}
+		log.Info("joined the cluster", "node", node, "peer_addr", peer, "lease", o.LeaseTTL)
+	}
 	if err := mgr.Reconcile(ctx); err != nil {
 		return err
 	}
@@ -265,6 +299,60 @@ func openStore(ctx context.Context, o *serverOptions) (store.Store, error) {
 	return st, err
 }
 
+// isShared reports whether the store is one several replicas share.
+func isShared(o *serverOptions) bool {
+	return strings.HasPrefix(o.Store, "postgres://") || strings.HasPrefix(o.Store, "postgresql://")
+}
+
+// redactURL drops a URL's password, for messages.
+func redactURL(s string) string {
+	if u, err := url.Parse(s); err == nil {
+		return u.Redacted()
+	}
+	return s
+}
+
+// nodeID is --node-id, or the id generated once into the data dir: a
+// replica keeps its name across restarts, so it finds its own backends.
+func nodeID(o *serverOptions) (string, error) {
+	if o.NodeID != "" {
+		if err := berth.ValidateKey(o.NodeID); err != nil {
+			return "", usagef("--node-id: %v", err)
+		}
+		return o.NodeID, nil
+	}
+	path := filepath.Join(o.DataDir, "node-id")
+	b, err := os.ReadFile(path)
+	if err == nil && len(bytes.TrimSpace(b)) > 0 {
+		return string(bytes.TrimSpace(b)), nil
+	}
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		return "", fmt.Errorf("node id: %w", err)
+	}
+	var r [6]byte
+	rand.Read(r[:])
+	id := "n_" + hex.EncodeToString(r[:])
+	if err := os.WriteFile(path, []byte(id+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("node id: %w", err)
+	}
+	return id, nil
+}
+
+// peerAddr is where the other replicas reach this one's proxy.
+func peerAddr(o *serverOptions, proxy net.Addr) (string, error) {
+	if o.PeerAddr != "" {
+		if _, _, err := net.SplitHostPort(o.PeerAddr); err != nil {
+			return "", usagef("--peer-addr %q: want host:port", o.PeerAddr)
+		}
+		return o.PeerAddr, nil
+	}
+	ap, err := netip.ParseAddrPort(proxy.String())
+	if err != nil || ap.Addr().IsUnspecified() {
+		return "", usagef("--proxy-addr %s names no host the other replicas could reach: set --peer-addr (or BERTH_PEER_ADDR)", proxy)
+	}
+	return proxy.String(), nil
+}
+
 // openSigner loads the token key, generating one into the data dir on first
 // use so tokens stay valid across restarts.
 func openSigner(o *serverOptions) (*token.Signer, error) {
@@ -297,7 +385,8 @@ func openRuntimes(ctx context.Context, o *serverOptions, log *slog.Logger) (map[
 		return nil, usagef("--runtime %q: use auto, process or docker", o.Runtime)
 	}
 	if o.Runtime == "auto" || o.Runtime == "process" {
-		p, err := process.New(process.Config{Dir: filepath.Join(o.DataDir, "run"), CgroupDir: o.CgroupDir, Logger: log.With("runtime", "process")})
+		p, err := process.New(process.Config{Dir: filepath.Join(o.DataDir, "run"), CgroupDir: o.CgroupDir, Logger: log.With("runtime", "process"),
+			DieWithBerth: isShared(o)})
 		if err != nil {
 			return nil, fmt.Errorf("process runtime: %w", err)
 		}

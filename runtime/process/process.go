@@ -58,6 +58,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	goruntime "runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -107,6 +108,12 @@ type Config struct {
 	// enforce (memory, cpu, pids) in its cgroup.subtree_control. Empty means
 	// no cgroups, and no memory, CPU or pid limits.
 	CgroupDir string
+	// DieWithBerth kills every backend (SIGKILL) when the Berth process
+	// ends, however it ends. A replica sets it: a replica killed while its
+	// host runs on must not leave backends running that another replica
+	// may replace once its lease expires. One Berth alone leaves it off,
+	// so a restarted Berth re-adopts the backends that kept running.
+	DieWithBerth bool
 }
 
 // Validate checks the config.
@@ -131,7 +138,8 @@ type Runtime struct {
 	cgroupDir string
 	maxLog    int64
 	log       *slog.Logger
-	watch     watcher // shared by the tails
+	watch     watcher       // shared by the tails
+	forks     chan<- func() // the forker's (DieWithBerth), or nil
 
 	mu        sync.Mutex
 	insts     map[string]*instance // by backend id, until Cleanup
@@ -159,6 +167,9 @@ func New(cfg Config) (*Runtime, error) {
 		return nil, fmt.Errorf("process: %w", err)
 	}
 	r := &Runtime{dir: dir, cgroupDir: cfg.CgroupDir, maxLog: cfg.MaxLogBytes, log: cfg.Logger, insts: make(map[string]*instance)}
+	if cfg.DieWithBerth {
+		r.forks = startForker()
+	}
 	if r.maxLog == 0 {
 		r.maxLog = defaultMaxLogBytes
 	}
@@ -339,7 +350,10 @@ func (r *Runtime) start(spec runtime.Spec, base, work string, log *slog.Logger) 
 		defer unix.Close(fd)
 		cmd.SysProcAttr.UseCgroupFD, cmd.SysProcAttr.CgroupFD = true, fd
 	}
-	if err := cmd.Start(); err != nil {
+	if r.forks != nil {
+		cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	}
+	if err := r.startCmd(cmd); err != nil {
 		if cg != "" {
 			removeCgroup(cg, spec.BackendID)
 		}
@@ -705,4 +719,30 @@ func (r *Runtime) instance(h *runtime.Handle) (*instance, error) {
 		r.insts[h.BackendID] = inst
 	}
 	return inst, nil
+}
+
+// startCmd starts cmd, from the forker's thread when there is one.
+func (r *Runtime) startCmd(cmd *exec.Cmd) error {
+	if r.forks == nil {
+		return cmd.Start()
+	}
+	done := make(chan error, 1)
+	r.forks <- func() { done <- cmd.Start() }
+	return <-done
+}
+
+// startForker starts a goroutine locked to an OS thread of its own for
+// good, and returns where to send it work. A child's parent-death signal
+// (Pdeathsig) fires when the thread that forked it ends, not the process:
+// Go may end a thread a goroutine was locked to, so backends are forked
+// from one that never ends while Berth runs.
+func startForker() chan<- func() {
+	c := make(chan func())
+	go func() {
+		goruntime.LockOSThread() // never unlocked: the thread lives as long as Berth
+		for f := range c {
+			f()
+		}
+	}()
+	return c
 }

@@ -11,12 +11,27 @@
 // to each other. This package must never cache a record, a key's holder or
 // a fencing token across calls, never hold a transaction open across
 // anything but its own statements, and never open more connections than
-// its pool bound (default 8; pool_max_conns=N in the URL), so Berth cannot
-// exhaust the database's connection limit.
+// its pool bound (default 8; pool_max_conns=N in the URL), plus one
+// listening connection once Watch is called, so Berth cannot exhaust the
+// database's connection limit.
 //
 // Transactions run at READ COMMITTED whatever the server's default: the
 // statements rely on its row locks and re-checks, not on serialisation
-// failures, and so never need retrying.
+// failures, and so never need retrying. Transactions that lock several
+// kinds of row lock them in one order — keys (by key), then nodes (by
+// id), then backends — so they never deadlock.
+//
+// Leases are judged by the database's clock_timestamp() alone. A judge
+// that finds a lease expired holds the node's row (FOR SHARE) until it
+// commits, and RenewLease reads the clock only once it holds the row, so
+// a renewal either commits before the judgement (which then sees the new
+// expiry) or finds the lease expired.
+//
+// Every appended event is announced with pg_notify in its own transaction
+// (so at commit) on the channel berth_changes_<oid of the schema>, one
+// channel per schema, so Berths in different schemas of one database do
+// not hear each other. Watch needs a session-level LISTEN: behind a
+// transaction-pooling proxy it hears nothing, only Resyncs.
 package postgres
 
 import (
@@ -26,6 +41,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -45,7 +61,15 @@ const defaultMaxConns = 8
 
 // Store is a store.Store kept in PostgreSQL. Create it with Open.
 type Store struct {
-	pool *pgxpool.Pool
+	pool    *pgxpool.Pool
+	channel string // of the change notifications
+
+	feed     store.Feed
+	listen   sync.Once
+	ready    chan struct{} // closed when first listening
+	stop     context.CancelFunc
+	stopped  chan struct{} // closed when the listener has returned
+	listenWG sync.WaitGroup
 }
 
 // Open connects to the database rawURL names (a URL or keyword/value
@@ -70,10 +94,15 @@ func Open(ctx context.Context, rawURL string) (*Store, error) {
 		pool.Close()
 		return nil, fmt.Errorf("postgres: connect: %w", err)
 	}
-	s := &Store{pool: pool}
+	s := &Store{pool: pool, ready: make(chan struct{}), stopped: make(chan struct{})}
 	if err := s.tx(ctx, func(tx pgx.Tx) error { return migrate(ctx, tx) }); err != nil {
 		pool.Close()
 		return nil, fmt.Errorf("postgres: migrate: %w", err)
+	}
+	err = pool.QueryRow(ctx, `SELECT 'berth_changes_' || oid FROM pg_namespace WHERE nspname = current_schema()`).Scan(&s.channel)
+	if err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("postgres: open: name the change channel: %w", err)
 	}
 	return s, nil
 }
@@ -81,8 +110,15 @@ func Open(ctx context.Context, rawURL string) (*Store, error) {
 // MaxConns reports the pool's bound.
 func (s *Store) MaxConns() int32 { return s.pool.Config().MaxConns }
 
-// Close closes the pool, waiting for connections in use to be released.
+// Close stops the change listener, ends every Watch and closes the pool,
+// waiting for connections in use to be released.
 func (s *Store) Close() error {
+	s.listen.Do(func() { close(s.stopped) }) // no listener will start
+	if s.stop != nil {
+		s.stop()
+	}
+	s.listenWG.Wait()
+	s.feed.Close()
 	s.pool.Close()
 	return nil
 }
@@ -108,10 +144,19 @@ const (
 		RETURNING fencing`
 	holderOf = `SELECT ` + backendColumns + ` FROM berth_backends
 		WHERE id = (SELECT holder FROM berth_keys WHERE key = $1)`
+	// holderExpired is holderOf with whether the holder's node's lease
+	// has expired (NULL for a node with no row: one Berth, no lease).
+	holderExpired = `SELECT ` + backendColumns + `,
+			(SELECT lease_expires_at <= clock_timestamp() FROM berth_nodes WHERE id = berth_backends.node)
+		FROM berth_backends WHERE id = (SELECT holder FROM berth_keys WHERE key = $1)`
 	insertBackend = `INSERT INTO berth_backends (` + backendColumns + `)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`
-	insertEvent = `INSERT INTO berth_events (backend_id, state, reason, exit_code, message, at)
-		VALUES ($1, $2, $3, $4, $5, $6)`
+	// insertEvent appends an event and announces it to every listener
+	// (at commit); it returns the event's seq and the void of pg_notify.
+	insertEvent = `WITH e AS (INSERT INTO berth_events (backend_id, state, reason, exit_code, message, at)
+			VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq, backend_id, state)
+		SELECT e.seq, pg_notify($7` + announce
+
 	// transition moves forward only, in the statement itself: a racing or
 	// stale caller waits for the row lock, re-checks the rank against the
 	// row as the winner left it, and matches nothing. NULL arguments leave
@@ -122,8 +167,17 @@ const (
 			handle = COALESCE($8, handle), last_active_at = COALESCE($9, last_active_at)
 		WHERE id = $1 AND state_rank < $3
 		RETURNING ` + backendColumns
-	releaseKey = `UPDATE berth_keys SET holder = NULL WHERE key = $1 AND holder = $2`
+	// releaseKey frees backend $1's key. Transition runs it before it
+	// moves the backend, so it locks the key's row before the backend's.
+	releaseKey = `UPDATE berth_keys SET holder = NULL
+		WHERE key = (SELECT key FROM berth_backends WHERE id = $1) AND holder = $1`
 )
+
+// announce ends a statement whose CTE e inserted events and whose select
+// list ends in "pg_notify(CHANNEL": it tells every listener (at commit)
+// what changed, as a notification's payload reads.
+const announce = `, json_build_object('seq', e.seq, 'id', e.backend_id, 'key', b.key, 'node', b.node,
+		'state', e.state)::text) FROM e JOIN berth_backends b ON b.id = e.backend_id`
 
 // CreateBackend implements store.Store. On success it sets b.State,
 // b.FencingToken and b.CreatedAt (to UTC, in microseconds, as stored) and
@@ -162,15 +216,12 @@ func (s *Store) createBackend(ctx context.Context, b *berth.Backend) (*berth.Bac
 		// A keyless backend holds nothing and fences against nobody.
 		token = 1
 		if b.Key != "" {
-			err := tx.QueryRow(ctx, takeKey, b.Key, b.ID).Scan(&token)
-			if errors.Is(err, pgx.ErrNoRows) {
-				if holder, err = scanBackend(tx.QueryRow(ctx, holderOf, b.Key)); err != nil {
-					return fmt.Errorf("read holder of %q: %w", b.Key, err)
-				}
-				return errHeld
+			var err error
+			if holder, err = s.takeKey(ctx, tx, b, &token); err != nil {
+				return err
 			}
-			if err != nil {
-				return fmt.Errorf("take key %q: %w", b.Key, err)
+			if holder != nil {
+				return errHeld
 			}
 		}
 		_, err := tx.Exec(ctx, insertBackend,
@@ -183,7 +234,7 @@ func (s *Store) createBackend(ctx context.Context, b *berth.Backend) (*berth.Bac
 			}
 			return fmt.Errorf("insert: %w", err)
 		}
-		if _, err := tx.Exec(ctx, insertEvent, b.ID, berth.StateScheduled, "", nil, "", created); err != nil {
+		if _, err := tx.Exec(ctx, insertEvent, b.ID, berth.StateScheduled, "", nil, "", created, s.channel); err != nil {
 			return fmt.Errorf("insert event: %w", err)
 		}
 		return nil
@@ -196,6 +247,37 @@ func (s *Store) createBackend(ctx context.Context, b *berth.Backend) (*berth.Bac
 	}
 	b.State, b.FencingToken, b.CreatedAt = berth.StateScheduled, token, created
 	return b, true, nil
+}
+
+// takeKey takes b's key inside tx and sets *token to its fencing token, or
+// returns the live holder. A holder whose node's lease has expired is moved
+// to terminated (lost) first, and the key is taken from it. The key's row
+// stays locked either way, so the holder cannot change meanwhile.
+func (s *Store) takeKey(ctx context.Context, tx pgx.Tx, b *berth.Backend, token *int64) (*berth.Backend, error) {
+	for took := false; ; took = true {
+		err := tx.QueryRow(ctx, takeKey, b.Key, b.ID).Scan(token)
+		if err == nil {
+			return nil, nil
+		}
+		if !errors.Is(err, pgx.ErrNoRows) {
+			return nil, fmt.Errorf("take key %q: %w", b.Key, err)
+		}
+		var expired *bool
+		holder, err := scanBackend(tx.QueryRow(ctx, holderExpired, b.Key), &expired)
+		if err != nil {
+			return nil, fmt.Errorf("read holder of %q: %w", b.Key, err)
+		}
+		if expired == nil || !*expired || took {
+			return holder, nil
+		}
+		lost, err := s.lose(ctx, tx, []string{holder.ID})
+		if err != nil {
+			return nil, err
+		}
+		if len(lost) == 0 {
+			return holder, nil // renewed in time
+		}
+	}
 }
 
 // Backend implements store.Store.
@@ -232,7 +314,12 @@ func (s *Store) Backends(ctx context.Context, f store.Filter) ([]*berth.Backend,
 	if f.State != "" {
 		where = append(where, "state = "+arg(f.State))
 	}
-	if f.Live {
+	if f.Node != "" {
+		where = append(where, "node = "+arg(f.Node))
+	}
+	// Said again for a live state, so a node's live backends are found by
+	// the partial index berth_backends_node_live, not among its history.
+	if f.Live || f.State.Live() {
 		where = append(where, "state <> 'terminated'")
 	}
 	q := "SELECT " + backendColumns + " FROM berth_backends"
@@ -298,6 +385,17 @@ func (s *Store) doTransition(ctx context.Context, id string, t store.Transition)
 
 	var b *berth.Backend
 	err := s.tx(ctx, func(tx pgx.Tx) error {
+		// The key first: rows are locked keys before backends. Should the
+		// move below be refused, the transaction and this with it roll
+		// back.
+		var released int64
+		if t.To == berth.StateTerminated {
+			tag, err := tx.Exec(ctx, releaseKey, id)
+			if err != nil {
+				return fmt.Errorf("release key: %w", err)
+			}
+			released = tag.RowsAffected()
+		}
 		for moved := false; !moved; {
 			var err error
 			b, err = scanBackend(tx.QueryRow(ctx, transition, id, t.To, t.To.Rank(),
@@ -326,11 +424,12 @@ func (s *Store) doTransition(ctx context.Context, id string, t store.Transition)
 				// is ours now, so the UPDATE again will match it.
 			}
 		}
-		if _, err := tx.Exec(ctx, insertEvent, id, t.To, t.Reason, t.ExitCode, eventText(t.Message), at); err != nil {
+		if _, err := tx.Exec(ctx, insertEvent, id, t.To, t.Reason, t.ExitCode, eventText(t.Message), at, s.channel); err != nil {
 			return fmt.Errorf("insert event: %w", err)
 		}
-		if t.To == berth.StateTerminated && b.Key != "" {
-			if _, err := tx.Exec(ctx, releaseKey, b.Key, id); err != nil {
+		if t.To == berth.StateTerminated && b.Key != "" && released == 0 {
+			// The backend committed after releaseKey's snapshot began.
+			if _, err := tx.Exec(ctx, releaseKey, id); err != nil {
 				return fmt.Errorf("release key %q: %w", b.Key, err)
 			}
 		}
@@ -369,9 +468,11 @@ func (s *Store) SetLastActive(ctx context.Context, id string, at time.Time) erro
 // one backend commit in the order of their seq and a reader resuming after
 // the last seq it saw misses none.
 func (s *Store) AddEvent(ctx context.Context, id, message string) error {
-	err := s.update(ctx, `INSERT INTO berth_events (backend_id, state, message, at)
-		SELECT id, state, $2, $3 FROM berth_backends WHERE id = $1 FOR NO KEY UPDATE`,
-		id, eventText(message), micros(time.Now()))
+	err := s.update(ctx, `WITH e AS (INSERT INTO berth_events (backend_id, state, message, at)
+			SELECT id, state, $2, $3 FROM berth_backends WHERE id = $1 FOR NO KEY UPDATE
+			RETURNING seq, backend_id, state)
+		SELECT e.seq, pg_notify($4`+announce,
+		id, eventText(message), micros(time.Now()), s.channel)
 	if err != nil {
 		return fmt.Errorf("postgres: add event %s: %w", id, err)
 	}
@@ -417,14 +518,16 @@ func (s *Store) Events(ctx context.Context, id string, after int64) ([]berth.Eve
 
 // scanBackend reads one row of backendColumns; pgx.ErrNoRows becomes
 // berth.ErrNotFound.
-func scanBackend(row pgx.Row) (*berth.Backend, error) {
+// Columns selected after them are scanned into extra.
+func scanBackend(row pgx.Row, extra ...any) (*berth.Backend, error) {
 	var (
 		b     berth.Backend
 		rank  int
 		spawn []byte
 	)
-	err := row.Scan(&b.ID, &b.Key, &b.User, &b.State, &rank, &b.Reason, &b.ExitCode, &b.FencingToken,
-		&b.Runtime, &spawn, &b.Secret, &b.Handle, &b.Node, &b.CreatedAt, &b.ReadyAt, &b.TerminatedAt, &b.LastActiveAt)
+	err := row.Scan(append([]any{&b.ID, &b.Key, &b.User, &b.State, &rank, &b.Reason, &b.ExitCode, &b.FencingToken,
+		&b.Runtime, &spawn, &b.Secret, &b.Handle, &b.Node, &b.CreatedAt, &b.ReadyAt, &b.TerminatedAt, &b.LastActiveAt},
+		extra...)...)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, berth.ErrNotFound
 	}

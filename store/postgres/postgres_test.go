@@ -16,7 +16,9 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-func testURL(t *testing.T) string { return pgtest.URL(t, "berth_storetest") }
+func testURL(t *testing.T) string { return pgtestURL(t) }
+
+func pgtestURL(tb testing.TB) string { return pgtest.URL(tb, "berth_storetest") }
 
 func open(t *testing.T, dsn string) *postgres.Store {
 	t.Helper()
@@ -153,5 +155,72 @@ func TestStore_AddEvent(t *testing.T) {
 	}
 	if err := s.AddEvent(ctx, "bk_missing", "x"); !errors.Is(err, berth.ErrNotFound) {
 		t.Errorf("AddEvent of a missing backend: %v, want ErrNotFound", err)
+	}
+}
+
+func next(t *testing.T, ch <-chan store.Change) store.Change {
+	t.Helper()
+	select {
+	case c, ok := <-ch:
+		if !ok {
+			t.Fatal("the feed closed")
+		}
+		return c
+	case <-time.After(15 * time.Second):
+		t.Fatal("no change within 15s")
+	}
+	return store.Change{}
+}
+
+// A replica hears the changes another one commits; when its listening
+// connection is cut it reconnects and tells its watchers to resync.
+func TestStore_WatchAcrossReplicas(t *testing.T) {
+	ctx := t.Context()
+	dsn := testURL(t)
+	a, b := open(t, dsn), open(t, dsn)
+	defer a.Close()
+	defer b.Close()
+	ch, err := a.Watch(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.CreateBackend(ctx, &berth.Backend{ID: "bk_1", Key: "doc-1", Node: "node-b", CreatedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if c := next(t, ch); c.BackendID != "bk_1" || c.State != berth.StateScheduled || c.Node != "node-b" || c.Key != "doc-1" || c.Seq <= 0 {
+		t.Fatalf("change = %+v; want bk_1 scheduled on node-b", c)
+	}
+	if err := b.AddEvent(ctx, "bk_1", "pulling"); err != nil {
+		t.Fatal(err)
+	}
+	if c := next(t, ch); c.BackendID != "bk_1" || c.State != berth.StateScheduled {
+		t.Fatalf("change after AddEvent = %+v; want bk_1 scheduled", c)
+	}
+
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var cut int
+	err = conn.QueryRow(ctx, `SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+		WHERE application_name = 'berth listen ' || (SELECT 'berth_changes_' || oid FROM pg_namespace WHERE nspname = current_schema())`).Scan(&cut)
+	if err != nil || cut != 1 {
+		t.Fatalf("cut %d listening connections (%v), want 1", cut, err)
+	}
+	// Committed while nobody may listen: heard, or covered by the Resync.
+	if _, err := b.Transition(ctx, "bk_1", store.Transition{To: berth.StateReady}); err != nil {
+		t.Fatal(err)
+	}
+	for c := next(t, ch); !c.Resync; c = next(t, ch) {
+		if c.BackendID != "bk_1" || c.State != berth.StateReady {
+			t.Fatalf("change = %+v before the Resync; want bk_1 ready or a Resync", c)
+		}
+	}
+	if _, err := b.Transition(ctx, "bk_1", store.Transition{To: berth.StateTerminated}); err != nil {
+		t.Fatal(err)
+	}
+	if c := next(t, ch); c.BackendID != "bk_1" || c.State != berth.StateTerminated {
+		t.Fatalf("change after reconnecting = %+v; want bk_1 terminated", c)
 	}
 }

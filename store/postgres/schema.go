@@ -72,6 +72,24 @@ CREATE TABLE berth_events (
 );
 CREATE INDEX berth_events_backend ON berth_events (backend_id, seq);
 `,
+	// Replicas: one row per node. Its times are the database's
+	// (clock_timestamp() when written), never the node's.
+	`
+CREATE TABLE berth_nodes (
+	id               text COLLATE "C" PRIMARY KEY,
+	proxy_addr       text NOT NULL DEFAULT '',
+	api_addr         text NOT NULL DEFAULT '',
+	runtimes         text[] NOT NULL DEFAULT '{}',
+	capacity         integer NOT NULL DEFAULT 0,
+	drained          boolean NOT NULL DEFAULT false,
+	started_at       timestamptz NOT NULL,
+	heartbeat_at     timestamptz NOT NULL,
+	lease_expires_at timestamptz NOT NULL
+);
+-- A node's live backends: counted in every read of a node, listed by
+-- ExpireNodes and Backends(Filter{Node}).
+CREATE INDEX berth_backends_node_live ON berth_backends (node) WHERE state <> 'terminated';
+`,
 }
 
 // migrateLock is the key of the transaction-level advisory lock that

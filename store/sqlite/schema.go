@@ -70,6 +70,24 @@ CREATE INDEX events_backend ON events (backend_id, seq);
 	`
 CREATE INDEX keys_holder ON keys (holder);
 `,
+	// Replicas: one row per node, its lease kept in the database's time
+	// (here the host's, in microseconds). runtimes is a JSON array.
+	`
+CREATE TABLE nodes (
+	id               TEXT PRIMARY KEY,
+	proxy_addr       TEXT NOT NULL DEFAULT '',
+	api_addr         TEXT NOT NULL DEFAULT '',
+	runtimes         TEXT NOT NULL DEFAULT '[]',
+	capacity         INTEGER NOT NULL DEFAULT 0,
+	drained          INTEGER NOT NULL DEFAULT 0,
+	started_at       BIGINT NOT NULL,
+	heartbeat_at     BIGINT NOT NULL,
+	lease_expires_at BIGINT NOT NULL
+);
+-- A node's live backends: counted in every read of a node, listed by
+-- ExpireNodes and Backends(Filter{Node}).
+CREATE INDEX backends_node_live ON backends (node) WHERE state <> 'terminated';
+`,
 }
 
 // migrate brings the schema up to date in one transaction, so a crash halfway

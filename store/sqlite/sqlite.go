@@ -39,6 +39,8 @@ type Store struct {
 	r  *sql.DB // read-only pool
 	wr *writer // the only user of w once open returns
 
+	feed store.Feed // changes, published after their commit
+
 	// Prepared once: a spawn runs CreateBackend and four Transitions.
 	// Statements on w are used inside the writer's transactions only.
 	takeKey, insertBackend, insertEvent, transition, releaseKey *sql.Stmt
@@ -145,8 +147,11 @@ func open(path string) (_ *Store, err error) {
 			RETURNING ` + backendColumns},
 		{w, &s.releaseKey, `UPDATE keys SET holder = NULL WHERE key = ? AND holder = ?`},
 		{w, &s.stateOf, `SELECT state FROM backends WHERE id = ?`},
-		{w, &s.holderInTx, `SELECT ` + backendColumns + ` FROM backends
-			WHERE id = (SELECT holder FROM keys WHERE key = ?)`},
+		// The holder, and when its node's lease expires (NULL for a
+		// backend of a node with no row: one Berth, no lease).
+		{w, &s.holderInTx, `SELECT ` + backendColumns + `,
+				(SELECT lease_expires_at FROM nodes WHERE nodes.id = backends.node)
+			FROM backends WHERE id = (SELECT holder FROM keys WHERE key = ?)`},
 		{s.r, &s.backend, `SELECT ` + backendColumns + ` FROM backends WHERE id = ?`},
 		{s.r, &s.keyHolder, `SELECT ` + backendColumns + ` FROM backends
 			WHERE id = (SELECT holder FROM keys WHERE key = ?) AND state <> 'terminated'`},
@@ -163,12 +168,13 @@ func open(path string) (_ *Store, err error) {
 	return s, nil
 }
 
-// Close closes the database. Calls in flight may fail; a write that was
-// already committing finishes first.
+// Close closes the database and ends every Watch. Calls in flight may
+// fail; a write that was already committing finishes first.
 func (s *Store) Close() error {
 	if s.wr != nil {
 		s.wr.close()
 	}
+	s.feed.Close()
 	var errs []error
 	for _, db := range []*sql.DB{s.r, s.w} {
 		if db != nil {
@@ -211,22 +217,17 @@ func (s *Store) createBackend(ctx context.Context, b *berth.Backend) (*berth.Bac
 	created = created.UTC().Truncate(time.Microsecond)
 
 	var (
-		holder *berth.Backend // set when another backend holds the key
-		token  int64
+		holder  *berth.Backend // set when another backend holds the key
+		token   int64
+		changes []store.Change
 	)
 	err = s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		// A keyless backend holds nothing and fences against nobody.
-		holder, token = nil, 1
+		holder, token, changes = nil, 1, nil
 		if b.Key != "" {
-			err := tx.StmtContext(ctx, s.takeKey).QueryRowContext(ctx, b.Key, b.ID).Scan(&token)
-			if errors.Is(err, sql.ErrNoRows) {
-				if holder, err = scanBackend(tx.StmtContext(ctx, s.holderInTx).QueryRowContext(ctx, b.Key)); err != nil {
-					return fmt.Errorf("read holder of %q: %w", b.Key, err)
-				}
-				return nil
-			}
-			if err != nil {
-				return fmt.Errorf("take key %q: %w", b.Key, err)
+			var err error
+			if holder, changes, err = s.takeKeyTx(ctx, tx, b, &token); err != nil || holder != nil {
+				return err
 			}
 		}
 		_, err := tx.StmtContext(ctx, s.insertBackend).ExecContext(ctx,
@@ -239,21 +240,57 @@ func (s *Store) createBackend(ctx context.Context, b *berth.Backend) (*berth.Bac
 			}
 			return fmt.Errorf("insert: %w", err)
 		}
-		_, err = tx.StmtContext(ctx, s.insertEvent).ExecContext(ctx,
+		res, err := tx.StmtContext(ctx, s.insertEvent).ExecContext(ctx,
 			b.ID, berth.StateScheduled, "", nil, "", created.UnixMicro())
 		if err != nil {
 			return fmt.Errorf("insert event: %w", err)
 		}
-		return nil
+		c, err := change(res, b, berth.StateScheduled)
+		changes = append(changes, c)
+		return err
 	})
 	if err != nil {
 		return nil, false, err
 	}
+	s.feed.Publish(changes...)
 	if holder != nil {
 		return holder, false, nil
 	}
 	b.State, b.FencingToken, b.CreatedAt = berth.StateScheduled, token, created
 	return b, true, nil
+}
+
+// takeKeyTx takes b's key inside tx and sets *token to its fencing token,
+// or returns the live holder. A holder whose node's lease has expired is
+// moved to terminated (lost) first, and the key is taken from it; changes
+// are the events that appended.
+func (s *Store) takeKeyTx(ctx context.Context, tx *sql.Tx, b *berth.Backend, token *int64) (*berth.Backend, []store.Change, error) {
+	var changes []store.Change
+	for {
+		err := tx.StmtContext(ctx, s.takeKey).QueryRowContext(ctx, b.Key, b.ID).Scan(token)
+		if err == nil {
+			return nil, changes, nil
+		}
+		if !errors.Is(err, sql.ErrNoRows) {
+			return nil, nil, fmt.Errorf("take key %q: %w", b.Key, err)
+		}
+		var lease sql.NullInt64
+		holder, err := scanBackend(tx.StmtContext(ctx, s.holderInTx).QueryRowContext(ctx, b.Key), &lease)
+		if err != nil {
+			return nil, nil, fmt.Errorf("read holder of %q: %w", b.Key, err)
+		}
+		// All writes share one connection, so the clock read here is the
+		// one every other judge of this lease reads, in order.
+		now := time.Now()
+		if !lease.Valid || lease.Int64 > now.UnixMicro() || len(changes) > 0 {
+			return holder, changes, nil
+		}
+		_, c, err := s.loseTx(ctx, tx, holder, now)
+		if err != nil {
+			return nil, nil, err
+		}
+		changes = append(changes, c)
+	}
 }
 
 // Backend implements store.Store.
@@ -286,7 +323,12 @@ func (s *Store) Backends(ctx context.Context, f store.Filter) ([]*berth.Backend,
 	if f.State != "" {
 		where, args = append(where, "state = ?"), append(args, f.State)
 	}
-	if f.Live {
+	if f.Node != "" {
+		where, args = append(where, "node = ?"), append(args, f.Node)
+	}
+	// Said again for a live state, so a node's live backends are found by
+	// the partial index backends_node_live, not among all its history.
+	if f.Live || f.State.Live() {
 		where = append(where, "state <> 'terminated'")
 	}
 	q := "SELECT " + backendColumns + " FROM backends"
@@ -338,6 +380,25 @@ func (s *Store) doTransition(ctx context.Context, id string, t store.Transition)
 	if at.IsZero() {
 		at = time.Now()
 	}
+	var (
+		b *berth.Backend
+		c store.Change
+	)
+	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		var err error
+		b, c, err = s.transitionTx(ctx, tx, id, t, at)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.feed.Publish(c)
+	return b, nil
+}
+
+// transitionTx is Transition inside tx, happening at at. It returns the
+// backend as updated and the change to publish once tx commits.
+func (s *Store) transitionTx(ctx context.Context, tx *sql.Tx, id string, t store.Transition, at time.Time) (*berth.Backend, store.Change, error) {
 	var readyAt, terminatedAt any
 	switch t.To {
 	case berth.StateReady:
@@ -356,43 +417,52 @@ func (s *Store) doTransition(ctx context.Context, id string, t store.Transition)
 		lastActive = t.LastActive.UnixMicro()
 	}
 
-	var b *berth.Backend
-	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		var err error
-		b, err = scanBackend(tx.StmtContext(ctx, s.transition).QueryRowContext(ctx,
-			t.To, t.To.Rank(), reason, nullInt(t.ExitCode), readyAt, terminatedAt, handle, lastActive, id, t.To.Rank()))
-		if errors.Is(err, berth.ErrNotFound) {
-			// No row moved: either there is no such backend or it is
-			// already at or past t.To. The write lock is still ours, so
-			// this read agrees with the update.
-			var from berth.State
-			if err := tx.StmtContext(ctx, s.stateOf).QueryRowContext(ctx, id).Scan(&from); err != nil {
-				if errors.Is(err, sql.ErrNoRows) {
-					return berth.ErrNotFound
-				}
-				return err
+	b, err := scanBackend(tx.StmtContext(ctx, s.transition).QueryRowContext(ctx,
+		t.To, t.To.Rank(), reason, nullInt(t.ExitCode), readyAt, terminatedAt, handle, lastActive, id, t.To.Rank()))
+	if errors.Is(err, berth.ErrNotFound) {
+		// No row moved: either there is no such backend or it is
+		// already at or past t.To. The write lock is still ours, so
+		// this read agrees with the update.
+		var from berth.State
+		if err := tx.StmtContext(ctx, s.stateOf).QueryRowContext(ctx, id).Scan(&from); err != nil {
+			if errors.Is(err, sql.ErrNoRows) {
+				return nil, store.Change{}, berth.ErrNotFound
 			}
-			return fmt.Errorf("backend is %s: %w", from, berth.ErrInvalidTransition)
+			return nil, store.Change{}, err
 		}
-		if err != nil {
-			return err
-		}
-		_, err = tx.StmtContext(ctx, s.insertEvent).ExecContext(ctx,
-			id, t.To, t.Reason, nullInt(t.ExitCode), t.Message, at.UnixMicro())
-		if err != nil {
-			return fmt.Errorf("insert event: %w", err)
-		}
-		if t.To == berth.StateTerminated && b.Key != "" {
-			if _, err := tx.StmtContext(ctx, s.releaseKey).ExecContext(ctx, b.Key, id); err != nil {
-				return fmt.Errorf("release key %q: %w", b.Key, err)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
+		return nil, store.Change{}, fmt.Errorf("backend is %s: %w", from, berth.ErrInvalidTransition)
 	}
-	return b, nil
+	if err != nil {
+		return nil, store.Change{}, err
+	}
+	res, err := tx.StmtContext(ctx, s.insertEvent).ExecContext(ctx,
+		id, t.To, t.Reason, nullInt(t.ExitCode), t.Message, at.UnixMicro())
+	if err != nil {
+		return nil, store.Change{}, fmt.Errorf("insert event: %w", err)
+	}
+	if t.To == berth.StateTerminated && b.Key != "" {
+		if _, err := tx.StmtContext(ctx, s.releaseKey).ExecContext(ctx, b.Key, id); err != nil {
+			return nil, store.Change{}, fmt.Errorf("release key %q: %w", b.Key, err)
+		}
+	}
+	c, err := change(res, b, t.To)
+	return b, c, err
+}
+
+// loseTx moves live backend b, whose node's lease has expired, to
+// terminated (lost) inside tx, at now.
+func (s *Store) loseTx(ctx context.Context, tx *sql.Tx, b *berth.Backend, now time.Time) (*berth.Backend, store.Change, error) {
+	return s.transitionTx(ctx, tx, b.ID, store.Transition{To: berth.StateTerminated, Reason: berth.ReasonLost,
+		Message: "node " + b.Node + " did not renew its lease"}, now)
+}
+
+// change is the Change of the event res inserted for b.
+func change(res sql.Result, b *berth.Backend, st berth.State) (store.Change, error) {
+	seq, err := res.LastInsertId()
+	if err != nil {
+		return store.Change{}, fmt.Errorf("event seq: %w", err)
+	}
+	return store.Change{Seq: seq, BackendID: b.ID, Key: b.Key, Node: b.Node, State: st}, nil
 }
 
 // SetHandle implements store.Store. It returns berth.ErrNotFound when there
@@ -418,12 +488,23 @@ func (s *Store) SetLastActive(ctx context.Context, id string, at time.Time) erro
 // berth.ErrNotFound when there is no such backend. It is not part of
 // store.Store; the server uses it when the store offers it.
 func (s *Store) AddEvent(ctx context.Context, id, message string) error {
-	err := s.update(ctx, `INSERT INTO events (backend_id, state, message, at)
-		SELECT id, state, ?, ? FROM backends WHERE id = ?`,
-		message, time.Now().UnixMicro(), id)
+	var c store.Change
+	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
+		c = store.Change{BackendID: id}
+		err := tx.QueryRowContext(ctx, `INSERT INTO events (backend_id, state, message, at)
+			SELECT id, state, ?, ? FROM backends WHERE id = ?
+			RETURNING seq, state, (SELECT key FROM backends WHERE id = backend_id),
+				(SELECT node FROM backends WHERE id = backend_id)`,
+			message, time.Now().UnixMicro(), id).Scan(&c.Seq, &c.State, &c.Key, &c.Node)
+		if errors.Is(err, sql.ErrNoRows) {
+			return berth.ErrNotFound
+		}
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("sqlite: add event %s: %w", id, err)
 	}
+	s.feed.Publish(c)
 	return nil
 }
 
@@ -474,7 +555,8 @@ func (s *Store) Events(ctx context.Context, id string, after int64) ([]berth.Eve
 
 // scanBackend reads one row of backendColumns; sql.ErrNoRows becomes
 // berth.ErrNotFound.
-func scanBackend(row interface{ Scan(...any) error }) (*berth.Backend, error) {
+// Columns selected after them are scanned into extra.
+func scanBackend(row interface{ Scan(...any) error }, extra ...any) (*berth.Backend, error) {
 	var (
 		b                                 berth.Backend
 		rank                              int
@@ -483,8 +565,8 @@ func scanBackend(row interface{ Scan(...any) error }) (*berth.Backend, error) {
 		created                           int64
 		readyAt, terminatedAt, lastActive sql.NullInt64
 	)
-	err := row.Scan(&b.ID, &b.Key, &b.User, &b.State, &rank, &b.Reason, &code, &b.FencingToken,
-		&b.Runtime, &spawn, &b.Secret, &b.Handle, &b.Node, &created, &readyAt, &terminatedAt, &lastActive)
+	err := row.Scan(append([]any{&b.ID, &b.Key, &b.User, &b.State, &rank, &b.Reason, &code, &b.FencingToken,
+		&b.Runtime, &spawn, &b.Secret, &b.Handle, &b.Node, &created, &readyAt, &terminatedAt, &lastActive}, extra...)...)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, berth.ErrNotFound
 	}

@@ -78,8 +78,12 @@ func TestStore_AddEvent(t *testing.T) {
 	ctx := t.Context()
 	s := openAt(t, filepath.Join(t.TempDir(), "berth.db"))
 	defer s.Close()
-	b := &berth.Backend{ID: "bk_1", Key: "doc-1", CreatedAt: time.Now()}
+	b := &berth.Backend{ID: "bk_1", Key: "doc-1", Node: "node-a", CreatedAt: time.Now()}
 	if _, _, err := s.CreateBackend(ctx, b); err != nil {
+		t.Fatal(err)
+	}
+	ch, err := s.Watch(ctx)
+	if err != nil {
 		t.Fatal(err)
 	}
 	if err := s.AddEvent(ctx, "bk_1", "pulling image"); err != nil {
@@ -91,6 +95,16 @@ func TestStore_AddEvent(t *testing.T) {
 	}
 	if len(es) != 2 || es[1].State != berth.StateScheduled || es[1].Message != "pulling image" {
 		t.Errorf("events = %+v; want scheduled, then the note in state scheduled", es)
+	}
+	// The note is a change like any other event.
+	want := store.Change{Seq: es[1].Seq, BackendID: "bk_1", Key: "doc-1", Node: "node-a", State: berth.StateScheduled}
+	select {
+	case c := <-ch:
+		if c != want {
+			t.Errorf("change = %+v, want %+v", c, want)
+		}
+	case <-time.After(5 * time.Second):
+		t.Error("no change for the note")
 	}
 	if err := s.AddEvent(ctx, "bk_missing", "x"); !errors.Is(err, berth.ErrNotFound) {
 		t.Errorf("AddEvent of a missing backend: %v, want ErrNotFound", err)
@@ -148,4 +162,42 @@ func spawnCycle(ctx context.Context, s *sqlite.Store, id, key string) error {
 		}
 	}
 	return nil
+}
+
+// BenchmarkCreateBackend measures CreateBackend alone: "new" takes a free
+// key, "held" finds the key held and returns its holder (a warm connect's
+// write path when the key is not in memory).
+func BenchmarkCreateBackend(b *testing.B) {
+	newBackend := func(i int, key string) *berth.Backend {
+		return &berth.Backend{
+			ID: fmt.Sprintf("bk_%d", i), Key: key, Runtime: "process", Secret: "secret", Node: "local",
+			Spawn:     berth.SpawnConfig{Command: []string{"./server"}, Env: map[string]string{"A": "1"}},
+			CreatedAt: time.Now(),
+		}
+	}
+	b.Run("new", func(b *testing.B) {
+		s := openAt(b, filepath.Join(b.TempDir(), "berth.db"))
+		defer s.Close()
+		i := 0
+		for b.Loop() {
+			if _, created, err := s.CreateBackend(b.Context(), newBackend(i, fmt.Sprintf("doc-%d", i))); err != nil || !created {
+				b.Fatalf("created %v, %v", created, err)
+			}
+			i++
+		}
+	})
+	b.Run("held", func(b *testing.B) {
+		s := openAt(b, filepath.Join(b.TempDir(), "berth.db"))
+		defer s.Close()
+		if _, _, err := s.CreateBackend(b.Context(), newBackend(-1, "doc")); err != nil {
+			b.Fatal(err)
+		}
+		i := 0
+		for b.Loop() {
+			if _, created, err := s.CreateBackend(b.Context(), newBackend(i, "doc")); err != nil || created {
+				b.Fatalf("created %v, %v", created, err)
+			}
+			i++
+		}
+	})
 }

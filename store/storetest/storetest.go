@@ -3,7 +3,8 @@
 //
 // The suite checks the contract in store.Store's doc comments, chiefly the
 // two rules Berth's correctness rests on: at most one live backend holds a
-// key, and states only move forward.
+// key, and states only move forward — also across replicas, whose nodes
+// hold their backends' keys by leases the database's clock judges.
 package storetest
 
 import (
@@ -40,6 +41,15 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"BackendsFilter", testBackendsFilter},
 		{"SpawnRoundTrip", testSpawnRoundTrip},
 		{"ConcurrentTerminate", testConcurrentTerminate},
+		{"Nodes", testNodes},
+		{"LeaseExpires", testLeaseExpires},
+		{"ExpireNodes", testExpireNodes},
+		{"ExpireNodesConcurrent", testExpireNodesConcurrent},
+		{"TakeKeyFromExpiredNode", testTakeKeyFromExpiredNode},
+		{"RegisterAfterExpiry", testRegisterAfterExpiry},
+		{"NodeRace", testNodeRace},
+		{"FilterNode", testFilterNode},
+		{"Watch", testWatch},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -1,0 +1,84 @@
+package replicas
+
+import (
+	"testing"
+	"time"
+
+	"github.com/berthhq/berth"
+	"github.com/berthhq/berth/api"
+)
+
+// A replica killed with SIGKILL takes its backends with it; its keys stay
+// held until its lease expires, then the next connect starts a new backend
+// elsewhere with a larger fencing token, and the old record reads lost. The
+// replica, started again, resurrects nothing.
+func TestReplicas_NodeKilled(t *testing.T) {
+	c := newCluster(t, 3)
+	a, dead := c.nodes[0], c.nodes[2]
+	ctx := testCtx(t, 2*time.Minute)
+	first, err := dead.Client.Connect(ctx, api.ConnectRequest{Key: "doc", Spawn: c.spawn(), Wait: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pids := backendProcs(first.BackendID); len(pids) == 0 {
+		t.Fatalf("backend %s has no process", first.BackendID)
+	}
+	killed := time.Now()
+	dead.kill()
+	eventually(t, 5*time.Second, "the dead replica's backend to die with it", func() bool { return len(backendProcs(first.BackendID)) == 0 })
+
+	// Within the lease the key is still the dead node's.
+	res, err := a.Client.Connect(ctx, api.ConnectRequest{Key: "doc", Spawn: c.spawn()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if time.Since(killed) < leaseTTL/2 && res.BackendID != first.BackendID {
+		t.Fatalf("%s after the kill, connect got backend %s; want the dead node's %s until its lease expires",
+			time.Since(killed).Round(time.Millisecond), res.BackendID, first.BackendID)
+	}
+
+	var moved *api.ConnectResponse
+	eventually(t, 4*leaseTTL, "the key to move to a live replica", func() bool {
+		res, err := a.Client.Connect(ctx, api.ConnectRequest{Key: "doc", Spawn: c.spawn(), Wait: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		moved = res
+		return res.BackendID != first.BackendID
+	})
+	t.Logf("the key moved %s after the kill (lease %s)", time.Since(killed).Round(time.Millisecond), leaseTTL)
+	// Not before the dead node's lease expired (this host's clock is the
+	// database's: both are on it).
+	nodes, err := a.Client.Nodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := a.Client.Backend(ctx, moved.BackendID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		if n.ID == dead.id && rec.CreatedAt.Before(n.LeaseExpiresAt) {
+			t.Errorf("the new backend was created at %s, before the dead node's lease expired at %s", rec.CreatedAt, n.LeaseExpiresAt)
+		}
+	}
+	if !moved.Spawned || moved.State != berth.StateReady || moved.FencingToken <= first.FencingToken {
+		t.Errorf("new backend: spawned %v, %s, fencing token %d (old %d); want spawned, ready, larger", moved.Spawned, moved.State, moved.FencingToken, first.FencingToken)
+	}
+	old, err := a.Client.Backend(ctx, first.BackendID)
+	if err != nil || old.State != berth.StateTerminated || old.Reason != berth.ReasonLost {
+		t.Fatalf("the dead node's backend: %v %s/%s; want terminated, lost", err, old.State, old.Reason)
+	}
+
+	dead.restart()
+	if old, err := dead.Client.Backend(ctx, first.BackendID); err != nil || old.State != berth.StateTerminated {
+		t.Errorf("after the restart, the old backend is %v (%v); want still terminated", old.State, err)
+	}
+	if pids := backendProcs(first.BackendID); len(pids) > 0 {
+		t.Errorf("after the restart, the old backend runs again: pids %v", pids)
+	}
+	if got, err := dead.Client.Connect(ctx, api.ConnectRequest{Key: "doc"}); err != nil || got.BackendID != moved.BackendID {
+		t.Errorf("connect via the restarted node: %v, %v; want the new holder %s", got, err, moved.BackendID)
+	}
+	c.checkNoViolations()
+}

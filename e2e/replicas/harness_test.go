@@ -1,0 +1,352 @@
+package replicas
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/berthhq/berth"
+	"github.com/berthhq/berth/api"
+	"github.com/berthhq/berth/store/postgres/pgtest"
+)
+
+// leaseTTL is the replicas' lease in these tests: short, so a dead node's
+// keys move within seconds (renewals every ~430 ms, own stop at 1.8 s,
+// kill at 2.4 s).
+const leaseTTL = 3 * time.Second
+
+// cluster is several `berth serve` processes sharing one PostgreSQL schema,
+// a token key, an API key and a blob directory, as replicas on several
+// hosts would share a database, their configuration and blob storage.
+type cluster struct {
+	t        *testing.T
+	store    string
+	apiKey   string
+	tokenKey string
+	blobs    string
+	shared   string // TB_LOCK_DIR and audit files of every backend
+	nodes    []*node
+}
+
+// node is one replica: a berth process with its own data dir and ports.
+type node struct {
+	c       *cluster
+	id      string
+	API     string // control API base URL
+	Proxy   string // proxy base URL
+	proxyAt string // host:port
+	dataDir string
+	Client  *api.Client
+	extra   []string
+	store   string // the store's URL as this node reaches it
+
+	mu      sync.Mutex
+	cmd     *exec.Cmd
+	out     *syncBuffer
+	done    chan struct{}
+	waitErr error
+	killed  bool
+}
+
+// newCluster starts n replicas; via, when set, gives the last one its own
+// way to the database.
+func newCluster(t *testing.T, n int, via ...*relay) *cluster {
+	t.Helper()
+	c := &cluster{
+		t:        t,
+		store:    pgtest.URL(t, "replicas"),
+		apiKey:   "replicas-test-key",
+		tokenKey: "replicas-test-token-key-0123456789abcdef",
+		shared:   t.TempDir(),
+	}
+	c.blobs = "file:" + filepath.Join(c.shared, "blobs")
+	if err := os.Mkdir(filepath.Join(c.shared, "locks"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for i := range n {
+		nd := &node{c: c, id: fmt.Sprintf("n%d", i+1), store: c.store}
+		if i == n-1 && len(via) > 0 {
+			nd.store = via[0].via(t, c.store)
+		}
+		c.add(nd)
+	}
+	for _, nd := range c.nodes {
+		nd.waitHealthy()
+	}
+	return c
+}
+
+// add starts one more replica.
+func (c *cluster) add(nd *node) *node {
+	c.t.Helper()
+	nd.dataDir = c.t.TempDir()
+	api, backendAPI := freeAddr(c.t), freeAddr(c.t)
+	nd.proxyAt = freeAddr(c.t)
+	nd.API, nd.Proxy = "http://"+api, "http://"+nd.proxyAt
+	nd.Client = api2(nd.API, c.apiKey)
+	nd.launch(api, backendAPI)
+	c.nodes = append(c.nodes, nd)
+	c.t.Cleanup(nd.stop)
+	return nd
+}
+
+func api2(base, key string) *api.Client { return api.NewClient(base, key, nil) }
+
+func (nd *node) launch(apiAddr, backendAPI string) {
+	c := nd.c
+	args := []string{"serve",
+		"--api-addr", apiAddr, "--proxy-addr", nd.proxyAt, "--backend-api-addr", backendAPI,
+		"--data-dir", nd.dataDir, "--runtime", "process", "--log-level", "debug",
+		"--api-key", c.apiKey, "--token-key", c.tokenKey,
+		"--store", nd.store, "--blobs", c.blobs,
+		"--node-id", nd.id, "--lease-ttl", leaseTTL.String(),
+	}
+	args = append(args, nd.extra...)
+	nd.mu.Lock()
+	defer nd.mu.Unlock()
+	nd.out = &syncBuffer{}
+	nd.done = make(chan struct{})
+	nd.killed = false
+	nd.cmd = exec.Command(bin.Berth, args...)
+	nd.cmd.Dir = nd.dataDir
+	nd.cmd.Env = cleanEnv()
+	nd.cmd.Stdout, nd.cmd.Stderr = nd.out, nd.out
+	if err := nd.cmd.Start(); err != nil {
+		c.t.Fatalf("start %s: %v", nd.id, err)
+	}
+	cmd, done := nd.cmd, nd.done
+	go func() {
+		err := cmd.Wait()
+		nd.mu.Lock()
+		nd.waitErr = err
+		nd.mu.Unlock()
+		close(done)
+	}()
+}
+
+// restart starts a killed node again on the same data dir and ports.
+func (nd *node) restart() {
+	nd.c.t.Helper()
+	api := strings.TrimPrefix(nd.API, "http://")
+	nd.launch(api, freeAddr(nd.c.t))
+	nd.waitHealthy()
+}
+
+func (nd *node) waitHealthy() {
+	t := nd.c.t
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get(nd.API + "/healthz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		select {
+		case <-nd.done:
+			t.Fatalf("%s exited before it was healthy: %v\n%s", nd.id, nd.waitErr, nd.out.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s did not answer /healthz within 30s\n%s", nd.id, nd.out.String())
+		}
+	}
+}
+
+// kill SIGKILLs the replica's berth process.
+func (nd *node) kill() {
+	t := nd.c.t
+	t.Helper()
+	nd.mu.Lock()
+	nd.killed = true
+	cmd, done := nd.cmd, nd.done
+	nd.mu.Unlock()
+	cmd.Process.Signal(syscall.SIGKILL)
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s did not die from SIGKILL", nd.id)
+	}
+}
+
+// stop is the cleanup: SIGINT and exit status 0, unless the test killed it.
+func (nd *node) stop() {
+	t := nd.c.t
+	nd.mu.Lock()
+	killed, cmd, done := nd.killed, nd.cmd, nd.done
+	nd.mu.Unlock()
+	defer func() {
+		if t.Failed() {
+			t.Logf("%s output (tail):\n%s", nd.id, tail(nd.out.String(), 80))
+		}
+	}()
+	if killed {
+		return
+	}
+	cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		t.Errorf("%s did not exit within 60s of SIGINT", nd.id)
+		cmd.Process.Kill()
+		<-done
+	}
+	nd.mu.Lock()
+	err := nd.waitErr
+	nd.mu.Unlock()
+	if err != nil {
+		t.Errorf("%s exited with %v after SIGINT, want status 0", nd.id, err)
+	}
+}
+
+// spawn is a test backend whose processes take a per-key lock in the
+// cluster's shared directory and append their life to an audit file there:
+// two live holders of a key at once show as a VIOLATION line.
+func (c *cluster) spawn() *berth.SpawnConfig {
+	grace := 1
+	return &berth.SpawnConfig{
+		Command: []string{bin.TestBackend},
+		Env: map[string]string{
+			"TB_LOCK_DIR":   filepath.Join(c.shared, "locks"),
+			"TB_AUDIT_FILE": filepath.Join(c.shared, "audit.log"),
+		},
+		GraceSeconds: &grace,
+	}
+}
+
+// violations returns the audit's VIOLATION lines.
+func (c *cluster) violations() []string {
+	f, err := os.Open(filepath.Join(c.shared, "audit.log"))
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), "VIOLATION") {
+			out = append(out, sc.Text())
+		}
+	}
+	return out
+}
+
+func (c *cluster) checkNoViolations() {
+	c.t.Helper()
+	if v := c.violations(); len(v) > 0 {
+		c.t.Errorf("two live holders of a key at once:\n%s", strings.Join(v, "\n"))
+	}
+}
+
+// backendProcs returns the pids of running test backends of backend id.
+func backendProcs(id string) []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		env, err := os.ReadFile(filepath.Join("/proc", e.Name(), "environ"))
+		if err != nil {
+			continue
+		}
+		if bytes.Contains(env, []byte("\x00BERTH_BACKEND_ID="+id+"\x00")) || bytes.HasPrefix(env, []byte("BERTH_BACKEND_ID="+id+"\x00")) {
+			var pid int
+			fmt.Sscan(e.Name(), &pid)
+			if stat, err := os.ReadFile(filepath.Join("/proc", e.Name(), "stat")); err == nil && !bytes.Contains(stat, []byte(") Z ")) {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
+}
+
+func testCtx(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(t.Context(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// eventually polls cond until it holds or d passes.
+func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", d, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// cleanEnv is this process's environment without BERTH_* settings.
+func cleanEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "BERTH_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+var given = struct {
+	sync.Mutex
+	m map[string]bool
+}{m: map[string]bool{}}
+
+// freeAddr returns a loopback address nobody listens on, never the same
+// twice in this process.
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		given.Lock()
+		seen := given.m[addr]
+		given.m[addr] = true
+		given.Unlock()
+		if !seen {
+			return addr
+		}
+	}
+}
+
+func tail(s string, n int) string {
+	ls := strings.Split(s, "\n")
+	if len(ls) > n {
+		ls = ls[len(ls)-n:]
+	}
+	return strings.Join(ls, "\n")
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
