@@ -166,11 +166,18 @@ func TestGroup_ForwardsAndAnswers(t *testing.T) {
 			t.Fatalf("request %d: %d %q, want 200 %q", i, res.StatusCode, body, tt.want)
 		}
 	}
-	h.mu.Lock()
-	ended := h.ended
-	h.mu.Unlock()
-	if ended != 4 {
-		t.Errorf("%d requests ended, want 4", ended)
+	// A request ends once its answer is written, which the client may
+	// read first.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		h.mu.Lock()
+		ended := h.ended
+		h.mu.Unlock()
+		if ended == 4 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d requests ended, want 4", ended)
+		}
 	}
 
 	// A backend that cannot be reached: the Exchange's 502.
