@@ -18,6 +18,7 @@ import (
 
 	"github.com/berthhq/berth"
 	"github.com/berthhq/berth/api"
+	"github.com/berthhq/berth/lease"
 	"github.com/berthhq/berth/store/postgres/pgtest"
 )
 
@@ -25,6 +26,10 @@ import (
 // keys move within seconds (renewals every ~430 ms, own stop at 1.8 s,
 // kill at 2.4 s).
 const leaseTTL = 3 * time.Second
+
+// leaseRenew is how often a replica renews its lease (and re-reads the
+// nodes) with leaseTTL: lease.Scaled's proportion.
+var leaseRenew = lease.Scaled(leaseTTL).RenewInterval
 
 // cluster is several `berth serve` processes sharing one PostgreSQL schema,
 // a token key, an API key and a blob directory, as replicas on several
@@ -163,6 +168,29 @@ func (nd *node) waitHealthy() {
 		if time.Now().After(deadline) {
 			t.Fatalf("%s did not answer /healthz within 30s\n%s", nd.id, nd.out.String())
 		}
+	}
+}
+
+// stopGracefully stops the replica with SIGINT, as a rolling restart
+// does, and waits for it to exit 0.
+func (nd *node) stopGracefully() {
+	t := nd.c.t
+	t.Helper()
+	nd.mu.Lock()
+	cmd, done := nd.cmd, nd.done
+	nd.mu.Unlock()
+	cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("%s did not exit within 60s of SIGINT", nd.id)
+	}
+	nd.mu.Lock()
+	err := nd.waitErr
+	nd.killed = true // stopped: the cleanup has nothing to stop
+	nd.mu.Unlock()
+	if err != nil {
+		t.Fatalf("%s exited with %v after SIGINT", nd.id, err)
 	}
 }
 

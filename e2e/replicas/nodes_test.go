@@ -1,0 +1,178 @@
+package replicas
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/berthhq/berth"
+	"github.com/berthhq/berth/api"
+)
+
+// berthCLI runs the berth CLI against nd.
+func berthCLI(t *testing.T, nd *node, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(bin.Berth, args...)
+	cmd.Env = append(cleanEnv(), "BERTH_API="+nd.API, "BERTH_URL="+nd.API, "BERTH_API_KEY="+nd.c.apiKey)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("berth %s: %v\n%s", strings.Join(args, " "), err, out.String())
+	}
+	return out.String()
+}
+
+// A drained node gets no new backends: a connect through it places the
+// backend on another node, which picks it up, and the connect waits for it
+// there; the backend's events stream and its terminate work through the
+// drained node; undrained, it takes new backends again.
+func TestReplicas_DrainPlacesElsewhere(t *testing.T) {
+	c := newCluster(t, 2)
+	a, b := c.nodes[0], c.nodes[1]
+	ctx := testCtx(t, time.Minute)
+
+	if out := berthCLI(t, b, "node", "drain", a.id); !strings.Contains(out, "Drained "+a.id) {
+		t.Fatalf("berth node drain: %q", out)
+	}
+	out := berthCLI(t, b, "node", "ls")
+	if !strings.Contains(out, a.id) || !strings.Contains(out, "drained") || !strings.Contains(out, b.id) {
+		t.Fatalf("berth node ls after the drain:\n%s", out)
+	}
+	var list api.NodeList
+	if err := json.Unmarshal([]byte(berthCLI(t, a, "node", "ls", "--output", "json")), &list); err != nil || len(list.Nodes) != 2 {
+		t.Fatalf("berth node ls --output json: %v %+v", err, list)
+	}
+
+	// Placement reads the nodes with every lease renewal.
+	time.Sleep(2 * leaseRenew)
+	res, err := a.Client.Connect(ctx, api.ConnectRequest{Key: "doc", Spawn: c.spawn(), Wait: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !res.Spawned || res.State != berth.StateReady {
+		t.Fatalf("connect through the drained node: spawned %v, %s; want spawned, ready", res.Spawned, res.State)
+	}
+	rec, err := a.Client.Backend(ctx, res.BackendID)
+	if err != nil || rec.Node != b.id {
+		t.Fatalf("backend placed on %q (%v), want %s", rec.Node, err, b.id)
+	}
+	resp, err := http.Get(a.Proxy + "/" + res.Token + "/echo")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("GET through the drained node's proxy: %v %v", resp, err)
+	}
+	resp.Body.Close()
+
+	// Its events, followed through the drained node, reach terminated when
+	// the drained node asks for the terminate.
+	states := make(chan berth.State, 16)
+	go func() {
+		defer close(states)
+		a.Client.Events(ctx, res.BackendID, func(e api.StateEvent) error {
+			states <- e.State
+			return nil
+		})
+	}()
+	time.Sleep(200 * time.Millisecond)
+	if err := a.Client.Terminate(ctx, res.BackendID, false); err != nil {
+		t.Fatal(err)
+	}
+	var last berth.State
+	for s := range states {
+		last = s
+	}
+	if last != berth.StateTerminated {
+		t.Errorf("events through the drained node ended at %q, want terminated", last)
+	}
+	eventually(t, 10*time.Second, "the backend's process to stop", func() bool { return len(backendProcs(res.BackendID)) == 0 })
+	if rec, _ := a.Client.Backend(ctx, res.BackendID); rec == nil || rec.Reason != berth.ReasonRequested {
+		t.Errorf("terminated backend: %+v, want reason requested", rec)
+	}
+
+	berthCLI(t, b, "node", "undrain", a.id)
+	time.Sleep(2 * leaseRenew)
+	res, err = a.Client.Connect(ctx, api.ConnectRequest{Key: "doc2", Spawn: c.spawn(), Wait: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec, err := a.Client.Backend(ctx, res.BackendID); err != nil || rec.Node != a.id {
+		t.Errorf("after the undrain, the backend went to %q (%v), want %s", rec.Node, err, a.id)
+	}
+}
+
+// Traffic that reaches a backend only through the proxy of a replica that
+// does not run it keeps it from going idle, and once it stops, the backend
+// stops about max_idle_seconds later.
+func TestReplicas_IdleCountsEveryProxy(t *testing.T) {
+	c := newCluster(t, 2)
+	a, far := c.nodes[0], c.nodes[1]
+	ctx := testCtx(t, time.Minute)
+	spawn := c.spawn()
+	idle := 3
+	spawn.MaxIdleSeconds = &idle
+	res, err := far.Client.Connect(ctx, api.ConnectRequest{Key: "doc", Spawn: spawn, Wait: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := a.Proxy + "/" + res.Token + "/echo"
+	var lastReq time.Time
+	for end := time.Now().Add(3 * time.Duration(idle) * time.Second); time.Now().Before(end); time.Sleep(time.Second) {
+		resp, err := http.Get(url)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("GET through the other replica: %v %v", resp, err)
+		}
+		resp.Body.Close()
+		lastReq = time.Now()
+	}
+	var ended time.Time
+	eventually(t, 10*time.Second, "the backend to stop once idle", func() bool {
+		b, err := a.Client.Backend(ctx, res.BackendID)
+		if err == nil && !b.State.Live() {
+			ended = time.Now()
+			return true
+		}
+		return false
+	})
+	if b, _ := a.Client.Backend(ctx, res.BackendID); b.Reason != berth.ReasonIdle {
+		t.Errorf("backend ended with reason %q, want idle", b.Reason)
+	}
+	after := ended.Sub(lastReq)
+	t.Logf("stopped %s after the last request (max_idle_seconds %d)", after.Round(10*time.Millisecond), idle)
+	if want := time.Duration(idle) * time.Second; after < want || after > want+3*time.Second {
+		t.Errorf("stopped %s after the last request through another replica, want within a couple of seconds of %s", after, want)
+	}
+}
+
+// Restarting the replicas one at a time never leaves a key without a
+// backend it can reach or restart, and never with two.
+func TestReplicas_RollingRestart(t *testing.T) {
+	c := newCluster(t, 3)
+	ctx := testCtx(t, 2*time.Minute)
+	keys := []string{"k1", "k2", "k3", "k4", "k5", "k6"}
+	for i, k := range keys {
+		if _, err := c.nodes[i%3].Client.Connect(ctx, api.ConnectRequest{Key: k, Spawn: c.spawn(), Wait: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, nd := range c.nodes {
+		other := c.nodes[(i+1)%3]
+		nd.stopGracefully()
+		for _, k := range keys {
+			res, err := other.Client.Connect(ctx, api.ConnectRequest{Key: k, Spawn: c.spawn(), Wait: true})
+			if err != nil {
+				t.Fatalf("key %s while %s is down: %v", k, nd.id, err)
+			}
+			resp, err := http.Get(other.Proxy + "/" + res.Token + "/echo")
+			if err != nil || resp.StatusCode != 200 {
+				t.Fatalf("key %s while %s is down: GET %v %v", k, nd.id, resp, err)
+			}
+			resp.Body.Close()
+		}
+		nd.restart()
+	}
+	c.checkNoViolations()
+}
+
