@@ -81,3 +81,46 @@ func (m *Metrics) leaseRenew(took time.Duration, err error) {
 }
 
 func (m *Metrics) placed(where string) { m.placements.WithLabelValues(where).Inc() }
+
+// Collector reports what the Manager holds now: its live backends by
+// state and, for a replica, whether it holds its lease. Register it beside
+// the Metrics the Manager was given.
+func (m *Manager) Collector() prometheus.Collector { return managerCollector{m} }
+
+type managerCollector struct{ m *Manager }
+
+var (
+	backendsDesc = prometheus.NewDesc("berth_backends", "Live backends this Berth runs, by state.", []string{"state"}, nil)
+	leaseDesc    = prometheus.NewDesc("berth_lease_held",
+		"1 while this replica's lease is renewed (it may run backends), 0 once cut off; absent for a Berth that is no replica.", nil, nil)
+)
+
+func (c managerCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- backendsDesc
+	ch <- leaseDesc
+}
+
+func (c managerCollector) Collect(ch chan<- prometheus.Metric) {
+	counts := map[berth.State]int{berth.StateScheduled: 0, berth.StateStarting: 0, berth.StateReady: 0, berth.StateTerminating: 0}
+	c.m.mu.Lock()
+	insts := make([]*instance, 0, len(c.m.live))
+	for _, inst := range c.m.live {
+		insts = append(insts, inst)
+	}
+	c.m.mu.Unlock()
+	for _, inst := range insts {
+		if s := inst.state(); s.Live() {
+			counts[s]++
+		}
+	}
+	for s, n := range counts {
+		ch <- prometheus.MustNewConstMetric(backendsDesc, prometheus.GaugeValue, float64(n), string(s))
+	}
+	if cl := c.m.cluster; cl != nil {
+		held := 1.0
+		if cl.cutOff.Load() || c.m.fenced() {
+			held = 0
+		}
+		ch <- prometheus.MustNewConstMetric(leaseDesc, prometheus.GaugeValue, held)
+	}
+}

@@ -378,3 +378,23 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// metric returns the value of the sample named exactly name (with its
+// labels, as in the text format) on nd's /metrics, or "" when absent.
+func (nd *node) metric(t *testing.T, name string) string {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, nd.API+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+nd.c.apiKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			return v
+		}
+	}
+	return ""
+}

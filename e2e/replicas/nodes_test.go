@@ -60,6 +60,9 @@ func TestReplicas_DrainPlacesElsewhere(t *testing.T) {
 	if err != nil || rec.Node != b.id {
 		t.Fatalf("backend placed on %q (%v), want %s", rec.Node, err, b.id)
 	}
+	if v := a.metric(t, `berth_placements_total{where="remote"}`); v != "1" {
+		t.Errorf(`the drained node's berth_placements_total{where="remote"} = %q, want 1`, v)
+	}
 	resp, err := http.Get(a.Proxy + "/" + res.Token + "/echo")
 	if err != nil || resp.StatusCode != 200 {
 		t.Fatalf("GET through the drained node's proxy: %v %v", resp, err)

@@ -35,6 +35,12 @@ func TestReplicas_CutOff(t *testing.T) {
 	}
 	edit(t, cut, first, "written before the partition")
 
+	if v := cut.metric(t, "berth_lease_held"); v != "1" {
+		t.Errorf("berth_lease_held = %q before the partition, want 1", v)
+	}
+	if v := cut.metric(t, `berth_backends{state="ready"}`); v != "1" {
+		t.Errorf(`berth_backends{state="ready"} = %q, want 1`, v)
+	}
 	cutAt := time.Now()
 	r.partition()
 	eventually(t, leaseTTL, "the cut-off replica's backend to stop", func() bool { return len(backendProcs(first.BackendID)) == 0 })
@@ -49,6 +55,9 @@ func TestReplicas_CutOff(t *testing.T) {
 		return resp.StatusCode == http.StatusServiceUnavailable
 	})
 
+	if v := cut.metric(t, "berth_lease_held"); v != "0" {
+		t.Errorf("berth_lease_held = %q once cut off, want 0", v)
+	}
 	var moved *api.ConnectResponse
 	eventually(t, 4*leaseTTL, "the key to move to a live replica", func() bool {
 		res, err := a.Client.Connect(ctx, api.ConnectRequest{Key: "pad", Spawn: notepad, Wait: true})

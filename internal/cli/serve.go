@@ -197,6 +197,7 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 	if err != nil {
 		return err
 	}
+	reg.MustRegister(mgr.Collector())
 	blobs, err := openBlobs(ctx, o, log)
 	if err != nil {
 		return err
