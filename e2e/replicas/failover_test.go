@@ -1,6 +1,9 @@
 package replicas
 
 import (
+	"bytes"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -8,18 +11,66 @@ import (
 	"github.com/berthhq/berth/api"
 )
 
-// A replica killed with SIGKILL takes its backends with it; its keys stay
-// held until its lease expires, then the next connect starts a new backend
-// elsewhere with a larger fencing token, and the old record reads lost. The
-// replica, started again, resurrects nothing.
+// A replica killed with SIGKILL under load takes its backends with it; its
+// keys stay held until its lease expires, then the next connect starts a
+// new backend elsewhere with a larger fencing token, which loads the last
+// state saved; the old record reads lost. The other replicas serve
+// throughout, and the killed one, started again, resurrects nothing.
 func TestReplicas_NodeKilled(t *testing.T) {
 	c := newCluster(t, 3)
-	a, dead := c.nodes[0], c.nodes[2]
+	a, b, dead := c.nodes[0], c.nodes[1], c.nodes[2]
 	ctx := testCtx(t, 2*time.Minute)
-	first, err := dead.Client.Connect(ctx, api.ConnectRequest{Key: "doc", Spawn: c.spawn(), Wait: true})
+	grace := 2
+	notepad := &berth.SpawnConfig{Command: []string{bin.Berth, "demo-backend"}, GraceSeconds: &grace,
+		State: berth.StateConfig{Mode: berth.StateModeBlob, SaveIntervalSeconds: 1}}
+	// A first session saves the document when it stops (the notepad saves
+	// at shutdown); the second, on the same node, edits it without saving.
+	session, err := dead.Client.Connect(ctx, api.ConnectRequest{Key: "doc", Spawn: notepad, Wait: true})
 	if err != nil {
 		t.Fatal(err)
 	}
+	edit(t, dead, session, "saved before the kill")
+	if err := dead.Client.Terminate(ctx, session.BackendID, false); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 10*time.Second, "the edit to be saved", func() bool {
+		var buf bytes.Buffer
+		return a.Client.StateData(ctx, "doc", "", &buf) == nil && strings.Contains(buf.String(), "saved before the kill")
+	})
+	var first *api.ConnectResponse
+	eventually(t, 10*time.Second, "a second session", func() bool {
+		first, err = dead.Client.Connect(ctx, api.ConnectRequest{Key: "doc", Spawn: notepad, Wait: true})
+		return err == nil && first.BackendID != session.BackendID
+	})
+	if got := read(t, dead, first); got != "saved before the kill" {
+		t.Fatalf("the second session loaded %q", got)
+	}
+	edit(t, dead, first, "never saved")
+
+	// Load on the other replicas all along: connects for keys of their own.
+	stopLoad := make(chan struct{})
+	loadDone := make(chan error, 1)
+	go func() {
+		defer close(loadDone)
+		for i := 0; ; i++ {
+			select {
+			case <-stopLoad:
+				return
+			default:
+			}
+			nd := []*node{a, b}[i%2]
+			if _, err := nd.Client.Connect(ctx, api.ConnectRequest{Key: fmt.Sprintf("load-%d", i%8), Spawn: c.spawn()}); err != nil {
+				loadDone <- fmt.Errorf("connect via %s during the failover: %w", nd.id, err)
+				return
+			}
+		}
+	}()
+	defer func() {
+		close(stopLoad)
+		if err := <-loadDone; err != nil {
+			t.Error(err)
+		}
+	}()
 	if pids := backendProcs(first.BackendID); len(pids) == 0 {
 		t.Fatalf("backend %s has no process", first.BackendID)
 	}
@@ -28,7 +79,7 @@ func TestReplicas_NodeKilled(t *testing.T) {
 	eventually(t, 5*time.Second, "the dead replica's backend to die with it", func() bool { return len(backendProcs(first.BackendID)) == 0 })
 
 	// Within the lease the key is still the dead node's.
-	res, err := a.Client.Connect(ctx, api.ConnectRequest{Key: "doc", Spawn: c.spawn()})
+	res, err := a.Client.Connect(ctx, api.ConnectRequest{Key: "doc", Spawn: notepad})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,13 +90,16 @@ func TestReplicas_NodeKilled(t *testing.T) {
 
 	var moved *api.ConnectResponse
 	eventually(t, 4*leaseTTL, "the key to move to a live replica", func() bool {
-		res, err := a.Client.Connect(ctx, api.ConnectRequest{Key: "doc", Spawn: c.spawn(), Wait: true})
+		res, err := a.Client.Connect(ctx, api.ConnectRequest{Key: "doc", Spawn: notepad, Wait: true})
 		if err != nil {
 			t.Fatal(err)
 		}
 		moved = res
 		return res.BackendID != first.BackendID
 	})
+	if got := read(t, a, moved); got != "saved before the kill" {
+		t.Errorf("the new backend loaded %q, want the last saved text", got)
+	}
 	t.Logf("the key moved %s after the kill (lease %s)", time.Since(killed).Round(time.Millisecond), leaseTTL)
 	// Not before the dead node's lease expired (this host's clock is the
 	// database's: both are on it).
