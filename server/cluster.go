@@ -42,8 +42,9 @@ type cluster struct {
 	renewed atomic.Int64 // monoNow before the last successful renewal was sent
 	cutOff  atomic.Bool  // past Stop since then: the node gave its backends up
 	mu      sync.Mutex
-	nodes   map[string]*store.Node // as last read
-	remote  map[string]remoteRoute // routes to backends other nodes run, by id
+	nodes   map[string]*store.Node    // as last read
+	remote  map[string]remoteRoute    // routes to backends other nodes run, by id
+	holders map[string]*berth.Backend // other nodes' live backends, by key
 }
 
 type remoteRoute struct {
@@ -67,7 +68,8 @@ const remoteHard = "terminate requested (hard)"
 // rather than re-adopting backends whose keys others may hold. Reconcile
 // then starts following the store's feed.
 func (m *Manager) Join(ctx context.Context, c Cluster) error {
-	cl := &cluster{cfg: c, timing: lease.Scaled(c.LeaseTTL), nodes: map[string]*store.Node{}, remote: map[string]remoteRoute{}}
+	cl := &cluster{cfg: c, timing: lease.Scaled(c.LeaseTTL), nodes: map[string]*store.Node{}, remote: map[string]remoteRoute{},
+		holders: map[string]*berth.Backend{}}
 	sent := monoNow()
 	if _, err := m.cfg.Store.RegisterNode(ctx, m.node(cl), cl.timing.TTL); err != nil {
 		return fmt.Errorf("register node %s: %w", m.cfg.Node, err)
@@ -309,10 +311,12 @@ var errNoNode = errors.New("no node available")
 func (m *Manager) follow(feed <-chan store.Change) {
 	for ch := range feed {
 		if ch.Resync {
+			m.forgetHolders()
 			m.pickUp(m.ctx)
 			m.hub.publishAll()
 			continue
 		}
+		m.holderChanged(ch)
 		m.publish(ch.BackendID)
 		if ch.Node != m.cfg.Node {
 			if ch.State == berth.StateTerminated {
@@ -340,7 +344,7 @@ func (m *Manager) pickUp(ctx context.Context) {
 	for _, b := range bs {
 		rt := m.cfg.Runtimes[b.Runtime]
 		m.mu.Lock()
-		known := m.live[b.ID] != nil || m.closing
+		known := m.live[b.ID] != nil || m.creating[b.ID] || m.closing
 		if !known && rt != nil {
 			inst := newInstance(b, rt)
 			m.live[inst.id] = inst
@@ -476,4 +480,61 @@ func (h *hub) publishAll() {
 	for _, id := range ids {
 		h.publish(id)
 	}
+}
+
+// A connect for a key another node holds answers from memory: the holders
+// this node learned (from the store, when it first asked) are kept up to
+// date by the feed, and forgotten when they end or the feed had a gap. A
+// connect that finds none asks the store, as a first connect does.
+
+func (m *Manager) cachedHolder(key string) *berth.Backend {
+	cl := m.cluster
+	if cl == nil {
+		return nil
+	}
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	if b := cl.holders[key]; b != nil {
+		c := *b
+		return &c
+	}
+	return nil
+}
+
+func (m *Manager) cacheHolder(b *berth.Backend) {
+	cl := m.cluster
+	if cl == nil || b.Key == "" || b.Node == m.cfg.Node || !b.State.Live() {
+		return
+	}
+	c := *b
+	cl.mu.Lock()
+	if len(cl.holders) >= maxRemoteRoutes {
+		clear(cl.holders)
+	}
+	cl.holders[b.Key] = &c
+	cl.mu.Unlock()
+}
+
+// holderChanged applies a change to the holder kept for its key.
+func (m *Manager) holderChanged(ch store.Change) {
+	cl := m.cluster
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	b := cl.holders[ch.Key]
+	switch {
+	case b == nil:
+	case b.ID != ch.BackendID:
+		delete(cl.holders, ch.Key) // another backend holds the key now
+	case ch.State == berth.StateTerminating || ch.State == berth.StateTerminated:
+		delete(cl.holders, ch.Key)
+	case ch.State != "":
+		b.State = ch.State
+	}
+}
+
+func (m *Manager) forgetHolders() {
+	cl := m.cluster
+	cl.mu.Lock()
+	clear(cl.holders)
+	cl.mu.Unlock()
 }

@@ -112,6 +112,7 @@ type Manager struct {
 	byKey    map[string]*instance // live key holders
 	closing  bool
 	spawning map[string]*pending // keys whose CreateBackend is in flight
+	creating map[string]bool     // ids of backends this Manager is recording and will start
 
 	cluster *cluster // nil unless this Manager is a replica (Join)
 
@@ -146,6 +147,7 @@ func New(cfg Config) (*Manager, error) {
 		live:     make(map[string]*instance),
 		byKey:    make(map[string]*instance),
 		spawning: make(map[string]*pending),
+		creating: make(map[string]bool),
 
 		lostStops: make(chan struct{}, maxLostStops),
 	}, nil
@@ -283,6 +285,10 @@ func (m *Manager) getOrSpawn(ctx context.Context, req *api.ConnectRequest) (held
 			m.mu.Unlock()
 			return held{}, false, fmt.Errorf("key %q is not held by a live backend and the request has no spawn config: %w", req.Key, berth.ErrNotFound)
 		}
+		if b := m.cachedHolder(req.Key); b != nil {
+			m.mu.Unlock()
+			return held{remote: b}, false, nil
+		}
 		p := &pending{done: make(chan struct{})}
 		m.spawning[req.Key] = p
 		m.mu.Unlock()
@@ -299,6 +305,20 @@ func (m *Manager) getOrSpawn(ctx context.Context, req *api.ConnectRequest) (held
 		close(p.done)
 		if errors.Is(p.err, errRetry) {
 			continue
+		}
+		if b := p.held.remote; b != nil && b.State == berth.StateTerminating {
+			// As for a holder here: the key passes on once the old
+			// backend's final save is done.
+			if _, err := m.waitRemote(ctx, b.ID); err != nil {
+				return held{}, false, err
+			}
+			if err := ctx.Err(); err != nil {
+				return held{}, false, fmt.Errorf("waiting for the key's previous backend to finish terminating: %w", err)
+			}
+			continue
+		}
+		if p.held.remote != nil {
+			m.cacheHolder(p.held.remote)
 		}
 		return p.held, spawned, p.err
 	}
@@ -344,6 +364,16 @@ func (m *Manager) spawn(ctx context.Context, req *api.ConnectRequest) (h held, c
 		Node:      node,
 		CreatedAt: now,
 	}
+	// A replica hears of the record on the store's feed too, perhaps
+	// before this goroutine has it in memory: pickUp must leave it alone.
+	m.mu.Lock()
+	m.creating[b.ID] = true
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		delete(m.creating, b.ID)
+		m.mu.Unlock()
+	}()
 	holder, created, err := m.cfg.Store.CreateBackend(ctx, b)
 	if err != nil {
 		return held{}, false, fmt.Errorf("record backend: %w", err)
