@@ -3,7 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"flag"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -85,7 +85,7 @@ func TestClientOptions_Unauthorized(t *testing.T) {
 	}
 }
 
-func TestParseInterspersed(t *testing.T) {
+func TestFlags_Parse(t *testing.T) {
 	tests := []struct {
 		args     []string
 		wantRest []string
@@ -100,9 +100,9 @@ func TestParseInterspersed(t *testing.T) {
 		{nil, nil, false},
 	}
 	for _, tt := range tests {
-		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		fs := newFlags("t", "t", Stdio{Out: io.Discard})
 		f := fs.Bool("f", false, "")
-		rest, err := parseInterspersed(fs, tt.args)
+		rest, err := fs.parse(tt.args)
 		if err != nil {
 			t.Fatalf("%q: %v", tt.args, err)
 		}
@@ -112,11 +112,11 @@ func TestParseInterspersed(t *testing.T) {
 	}
 }
 
-func TestParseInterspersed_BadFlagIsUsage(t *testing.T) {
-	fs := flag.NewFlagSet("t", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	_, err := parseInterspersed(fs, []string{"x", "--nope"})
-	if _, ok := err.(*usageError); !ok {
+func TestFlags_Parse_BadFlagIsUsage(t *testing.T) {
+	fs := newFlags("t", "t", Stdio{Out: io.Discard})
+	_, err := fs.parse([]string{"x", "--nope"})
+	var ue *usageError
+	if !errors.As(err, &ue) {
 		t.Errorf("err = %v (%T), want a usage error", err, err)
 	}
 }

@@ -17,14 +17,15 @@ func init() {
 
 func runDev(ctx context.Context, args []string, stdio Stdio) error {
 	o := serverOptions{dev: true}
-	fs := newFlags("dev", stdio)
-	o.flags(fs)
+	fs := newFlags("dev", "berth dev [flags]", stdio)
+	o.flags(fs.FlagSet)
 	noDemo := fs.Bool("no-demo", false, "do not start the demo notepad backend")
-	if err := fs.Parse(args); err != nil {
+	rest, err := fs.parse(args)
+	if err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return usagef("unexpected argument %q", fs.Arg(0))
+	if len(rest) > 0 {
+		return usagef("unexpected argument %q; berth dev takes only flags (berth dev -h)", rest[0])
 	}
 	return serve(ctx, &o, stdio, func(s *runningServer) {
 		printBanner(ctx, s, stdio, !*noDemo)

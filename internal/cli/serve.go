@@ -76,14 +76,15 @@ func (o *serverOptions) flags(fs *flag.FlagSet) {
 
 func runServe(ctx context.Context, args []string, stdio Stdio) error {
 	var o serverOptions
-	fs := newFlags("serve", stdio)
-	o.flags(fs)
+	fs := newFlags("serve", "berth serve --api-key KEY [flags]", stdio)
+	o.flags(fs.FlagSet)
 	fs.StringVar(&o.APIKey, "api-key", envOr("BERTH_API_KEY", ""), "API key clients must send as a Bearer token (BERTH_API_KEY; required)")
-	if err := fs.Parse(args); err != nil {
+	rest, err := fs.parse(args)
+	if err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return usagef("unexpected argument %q", fs.Arg(0))
+	if len(rest) > 0 {
+		return usagef("unexpected argument %q; berth serve takes only flags (berth serve -h)", rest[0])
 	}
 	if o.APIKey == "" {
 		return usagef("--api-key (or BERTH_API_KEY) is required; use `berth dev` for a local server without one")
