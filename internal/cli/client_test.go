@@ -59,19 +59,39 @@ func TestClientOptions_Unreachable(t *testing.T) {
 	}
 }
 
-func TestClientOptions_EnvFallback(t *testing.T) {
-	var auth string
-	url := fakeAPI(t, func(w http.ResponseWriter, r *http.Request) {
-		auth = r.Header.Get("Authorization")
-		writeJSON(w, http.StatusOK, map[string]any{"backends": []any{}})
-	})
-	t.Setenv("BERTH_API", url)
-	t.Setenv("BERTH_API_KEY", "s3cret")
-	if code, _, stderr := runCLI(t, "ps"); code != 0 {
-		t.Fatalf("exit %d: %s", code, stderr)
+// TestClientOptions_Env: every verb that talks to the API takes its
+// address from BERTH_URL (or the older BERTH_API) and sends BERTH_API_KEY.
+func TestClientOptions_Env(t *testing.T) {
+	verbs := [][]string{
+		{"ps"},
+		{"get", "bk_1"},
+		{"logs", "bk_1"},
+		{"events", "bk_1"},
+		{"terminate", "bk_1"},
+		{"connect", "doc", "--", "./server"},
+		{"state", "ls", "doc"},
+		{"state", "get", "doc"},
+		{"state", "restore", "doc", "--version", "v1"},
 	}
-	if auth != "Bearer s3cret" {
-		t.Errorf("Authorization = %q, want %q", auth, "Bearer s3cret")
+	for _, name := range []string{"BERTH_URL", "BERTH_API"} {
+		for _, args := range verbs {
+			var auth string
+			url := fakeAPI(t, func(w http.ResponseWriter, r *http.Request) {
+				auth = r.Header.Get("Authorization")
+				writeError(w, http.StatusTeapot, "teapot", "answered")
+			})
+			t.Setenv("BERTH_URL", "")
+			t.Setenv("BERTH_API", "")
+			t.Setenv(name, url)
+			t.Setenv("BERTH_API_KEY", "s3cret")
+			code, _, stderr := runCLI(t, args...)
+			if code != 1 || !strings.Contains(stderr, "418 teapot: answered") {
+				t.Errorf("%s %v: exit %d, stderr %q; want the server's answer", name, args, code, stderr)
+			}
+			if auth != "Bearer s3cret" {
+				t.Errorf("%s %v: Authorization = %q, want %q", name, args, auth, "Bearer s3cret")
+			}
+		}
 	}
 }
 
