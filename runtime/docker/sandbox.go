@@ -183,7 +183,7 @@ func (p *sandboxPool) run(prog []byte) {
 				if ctx.Err() != nil {
 					return
 				}
-				if cerrdefs.IsNotFound(err) { // someone removed the image
+				if cerrdefs.IsNotFound(err) && !p.r.renewNetwork(ctx) { // or someone removed the image
 					err = errors.Join(err, p.ensureImage(ctx, prog))
 				}
 				p.r.log.Warn("network sandboxes: create", "err", err, "retry_in", retry)
@@ -243,7 +243,7 @@ func (p *sandboxPool) create() (sandbox, error) {
 			Labels: map[string]string{LabelSandbox: "true", LabelInstance: r.cfg.Instance},
 		},
 		HostConfig: &container.HostConfig{
-			NetworkMode:    container.NetworkMode(r.netID),
+			NetworkMode:    container.NetworkMode(r.network()),
 			CapDrop:        []string{"ALL"},
 			SecurityOpt:    []string{"no-new-privileges"},
 			ReadonlyRootfs: true,
