@@ -61,7 +61,7 @@ func runVersion(ctx context.Context, args []string, stdio Stdio) error {
 	fmt.Fprintf(stdio.Out, "berth %s\n", v.Version)
 	switch {
 	case v.Revision == "":
-		fmt.Fprintln(stdio.Out, "  commit   unknown (built without VCS stamping: go build -buildvcs=true in a Git checkout)")
+		fmt.Fprintln(stdio.Out, "  commit   unknown (built without VCS information: build in a Git clone with GOFLAGS=-buildvcs=true)")
 	case v.Modified:
 		fmt.Fprintf(stdio.Out, "  commit   %s, with uncommitted changes (%s)\n", v.Revision, v.Time)
 	default:

@@ -197,9 +197,9 @@ func (c *Config) setDefaults() {
 
 // Runtime runs backends as containers. Close it when done.
 type Runtime struct {
-	cli     *client.Client
-	cfg     Config
-	log     *slog.Logger
+	cli *client.Client
+	cfg Config
+	log *slog.Logger
 
 	// The network's id and gateway: another Berth's Close may remove the
 	// network, and the runtime then makes it anew (renewNetwork).

@@ -430,7 +430,9 @@ func TestNew_networkRace(t *testing.T) {
 		wg.Go(func() { rts[i] = newRuntime(t, Config{Network: name}) })
 	}
 	wg.Wait()
-	t.Cleanup(func() { rts[0].cli.NetworkRemove(context.Background(), rts[0].network(), client.NetworkRemoveOptions{}) })
+	t.Cleanup(func() {
+		rts[0].cli.NetworkRemove(context.Background(), rts[0].network(), client.NetworkRemoveOptions{})
+	})
 	for _, r := range rts[1:] {
 		if r.network() != rts[0].network() {
 			t.Errorf("runtimes use networks %s and %s", rts[0].network()[:12], r.network()[:12])
