@@ -113,24 +113,25 @@ func newFlags(name, usage string, stdio Stdio) *flags {
 	return &flags{FlagSet: fs, name: name, usage: usage, out: stdio.Out}
 }
 
-// printUsage writes how to call the command, then its flags.
+// printUsage writes how to call the command, then its flags, written as
+// errors write them (--name, -f).
 func (f *flags) printUsage() {
 	fmt.Fprintf(f.out, "Usage: %s\n", f.usage)
-	if f.hasFlags() {
-		fmt.Fprintln(f.out, "\nFlags:")
-		f.SetOutput(f.out)
-		f.PrintDefaults()
-		f.SetOutput(io.Discard)
-	}
+	first := true
+	f.VisitAll(func(fl *flag.Flag) {
+		if first {
+			fmt.Fprintln(f.out, "\nFlags:")
+			first = false
+		}
+		arg, help := flag.UnquoteUsage(fl)
+		if def := fl.DefValue; def != "" && def != "false" && def != "0" && def != "[]" {
+			help += " (default " + def + ")"
+		}
+		fmt.Fprintf(f.out, "  %s\n      %s\n", strings.TrimSpace(flagName(fl.Name)+" "+arg), help)
+	})
 	if c, ok := f.out.(*flagCollector); ok {
 		c.add(f)
 	}
-}
-
-func (f *flags) hasFlags() bool {
-	n := 0
-	f.VisitAll(func(*flag.Flag) { n++ })
-	return n > 0
 }
 
 // parse parses flags found anywhere among args, so both `berth logs -f ID`

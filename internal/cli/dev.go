@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -70,7 +71,16 @@ Spawn your own backend (any program that serves HTTP on $PORT):
     -d '{"key":"doc-42","spawn":{"command":["python3","-m","http.server","${PORT}"]},"wait":true}'
   or: berth connect --wait doc-42 -- python3 -m http.server '${PORT}'
 Then open the "url" it returns. List backends with: berth ps
-
+%s
 Press Ctrl-C to stop Berth and its backends.
-`, s.apiURL)
+`, s.apiURL, containerHint(s.runtime))
+}
+
+// containerHint tells how to try a container backend when Docker is there:
+// an image this binary makes, since nothing may be pullable.
+func containerHint(runtimes []string) string {
+	if !slices.Contains(runtimes, "docker") {
+		return ""
+	}
+	return "Containers: berth demo-image builds an image to spawn with \"image\" (see README.md).\n"
 }

@@ -72,3 +72,19 @@ func TestErrors_Golden(t *testing.T) {
 	}
 	golden(t, "errors.golden", b.String())
 }
+
+// TestHelp: -h prints the usage and flags once, on standard output, and
+// exits 0.
+func TestHelp(t *testing.T) {
+	for _, env := range []string{"BERTH_URL", "BERTH_API", "BERTH_API_KEY"} {
+		t.Setenv(env, "") // defaults shown in the help come from them
+	}
+	code, out, stderr := runCLI(t, "ps", "-h")
+	if code != 0 || stderr != "" {
+		t.Errorf("exit %d, stderr %q; want 0 and nothing", code, stderr)
+	}
+	golden(t, "ps-help.golden", out)
+	if code, out, _ := runCLI(t, "help"); code != 0 || !strings.Contains(out, "  ps          list backends") {
+		t.Errorf("berth help: exit %d, output %q", code, out)
+	}
+}
