@@ -17,6 +17,8 @@ func TestErrors_Golden(t *testing.T) {
 			writeError(w, http.StatusUnauthorized, "unauthorized", "missing API key")
 		case r.URL.Path == "/v1/backends":
 			writeError(w, http.StatusInternalServerError, "internal", "internal error")
+		case r.URL.Path == "/v1/connect":
+			writeError(w, http.StatusNotFound, "not_found", "key doc-9 is not held and no spawn was given")
 		case r.URL.Path == "/v1/state/data":
 			writeError(w, http.StatusNotFound, "not_found", "no saved state for doc-1")
 		default:
@@ -52,6 +54,7 @@ func TestErrors_Golden(t *testing.T) {
 		{"logs", "--api", "$API", "bk_gone"},
 		{"terminate", "--api", "$API", "bk_gone"},
 		{"state", "get", "--api", "$API", "doc-1"},
+		{"connect", "--api", "$API", "doc-9"},
 		{"ps", "--api", "$API"},
 		{"ps", "--api", "$API", "--key", "needs-key"},
 	}
