@@ -105,7 +105,7 @@ func runConnect(ctx context.Context, args []string, stdio Stdio) error {
 		fmt.Fprintln(stdio.Out, buf.String())
 	}
 	if err != nil {
-		return o.explain(err, "no live backend holds the key: to spawn one, give its command after -- or --image")
+		return o.explain(err, "to spawn one, give its command after -- or --image")
 	}
 	if *asJSON {
 		if err := printJSON(stdio.Out, resp); err != nil {
