@@ -41,6 +41,9 @@ type Error struct {
 	Code    string // one of the Code* constants; empty if the body was not an ErrorBody
 	Message string
 	Field   string // the request field at fault, if any
+	// Body is the answer as it came (up to 64 KiB), for error bodies that
+	// carry more than the fields above.
+	Body []byte
 }
 
 func (e *Error) Error() string {
@@ -285,7 +288,7 @@ func (c *Client) send(ctx context.Context, method, path string, q url.Values, bo
 // body when there is one and from the raw text otherwise.
 func decodeError(resp *http.Response) error {
 	raw, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	e := &Error{Status: resp.StatusCode}
+	e := &Error{Status: resp.StatusCode, Body: raw}
 	var body ErrorBody
 	if json.Unmarshal(raw, &body) == nil && (body.Error.Code != "" || body.Error.Message != "") {
 		e.Code, e.Message, e.Field = body.Error.Code, body.Error.Message, body.Error.Field

@@ -177,6 +177,24 @@ func TestCLI(t *testing.T) {
 		}
 	})
 
+	t.Run("get and --output json", func(t *testing.T) {
+		r := s.cli(t, ctx, []string{"BERTH_URL=" + s.API}, "get", "--output", "json", id)
+		var b berth.Backend
+		if err := json.Unmarshal([]byte(r.stdout), &b); err != nil || b.ID != id || b.Key != "cli-doc" || b.State != berth.StateReady {
+			t.Errorf("berth get --output json: %v %+v", err, b)
+		}
+		if r := s.cli(t, ctx, nil, "get", id); r.code != 0 || !strings.Contains(r.stdout, "cli-doc") || !strings.Contains(r.stdout, bin.testbackend) {
+			t.Errorf("berth get: exit %d; want 0 and the key and command", r.code)
+		}
+	})
+
+	t.Run("a command without --", func(t *testing.T) {
+		r := s.cli(t, ctx, nil, "connect", "cli-other", bin.testbackend, "-port", "1")
+		if r.code != 2 || strings.Count(r.stderr, "\n") != 2 || !strings.Contains(r.stderr, "-- "+bin.testbackend+" -port 1") {
+			t.Errorf("berth connect KEY CMD -flag: exit %d, stderr %q; want 2 and the line with --", r.code, r.stderr)
+		}
+	})
+
 	t.Run("logs", func(t *testing.T) {
 		want := tbLogLines(4)
 		deadline := time.Now().Add(5 * time.Second)

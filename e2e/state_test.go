@@ -299,10 +299,11 @@ func TestStateBlobDemo(t *testing.T) {
 			if r.code != 0 {
 				t.Fatalf("berth state ls: exit %d: %s", r.code, r.stderr)
 			}
-			var vs []api.StateVersion
-			if err := json.Unmarshal([]byte(r.stdout), &vs); err != nil {
+			var l api.StateVersionList
+			if err := json.Unmarshal([]byte(r.stdout), &l); err != nil || l.Key != key {
 				t.Fatalf("berth state ls --json printed %q: %v", r.stdout, err)
 			}
+			vs := l.Versions
 			if len(vs) == 0 || vs[0].SHA256 != sha([]byte(text)) || vs[0].Size != int64(len(text)) || vs[0].Fence != a.FencingToken {
 				t.Fatalf("berth state ls: %+v; want the current save first: %d bytes, sha256 %s, fence %d", vs, len(text), sha([]byte(text)), a.FencingToken)
 			}

@@ -28,8 +28,7 @@ func init() {
 const benchUsage = "berth bench [flags] [scenario…]"
 
 func runBench(ctx context.Context, args []string, stdio Stdio) error {
-	fs := newFlags("bench", stdio)
-	usageLine(fs, benchUsage+"\n\nScenarios (default: all):\n"+bench.ScenarioHelp())
+	fs := newFlags("bench", benchUsage+"\n\nScenarios (default: all):\n"+bench.ScenarioHelp(), stdio)
 	quick := fs.Bool("quick", false, "tiny sizes, one run: checks every scenario works (CI); the figures mean little")
 	runs := fs.Int("runs", 0, "runs of each scenario; the table shows medians (default 3, or 1 with --quick)")
 	asJSON := fs.Bool("json", false, "print the report as JSON instead of a table")
@@ -37,7 +36,7 @@ func runBench(ctx context.Context, args []string, stdio Stdio) error {
 	backend := fs.String("backend", "", "backend `binary` to spawn (default: build internal/benchbackend/cmd/benchbackend, else this binary's bench-backend)")
 	keep := fs.Bool("keep", false, "keep the temporary directory (Berth's data, logs, nginx config)")
 	verbose := fs.Bool("v", false, "log progress in detail")
-	rest, err := parseInterspersed(fs, args)
+	rest, err := fs.parse(args)
 	if err != nil {
 		return err
 	}
@@ -92,11 +91,11 @@ func runBench(ctx context.Context, args []string, stdio Stdio) error {
 // runs until it is signalled.
 func runBenchServer(ctx context.Context, args []string, stdio Stdio) error {
 	var o serverOptions
-	fs := newFlags("bench-server", stdio)
-	o.flags(fs)
+	fs := newFlags("bench-server", "berth bench-server --api-key KEY [flags]", stdio)
+	o.flags(fs.FlagSet)
 	fs.StringVar(&o.APIKey, "api-key", envOr("BERTH_API_KEY", ""), "API key (BERTH_API_KEY; required)")
 	debugAddr := fs.String("debug-addr", "127.0.0.1:0", "pprof and memory statistics listen address")
-	if err := fs.Parse(args); err != nil {
+	if _, err := fs.parse(args); err != nil {
 		return err
 	}
 	if o.APIKey == "" {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -23,8 +22,9 @@ type clientOptions struct {
 	APIKey string
 }
 
-func (o *clientOptions) flags(fs *flag.FlagSet) {
-	fs.StringVar(&o.API, "api", envOr("BERTH_API", defaultAPI), "control API `URL` (BERTH_API)")
+func (o *clientOptions) flags(fs *flags) {
+	// BERTH_API is the name this had before BERTH_URL; both are read.
+	fs.StringVar(&o.API, "api", envOr("BERTH_URL", envOr("BERTH_API", defaultAPI)), "control API `URL` (BERTH_URL)")
 	fs.StringVar(&o.APIKey, "api-key", envOr("BERTH_API_KEY", ""), "API `key`; berth dev needs none (BERTH_API_KEY)")
 }
 
@@ -33,54 +33,26 @@ func (o *clientOptions) client() *api.Client {
 }
 
 // explain rewrites the errors a person can act on into what to do next; the
-// rest pass through unchanged.
-func (o *clientOptions) explain(err error) error {
+// rest pass through unchanged. notFound, if given, is the hint for a 404.
+func (o *clientOptions) explain(err error, notFound ...string) error {
 	var op *net.OpError
 	var apiErr *api.Error
 	switch {
 	case errors.Is(err, context.Canceled):
 		return err
 	case errors.As(err, &op) && op.Op == "dial":
-		return fmt.Errorf("cannot reach Berth at %s — is `berth dev` running? (%v)", o.API, op.Err)
+		return fmt.Errorf("cannot reach Berth at %s — is `berth dev` running? Point at another with --api or BERTH_URL. (%v)", o.API, op.Err)
 	case errors.As(err, &apiErr) && apiErr.Status == http.StatusUnauthorized:
 		if o.APIKey == "" {
 			return fmt.Errorf("%w (give the server's API key with --api-key or BERTH_API_KEY)", err)
 		}
 		return fmt.Errorf("%w (check --api-key or BERTH_API_KEY)", err)
+	case errors.As(err, &apiErr) && apiErr.Status == http.StatusNotFound && len(notFound) > 0:
+		return fmt.Errorf("%w (%s)", err, notFound[0])
+	case errors.As(err, &apiErr) && apiErr.Status >= 500:
+		return fmt.Errorf("%w (the server's log has the details)", err)
 	}
 	return err
-}
-
-// usageLine makes -h start with how to call the verb, then its flags.
-func usageLine(fs *flag.FlagSet, line string) {
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: %s\n\nFlags:\n", line)
-		fs.PrintDefaults()
-	}
-}
-
-// parseInterspersed parses flags found anywhere among args, so both
-// `berth logs -f ID` and `berth logs ID -f` work, and returns the other
-// arguments in order. Everything after "--" is an argument.
-func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
-	var rest []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return nil, err
-			}
-			return nil, usagef("%v", err) // the flag package has printed the flags
-		}
-		left := fs.Args()
-		if len(left) == 0 {
-			return rest, nil
-		}
-		if n := len(args) - len(left); n > 0 && args[n-1] == "--" {
-			return append(rest, left...), nil
-		}
-		rest = append(rest, left[0])
-		args = left[1:]
-	}
 }
 
 // oneID returns the single backend id a verb takes.
@@ -99,6 +71,10 @@ func printJSON(w io.Writer, v any) error {
 	enc.SetIndent("", "  ")
 	return enc.Encode(v)
 }
+
+// now is the clock ages are counted to; tests set it, so tables of ages
+// can be compared whole.
+var now = time.Now
 
 // since formats a duration the way people read an age: 45s, 12m, 3h, 5d.
 func since(d time.Duration) string {

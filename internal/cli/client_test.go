@@ -3,7 +3,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"flag"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -59,19 +59,39 @@ func TestClientOptions_Unreachable(t *testing.T) {
 	}
 }
 
-func TestClientOptions_EnvFallback(t *testing.T) {
-	var auth string
-	url := fakeAPI(t, func(w http.ResponseWriter, r *http.Request) {
-		auth = r.Header.Get("Authorization")
-		writeJSON(w, http.StatusOK, map[string]any{"backends": []any{}})
-	})
-	t.Setenv("BERTH_API", url)
-	t.Setenv("BERTH_API_KEY", "s3cret")
-	if code, _, stderr := runCLI(t, "ps"); code != 0 {
-		t.Fatalf("exit %d: %s", code, stderr)
+// TestClientOptions_Env: every verb that talks to the API takes its
+// address from BERTH_URL (or the older BERTH_API) and sends BERTH_API_KEY.
+func TestClientOptions_Env(t *testing.T) {
+	verbs := [][]string{
+		{"ps"},
+		{"get", "bk_1"},
+		{"logs", "bk_1"},
+		{"events", "bk_1"},
+		{"terminate", "bk_1"},
+		{"connect", "doc", "--", "./server"},
+		{"state", "ls", "doc"},
+		{"state", "get", "doc"},
+		{"state", "restore", "doc", "--version", "v1"},
 	}
-	if auth != "Bearer s3cret" {
-		t.Errorf("Authorization = %q, want %q", auth, "Bearer s3cret")
+	for _, name := range []string{"BERTH_URL", "BERTH_API"} {
+		for _, args := range verbs {
+			var auth string
+			url := fakeAPI(t, func(w http.ResponseWriter, r *http.Request) {
+				auth = r.Header.Get("Authorization")
+				writeError(w, http.StatusTeapot, "teapot", "answered")
+			})
+			t.Setenv("BERTH_URL", "")
+			t.Setenv("BERTH_API", "")
+			t.Setenv(name, url)
+			t.Setenv("BERTH_API_KEY", "s3cret")
+			code, _, stderr := runCLI(t, args...)
+			if code != 1 || !strings.Contains(stderr, "418 teapot: answered") {
+				t.Errorf("%s %v: exit %d, stderr %q; want the server's answer", name, args, code, stderr)
+			}
+			if auth != "Bearer s3cret" {
+				t.Errorf("%s %v: Authorization = %q, want %q", name, args, auth, "Bearer s3cret")
+			}
+		}
 	}
 }
 
@@ -85,7 +105,7 @@ func TestClientOptions_Unauthorized(t *testing.T) {
 	}
 }
 
-func TestParseInterspersed(t *testing.T) {
+func TestFlags_Parse(t *testing.T) {
 	tests := []struct {
 		args     []string
 		wantRest []string
@@ -100,9 +120,9 @@ func TestParseInterspersed(t *testing.T) {
 		{nil, nil, false},
 	}
 	for _, tt := range tests {
-		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		fs := newFlags("t", "t", Stdio{Out: io.Discard})
 		f := fs.Bool("f", false, "")
-		rest, err := parseInterspersed(fs, tt.args)
+		rest, err := fs.parse(tt.args)
 		if err != nil {
 			t.Fatalf("%q: %v", tt.args, err)
 		}
@@ -112,11 +132,11 @@ func TestParseInterspersed(t *testing.T) {
 	}
 }
 
-func TestParseInterspersed_BadFlagIsUsage(t *testing.T) {
-	fs := flag.NewFlagSet("t", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	_, err := parseInterspersed(fs, []string{"x", "--nope"})
-	if _, ok := err.(*usageError); !ok {
+func TestFlags_Parse_BadFlagIsUsage(t *testing.T) {
+	fs := newFlags("t", "t", Stdio{Out: io.Discard})
+	_, err := fs.parse([]string{"x", "--nope"})
+	var ue *usageError
+	if !errors.As(err, &ue) {
 		t.Errorf("err = %v (%T), want a usage error", err, err)
 	}
 }

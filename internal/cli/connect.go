@@ -1,7 +1,9 @@
 package cli
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -24,8 +26,7 @@ const connectUsage = "berth connect [flags] KEY -- CMD ARGS…  (KEY - or --no-k
 
 func runConnect(ctx context.Context, args []string, stdio Stdio) error {
 	var o clientOptions
-	fs := newFlags("connect", stdio)
-	usageLine(fs, connectUsage)
+	fs := newFlags("connect", connectUsage, stdio)
 	o.flags(fs)
 	var (
 		env                               envVars
@@ -41,16 +42,16 @@ func runConnect(ctx context.Context, args []string, stdio Stdio) error {
 	user := fs.String("user", "", "the `user` the returned URL is for")
 	noKey := fs.Bool("no-key", false, "spawn a new backend that holds no key (same as KEY -)")
 	wait := fs.Bool("wait", false, "show state changes until the backend is ready; fail if it terminates")
-	asJSON := fs.Bool("json", false, "print the server's response as JSON")
+	asJSON := fs.output()
 
 	// After "--" nothing is a flag: it is the backend's command line.
 	flagArgs, command := args, []string(nil)
 	if i := slices.Index(args, "--"); i >= 0 {
 		flagArgs, command = args[:i], args[i+1:]
 	}
-	rest, err := parseInterspersed(fs, flagArgs)
+	rest, err := fs.parse(flagArgs)
 	if err != nil {
-		return err
+		return commandWithoutDashes(err, rest, flagArgs, command)
 	}
 
 	var key string
@@ -86,7 +87,7 @@ func runConnect(ctx context.Context, args []string, stdio Stdio) error {
 			StartupTimeoutSeconds: startup.n,
 			State:                 berth.StateConfig{Mode: berth.StateMode(*stateMode)},
 		}
-	} else if name := firstSet(fs, "env", "max-idle", "lifetime", "grace", "startup-timeout", "state-mode"); name != "" {
+	} else if name := firstSet(fs.FlagSet, "env", "max-idle", "lifetime", "grace", "startup-timeout", "state-mode"); name != "" {
 		return usagef("--%s only applies to a new backend: give its command after -- or --image: %s", name, connectUsage)
 	} else if key == "" {
 		return usagef("a backend without a key is always new: give its command after -- or --image: %s", connectUsage)
@@ -95,8 +96,16 @@ func runConnect(ctx context.Context, args []string, stdio Stdio) error {
 	c := o.client()
 	start := time.Now()
 	resp, err := c.Connect(ctx, req)
+	var apiErr *api.Error
+	if *asJSON && errors.As(err, &apiErr) && json.Valid(apiErr.Body) {
+		// The body says why (with wait, a failed start's reason, exit
+		// code and output): a script reads it where it reads an answer.
+		var buf bytes.Buffer
+		json.Indent(&buf, apiErr.Body, "", "  ")
+		fmt.Fprintln(stdio.Out, buf.String())
+	}
 	if err != nil {
-		return o.explain(err)
+		return o.explain(err, "to spawn one, give its command after -- or --image")
 	}
 	if *asJSON {
 		if err := printJSON(stdio.Out, resp); err != nil {
@@ -107,11 +116,14 @@ func runConnect(ctx context.Context, args []string, stdio Stdio) error {
 
 	last := api.StateEvent{State: resp.State, Reason: resp.Reason, ExitCode: resp.ExitCode}
 	if *wait && resp.State.Live() && resp.State != berth.StateReady {
-		if last, err = waitReady(ctx, c, resp.BackendID, start, stdio.Out); err != nil {
+		p := newProgress(stdio.Out, resp.BackendID, start)
+		last, err = waitReady(ctx, c, resp.BackendID, p)
+		if err != nil {
 			return o.explain(err)
 		}
 	}
 	if err := terminatedErr(resp.BackendID, last.State, last.Reason, last.ExitCode, last.Message); err != nil {
+		printOutputTail(ctx, c, resp.BackendID, stdio.Err)
 		return err
 	}
 	verb := "Connected to"
@@ -129,22 +141,14 @@ func runConnect(ctx context.Context, args []string, stdio Stdio) error {
 // errReady stops the events stream once the backend is ready.
 var errReady = errors.New("ready")
 
-// waitReady prints each state change of a backend, with the time since the
-// command started, until it is ready or terminated, and returns the last one.
-func waitReady(ctx context.Context, c *api.Client, id string, start time.Time, w io.Writer) (api.StateEvent, error) {
+// waitReady shows each state change of a backend on p until it is ready or
+// terminated, and returns the last one.
+func waitReady(ctx context.Context, c *api.Client, id string, p *progress) (api.StateEvent, error) {
+	p.run()
+	defer p.stop()
 	var last api.StateEvent
 	err := c.Events(ctx, id, func(e api.StateEvent) error {
-		change := string(e.State)
-		if last.State != "" {
-			change = fmt.Sprintf("%s → %s", last.State, e.State)
-		}
-		if r := reasonText(e.Reason, e.ExitCode); r != "" {
-			change += "  " + r
-		}
-		if e.Message != "" {
-			change += "  " + e.Message
-		}
-		fmt.Fprintf(w, "%8.3fs  %s\n", time.Since(start).Seconds(), change)
+		p.event(e)
 		last = e
 		if e.State == berth.StateReady {
 			return errReady
@@ -155,6 +159,41 @@ func waitReady(ctx context.Context, c *api.Client, id string, start time.Time, w
 		err = nil
 	}
 	return last, err
+}
+
+// printOutputTail shows the last lines a failed backend wrote, which
+// usually say why it failed; when they cannot be had, the error's hint
+// (berth logs ID) still stands.
+func printOutputTail(ctx context.Context, c *api.Client, id string, w io.Writer) {
+	var buf bytes.Buffer
+	if c.Logs(ctx, id, false, &buf) != nil || buf.Len() == 0 {
+		return
+	}
+	lines := strings.Split(strings.TrimRight(buf.String(), "\n"), "\n")
+	if len(lines) > outputTailLines {
+		lines = lines[len(lines)-outputTailLines:]
+	}
+	fmt.Fprintf(w, "Its last output:\n  %s\n", strings.Join(lines, "\n  "))
+}
+
+const outputTailLines = 10
+
+// commandWithoutDashes turns the error of a flag the backend's command
+// line was meant to have (berth connect KEY python3 -m …) into the advice
+// to put that command after --, shown on the line that was typed.
+func commandWithoutDashes(err error, rest, flagArgs, command []string) error {
+	var uf *usageError
+	if !errors.As(err, &uf) || uf.unknown == "" || len(rest) == 0 {
+		return err
+	}
+	if len(rest) == 1 {
+		return usagef("%s; if it is the backend's, put its command after --: %s", uf.msg, connectUsage)
+	}
+	// rest[1] starts the command: find it after the key.
+	key := slices.Index(flagArgs, rest[0])
+	at := key + 1 + slices.Index(flagArgs[key+1:], rest[1])
+	fixed := slices.Concat(flagArgs[:at], []string{"--"}, flagArgs[at:], command)
+	return usagef("%s is not a flag of berth connect; put the backend's command after --:\n  berth connect %s", uf.unknown, shellJoin(fixed))
 }
 
 // terminatedErr is the command's error when the backend it got is terminated.

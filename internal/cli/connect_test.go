@@ -2,11 +2,13 @@ package cli
 
 import (
 	"encoding/json"
+	"io"
 	"net/http"
 	"reflect"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/berthhq/berth"
 	"github.com/berthhq/berth/api"
@@ -17,6 +19,10 @@ import (
 func connectAPI(t *testing.T, got *api.ConnectRequest, resp api.ConnectResponse, events ...string) string {
 	sse := sseHandler(t, events...)
 	return fakeAPI(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/v1/backends/bk_1/logs" {
+			io.WriteString(w, "listening\nTraceback (most recent call last):\nImportError: no module named app\n")
+			return
+		}
 		if r.URL.Path != "/v1/connect" {
 			sse(w, r)
 			return
@@ -169,7 +175,8 @@ func TestConnect_WaitTerminated(t *testing.T) {
 	if !strings.Contains(out, "starting → terminated  crashed (exit 1)") {
 		t.Errorf("output lacks the last change:\n%s", out)
 	}
-	if want := "berth connect: backend bk_1 terminated: crashed (exit 1) (see its output: berth logs bk_1)\n"; stderr != want {
+	if want := "Its last output:\n  listening\n  Traceback (most recent call last):\n  ImportError: no module named app\n" +
+		"berth connect: backend bk_1 terminated: crashed (exit 1) (see its output: berth logs bk_1)\n"; stderr != want {
 		t.Errorf("stderr %q, want %q", stderr, want)
 	}
 }
@@ -218,5 +225,88 @@ func TestConnect_Usage(t *testing.T) {
 		if code != 2 || !strings.Contains(stderr, tt.wantErr) {
 			t.Errorf("connect %q: exit %d, stderr %q; want 2 and %q", tt.args, code, stderr, tt.wantErr)
 		}
+	}
+}
+
+// TestConnect_WaitTTY: on a terminal, --wait draws one live line (redrawn
+// in place: carriage return, clear line) and clears it before the result.
+func TestConnect_WaitTTY(t *testing.T) {
+	old := isTerminal
+	isTerminal = func(io.Writer) bool { return true }
+	t.Cleanup(func() { isTerminal = old })
+	var got api.ConnectRequest
+	url := connectAPI(t, &got, spawned,
+		`{"state":"scheduled","at":"2025-03-01T10:00:00Z"}`,
+		`{"state":"starting","at":"2025-03-01T10:00:00.1Z"}`,
+		`{"state":"ready","at":"2025-03-01T10:00:01Z"}`,
+	)
+	code, out, stderr := runCLI(t, "connect", "--api", url, "--wait", "doc-42", "--", "./server")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	draws := regexp.MustCompile(`\r\x1b\[K. bk_1  ([^\r]*)  \d+\.\ds`).FindAllStringSubmatch(out, -1)
+	var shown []string
+	for _, d := range draws {
+		if len(shown) == 0 || shown[len(shown)-1] != d[1] {
+			shown = append(shown, d[1])
+		}
+	}
+	if want := []string{"scheduled", "scheduled → starting", "starting → ready"}; !reflect.DeepEqual(shown, want) {
+		t.Errorf("live line showed %q, want %q; output %q", shown, want, out)
+	}
+	if live := out[:strings.LastIndex(out, "\x1b[K")]; strings.Contains(live, "\n") {
+		t.Errorf("the live line broke into lines before it was cleared: %q", out)
+	}
+	if want := "\r\x1b[KSpawned backend bk_1"; !strings.Contains(out, want) {
+		t.Errorf("the result does not start on a cleared line: %q", out)
+	}
+}
+
+func TestProgress_Line(t *testing.T) {
+	p := &progress{id: "bk_1", change: "scheduled → starting"}
+	tests := []struct {
+		elapsed time.Duration
+		want    string
+	}{
+		{0, "\r\x1b[K⠋ bk_1  scheduled → starting  0.0s"},
+		{250 * time.Millisecond, "\r\x1b[K⠹ bk_1  scheduled → starting  0.2s"},
+		{12300 * time.Millisecond, "\r\x1b[K⠸ bk_1  scheduled → starting  12.3s"},
+	}
+	for _, tt := range tests {
+		if got := p.line(tt.elapsed); got != tt.want {
+			t.Errorf("line(%v) = %q, want %q", tt.elapsed, got, tt.want)
+		}
+	}
+}
+
+// TestConnect_WaitPiped: piped, --wait prints plain lines, never a
+// terminal control sequence.
+func TestConnect_WaitPiped(t *testing.T) {
+	var got api.ConnectRequest
+	url := connectAPI(t, &got, spawned, `{"state":"ready","at":"2025-03-01T10:00:01Z"}`)
+	_, out, _ := runCLI(t, "connect", "--api", url, "--wait", "doc-42", "--", "./server")
+	if strings.ContainsAny(out, "\r\x1b") {
+		t.Errorf("piped output has terminal controls: %q", out)
+	}
+}
+
+// TestConnect_JSONWaitError: with --json, an error answer's body (a failed
+// start's reason, exit code and output) is printed as it came.
+func TestConnect_JSONWaitError(t *testing.T) {
+	body := `{"error":{"code":"spawn_failed","message":"exec: \"pyhton3\": not found"},"reason":"spawn_failed","output_tail":["a","b"]}`
+	url := fakeAPI(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusUnprocessableEntity)
+		io.WriteString(w, body)
+	})
+	code, out, stderr := runCLI(t, "connect", "--api", url, "--json", "--wait", "doc", "--", "pyhton3")
+	if code != 1 || !strings.Contains(stderr, `spawn_failed: exec: "pyhton3": not found`) {
+		t.Errorf("exit %d, stderr %q", code, stderr)
+	}
+	var printed, sent map[string]any
+	json.Unmarshal([]byte(out), &printed)
+	json.Unmarshal([]byte(body), &sent)
+	if !reflect.DeepEqual(printed, sent) {
+		t.Errorf("printed %q, want the body %s", out, body)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
@@ -17,14 +18,15 @@ func init() {
 
 func runDev(ctx context.Context, args []string, stdio Stdio) error {
 	o := serverOptions{dev: true}
-	fs := newFlags("dev", stdio)
-	o.flags(fs)
+	fs := newFlags("dev", "berth dev [flags]", stdio)
+	o.flags(fs.FlagSet)
 	noDemo := fs.Bool("no-demo", false, "do not start the demo notepad backend")
-	if err := fs.Parse(args); err != nil {
+	rest, err := fs.parse(args)
+	if err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return usagef("unexpected argument %q", fs.Arg(0))
+	if len(rest) > 0 {
+		return usagef("unexpected argument %q; berth dev takes only flags (berth dev -h)", rest[0])
 	}
 	return serve(ctx, &o, stdio, func(s *runningServer) {
 		printBanner(ctx, s, stdio, !*noDemo)
@@ -69,7 +71,16 @@ Spawn your own backend (any program that serves HTTP on $PORT):
     -d '{"key":"doc-42","spawn":{"command":["python3","-m","http.server","${PORT}"]},"wait":true}'
   or: berth connect --wait doc-42 -- python3 -m http.server '${PORT}'
 Then open the "url" it returns. List backends with: berth ps
-
+%s
 Press Ctrl-C to stop Berth and its backends.
-`, s.apiURL)
+`, s.apiURL, containerHint(s.runtime))
+}
+
+// containerHint tells how to try a container backend when Docker is there:
+// an image this binary makes, since nothing may be pullable.
+func containerHint(runtimes []string) string {
+	if !slices.Contains(runtimes, "docker") {
+		return ""
+	}
+	return "Containers: berth demo-image builds an image to spawn with \"image\" (see README.md).\n"
 }

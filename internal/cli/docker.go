@@ -27,6 +27,7 @@ func openDocker(ctx context.Context, o *serverOptions, log *slog.Logger) (runtim
 	sum := sha256.Sum256([]byte(abs))
 	return docker.New(ctx, docker.Config{
 		Instance: "berth-" + hex.EncodeToString(sum[:6]),
+		Network:  o.DockerNetwork,
 		Logger:   log.With("runtime", "docker"),
 	})
 }

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"strings"
@@ -16,10 +17,10 @@ func init() {
 
 func runEvents(ctx context.Context, args []string, stdio Stdio) error {
 	var o clientOptions
-	fs := newFlags("events", stdio)
-	usageLine(fs, "berth events ID")
+	fs := newFlags("events", "berth events [--output text|json] ID", stdio)
 	o.flags(fs)
-	rest, err := parseInterspersed(fs, args)
+	asJSON := fs.output()
+	rest, err := fs.parse(args)
 	if err != nil {
 		return err
 	}
@@ -28,13 +29,17 @@ func runEvents(ctx context.Context, args []string, stdio Stdio) error {
 		return err
 	}
 	err = o.client().Events(ctx, id, func(e api.StateEvent) error {
+		if *asJSON {
+			// One object a line, so a pipe sees each change as it happens.
+			return json.NewEncoder(stdio.Out).Encode(e)
+		}
 		printEvent(stdio.Out, e)
 		return nil
 	})
 	if ctx.Err() != nil {
 		return nil // Ctrl-C is how one stops watching a live backend
 	}
-	return o.explain(err)
+	return o.explain(err, "berth ps --all lists the backends")
 }
 
 // eventTime is how events show their time: local, to the millisecond.

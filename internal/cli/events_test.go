@@ -67,3 +67,15 @@ func TestPrintEvent_UnparsedTime(t *testing.T) {
 		t.Errorf("got %q, want %q", b.String(), want)
 	}
 }
+
+func TestEvents_JSON(t *testing.T) {
+	url := fakeAPI(t, sseHandler(t,
+		`{"state":"scheduled","at":"2025-03-01T10:00:00Z"}`,
+		`{"state":"terminated","reason":"crashed","exit_code":2,"message":"out of memory","at":"2025-03-01T10:05:00Z"}`,
+	))
+	code, out, stderr := runCLI(t, "events", "--api", url, "--output", "json", "bk_1")
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	golden(t, "events.json.golden", out)
+}

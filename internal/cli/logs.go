@@ -8,11 +8,10 @@ func init() {
 
 func runLogs(ctx context.Context, args []string, stdio Stdio) error {
 	var o clientOptions
-	fs := newFlags("logs", stdio)
-	usageLine(fs, "berth logs [-f] ID")
+	fs := newFlags("logs", "berth logs [-f] ID", stdio)
 	o.flags(fs)
 	follow := fs.Bool("f", false, "follow: keep printing new output until the backend ends")
-	rest, err := parseInterspersed(fs, args)
+	rest, err := fs.parse(args)
 	if err != nil {
 		return err
 	}
@@ -24,5 +23,5 @@ func runLogs(ctx context.Context, args []string, stdio Stdio) error {
 	if ctx.Err() != nil {
 		return nil // Ctrl-C is how one stops following
 	}
-	return o.explain(err)
+	return o.explain(err, "berth ps --all lists the backends")
 }

@@ -24,7 +24,7 @@ func TestLogs(t *testing.T) {
 		{[]string{"bk_1"}, 0, "follow=\nhello\n", ""},
 		{[]string{"bk_1", "-f"}, 0, "follow=true\nhello\n", ""},
 		{[]string{"-f", "bk_1"}, 0, "follow=true\nhello\n", ""},
-		{[]string{"bk_2"}, 1, "", "berth logs: 404 not_found: backend bk_2 not found\n"},
+		{[]string{"bk_2"}, 1, "", "berth logs: 404 not_found: backend bk_2 not found (berth ps --all lists the backends)\n"},
 		{nil, 2, "", "berth logs: which backend? usage: berth logs [-f] ID (list them with: berth ps)\n"},
 		{[]string{"a", "b"}, 2, "", "expected one backend id"},
 	}

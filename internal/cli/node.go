@@ -18,11 +18,10 @@ const nodeUsage = "berth node ls [--output text|json] | berth node drain NODE | 
 
 func runNode(ctx context.Context, args []string, stdio Stdio) error {
 	var o clientOptions
-	fs := newFlags("node", stdio)
-	usageLine(fs, nodeUsage)
+	fs := newFlags("node", nodeUsage, stdio)
 	o.flags(fs)
-	output := fs.String("output", "text", "text or json")
-	rest, err := parseInterspersed(fs, args)
+	asJSON := fs.output()
+	rest, err := fs.parse(args)
 	if err != nil {
 		return err
 	}
@@ -35,14 +34,11 @@ func runNode(ctx context.Context, args []string, stdio Stdio) error {
 		if len(rest) > 1 {
 			return usagef("unexpected argument %q: %s", rest[1], nodeUsage)
 		}
-		if *output != "text" && *output != "json" {
-			return usagef("--output %q: use text or json", *output)
-		}
 		nodes, err := c.Nodes(ctx)
 		if err != nil {
 			return o.explain(err)
 		}
-		if *output == "json" {
+		if *asJSON {
 			return printJSON(stdio.Out, api.NodeList{Nodes: nodes})
 		}
 		return printNodes(stdio, nodes)

@@ -3,6 +3,7 @@ package cli
 import (
 	"context"
 	"fmt"
+	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -16,14 +17,14 @@ func init() {
 
 func runPs(ctx context.Context, args []string, stdio Stdio) error {
 	var o clientOptions
-	fs := newFlags("ps", stdio)
-	usageLine(fs, "berth ps [--key KEY] [--state STATE] [--all] [--json]")
+	fs := newFlags("ps", "berth ps [--key KEY] [--state STATE] [--all] [-q] [--output text|json]", stdio)
 	o.flags(fs)
 	key := fs.String("key", "", "only the backends of this `key`")
 	state := fs.String("state", "", "only backends in this `state` (scheduled, starting, ready, terminating, terminated)")
 	all := fs.Bool("all", false, "include terminated backends")
-	asJSON := fs.Bool("json", false, "print JSON")
-	rest, err := parseInterspersed(fs, args)
+	quiet := fs.Bool("q", false, "print only the backend ids")
+	asJSON := fs.output()
+	rest, err := fs.parse(args)
 	if err != nil {
 		return err
 	}
@@ -45,29 +46,56 @@ func runPs(ctx context.Context, args []string, stdio Stdio) error {
 		return o.explain(err)
 	}
 
-	if *asJSON {
+	switch {
+	case *asJSON:
 		if list == nil {
 			list = []*berth.Backend{}
 		}
 		return printJSON(stdio.Out, api.BackendList{Backends: list})
-	}
-	if len(list) == 0 {
-		switch {
-		case *all || *state != "":
-			fmt.Fprintln(stdio.Out, "No backends.")
-		default:
-			fmt.Fprintln(stdio.Out, "No live backends. (berth ps --all includes terminated ones.)")
+	case *quiet:
+		for _, b := range list {
+			fmt.Fprintln(stdio.Out, b.ID)
 		}
 		return nil
+	case len(list) == 0 && (*all || *state != ""):
+		fmt.Fprintln(stdio.Out, "No backends.")
+		return nil
+	case len(list) == 0:
+		fmt.Fprintln(stdio.Out, "No live backends. (berth ps --all includes terminated ones.)")
+		return nil
 	}
+	writePs(stdio, list, now())
+	return nil
+}
+
+// writePs prints backends as an aligned table. AGE counts from the spawn,
+// ACTIVE from the last request or connection through the proxy, which is
+// what max_idle_seconds is measured against.
+func writePs(stdio Stdio, list []*berth.Backend, at time.Time) {
 	tw := tabwriter.NewWriter(stdio.Out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tKEY\tSTATE\tREASON\tAGE\tRUNTIME")
-	now := time.Now()
+	fmt.Fprintln(tw, "ID\tKEY\tSTATE\tREASON\tAGE\tACTIVE\tRUNTIME\tRUNS")
 	for _, b := range list {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n",
-			b.ID, dash(b.Key), b.State, dash(reasonText(b.Reason, b.ExitCode)), since(now.Sub(b.CreatedAt)), dash(b.Runtime))
+		active := "-"
+		if b.LastActiveAt != nil {
+			active = since(at.Sub(*b.LastActiveAt)) + " ago"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
+			b.ID, dash(b.Key), b.State, dash(reasonText(b.Reason, b.ExitCode)), since(at.Sub(b.CreatedAt)),
+			active, dash(b.Runtime), dash(runs(b.Spawn)))
 	}
-	return tw.Flush()
+	tw.Flush()
+}
+
+// runs is what a backend runs, shortened to fit a table cell.
+func runs(s berth.SpawnConfig) string {
+	r := strings.Join(s.Command, " ")
+	if s.Image != "" {
+		r = strings.TrimSpace(s.Image + " " + r)
+	}
+	if n := []rune(r); len(n) > 40 {
+		r = strings.TrimRight(string(n[:39]), " ") + "…"
+	}
+	return r
 }
 
 // reasonText is a termination reason with its exit code, e.g. "crashed (exit 1)".

@@ -47,6 +47,7 @@ type serverOptions struct {
 	PublicURL      string
 	DataDir        string
 	Runtime        string
+	DockerNetwork  string
 	Store          string
 	Blobs          string
 	VolumeRoot     string
@@ -72,6 +73,7 @@ func (o *serverOptions) flags(fs *flag.FlagSet) {
 	fs.StringVar(&o.PublicURL, "public-url", envOr("BERTH_PUBLIC_URL", ""), "proxy base URL as browsers reach it (BERTH_PUBLIC_URL; default http://<proxy-addr>)")
 	fs.StringVar(&o.DataDir, "data-dir", envOr("BERTH_DATA_DIR", ".berth"), "where Berth keeps its records, logs and blobs (BERTH_DATA_DIR)")
 	fs.StringVar(&o.Runtime, "runtime", envOr("BERTH_RUNTIME", "auto"), "auto, process or docker (BERTH_RUNTIME); auto adds docker when an engine answers")
+	fs.StringVar(&o.DockerNetwork, "docker-network", envOr("BERTH_DOCKER_NETWORK", "berth"), "the bridge network containers join, created if missing and removed at stop once empty (BERTH_DOCKER_NETWORK)")
 	fs.StringVar(&o.Store, "store", envOr("BERTH_STORE", ""), "records: sqlite:PATH or postgres://… (BERTH_STORE; default sqlite:<data-dir>/berth.db)")
 	fs.StringVar(&o.Blobs, "blobs", envOr("BERTH_BLOBS", ""), "saved state: file:DIR, s3://bucket/prefix?endpoint=…, postgres://… (BERTH_BLOBS; default file:<data-dir>/blobs)")
 	fs.StringVar(&o.VolumeRoot, "volume-root", envOr("BERTH_VOLUME_ROOT", ""), "where state mode volume gives each key a directory; may be an NFS/EFS mount (BERTH_VOLUME_ROOT; default <data-dir>/state/volumes)")
@@ -90,14 +92,15 @@ func (o *serverOptions) flags(fs *flag.FlagSet) {
 
 func runServe(ctx context.Context, args []string, stdio Stdio) error {
 	var o serverOptions
-	fs := newFlags("serve", stdio)
-	o.flags(fs)
+	fs := newFlags("serve", "berth serve --api-key KEY [flags]", stdio)
+	o.flags(fs.FlagSet)
 	fs.StringVar(&o.APIKey, "api-key", envOr("BERTH_API_KEY", ""), "API key clients must send as a Bearer token (BERTH_API_KEY; required)")
-	if err := fs.Parse(args); err != nil {
+	rest, err := fs.parse(args)
+	if err != nil {
 		return err
 	}
-	if fs.NArg() > 0 {
-		return usagef("unexpected argument %q", fs.Arg(0))
+	if len(rest) > 0 {
+		return usagef("unexpected argument %q; berth serve takes only flags (berth serve -h)", rest[0])
 	}
 	if o.APIKey == "" {
 		return usagef("--api-key (or BERTH_API_KEY) is required; use `berth dev` for a local server without one")
@@ -122,6 +125,9 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 	}
 	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
+	}
+	if err := ignoreDataDir(o.DataDir); err != nil {
+		return err
 	}
 	st, err := openStore(ctx, o)
 	if err != nil {
@@ -285,6 +291,20 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 		return serveErr
 	}
 	log.Info("stopped")
+	return nil
+}
+
+// ignoreDataDir keeps the data dir out of Git: it holds the token signing
+// key, and berth dev makes it in the working directory, where one careless
+// `git add .` would publish it.
+func ignoreDataDir(dir string) error {
+	path := filepath.Join(dir, ".gitignore")
+	if _, err := os.Stat(path); err == nil {
+		return nil
+	}
+	if err := os.WriteFile(path, []byte("# Berth's data: records, saved state and its token signing key. Never commit it.\n*\n"), 0o600); err != nil {
+		return fmt.Errorf("data dir: %w", err)
+	}
 	return nil
 }
 

@@ -5,30 +5,41 @@ import (
 	"fmt"
 	"os"
 	"text/tabwriter"
-	"time"
+
+	"github.com/berthhq/berth/api"
 )
 
 func init() {
 	register("state", "list, fetch or restore a key's saved states", false, runState)
 }
 
-const stateUsage = `berth state ls KEY
+const stateUsage = `berth state ls [--output text|json] KEY
        berth state get KEY [--version V] [-o FILE]
        berth state restore KEY --version V`
 
 func runState(ctx context.Context, args []string, stdio Stdio) error {
 	if len(args) == 0 {
-		return usagef("usage: %s", stateUsage)
+		return usagef("which verb? usage: %s", stateUsage)
 	}
 	verb, args := args[0], args[1:]
+	switch verb {
+	case "ls", "get", "restore":
+	case "-h", "--help", "help":
+		fmt.Fprintf(stdio.Out, "Usage: %s\n\nRun 'berth state ls -h' for the flags.\n", stateUsage)
+		return nil
+	default:
+		if s := closest(verb, []string{"ls", "get", "restore"}); s != "" {
+			return usagef("unknown verb %q; did you mean %s?", verb, s)
+		}
+		return usagef("unknown verb %q; usage: %s", verb, stateUsage)
+	}
 	var o clientOptions
-	fs := newFlags("state "+verb, stdio)
-	usageLine(fs, stateUsage)
+	fs := newFlags("state "+verb, stateUsage, stdio)
 	o.flags(fs)
 	version := fs.String("version", "", "a version from `berth state ls` (default: the current state)")
-	out := fs.String("o", "", "write the state to this file instead of standard output")
-	asJSON := fs.Bool("json", false, "print JSON")
-	rest, err := parseInterspersed(fs, args)
+	out := fs.String("o", "", "write the state to this `file` instead of standard output")
+	asJSON := fs.output()
+	rest, err := fs.parse(args)
 	if err != nil {
 		return err
 	}
@@ -44,7 +55,10 @@ func runState(ctx context.Context, args []string, stdio Stdio) error {
 			return o.explain(err)
 		}
 		if *asJSON {
-			return printJSON(stdio.Out, vs)
+			if vs == nil {
+				vs = []api.StateVersion{}
+			}
+			return printJSON(stdio.Out, api.StateVersionList{Key: key, Versions: vs})
 		}
 		if len(vs) == 0 {
 			fmt.Fprintf(stdio.Out, "No saved state for %s.\n", key)
@@ -57,7 +71,7 @@ func runState(ctx context.Context, args []string, stdio Stdio) error {
 			if i == 0 {
 				cur = "(current)"
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%d\t%s ago\t%s\n", v.Version, v.Size, v.Fence, since(time.Since(v.SavedAt)), cur)
+			fmt.Fprintf(tw, "%s\t%d\t%d\t%s ago\t%s\n", v.Version, v.Size, v.Fence, since(now().Sub(v.SavedAt)), cur)
 		}
 		return tw.Flush()
 	case "get":
@@ -70,17 +84,16 @@ func runState(ctx context.Context, args []string, stdio Stdio) error {
 			defer f.Close()
 			w = f
 		}
-		return o.explain(c.StateData(ctx, key, *version, w))
-	case "restore":
-		if *version == "" {
-			return usagef("--version is required; list versions with: berth state ls %s", key)
-		}
-		v, err := c.StateRestore(ctx, key, *version)
-		if err != nil {
-			return o.explain(err)
-		}
-		fmt.Fprintf(stdio.Out, "Restored %s to %s; it is now the current state as version %s.\n", key, *version, v.Version)
-		return nil
+		return o.explain(c.StateData(ctx, key, *version, w), "berth state ls "+key+" lists its saved versions")
 	}
-	return usagef("unknown verb %q; usage: %s", verb, stateUsage)
+	// The verb is restore.
+	if *version == "" {
+		return usagef("--version is required; list versions with: berth state ls %s", key)
+	}
+	v, err := c.StateRestore(ctx, key, *version)
+	if err != nil {
+		return o.explain(err, "berth state ls "+key+" lists its saved versions")
+	}
+	fmt.Fprintf(stdio.Out, "Restored %s to %s; it is now the current state as version %s.\n", key, *version, v.Version)
+	return nil
 }

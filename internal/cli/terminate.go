@@ -11,11 +11,10 @@ func init() {
 
 func runTerminate(ctx context.Context, args []string, stdio Stdio) error {
 	var o clientOptions
-	fs := newFlags("terminate", stdio)
-	usageLine(fs, "berth terminate [--hard] ID")
+	fs := newFlags("terminate", "berth terminate [--hard] ID", stdio)
 	o.flags(fs)
 	hard := fs.Bool("hard", false, "kill at once instead of sending the stop signal and waiting the grace period")
-	rest, err := parseInterspersed(fs, args)
+	rest, err := fs.parse(args)
 	if err != nil {
 		return err
 	}
@@ -24,7 +23,7 @@ func runTerminate(ctx context.Context, args []string, stdio Stdio) error {
 		return err
 	}
 	if err := o.client().Terminate(ctx, id, *hard); err != nil {
-		return o.explain(err)
+		return o.explain(err, "berth ps lists the live backends")
 	}
 	fmt.Fprintf(stdio.Out, "Terminating %s. Follow it with: berth events %s\n", id, id)
 	return nil

@@ -70,7 +70,7 @@ func bareRun(b *testing.B, r *Runtime) (addr, cid string) {
 	created, err := r.cli.ContainerCreate(ctx, client.ContainerCreateOptions{
 		Config: &container.Config{Image: testImage, Env: []string{"PORT=" + strconv.Itoa(defaultPort)},
 			Labels: map[string]string{LabelInstance: testInstance}},
-		HostConfig: &container.HostConfig{NetworkMode: container.NetworkMode(r.netID)},
+		HostConfig: &container.HostConfig{NetworkMode: container.NetworkMode(r.network())},
 	})
 	if err != nil {
 		b.Fatal(err)

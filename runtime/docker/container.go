@@ -95,6 +95,10 @@ func (r *Runtime) start(ctx context.Context, spec runtime.Spec, img imageInfo, s
 
 func (r *Runtime) create(ctx context.Context, spec runtime.Spec, opts client.ContainerCreateOptions, port int, sb sandbox) (*runtime.Handle, error) {
 	created, err := r.cli.ContainerCreate(ctx, opts)
+	if cerrdefs.IsNotFound(err) && sb.id == "" && r.renewNetwork(ctx) {
+		opts.HostConfig.NetworkMode = container.NetworkMode(r.network())
+		created, err = r.cli.ContainerCreate(ctx, opts)
+	}
 	if cerrdefs.IsNotFound(err) { // the image went since we saw it
 		r.forgetImage(spec.Spawn.Image)
 		if _, err = r.image(ctx, spec.Spawn.Image, spec.Spawn.PullPolicy); err == nil {
@@ -197,7 +201,7 @@ func (r *Runtime) createOptions(spec runtime.Spec, img imageInfo, sb sandbox) (c
 	}
 
 	hc := &container.HostConfig{
-		NetworkMode:    container.NetworkMode(r.netID),
+		NetworkMode:    container.NetworkMode(r.network()),
 		Init:           new(true),
 		CapDrop:        []string{"ALL"},
 		SecurityOpt:    []string{"no-new-privileges"},

@@ -197,9 +197,13 @@ func (c *Config) setDefaults() {
 
 // Runtime runs backends as containers. Close it when done.
 type Runtime struct {
-	cli     *client.Client
-	cfg     Config
-	log     *slog.Logger
+	cli *client.Client
+	cfg Config
+	log *slog.Logger
+
+	// The network's id and gateway: another Berth's Close may remove the
+	// network, and the runtime then makes it anew (renewNetwork).
+	netMu   sync.Mutex
 	netID   string
 	gateway netip.Addr
 
@@ -270,13 +274,57 @@ func Available(ctx context.Context, host string) bool {
 	return true
 }
 
-// Close stops the log followers, removes the ready network sandboxes and
-// closes the connection to the engine. Backends' containers keep running;
-// a new Runtime recovers them.
+// Close stops the log followers, removes the ready network sandboxes,
+// removes the network if Berth created it and no container uses it any
+// more, and closes the connection to the engine. Backends' containers keep
+// running (and so the network); a new Runtime recovers them.
 func (r *Runtime) Close() error {
 	r.cancel()
 	r.wg.Wait()
+	r.removeNetwork()
 	return r.cli.Close()
+}
+
+// removeNetwork removes the network when it is Berth's and empty. The
+// engine refuses while any container is attached, including another
+// Berth's, which then keeps it; one that is just starting makes it anew
+// (renewNetwork).
+func (r *Runtime) removeNetwork() {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	id := r.network()
+	res, err := r.cli.NetworkInspect(ctx, id, client.NetworkInspectOptions{})
+	if err != nil || res.Network.Labels[LabelManaged] != "true" || len(res.Network.Containers) > 0 {
+		return
+	}
+	if _, err := r.cli.NetworkRemove(ctx, id, client.NetworkRemoveOptions{}); err != nil && !cerrdefs.IsNotFound(err) {
+		r.log.Debug("network left in place", "network", r.cfg.Network, "why", err)
+	}
+}
+
+// network returns the id of the backends' network.
+func (r *Runtime) network() string {
+	r.netMu.Lock()
+	defer r.netMu.Unlock()
+	return r.netID
+}
+
+// renewNetwork makes the network anew if it is gone (see removeNetwork),
+// after a create failed for want of something; it reports whether it did.
+func (r *Runtime) renewNetwork(ctx context.Context) bool {
+	_, err := r.cli.NetworkInspect(ctx, r.network(), client.NetworkInspectOptions{})
+	if !cerrdefs.IsNotFound(err) {
+		return false
+	}
+	old := r.Gateway()
+	if err := r.ensureNetwork(ctx); err != nil {
+		r.log.Warn("the network is gone and could not be made anew", "network", r.cfg.Network, "err", err)
+		return false
+	}
+	if gw := r.Gateway(); gw != old {
+		r.log.Warn("the network was made anew with another gateway; backends cannot reach the backend API until Berth restarts", "network", r.cfg.Network, "gateway", gw)
+	}
+	return true
 }
 
 // Name returns "docker".
@@ -290,26 +338,39 @@ func (r *Runtime) StartSettle() time.Duration { return 5 * time.Second }
 // Gateway is the host's address on the backends' network: where Berth can
 // bind the backend API so containers reach it. Invalid when the network
 // has no IPv4 gateway (e.g. a network created elsewhere without one).
-func (r *Runtime) Gateway() netip.Addr { return r.gateway }
+func (r *Runtime) Gateway() netip.Addr {
+	r.netMu.Lock()
+	defer r.netMu.Unlock()
+	return r.gateway
+}
 
 // ensureNetwork finds or creates the network and learns its gateway.
 func (r *Runtime) ensureNetwork(ctx context.Context) error {
 	name := r.cfg.Network
-	id, err := r.findNetwork(ctx)
-	if err == nil && id == "" {
-		id, err = r.createNetwork(ctx)
-	}
-	if err != nil {
-		return fmt.Errorf("docker: network %s: %w", name, err)
-	}
-	res, err := r.cli.NetworkInspect(ctx, id, client.NetworkInspectOptions{})
-	if err != nil {
-		return fmt.Errorf("docker: network %s: %w", name, err)
+	var res client.NetworkInspectResult
+	for attempt := 0; ; attempt++ {
+		id, err := r.findNetwork(ctx)
+		if err == nil && id == "" {
+			id, err = r.createNetwork(ctx)
+		}
+		if err == nil {
+			res, err = r.cli.NetworkInspect(ctx, id, client.NetworkInspectOptions{})
+		}
+		// Another Berth's Close may remove the network it found.
+		if cerrdefs.IsNotFound(err) && attempt < 2 {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("docker: network %s: %w", name, err)
+		}
+		break
 	}
 	n := res.Network
 	if n.Options[iccOption] != "false" {
 		r.log.Warn("backends on this network can reach each other directly; create it with "+iccOption+"=false, or let Berth create it", "network", name)
 	}
+	r.netMu.Lock()
+	defer r.netMu.Unlock()
 	r.netID = n.ID
 	for _, c := range n.IPAM.Config {
 		if c.Gateway.Is4() {

@@ -430,10 +430,12 @@ func TestNew_networkRace(t *testing.T) {
 		wg.Go(func() { rts[i] = newRuntime(t, Config{Network: name}) })
 	}
 	wg.Wait()
-	t.Cleanup(func() { rts[0].cli.NetworkRemove(context.Background(), rts[0].netID, client.NetworkRemoveOptions{}) })
+	t.Cleanup(func() {
+		rts[0].cli.NetworkRemove(context.Background(), rts[0].network(), client.NetworkRemoveOptions{})
+	})
 	for _, r := range rts[1:] {
-		if r.netID != rts[0].netID {
-			t.Errorf("runtimes use networks %s and %s", rts[0].netID[:12], r.netID[:12])
+		if r.network() != rts[0].network() {
+			t.Errorf("runtimes use networks %s and %s", rts[0].network()[:12], r.network()[:12])
 		}
 	}
 	list, err := rts[0].cli.NetworkList(context.Background(), client.NetworkListOptions{Filters: make(client.Filters).Add("name", name)})

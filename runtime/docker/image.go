@@ -1,11 +1,17 @@
 package docker
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"time"
 
 	cerrdefs "github.com/containerd/errdefs"
+	"github.com/moby/moby/api/types/jsonstream"
 	"github.com/moby/moby/client"
 )
 
@@ -100,4 +106,58 @@ func (r *Runtime) pull(ctx context.Context, ref string) error {
 		return fmt.Errorf("pull %s: %w", ref, err)
 	}
 	return nil
+}
+
+// ImageFile is one executable file of an image made by ImportImage.
+type ImageFile struct {
+	Name string // path in the image, without a leading slash
+	Data []byte
+}
+
+// ImportImage makes the image ref on the engine at host (empty:
+// $DOCKER_HOST or the default socket) from files alone, as FROM scratch
+// does, with Dockerfile instructions such as ENTRYPOINT or USER as changes.
+// It needs neither a registry nor a builder: how Berth makes its own images.
+func ImportImage(ctx context.Context, host, ref string, files []ImageFile, changes []string, message string) error {
+	cli, err := newClient(ctx, host)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	return importImage(ctx, cli, ref, files, changes, message)
+}
+
+func importImage(ctx context.Context, cli *client.Client, ref string, files []ImageFile, changes []string, message string) error {
+	var layer bytes.Buffer
+	tw := tar.NewWriter(&layer)
+	for _, f := range files {
+		// A fixed time, so the same files make the same layer.
+		if err := tw.WriteHeader(&tar.Header{Name: f.Name, Mode: 0o555, Size: int64(len(f.Data)), ModTime: time.Unix(0, 0)}); err != nil {
+			return err
+		}
+		if _, err := tw.Write(f.Data); err != nil {
+			return err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return err
+	}
+	res, err := cli.ImageImport(ctx, client.ImageImportSource{Source: &layer, SourceName: "-"}, ref,
+		client.ImageImportOptions{Changes: changes, Message: message})
+	if err != nil {
+		return fmt.Errorf("docker: import %s: %w", ref, err)
+	}
+	defer res.Close()
+	dec := json.NewDecoder(res)
+	for {
+		var m jsonstream.Message
+		if err := dec.Decode(&m); errors.Is(err, io.EOF) {
+			return nil
+		} else if err != nil {
+			return fmt.Errorf("docker: import %s: %w", ref, err)
+		}
+		if m.Error != nil {
+			return fmt.Errorf("docker: import %s: %s", ref, m.Error.Message)
+		}
+	}
 }

@@ -1,15 +1,10 @@
 package docker
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
-	"fmt"
-	"io"
 	"net/netip"
 	"strings"
 	"sync"
@@ -17,7 +12,6 @@ import (
 
 	cerrdefs "github.com/containerd/errdefs"
 	"github.com/moby/moby/api/types/container"
-	"github.com/moby/moby/api/types/jsonstream"
 	"github.com/moby/moby/client"
 )
 
@@ -183,7 +177,7 @@ func (p *sandboxPool) run(prog []byte) {
 				if ctx.Err() != nil {
 					return
 				}
-				if cerrdefs.IsNotFound(err) { // someone removed the image
+				if cerrdefs.IsNotFound(err) && !p.r.renewNetwork(ctx) { // or someone removed the image
 					err = errors.Join(err, p.ensureImage(ctx, prog))
 				}
 				p.r.log.Warn("network sandboxes: create", "err", err, "retry_in", retry)
@@ -243,7 +237,7 @@ func (p *sandboxPool) create() (sandbox, error) {
 			Labels: map[string]string{LabelSandbox: "true", LabelInstance: r.cfg.Instance},
 		},
 		HostConfig: &container.HostConfig{
-			NetworkMode:    container.NetworkMode(r.netID),
+			NetworkMode:    container.NetworkMode(r.network()),
 			CapDrop:        []string{"ALL"},
 			SecurityOpt:    []string{"no-new-privileges"},
 			ReadonlyRootfs: true,
@@ -320,35 +314,8 @@ func (p *sandboxPool) ensureImage(ctx context.Context, prog []byte) error {
 	} else if !cerrdefs.IsNotFound(err) {
 		return err
 	}
-	var layer bytes.Buffer
-	tw := tar.NewWriter(&layer)
-	if err := tw.WriteHeader(&tar.Header{Name: "pause", Mode: 0o555, Size: int64(len(prog)), ModTime: time.Unix(0, 0)}); err != nil {
-		return err
-	}
-	if _, err := tw.Write(prog); err != nil {
-		return err
-	}
-	if err := tw.Close(); err != nil {
-		return err
-	}
-	res, err := r.cli.ImageImport(ctx, client.ImageImportSource{Source: &layer, SourceName: "-"}, sandboxImage,
-		client.ImageImportOptions{Changes: []string{`ENTRYPOINT ["/pause"]`}, Message: "Berth network sandbox"})
-	if err != nil {
-		return fmt.Errorf("import %s: %w", sandboxImage, err)
-	}
-	defer res.Close()
-	dec := json.NewDecoder(res)
-	for {
-		var m jsonstream.Message
-		if err := dec.Decode(&m); errors.Is(err, io.EOF) {
-			return nil
-		} else if err != nil {
-			return fmt.Errorf("import %s: %w", sandboxImage, err)
-		}
-		if m.Error != nil {
-			return fmt.Errorf("import %s: %s", sandboxImage, m.Error.Message)
-		}
-	}
+	return importImage(ctx, r.cli, sandboxImage, []ImageFile{{Name: "pause", Data: prog}},
+		[]string{`ENTRYPOINT ["/pause"]`}, "Berth network sandbox")
 }
 
 // sleep waits d, or less if ctx ends first; it reports whether ctx lives.

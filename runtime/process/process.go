@@ -145,6 +145,27 @@ type Runtime struct {
 	insts     map[string]*instance // by backend id, until Cleanup
 	spares    []string             // backend directories ready for Start (see park)
 	nextSpare uint64
+	closed    bool // no more spares: Close removed them
+}
+
+var _ io.Closer = (*Runtime)(nil)
+
+// Close removes the spare directories, so a stopped Berth leaves nothing in
+// Dir but the directories of backends still running (which keep running;
+// a new Runtime recovers them). Cleanups after Close remove a backend's
+// directory instead of parking it.
+func (r *Runtime) Close() error {
+	r.mu.Lock()
+	spares := r.spares
+	r.spares, r.closed = nil, true
+	r.mu.Unlock()
+	var errs []error
+	for _, s := range spares {
+		if err := os.RemoveAll(s); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // New returns a process runtime keeping its files under cfg.Dir.

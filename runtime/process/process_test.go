@@ -769,6 +769,45 @@ func TestRuntime_SpareDirectories(t *testing.T) {
 	}
 }
 
+// TestRuntime_CloseRemovesSpares: a stopped Berth leaves no spare
+// directory, also for a backend cleaned up after Close.
+func TestRuntime_CloseRemovesSpares(t *testing.T) {
+	t.Parallel()
+	bin := runtimetest.BuildTestBackend(t)
+	r := newRuntime(t, Config{})
+	ctx := context.Background()
+	spares := func() []string {
+		ms, _ := filepath.Glob(filepath.Join(r.dir, sparePrefix+"*"))
+		return ms
+	}
+	stop := func(h *runtime.Handle) {
+		t.Helper()
+		if err := r.Stop(ctx, h, "", 0); err != nil {
+			t.Fatal(err)
+		}
+		if err := r.Cleanup(ctx, h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	one := start(t, r, testSpec(t, bin, "bk_one", nil))
+	late := start(t, r, testSpec(t, bin, "bk_late", nil))
+	stop(one)
+	if len(spares()) == 0 {
+		t.Fatal("no spare directory after a Cleanup; this test needs one")
+	}
+	if err := r.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if s := spares(); len(s) != 0 {
+		t.Errorf("spare directories after Close: %v", s)
+	}
+	stop(late)
+	ents, _ := os.ReadDir(r.dir)
+	if len(ents) != 0 {
+		t.Errorf("%s after Close and the last Cleanup holds %v, want nothing", r.dir, ents)
+	}
+}
+
 // A handle is rewritten in place, over a spare's last one; List takes a
 // handle naming another backend for one still starting, and reads the
 // first JSON value of a file whose cut a crash prevented.

@@ -55,7 +55,7 @@ func (r *Runtime) takeSpare(base string) bool {
 // removes it.
 func (r *Runtime) park(base string) error {
 	r.mu.Lock()
-	full := len(r.spares) >= maxSpares
+	full := r.closed || len(r.spares) >= maxSpares
 	r.nextSpare++
 	spare := filepath.Join(r.dir, sparePrefix+strconv.FormatUint(r.nextSpare, 10))
 	r.mu.Unlock()
@@ -69,9 +69,20 @@ func (r *Runtime) park(base string) error {
 		r.addSpare()
 		return nil
 	}
+	return r.keepSpare(spare)
+}
+
+// keepSpare parks a ready spare, or removes it if Close came meanwhile.
+func (r *Runtime) keepSpare(spare string) error {
 	r.mu.Lock()
-	r.spares = append(r.spares, spare)
+	closed := r.closed
+	if !closed {
+		r.spares = append(r.spares, spare)
+	}
 	r.mu.Unlock()
+	if closed {
+		return os.RemoveAll(spare)
+	}
 	return nil
 }
 
@@ -139,7 +150,7 @@ func truncateUnused(path string) bool {
 // addSpare parks a directory made from scratch, unless enough are parked.
 func (r *Runtime) addSpare() {
 	r.mu.Lock()
-	if len(r.spares) >= maxSpares {
+	if r.closed || len(r.spares) >= maxSpares {
 		r.mu.Unlock()
 		return
 	}
@@ -153,9 +164,7 @@ func (r *Runtime) addSpare() {
 		os.RemoveAll(dir)
 		return
 	}
-	r.mu.Lock()
-	r.spares = append(r.spares, dir)
-	r.mu.Unlock()
+	r.keepSpare(dir)
 }
 
 // fillSpare makes in dir what a backend's processes use: a new work/
