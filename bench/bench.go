@@ -55,6 +55,9 @@ type Config struct {
 	Command string
 	// Log receives progress; nil discards it.
 	Log io.Writer
+	// Postgres is a PostgreSQL URL for the replica scenarios, which make
+	// (and drop) a schema of their own there; empty skips them.
+	Postgres string
 }
 
 // Validate reports the first problem with the config.

@@ -72,6 +72,15 @@ type env struct {
 	nginxOnce sync.Once
 	nginx     *nginxServer
 	nginxErr  error
+
+	// Replicas on PostgreSQL (replicas.go), started on first use.
+	repMu       sync.Mutex
+	replicas    []*berthServer
+	repClients  []*api.Client
+	repStore    string // the store URL, in repSchema
+	repSchema   string
+	repAPIKey   string
+	repTokenKey string
 }
 
 type liveBackend struct {
@@ -151,6 +160,7 @@ func (e *env) close() {
 			e.log("stop Berth: %v", err)
 		}
 	}
+	e.stopReplicas()
 	if e.cfg.KeepDir {
 		e.log("kept %s", e.dir)
 		return
@@ -253,14 +263,33 @@ type berthServer struct {
 func (e *env) startBerth(ctx context.Context) error {
 	key := make([]byte, 16)
 	rand.Read(key)
-	b := &berthServer{apiKey: hex.EncodeToString(key), logPath: filepath.Join(e.dir, "berth.log"), done: make(chan struct{})}
-	logf, err := os.Create(b.logPath)
+	b, err := e.startServer(ctx, "berth", hex.EncodeToString(key))
 	if err != nil {
 		return err
 	}
+	e.berth = b
+	e.api = api.NewClient(b.API, b.apiKey, e.hc)
+	e.log("Berth is up (pid %d, runtimes %s; log %s)", b.PID, strings.Join(b.Runtimes, ", "), b.logPath)
+	e.verbose("Berth API %s, proxy %s, debug %s", b.API, b.Proxy, b.Debug)
+	return nil
+}
+
+// startServer starts a bench server named name (its data dir and log are
+// named after it) with apiKey and serve's flags extra, and waits until it
+// is up. The caller stops it.
+func (e *env) startServer(ctx context.Context, name, apiKey string, extra ...string) (*berthServer, error) {
+	b := &berthServer{apiKey: apiKey, logPath: filepath.Join(e.dir, name+".log"), done: make(chan struct{})}
+	logf, err := os.Create(b.logPath)
+	if err != nil {
+		return nil, err
+	}
 	defer logf.Close()
+	dataDir := filepath.Join(e.dir, "data")
+	if name != "berth" {
+		dataDir = filepath.Join(e.dir, "data-"+name)
+	}
 	args := append(e.cfg.ServerCommand[1:len(e.cfg.ServerCommand):len(e.cfg.ServerCommand)],
-		"--data-dir", filepath.Join(e.dir, "data"),
+		"--data-dir", dataDir,
 		"--api-addr", "127.0.0.1:0",
 		"--proxy-addr", "127.0.0.1:0",
 		"--backend-api-addr", "127.0.0.1:0",
@@ -268,6 +297,7 @@ func (e *env) startBerth(ctx context.Context) error {
 		"--log-level", "warn",
 		"--shutdown-timeout", "30s",
 	)
+	args = append(args, extra...)
 	// Not exec.CommandContext: the server is stopped with SIGTERM and given
 	// time to stop its backends, even when the bench is interrupted.
 	cmd := exec.Command(e.cfg.ServerCommand[0], args...)
@@ -275,13 +305,12 @@ func (e *env) startBerth(ctx context.Context) error {
 	cmd.Stderr = logf
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start Berth (%s): %w", strings.Join(e.cfg.ServerCommand, " "), err)
+		return nil, fmt.Errorf("start Berth (%s): %w", strings.Join(e.cfg.ServerCommand, " "), err)
 	}
 	b.cmd = cmd
-	e.berth = b
 	infoC := make(chan error, 1)
 	go func() {
 		sc := bufio.NewScanner(stdout)
@@ -309,12 +338,10 @@ func (e *env) startBerth(ctx context.Context) error {
 		err = ctx.Err()
 	}
 	if err != nil {
-		return fmt.Errorf("start Berth: %w\n%s", err, tail(b.logPath, 2000))
+		b.stop()
+		return nil, fmt.Errorf("start Berth (%s): %w\n%s", name, err, tail(b.logPath, 2000))
 	}
-	e.api = api.NewClient(b.API, b.apiKey, e.hc)
-	e.log("Berth is up (pid %d, runtimes %s; log %s)", b.PID, strings.Join(b.Runtimes, ", "), b.logPath)
-	e.verbose("Berth API %s, proxy %s, debug %s", b.API, b.Proxy, b.Debug)
-	return nil
+	return b, nil
 }
 
 // withoutBerthEnv drops BERTH_* variables, which would override the flags

@@ -249,8 +249,11 @@ func coldResult(name string, b, x []time.Duration, ph *phases) *result {
 	res.values[name] = RunFigure{Berth: percentile(bs, 50), Baseline: percentile(xs, 50)}
 	// The difference is Berth's own cost, which does not scale with the
 	// machine as the baseline does: it compares across machines.
-	res.notes[name] = fmt.Sprintf("Berth − baseline at p50 %+.2f ms; p90 Berth %.2f ms, baseline %.2f ms; min %.2f / %.2f ms; %s",
-		percentile(bs, 50)-percentile(xs, 50), percentile(bs, 90), percentile(xs, 90), bs[0], xs[0], ph)
+	res.notes[name] = fmt.Sprintf("Berth − baseline at p50 %+.2f ms; p90 Berth %.2f ms, baseline %.2f ms; min %.2f / %.2f ms",
+		percentile(bs, 50)-percentile(xs, 50), percentile(bs, 90), percentile(xs, 90), bs[0], xs[0])
+	if ph != nil {
+		res.notes[name] += "; " + ph.String()
+	}
 	return res
 }
 
