@@ -55,6 +55,9 @@ type Config struct {
 	Command string
 	// Log receives progress; nil discards it.
 	Log io.Writer
+	// ProxyGoroutines serves the bench's Berth proxy with a goroutine per
+	// connection instead of its event loops, to compare the two.
+	ProxyGoroutines bool
 	// Postgres is a PostgreSQL URL for the replica scenarios, which make
 	// (and drop) a schema of their own there; empty skips them.
 	Postgres string

@@ -263,7 +263,11 @@ type berthServer struct {
 func (e *env) startBerth(ctx context.Context) error {
 	key := make([]byte, 16)
 	rand.Read(key)
-	b, err := e.startServer(ctx, "berth", hex.EncodeToString(key))
+	var extra []string
+	if e.cfg.ProxyGoroutines {
+		extra = append(extra, "--proxy-goroutines")
+	}
+	b, err := e.startServer(ctx, "berth", hex.EncodeToString(key), extra...)
 	if err != nil {
 		return err
 	}

@@ -45,6 +45,16 @@ type cluster struct {
 	nodes   map[string]*store.Node    // as last read
 	remote  map[string]remoteRoute    // routes to backends other nodes run, by id
 	holders map[string]*berth.Backend // other nodes' live backends, by key
+	beats   map[string]beat             // when each node's heartbeat last moved
+}
+
+// beat is a node's last heartbeat as read from the store (the database's
+// clock), and when this node saw it change (its own monotonic clock):
+// placement judges other nodes alive by whether their heartbeat moves, never
+// by comparing clocks.
+type beat struct {
+	at   time.Time
+	seen int64
 }
 
 type remoteRoute struct {
@@ -69,7 +79,7 @@ const remoteHard = "terminate requested (hard)"
 // then starts following the store's feed.
 func (m *Manager) Join(ctx context.Context, c Cluster) error {
 	cl := &cluster{cfg: c, timing: lease.Scaled(c.LeaseTTL), nodes: map[string]*store.Node{}, remote: map[string]remoteRoute{},
-		holders: map[string]*berth.Backend{}}
+		holders: map[string]*berth.Backend{}, beats: map[string]beat{}}
 	sent := monoNow()
 	if _, err := m.cfg.Store.RegisterNode(ctx, m.node(cl), cl.timing.TTL); err != nil {
 		return fmt.Errorf("register node %s: %w", m.cfg.Node, err)
@@ -240,10 +250,14 @@ func (m *Manager) refreshNodes(ctx context.Context) {
 		return
 	}
 	cl := m.cluster
+	now := monoNow()
 	cl.mu.Lock()
 	clear(cl.nodes)
 	for _, n := range ns {
 		cl.nodes[n.ID] = n
+		if b, ok := cl.beats[n.ID]; !ok || !b.at.Equal(n.HeartbeatAt) {
+			cl.beats[n.ID] = beat{at: n.HeartbeatAt, seen: now}
+		}
 	}
 	cl.mu.Unlock()
 }
@@ -274,13 +288,21 @@ func (m *Manager) SetDrained(ctx context.Context, id string, drained bool) error
 // least loaded, without every replica herding onto the same one).
 func (m *Manager) place(runtime string) (string, error) {
 	cl := m.cluster
+	live := m.LiveCount() // m.mu before cl.mu, never the other way
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
 	fits := func(n *store.Node) bool {
 		return n != nil && !n.Drained && slices.Contains(n.Runtimes, runtime) &&
-			(n.Capacity == 0 || n.Live < n.Capacity) && time.Until(n.LeaseExpiresAt) > -time.Second
+			(n.Capacity == 0 || n.Live < n.Capacity) &&
+			time.Duration(monoNow()-cl.beats[n.ID].seen) < cl.timing.TTL // its heartbeat moves
 	}
-	if self := cl.nodes[m.cfg.Node]; fits(self) || (self == nil && !cl.cutOff.Load()) {
+	self := cl.nodes[m.cfg.Node]
+	if self != nil {
+		s := *self
+		s.Live = live // this node knows its own count better than its last read
+		self = &s
+	}
+	if !cl.cutOff.Load() && (fits(self) || self == nil) {
 		m.cfg.Metrics.placed("local")
 		return m.cfg.Node, nil
 	}

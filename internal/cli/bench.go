@@ -36,6 +36,7 @@ func runBench(ctx context.Context, args []string, stdio Stdio) error {
 	backend := fs.String("backend", "", "backend `binary` to spawn (default: build internal/benchbackend/cmd/benchbackend, else this binary's bench-backend)")
 	keep := fs.Bool("keep", false, "keep the temporary directory (Berth's data, logs, nginx config)")
 	verbose := fs.Bool("v", false, "log progress in detail")
+	goroutines := fs.Bool("proxy-goroutines", false, "serve the proxy with a goroutine per connection instead of its event loops (to compare the two)")
 	postgres := fs.String("postgres", envOr("BERTH_BENCH_POSTGRES", ""), "PostgreSQL `URL` for the replica scenarios, which make and drop a schema of their own there (BERTH_BENCH_POSTGRES; empty: they are skipped)")
 	rest, err := fs.parse(args)
 	if err != nil {
@@ -60,6 +61,7 @@ func runBench(ctx context.Context, args []string, stdio Stdio) error {
 		Command:         strings.TrimSpace("berth bench " + strings.Join(args, " ")),
 		Log:             stdio.Err,
 		Postgres:        *postgres,
+		ProxyGoroutines: *goroutines,
 	}
 	if *backend != "" {
 		cfg.Backend = []string{*backend}
