@@ -147,11 +147,12 @@ type HTTPError struct {
 
 func (e *HTTPError) Error() string { return e.Message }
 
-// handle turns a handler's error into the JSON error body.
+// handle turns a handler's error into the JSON error body. Berth's own
+// failures are logged; a backend that ended (502) is the backend's.
 func (a *apiServer) handle(fn func(http.ResponseWriter, *http.Request) error) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := fn(w, r); err != nil {
-			if he := toHTTPError(err); he.Status >= 500 {
+			if he := toHTTPError(err); he.Status >= 500 && he.Ended == nil {
 				a.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 			}
 			WriteError(w, err)

@@ -99,6 +99,14 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
+// CloseIdleConnections closes Base's idle connections, as http.Client's
+// does for a transport that can.
+func (t *Transport) CloseIdleConnections() {
+	if c, ok := t.Base.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
 // Check validates resp, the answer to req: status, headers and a JSON body
 // at once (resp.Body is replaced by what was read); an event stream's events
 // as they are read, each mismatch going to report.
