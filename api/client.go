@@ -41,12 +41,21 @@ type Error struct {
 	Code    string // one of the Code* constants; empty if the body was not an ErrorBody
 	Message string
 	Field   string // the request field at fault, if any
+	// For backend_failed (a connect with wait whose backend ended): the
+	// backend, why it ended and the last lines of its output.
+	BackendID string
+	Reason    berth.Reason
+	ExitCode  *int
+	Logs      string
 }
 
 func (e *Error) Error() string {
 	msg := e.Message
 	if e.Field != "" && !strings.HasPrefix(msg, e.Field) {
 		msg = e.Field + ": " + msg
+	}
+	if e.Logs != "" {
+		msg += "; its last output:\n" + e.Logs
 	}
 	if e.Code == "" {
 		return fmt.Sprintf("%d: %s", e.Status, msg)
@@ -288,7 +297,9 @@ func decodeError(resp *http.Response) error {
 	e := &Error{Status: resp.StatusCode}
 	var body ErrorBody
 	if json.Unmarshal(raw, &body) == nil && (body.Error.Code != "" || body.Error.Message != "") {
-		e.Code, e.Message, e.Field = body.Error.Code, body.Error.Message, body.Error.Field
+		d := body.Error
+		e.Code, e.Message, e.Field = d.Code, d.Message, d.Field
+		e.BackendID, e.Reason, e.ExitCode, e.Logs = d.BackendID, d.Reason, d.ExitCode, d.Logs
 	} else {
 		e.Message = strings.TrimSpace(string(raw))
 	}
