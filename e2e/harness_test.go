@@ -10,6 +10,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -103,6 +106,7 @@ type server struct {
 
 	mu         sync.Mutex
 	mismatches []error // answers of its control API that the OpenAPI document does not describe
+	apiProxy   *httptest.Server
 }
 
 // openAPI is api.OpenAPI, loaded by TestMain.
@@ -118,7 +122,7 @@ var controlAPIs = struct {
 // checked wraps a transport so every answer from a control API started by
 // this suite is checked against the OpenAPI document. TestMain wraps
 // http.DefaultTransport; a test with its own transport wraps it too.
-func checked(base http.RoundTripper) http.RoundTripper {
+func checked(base http.RoundTripper) *apitest.Transport {
 	return &apitest.Transport{Base: base, Doc: openAPI, For: func(req *http.Request) func(error) {
 		controlAPIs.Lock()
 		s := controlAPIs.m[req.URL.Host]
@@ -128,6 +132,25 @@ func checked(base http.RoundTripper) http.RoundTripper {
 		}
 		return s.mismatch
 	}}
+}
+
+// checkedAPI returns the address of a reverse proxy to the control API
+// whose answers are checked against the OpenAPI document, for the clients
+// this process does not run: the berth CLI.
+func (s *server) checkedAPI() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.apiProxy == nil {
+		u, err := url.Parse(s.API)
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		rp := httputil.NewSingleHostReverseProxy(u) // through http.DefaultTransport, checked
+		rp.FlushInterval = -1                       // followed logs and events as they come
+		s.apiProxy = httptest.NewServer(rp)
+		s.t.Cleanup(s.apiProxy.Close)
+	}
+	return s.apiProxy.URL
 }
 
 func (s *server) mismatch(err error) {

@@ -89,14 +89,20 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	if err != nil {
 		return resp, err
 	}
+	t.Check(req, resp)
+	return resp, nil
+}
+
+// Check checks resp, the answer to req, if For accepts req: for answers
+// read some other way than through RoundTrip (off a raw connection).
+func (t *Transport) Check(req *http.Request, resp *http.Response) {
 	report := t.For(req)
 	if report == nil {
-		return resp, nil
+		return
 	}
 	if err := t.Doc.Check(req, resp, report); err != nil {
 		report(fmt.Errorf("%s %s → %d: %w", req.Method, req.URL.Path, resp.StatusCode, err))
 	}
-	return resp, nil
 }
 
 // CloseIdleConnections closes Base's idle connections, as http.Client's
