@@ -143,6 +143,11 @@ func (d *Doc) Check(req *http.Request, resp *http.Response, report func(error)) 
 		return fmt.Errorf("route: %w", err)
 	}
 
+	if resp.StatusCode/100 == 2 {
+		if err := checkRequest(req, route, params); err != nil {
+			return fmt.Errorf("the server took a request the document refuses: %w", err)
+		}
+	}
 	in := &openapi3filter.ResponseValidationInput{
 		RequestValidationInput: &openapi3filter.RequestValidationInput{Request: req, PathParams: params, Route: route},
 		Status:                 resp.StatusCode,
@@ -179,6 +184,30 @@ func (d *Doc) Check(req *http.Request, resp *http.Response, report func(error)) 
 	}
 	in.SetBodyBytes(body)
 	return openapi3filter.ValidateResponse(req.Context(), in)
+}
+
+// checkRequest validates a request the server took (it answered 2xx), so
+// the document cannot be stricter than the server either. A body is read
+// again through GetBody; one that cannot be (a stream) goes unchecked. Berth
+// reads every request body as JSON, whatever its Content-Type (curl -d
+// sends a form's), as the document says, so it is checked as JSON.
+func checkRequest(req *http.Request, route *routers.Route, params map[string]string) error {
+	r := req.Clone(req.Context())
+	opts := &openapi3filter.Options{AuthenticationFunc: openapi3filter.NoopAuthenticationFunc, MultiError: true}
+	switch {
+	case req.GetBody != nil:
+		body, err := req.GetBody()
+		if err != nil {
+			return err
+		}
+		r.Body = body
+		r.Header.Set("Content-Type", "application/json")
+	case req.Body != nil && req.Body != http.NoBody:
+		opts.ExcludeRequestBody = true
+		r.Body = http.NoBody
+	}
+	return openapi3filter.ValidateRequest(req.Context(), &openapi3filter.RequestValidationInput{
+		Request: r, PathParams: params, Route: route, Options: opts})
 }
 
 // mediaType returns what the document says of resp's content type for its

@@ -55,63 +55,71 @@ func TestTransport(t *testing.T) {
 	}
 	tests := []struct {
 		name, method, path string
+		body               string // the request's
 		answer             http.HandlerFunc
 		wrong              string // what the report must say; "" for a right answer
 	}{
-		{"backend", "GET", "/v1/backends/bk_1", jsonAnswer(200, backend), ""},
-		{"backend missing a required field", "GET", "/v1/backends/bk_1", jsonAnswer(200, `{"backend_id":"bk_1","state":"ready"}`), "doesn't match schema"},
-		{"backend with a field not described", "GET", "/v1/backends/bk_1", jsonAnswer(200, strings.Replace(backend, `"state"`, `"secret":"s","state"`, 1)), "doesn't match schema"},
-		{"state not in the enum", "GET", "/v1/backends/bk_1", jsonAnswer(200, strings.Replace(backend, `"ready"`, `"running"`, 1)), "doesn't match schema"},
-		{"status not described", "GET", "/v1/backends/bk_1", jsonAnswer(418, `{"error":{"code":"internal","message":"m"}}`), "status is not supported"},
-		{"error body", "GET", "/v1/backends/bk_9", jsonAnswer(404, `{"error":{"code":"not_found","message":"backend bk_9 not found"}}`), ""},
-		{"error code of another status", "GET", "/v1/backends/bk_9", jsonAnswer(404, `{"error":{"code":"conflict","message":"m"}}`), "doesn't match schema"},
-		{"error not in the error body", "GET", "/v1/backends/bk_9", jsonAnswer(404, `{"message":"not found"}`), "doesn't match schema"},
-		{"spawned 201", "POST", "/v1/connect", jsonAnswer(201, strings.Replace(connected, "%s", "true", 1)), ""},
-		{"201 that did not spawn", "POST", "/v1/connect", jsonAnswer(201, strings.Replace(connected, "%s", "false", 1)), "doesn't match schema"},
-		{"backend_failed without its reason", "POST", "/v1/connect", jsonAnswer(502, `{"error":{"code":"backend_failed","message":"m","backend_id":"bk_1"}}`), "doesn't match schema"},
-		{"wrong content type", "GET", "/healthz", func(w http.ResponseWriter, r *http.Request) {
+		{"connect", "POST", "/v1/connect", `{"key":"doc-1","spawn":{"command":["x"],"resources":{},"state":{}},"wait":true}`,
+			jsonAnswer(201, strings.Replace(connected, "%s", "true", 1)), ""},
+		{"a request the document refuses, taken", "POST", "/v1/connect", `{"key":"doc-1","spawn":{"command":["x"]},"color":"red"}`,
+			jsonAnswer(201, strings.Replace(connected, "%s", "true", 1)), "request the document refuses"},
+		{"a request the document refuses, refused", "POST", "/v1/connect", `{"key":"doc-1","color":"red"}`,
+			jsonAnswer(400, `{"error":{"code":"bad_request","message":"color: unknown field","field":"color"}}`), ""},
+		{"a query the document refuses, taken", "GET", "/v1/backends?state=running", "", jsonAnswer(200, `{"backends":[]}`), "request the document refuses"},
+		{"backend", "GET", "/v1/backends/bk_1", "", jsonAnswer(200, backend), ""},
+		{"backend missing a required field", "GET", "/v1/backends/bk_1", "", jsonAnswer(200, `{"backend_id":"bk_1","state":"ready"}`), "doesn't match schema"},
+		{"backend with a field not described", "GET", "/v1/backends/bk_1", "", jsonAnswer(200, strings.Replace(backend, `"state"`, `"secret":"s","state"`, 1)), "doesn't match schema"},
+		{"state not in the enum", "GET", "/v1/backends/bk_1", "", jsonAnswer(200, strings.Replace(backend, `"ready"`, `"running"`, 1)), "doesn't match schema"},
+		{"status not described", "GET", "/v1/backends/bk_1", "", jsonAnswer(418, `{"error":{"code":"internal","message":"m"}}`), "status is not supported"},
+		{"error body", "GET", "/v1/backends/bk_9", "", jsonAnswer(404, `{"error":{"code":"not_found","message":"backend bk_9 not found"}}`), ""},
+		{"error code of another status", "GET", "/v1/backends/bk_9", "", jsonAnswer(404, `{"error":{"code":"conflict","message":"m"}}`), "doesn't match schema"},
+		{"error not in the error body", "GET", "/v1/backends/bk_9", "", jsonAnswer(404, `{"message":"not found"}`), "doesn't match schema"},
+		{"spawned 201", "POST", "/v1/connect", `{"spawn":{"command":["x"]}}`, jsonAnswer(201, strings.Replace(connected, "%s", "true", 1)), ""},
+		{"201 that did not spawn", "POST", "/v1/connect", `{"spawn":{"command":["x"]}}`, jsonAnswer(201, strings.Replace(connected, "%s", "false", 1)), "doesn't match schema"},
+		{"backend_failed without its reason", "POST", "/v1/connect", "", jsonAnswer(502, `{"error":{"code":"backend_failed","message":"m","backend_id":"bk_1"}}`), "doesn't match schema"},
+		{"wrong content type", "GET", "/healthz", "", func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "text/plain")
 			io.WriteString(w, `{"status":"ok","backends":0}`)
 		}, "Content-Type"},
-		{"405 with Allow", "GET", "/v1/connect", func(w http.ResponseWriter, r *http.Request) {
+		{"405 with Allow", "GET", "/v1/connect", "", func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Allow", "POST")
 			jsonAnswer(405, `{"error":{"code":"method_not_allowed","message":"m"}}`)(w, r)
 		}, ""},
-		{"405 without Allow", "GET", "/v1/connect", jsonAnswer(405, `{"error":{"code":"method_not_allowed","message":"m"}}`), "Allow"},
-		{"405 whose Allow is not the document's", "DELETE", "/v1/backends/bk_1", func(w http.ResponseWriter, r *http.Request) {
+		{"405 without Allow", "GET", "/v1/connect", "", jsonAnswer(405, `{"error":{"code":"method_not_allowed","message":"m"}}`), "Allow"},
+		{"405 whose Allow is not the document's", "DELETE", "/v1/backends/bk_1", "", func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Allow", "GET, POST")
 			jsonAnswer(405, `{"error":{"code":"method_not_allowed","message":"m"}}`)(w, r)
 		}, "document's methods"},
-		{"404 for a method the path has not", "GET", "/v1/connect", jsonAnswer(404, `{"error":{"code":"not_found","message":"m"}}`), "must be 405"},
-		{"unknown path", "GET", "/v1/nothing", jsonAnswer(404, `{"error":{"code":"not_found","message":"m"}}`), ""},
-		{"unknown path answered 200", "GET", "/v1/nothing", jsonAnswer(200, `{}`), "must be 404"},
-		{"event stream", "GET", "/v1/backends/bk_1/events", func(w http.ResponseWriter, r *http.Request) {
+		{"404 for a method the path has not", "GET", "/v1/connect", "", jsonAnswer(404, `{"error":{"code":"not_found","message":"m"}}`), "must be 405"},
+		{"unknown path", "GET", "/v1/nothing", "", jsonAnswer(404, `{"error":{"code":"not_found","message":"m"}}`), ""},
+		{"unknown path answered 200", "GET", "/v1/nothing", "", jsonAnswer(200, `{}`), "must be 404"},
+		{"event stream", "GET", "/v1/backends/bk_1/events", "", func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "text/event-stream")
 			w.Header().Set("Cache-Control", "no-cache")
 			io.WriteString(w, "id: 1\nevent: state\ndata: {\"state\":\"scheduled\",\"at\":\"2026-12-06T00:00:00Z\"}\n\n: keepalive\n\n")
 		}, ""},
-		{"event whose data is not a state event", "GET", "/v1/backends/bk_1/events", func(w http.ResponseWriter, r *http.Request) {
+		{"event whose data is not a state event", "GET", "/v1/backends/bk_1/events", "", func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "text/event-stream")
 			w.Header().Set("Cache-Control", "no-cache")
 			io.WriteString(w, "id: 1\nevent: state\ndata: {\"state\":\"gone\",\"at\":\"2026-12-06T00:00:00Z\"}\n\n")
 		}, "does not match its schema"},
-		{"event of a type not described", "GET", "/v1/backends/bk_1/events", func(w http.ResponseWriter, r *http.Request) {
+		{"event of a type not described", "GET", "/v1/backends/bk_1/events", "", func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "text/event-stream")
 			w.Header().Set("Cache-Control", "no-cache")
 			io.WriteString(w, "event: bogus\ndata: {}\n\n")
 		}, "not in the document"},
-		{"event stream without Cache-Control", "GET", "/v1/backends/bk_1/events", func(w http.ResponseWriter, r *http.Request) {
+		{"event stream without Cache-Control", "GET", "/v1/backends/bk_1/events", "", func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "text/event-stream")
 		}, "Cache-Control"},
-		{"logs", "GET", "/v1/backends/bk_1/logs", func(w http.ResponseWriter, r *http.Request) {
+		{"logs", "GET", "/v1/backends/bk_1/logs", "", func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 			io.WriteString(w, "hello\n")
 		}, ""},
-		{"logs as HTML", "GET", "/v1/backends/bk_1/logs", func(w http.ResponseWriter, r *http.Request) {
+		{"logs as HTML", "GET", "/v1/backends/bk_1/logs", "", func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "text/html")
 			io.WriteString(w, "<p>hello</p>")
 		}, "Content-Type"},
-		{"not the API's", "GET", "/ui/", func(w http.ResponseWriter, r *http.Request) {
+		{"not the API's", "GET", "/ui/", "", func(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Content-Type", "text/html")
 			io.WriteString(w, "<p>dashboard</p>")
 		}, ""},
@@ -129,7 +137,14 @@ func TestTransport(t *testing.T) {
 					mu.Unlock()
 				}
 			}}}
-			req, _ := http.NewRequest(tt.method, srv.URL+tt.path, nil)
+			var reqBody io.Reader
+			if tt.body != "" {
+				reqBody = strings.NewReader(tt.body)
+			}
+			req, _ := http.NewRequest(tt.method, srv.URL+tt.path, reqBody)
+			if tt.body != "" {
+				req.Header.Set("Content-Type", "application/json")
+			}
 			resp, err := hc.Do(req)
 			if err != nil {
 				t.Fatal(err)
