@@ -119,28 +119,27 @@ func (t *Transport) CloseIdleConnections() {
 func (d *Doc) Check(req *http.Request, resp *http.Response, report func(error)) error {
 	route, params, err := d.router.FindRoute(req)
 	switch {
+	case errors.Is(err, routers.ErrPathNotFound) && !strings.HasPrefix(req.URL.Path, "/v1/"):
+		return nil // not the API's (the dashboard's pages): the document does not say
 	case errors.Is(err, routers.ErrPathNotFound):
-		if !strings.HasPrefix(req.URL.Path, "/v1/") {
-			return nil // not the API's (the dashboard's pages): the document does not say
-		}
 		if resp.StatusCode != http.StatusNotFound && resp.StatusCode != http.StatusUnauthorized {
 			return fmt.Errorf("the document has no path %s, so the answer must be 404 (or 401)", req.URL.Path)
 		}
-		route = &routers.Route{Spec: d.t, Path: req.URL.Path, Method: req.Method, Operation: d.unrouted}
 	case errors.Is(err, routers.ErrMethodNotAllowed):
-		if resp.StatusCode == http.StatusUnauthorized {
-			route = &routers.Route{Spec: d.t, Path: req.URL.Path, Method: req.Method, Operation: d.unrouted}
-			break
-		}
-		if resp.StatusCode != http.StatusMethodNotAllowed {
+		if resp.StatusCode == http.StatusMethodNotAllowed {
+			if err := d.checkAllow(req, resp.Header.Get("Allow")); err != nil {
+				return err
+			}
+		} else if resp.StatusCode != http.StatusUnauthorized {
 			return fmt.Errorf("the document has no %s for %s, so the answer must be 405 (or 401)", req.Method, req.URL.Path)
 		}
-		if err := d.checkAllow(req, resp.Header.Get("Allow")); err != nil {
-			return err
-		}
-		route = &routers.Route{Spec: d.t, Path: req.URL.Path, Method: req.Method, Operation: d.unrouted}
 	case err != nil:
 		return fmt.Errorf("route: %w", err)
+	}
+	if err != nil {
+		// No operation describes the request: its answer is one of those
+		// the document gives for that (401, 404, 405).
+		route = &routers.Route{Spec: d.t, Path: req.URL.Path, Method: req.Method, Operation: d.unrouted}
 	}
 
 	if resp.StatusCode/100 == 2 {
