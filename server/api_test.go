@@ -34,8 +34,8 @@ func TestLastLines(t *testing.T) {
 }
 
 func TestStartupTimeoutMessage(t *testing.T) {
-	got := startupTimeoutMessage("127.0.0.1:41234", 5*time.Second, "Serving HTTP on 0.0.0.0 port 8000")
-	for _, want := range []string{"nothing answered HTTP on $PORT (41234", "within 5s", "last output:\nServing HTTP on 0.0.0.0 port 8000"} {
+	got := startupTimeoutMessage("127.0.0.1:41234", 60*time.Second, "Serving HTTP on 0.0.0.0 port 8000")
+	for _, want := range []string{"nothing answered HTTP on $PORT (41234", "within 60s", "last output:\nServing HTTP on 0.0.0.0 port 8000"} {
 		if !strings.Contains(got, want) {
 			t.Errorf("message %q lacks %q", got, want)
 		}

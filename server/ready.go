@@ -276,7 +276,7 @@ func startupTimeoutMessage(addr string, timeout time.Duration, output string) st
 	if _, p, err := net.SplitHostPort(addr); err == nil {
 		port = p
 	}
-	msg := fmt.Sprintf("nothing answered HTTP on $PORT (%s, probed at %s) within %s: the program must serve HTTP on the port Berth passes in $PORT", port, addr, timeout)
+	msg := fmt.Sprintf("nothing answered HTTP on $PORT (%s, probed at %s) within %gs: the program must serve HTTP on the port Berth passes in $PORT", port, addr, timeout.Seconds())
 	if output == "" {
 		return msg + "; it printed nothing"
 	}
