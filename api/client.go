@@ -44,12 +44,21 @@ type Error struct {
 	// Body is the answer as it came (up to 64 KiB), for error bodies that
 	// carry more than the fields above.
 	Body []byte
+	// For backend_failed (a connect with wait whose backend ended): the
+	// backend, why it ended and the last lines of its output.
+	BackendID string
+	Reason    berth.Reason
+	ExitCode  *int
+	Logs      string
 }
 
 func (e *Error) Error() string {
 	msg := e.Message
 	if e.Field != "" && !strings.HasPrefix(msg, e.Field) {
 		msg = e.Field + ": " + msg
+	}
+	if e.Logs != "" {
+		msg += "; its last output:\n" + e.Logs
 	}
 	if e.Code == "" {
 		return fmt.Sprintf("%d: %s", e.Status, msg)
@@ -291,7 +300,9 @@ func decodeError(resp *http.Response) error {
 	e := &Error{Status: resp.StatusCode, Body: raw}
 	var body ErrorBody
 	if json.Unmarshal(raw, &body) == nil && (body.Error.Code != "" || body.Error.Message != "") {
-		e.Code, e.Message, e.Field = body.Error.Code, body.Error.Message, body.Error.Field
+		d := body.Error
+		e.Code, e.Message, e.Field = d.Code, d.Message, d.Field
+		e.BackendID, e.Reason, e.ExitCode, e.Logs = d.BackendID, d.Reason, d.ExitCode, d.Logs
 	} else {
 		e.Message = strings.TrimSpace(string(raw))
 	}

@@ -176,6 +176,13 @@ func TestClient_Errors(t *testing.T) {
 			msg:  "400 bad_request: key: too long",
 		},
 		{
+			name: "backend failed", status: 502,
+			body: `{"error":{"code":"backend_failed","message":"backend bk_x terminated (crashed) before it was ready: exit code 3","backend_id":"bk_x","reason":"crashed","exit_code":3,"logs":"boom\nbye"}}`,
+			want: &Error{Status: 502, Code: "backend_failed", Message: "backend bk_x terminated (crashed) before it was ready: exit code 3",
+				BackendID: "bk_x", Reason: berth.ReasonCrashed, ExitCode: new(3), Logs: "boom\nbye"},
+			msg: "502 backend_failed: backend bk_x terminated (crashed) before it was ready: exit code 3; its last output:\nboom\nbye",
+		},
+		{
 			name: "raw text", status: 502, body: "upstream broke\n",
 			want: &Error{Status: 502, Message: "upstream broke"},
 			msg:  "502: upstream broke",

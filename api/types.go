@@ -79,6 +79,13 @@ type ErrorDetail struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
 	Field   string `json:"field,omitempty"`
+	// For backend_failed, a connect that waited for a backend which
+	// terminated instead of becoming ready: which backend, why it ended,
+	// and the last lines of its output.
+	BackendID string       `json:"backend_id,omitempty"`
+	Reason    berth.Reason `json:"reason,omitempty"`
+	ExitCode  *int         `json:"exit_code,omitempty"`
+	Logs      string       `json:"logs,omitempty"`
 }
 
 // Error codes.
@@ -92,6 +99,12 @@ const (
 	CodeGone         = "gone"
 	CodeInternal     = "internal"
 	CodeUnavailable  = "unavailable"
+	// CodeMethodNotAllowed answers a known path asked with another method
+	// (405, with Allow).
+	CodeMethodNotAllowed = "method_not_allowed"
+	// CodeBackendFailed answers a connect with wait whose backend
+	// terminated instead of becoming ready (502).
+	CodeBackendFailed = "backend_failed"
 )
 
 // StateVersion is one saved state of a key, as listed by GET /v1/state and

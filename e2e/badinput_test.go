@@ -316,10 +316,16 @@ func slowUpload(t *testing.T, rawURL, auth string, chunked bool, fast, total int
 	defer func() { close(stop); <-wrote }()
 	c.SetReadDeadline(time.Now().Add(30 * time.Second))
 	br := bufio.NewReader(c)
-	res, err = http.ReadResponse(br, nil)
+	method := head[:strings.IndexByte(head, ' ')]
+	req, err := http.NewRequest(method, rawURL, nil)
 	if err != nil {
-		t.Fatalf("%s %s: no answer: %v", head[:strings.IndexByte(head, ' ')], rawURL, err)
+		t.Fatal(err)
 	}
+	res, err = http.ReadResponse(br, req)
+	if err != nil {
+		t.Fatalf("%s %s: no answer: %v", method, rawURL, err)
+	}
+	checked(nil).Check(req, res) // a control API's answer, like every other
 	finished = done.Load()
 	body, err = io.ReadAll(res.Body)
 	if err != nil {

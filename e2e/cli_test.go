@@ -27,7 +27,7 @@ type cliResult struct {
 func (s *server) cli(t *testing.T, ctx context.Context, env []string, args ...string) cliResult {
 	t.Helper()
 	cmd := exec.CommandContext(ctx, bin.berth, args...)
-	cmd.Env = append(cleanEnv(), "BERTH_API="+s.API)
+	cmd.Env = append(cleanEnv(), "BERTH_API="+s.checkedAPI())
 	cmd.Env = append(cmd.Env, env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
@@ -61,7 +61,7 @@ func (s *server) cliStart(t *testing.T, args ...string) *cliRun {
 	t.Helper()
 	r := &cliRun{out: &syncBuffer{}, errb: &syncBuffer{}, done: make(chan struct{})}
 	r.cmd = exec.Command(bin.berth, args...)
-	r.cmd.Env = append(cleanEnv(), "BERTH_API="+s.API)
+	r.cmd.Env = append(cleanEnv(), "BERTH_API="+s.checkedAPI())
 	r.cmd.Stdout, r.cmd.Stderr = r.out, r.errb
 	if err := r.cmd.Start(); err != nil {
 		t.Fatalf("start berth %v: %v", args, err)

@@ -10,6 +10,9 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -23,6 +26,7 @@ import (
 
 	"github.com/berthhq/berth"
 	"github.com/berthhq/berth/api"
+	"github.com/berthhq/berth/api/apitest"
 )
 
 // opts says how to start one Berth.
@@ -99,6 +103,71 @@ type server struct {
 	done    chan struct{}
 	waitErr error
 	killed  bool
+
+	mu         sync.Mutex
+	mismatches []error // answers of its control API that the OpenAPI document does not describe
+	apiProxy   *httptest.Server
+}
+
+// openAPI is api.OpenAPI, loaded by TestMain.
+var openAPI *apitest.Doc
+
+// controlAPIs are the running Berths by control API host:port, so each
+// answer's mismatches go to the Berth (and test) that gave it.
+var controlAPIs = struct {
+	sync.Mutex
+	m map[string]*server
+}{m: map[string]*server{}}
+
+// checked wraps a transport so every answer from a control API started by
+// this suite is checked against the OpenAPI document. TestMain wraps
+// http.DefaultTransport; a test with its own transport wraps it too.
+func checked(base http.RoundTripper) *apitest.Transport {
+	return &apitest.Transport{Base: base, Doc: openAPI, For: func(req *http.Request) func(error) {
+		controlAPIs.Lock()
+		s := controlAPIs.m[req.URL.Host]
+		controlAPIs.Unlock()
+		if s == nil {
+			return nil
+		}
+		return s.mismatch
+	}}
+}
+
+// checkedAPI returns the address of a reverse proxy to the control API
+// whose answers are checked against the OpenAPI document, for the clients
+// this process does not run: the berth CLI.
+func (s *server) checkedAPI() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.apiProxy == nil {
+		u, err := url.Parse(s.API)
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		rp := httputil.NewSingleHostReverseProxy(u) // through http.DefaultTransport, checked
+		rp.FlushInterval = -1                       // followed logs and events as they come
+		s.apiProxy = httptest.NewServer(rp)
+		s.t.Cleanup(s.apiProxy.Close)
+	}
+	return s.apiProxy.URL
+}
+
+func (s *server) mismatch(err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.mismatches = append(s.mismatches, err)
+}
+
+// reportMismatches fails the test for each answer the OpenAPI document does
+// not describe.
+func (s *server) reportMismatches() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, err := range s.mismatches {
+		s.t.Errorf("control API answer does not match api/openapi.json: %v", err)
+	}
+	s.mismatches = nil
 }
 
 // start runs berth dev (or serve) on fresh loopback ports and a fresh data
@@ -153,6 +222,9 @@ func launch(t *testing.T, o opts) *server {
 		done:    make(chan struct{}),
 	}
 	s.Client = api.NewClient(s.API, o.apiKey, nil)
+	controlAPIs.Lock()
+	controlAPIs.m[ad.api] = s
+	controlAPIs.Unlock()
 	s.cmd = exec.Command(bin.berth, args...)
 	s.cmd.Dir = o.dataDir
 	s.cmd.Env = cleanEnv()
@@ -228,6 +300,7 @@ func (s *server) kill() {
 // stop is the cleanup: SIGINT, exit status 0, no backend process left.
 func (s *server) stop() {
 	t := s.t
+	defer s.reportMismatches()
 	defer func() {
 		if t.Failed() {
 			t.Logf("berth %s output (tail):\n%s", s.API, tail(s.out.String(), 150))
@@ -351,6 +424,25 @@ func (s *server) connect(t *testing.T, req api.ConnectRequest) *api.ConnectRespo
 		t.Fatalf("connect %q: %v", req.Key, err)
 	}
 	return resp
+}
+
+// connectFailed calls POST /v1/connect with wait for a backend that must
+// end instead of becoming ready, and returns the 502 backend_failed error,
+// failing the test if the answer is anything else or carries a URL.
+func (s *server) connectFailed(t *testing.T, req api.ConnectRequest) api.ErrorDetail {
+	t.Helper()
+	resp, body := s.do(t, http.MethodPost, "/v1/connect", connectJSON(t, req))
+	if resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("connect with wait to a backend that ends: %d %s, want 502 backend_failed", resp.StatusCode, body)
+	}
+	e := apiError(t, body)
+	if e.Code != api.CodeBackendFailed || e.BackendID == "" || e.Reason == "" {
+		t.Errorf("error %+v, want code backend_failed with the backend and its reason", e)
+	}
+	if bytes.Contains(body, []byte(`"url"`)) || bytes.Contains(body, []byte(s.Proxy)) {
+		t.Errorf("the error body %s hands out a URL to a backend that ended", body)
+	}
+	return e
 }
 
 // spawnReady connects with wait and requires the backend to be ready.

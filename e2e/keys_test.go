@@ -22,7 +22,7 @@ func TestKeys(t *testing.T) {
 		ctx := testCtx(t, 60*time.Second)
 		// Our own transport: 200 simultaneous connections, none shared with
 		// other tests.
-		hc := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: n}}
+		hc := &http.Client{Transport: checked(&http.Transport{MaxIdleConnsPerHost: n})}
 		defer hc.CloseIdleConnections()
 		client := api.NewClient(s.API, "", hc)
 		resps := make([]*api.ConnectResponse, n)

@@ -289,27 +289,27 @@ func TestLifecycle(t *testing.T) {
 		t.Parallel()
 		sp := tb(map[string]string{"TB_READY_DELAY_MS": "30000"})
 		sp.StartupTimeoutSeconds = 1
-		c := s.connect(t, api.ConnectRequest{Spawn: sp, Wait: true, WaitTimeoutSeconds: 20})
-		b := s.waitTerminated(t, c.BackendID, 10*time.Second)
+		failed := s.connectFailed(t, api.ConnectRequest{Spawn: sp, Wait: true, WaitTimeoutSeconds: 20})
+		b := s.waitTerminated(t, failed.BackendID, 10*time.Second)
 		if b.Reason != berth.ReasonStartupTimeout {
 			t.Fatalf("reason %q, want startup_timeout", b.Reason)
 		}
-		evs := s.history(t, c.BackendID)
+		evs := s.history(t, b.ID)
 		if slices.Contains(states(evs), berth.StateReady) {
 			t.Errorf("history %v includes ready", states(evs))
 		}
 		if took := eventAt(t, evs, berth.StateTerminating).Sub(eventAt(t, evs, berth.StateStarting)); took < time.Second-slack {
 			t.Errorf("gave up %v after starting, before startup_timeout_seconds (1s)", took)
 		}
-		if pids := backendPIDs(c.BackendID); len(pids) > 0 {
+		if pids := backendPIDs(b.ID); len(pids) > 0 {
 			t.Errorf("processes %v of the timed-out backend still run", pids)
 		}
 	})
 
 	t.Run("spawn failed", func(t *testing.T) {
 		t.Parallel()
-		c := s.connect(t, api.ConnectRequest{Spawn: &berth.SpawnConfig{Command: []string{"/nonexistent/e2e-program"}}, Wait: true})
-		b := s.waitTerminated(t, c.BackendID, 10*time.Second)
+		failed := s.connectFailed(t, api.ConnectRequest{Spawn: &berth.SpawnConfig{Command: []string{"/nonexistent/e2e-program"}}, Wait: true})
+		b := s.waitTerminated(t, failed.BackendID, 10*time.Second)
 		if b.Reason != berth.ReasonSpawnFailed {
 			t.Errorf("reason %q, want spawn_failed", b.Reason)
 		}

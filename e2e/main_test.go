@@ -2,11 +2,16 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/berthhq/berth/api"
+	"github.com/berthhq/berth/api/apitest"
 )
 
 // bin holds the binaries TestMain builds once for every test.
@@ -32,6 +37,14 @@ func run(m *testing.M) int {
 	}
 	bin.berth = filepath.Join(dir, "berth")
 	bin.testbackend = filepath.Join(dir, "testbackend")
+	if openAPI, err = apitest.Load(context.Background(), api.OpenAPI); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e:", err)
+		return 1
+	}
+	// Every answer a test gets from a control API through Go's default
+	// client or transport (api.Client, http.Get, …) is checked against the
+	// OpenAPI document; mismatches fail the test that started that Berth.
+	http.DefaultTransport = checked(http.DefaultTransport)
 	return m.Run()
 }
 

@@ -515,14 +515,15 @@ exec "$TB_BIN"
 		if err := os.Symlink(outside, dir); err != nil {
 			t.Fatal(err)
 		}
-		r := s.connect(t, api.ConnectRequest{Key: key, Spawn: spawn, Wait: true, WaitTimeoutSeconds: 20})
-		if r.State == berth.StateReady {
+		resp, body := s.do(t, http.MethodPost, "/v1/connect", connectJSON(t, api.ConnectRequest{Key: key, Spawn: spawn, Wait: true, WaitTimeoutSeconds: 20}))
+		switch r := decode[api.ConnectResponse](t, body); {
+		case resp.StatusCode == http.StatusCreated && r.State == berth.StateReady:
 			got := tbEnv(t, r.URL)["BERTH_STATE_DIR"]
 			if real, err := filepath.EvalSymlinks(got); err != nil || !under(real, root) {
 				t.Errorf("through a symlinked volume the backend got %q (really %q, %v), outside the root", got, real, err)
 			}
-		} else if r.Reason != berth.ReasonSpawnFailed {
-			t.Errorf("spawn over a symlinked volume: state %s reason %s; want it refused (spawn_failed) or given a directory inside the root", r.State, r.Reason)
+		case resp.StatusCode != http.StatusBadGateway || apiError(t, body).Reason != berth.ReasonSpawnFailed:
+			t.Errorf("spawn over a symlinked volume: %d %s; want it refused (502, spawn_failed) or given a directory inside the root", resp.StatusCode, body)
 		}
 		if ents, _ := os.ReadDir(outside); len(ents) != 0 {
 			t.Errorf("something was written outside the volume root, into %s", outside)

@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/berthhq/berth"
@@ -88,7 +89,16 @@ func NewAPI(cfg APIConfig) http.Handler {
 	if cfg.Gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
 	}
+	mux.HandleFunc("GET /v1/openapi.json", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(api.OpenAPI)
+	})
 	mux.Handle("/", a.handle(func(w http.ResponseWriter, r *http.Request) error {
+		if allow := allowed(mux, r); len(allow) > 0 {
+			w.Header().Set("Allow", strings.Join(allow, ", "))
+			return &HTTPError{Status: http.StatusMethodNotAllowed, Code: api.CodeMethodNotAllowed,
+				Message: r.Method + " " + r.URL.Path + " is not allowed; use " + strings.Join(allow, " or ")}
+		}
 		return &HTTPError{Status: http.StatusNotFound, Code: api.CodeNotFound, Message: "no such route: " + r.Method + " " + r.URL.Path}
 	}))
 	var h http.Handler = mux
@@ -96,6 +106,22 @@ func NewAPI(cfg APIConfig) http.Handler {
 		h = requireKey(cfg.APIKey, h)
 	}
 	return h
+}
+
+// allowed returns the methods mux has a route for at r's path, other than
+// the catch-all "/": a path that exists answers a wrong method with 405 and
+// Allow, not 404. A GET route serves HEAD too.
+func allowed(mux *http.ServeMux, r *http.Request) []string {
+	var allow []string
+	for _, method := range []string{http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete} {
+		if method == r.Method {
+			continue
+		}
+		if _, pattern := mux.Handler(&http.Request{Method: method, Host: r.Host, URL: r.URL}); pattern != "" && pattern != "/" {
+			allow = append(allow, method)
+		}
+	}
+	return allow
 }
 
 // requireKey admits a request with the API key as a Bearer token, or,
@@ -137,15 +163,18 @@ type HTTPError struct {
 	Code    string
 	Message string
 	Field   string
+	// Ended, for backend_failed, is the backend a connect waited for.
+	Ended *EndedError
 }
 
 func (e *HTTPError) Error() string { return e.Message }
 
-// handle turns a handler's error into the JSON error body.
+// handle turns a handler's error into the JSON error body. Berth's own
+// failures are logged; a backend that ended (502) is the backend's.
 func (a *apiServer) handle(fn func(http.ResponseWriter, *http.Request) error) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if err := fn(w, r); err != nil {
-			if he := toHTTPError(err); he.Status >= 500 {
+			if he := toHTTPError(err); he.Status >= 500 && he.Ended == nil {
 				a.log.Error("request failed", "method", r.Method, "path", r.URL.Path, "err", err)
 			}
 			WriteError(w, err)
@@ -156,9 +185,12 @@ func (a *apiServer) handle(fn func(http.ResponseWriter, *http.Request) error) ht
 func toHTTPError(err error) *HTTPError {
 	var he *HTTPError
 	var fe *berth.FieldError
+	var ee *EndedError
 	switch {
 	case errors.As(err, &he):
 		return he
+	case errors.As(err, &ee):
+		return &HTTPError{Status: http.StatusBadGateway, Code: api.CodeBackendFailed, Message: ee.Error(), Ended: ee}
 	case errors.As(err, &fe):
 		return &HTTPError{Status: http.StatusBadRequest, Code: api.CodeBadRequest, Message: fe.Error(), Field: fe.Field}
 	case errors.Is(err, berth.ErrNotFound):
@@ -176,7 +208,11 @@ func toHTTPError(err error) *HTTPError {
 // WriteError writes err as the JSON error body with a fitting status.
 func WriteError(w http.ResponseWriter, err error) {
 	he := toHTTPError(err)
-	writeJSON(w, he.Status, api.ErrorBody{Error: api.ErrorDetail{Code: he.Code, Message: he.Message, Field: he.Field}})
+	d := api.ErrorDetail{Code: he.Code, Message: he.Message, Field: he.Field}
+	if e := he.Ended; e != nil {
+		d.BackendID, d.Reason, d.ExitCode, d.Logs = e.Backend.ID, e.Backend.Reason, e.Backend.ExitCode, e.Logs
+	}
+	writeJSON(w, he.Status, api.ErrorBody{Error: d})
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

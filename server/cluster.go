@@ -45,7 +45,7 @@ type cluster struct {
 	nodes   map[string]*store.Node    // as last read
 	remote  map[string]remoteRoute    // routes to backends other nodes run, by id
 	holders map[string]*berth.Backend // other nodes' live backends, by key
-	beats   map[string]beat             // when each node's heartbeat last moved
+	beats   map[string]beat           // when each node's heartbeat last moved
 }
 
 // beat is a node's last heartbeat as read from the store (the database's

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -150,16 +151,16 @@ func (m *Manager) supervise(ctx context.Context, inst *instance, b *berth.Backen
 			return
 		case <-inst.stopC:
 			why, hard := inst.stopRequest()
-			m.stopAndTerminate(inst, h, exitC, why, hard, log)
+			m.stopAndTerminate(inst, h, exitC, why, hard, "", log)
 			return
 		case <-idleC:
 			if isIdle() {
 				log.Info("idle", "after", maxIdle)
-				m.stopAndTerminate(inst, h, exitC, berth.ReasonIdle, false, log)
+				m.stopAndTerminate(inst, h, exitC, berth.ReasonIdle, false, "", log)
 				return
 			}
 		case <-life:
-			m.stopAndTerminate(inst, h, exitC, berth.ReasonLifetime, false, log)
+			m.stopAndTerminate(inst, h, exitC, berth.ReasonLifetime, false, "", log)
 			return
 		}
 	}
@@ -188,8 +189,10 @@ func (m *Manager) exited(inst *instance, h *runtime.Handle, e runtime.Exit, log 
 	m.terminate(inst, why, exitCode(e), msg)
 }
 
-// stopAndTerminate stops a running backend and records its end.
-func (m *Manager) stopAndTerminate(inst *instance, h *runtime.Handle, exitC chan runtime.Exit, why berth.Reason, hard bool, log *slog.Logger) {
+// stopAndTerminate stops a running backend and records its end. cause, when
+// set, is what the history says about why: the stopped program's own exit
+// (killed by the stop signal) would only hide it.
+func (m *Manager) stopAndTerminate(inst *instance, h *runtime.Handle, exitC chan runtime.Exit, why berth.Reason, hard bool, cause string, log *slog.Logger) {
 	b := inst.snapshot()
 	// Recorded beside the stop, not before it: a replica cut off from its
 	// store must stop its backends before its lease can expire, however
@@ -197,7 +200,7 @@ func (m *Manager) stopAndTerminate(inst *instance, h *runtime.Handle, exitC chan
 	recorded := make(chan struct{})
 	go func() {
 		defer close(recorded)
-		m.transition(inst, store.Transition{To: berth.StateTerminating, Reason: why})
+		m.transition(inst, store.Transition{To: berth.StateTerminating, Reason: why, Message: cause})
 	}()
 	grace := b.Spawn.Grace()
 	if hard {
@@ -226,7 +229,7 @@ func (m *Manager) stopAndTerminate(inst *instance, h *runtime.Handle, exitC chan
 	m.afterExit(inst)
 	inst.rt.Cleanup(context.Background(), h) // terminated means nothing is left of it
 	<-recorded
-	m.terminate(inst, why, exitCode(e), exitMessage(e))
+	m.terminate(inst, why, exitCode(e), cmp.Or(cause, exitMessage(e)))
 }
 
 // afterExit runs the state hook until it succeeds: the key stays held (the

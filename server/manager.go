@@ -10,6 +10,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base32"
@@ -189,6 +190,9 @@ func (m *Manager) Connect(ctx context.Context, req *api.ConnectRequest) (*api.Co
 	}
 	if h.inst != nil {
 		b = h.inst.snapshot()
+	}
+	if req.Wait && b.State == berth.StateTerminated {
+		return nil, m.endedError(ctx, b)
 	}
 	user := req.User
 	tok := m.cfg.Signer.Issue(b.ID, user, time.Now().Add(m.cfg.TokenTTL))
@@ -519,6 +523,72 @@ func (m *Manager) Logs(ctx context.Context, id string, follow bool, w io.Writer)
 		return nil // a backend whose output is no longer kept: empty log
 	}
 	return err
+}
+
+// waitTailLines is how much of its output a connect that waited for a
+// backend which ended instead answers with.
+const waitTailLines = 20
+
+// EndedError is what a connect that waited for ready answers when the
+// backend terminated instead: no URL (it would lead nowhere), but why it
+// ended, in the words of its history, and the end of its output.
+type EndedError struct {
+	Backend *berth.Backend
+	Cause   string // the message of its terminated event
+	Logs    string // the last lines of its output
+}
+
+func (e *EndedError) Error() string {
+	msg := fmt.Sprintf("backend %s terminated (%s) before it was ready", e.Backend.ID, e.Backend.Reason)
+	if e.Backend.ReadyAt != nil {
+		msg = fmt.Sprintf("backend %s terminated (%s) right after it was ready", e.Backend.ID, e.Backend.Reason)
+	}
+	if e.Cause != "" {
+		msg += ": " + e.Cause
+	}
+	return msg
+}
+
+func (m *Manager) endedError(ctx context.Context, b *berth.Backend) error {
+	e := &EndedError{Backend: b, Logs: m.outputTail(b.ID, waitTailLines)}
+	if evs, err := m.Events(ctx, b.ID, 0); err == nil && len(evs) > 0 {
+		e.Cause = evs[len(evs)-1].Message
+	}
+	return e
+}
+
+// outputTail returns the last lines (at most n, and at most 4 KiB) of a
+// backend's output.
+func (m *Manager) outputTail(id string, n int) string {
+	var buf bytes.Buffer
+	if err := m.cfg.Logs.Copy(context.Background(), id, false, &buf); err != nil {
+		return ""
+	}
+	return lastLines(buf.Bytes(), n, 4<<10)
+}
+
+// lastLines returns the last n lines of out, without the final newline,
+// and of those at most the last max bytes, from a line start if one is
+// within them.
+func lastLines(out []byte, n, max int) string {
+	out = bytes.TrimRight(out, "\n")
+	start := len(out)
+	for range n {
+		j := bytes.LastIndexByte(out[:start], '\n')
+		if j < 0 {
+			start = -1
+			break
+		}
+		start = j
+	}
+	tail := out[start+1:]
+	if len(tail) > max {
+		tail = tail[len(tail)-max:]
+		if i := bytes.IndexByte(tail, '\n'); i >= 0 {
+			tail = tail[i+1:]
+		}
+	}
+	return string(tail)
 }
 
 // Shutdown stops every live backend gracefully (each within its grace

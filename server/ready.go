@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -242,8 +243,9 @@ func (m *Manager) awaitReady(ctx context.Context, inst *instance, b *berth.Backe
 			if ctx.Err() != nil {
 				return true // shutting down; supervise sees the stop
 			}
-			log.Warn("startup timeout", "after", b.Spawn.StartupTimeout())
-			m.stopAndTerminate(inst, h, exitC, berth.ReasonStartupTimeout, false, log)
+			cause := startupTimeoutMessage(h.Addr, b.Spawn.StartupTimeout(), m.outputTail(inst.id, startupTailLines))
+			log.Warn("startup timeout", "after", b.Spawn.StartupTimeout(), "cause", cause)
+			m.stopAndTerminate(inst, h, exitC, berth.ReasonStartupTimeout, false, cause, log)
 			return false
 		}
 		ready()
@@ -257,9 +259,28 @@ func (m *Manager) awaitReady(ctx context.Context, inst *instance, b *berth.Backe
 		cancel()
 		readyIfAnswered()
 		why, hard := inst.stopRequest()
-		m.stopAndTerminate(inst, h, exitC, why, hard, log)
+		m.stopAndTerminate(inst, h, exitC, why, hard, "", log)
 		return false
 	}
+}
+
+// startupTailLines is how much of its output a backend that timed out at
+// startup has in its history: enough for the line that says where it
+// listens instead.
+const startupTailLines = 5
+
+// startupTimeoutMessage says why a backend timed out at startup, in the
+// words of the contract a program must keep: serve HTTP on $PORT.
+func startupTimeoutMessage(addr string, timeout time.Duration, output string) string {
+	port := addr
+	if _, p, err := net.SplitHostPort(addr); err == nil {
+		port = p
+	}
+	msg := fmt.Sprintf("nothing answered HTTP on $PORT (%s, probed at %s) within %gs: the program must serve HTTP on the port Berth passes in $PORT", port, addr, timeout.Seconds())
+	if output == "" {
+		return msg + "; it printed nothing"
+	}
+	return msg + "; its last output:\n" + output
 }
 
 // testHookAnswered, when set by a test, runs once a starting backend has

@@ -56,12 +56,13 @@ type node struct {
 	extra   []string
 	store   string // the store's URL as this node reaches it
 
-	mu      sync.Mutex
-	cmd     *exec.Cmd
-	out     *syncBuffer
-	done    chan struct{}
-	waitErr error
-	killed  bool
+	mu         sync.Mutex
+	mismatches []error // answers the OpenAPI document does not describe
+	cmd        *exec.Cmd
+	out        *syncBuffer
+	done       chan struct{}
+	waitErr    error
+	killed     bool
 }
 
 // newCluster starts n replicas; via, when set, gives the last one its own
@@ -100,6 +101,9 @@ func (c *cluster) add(nd *node) *node {
 	nd.proxyAt = freeAddr(c.t)
 	nd.API, nd.Proxy = "http://"+api, "http://"+nd.proxyAt
 	nd.Client = api2(nd.API, c.apiKey)
+	controlAPIs.Lock()
+	controlAPIs.m[api] = nd
+	controlAPIs.Unlock()
 	nd.launch(api, backendAPI)
 	c.nodes = append(c.nodes, nd)
 	c.t.Cleanup(nd.stop)
@@ -210,9 +214,36 @@ func (nd *node) kill() {
 	}
 }
 
-// stop is the cleanup: SIGINT and exit status 0, unless the test killed it.
+// controlAPIs are the replicas' control APIs by host:port, for the
+// OpenAPI check.
+var controlAPIs = struct {
+	sync.Mutex
+	m map[string]*node
+}{m: map[string]*node{}}
+
+func nodeAt(host string) *node {
+	controlAPIs.Lock()
+	defer controlAPIs.Unlock()
+	return controlAPIs.m[host]
+}
+
+func (nd *node) mismatch(err error) {
+	nd.mu.Lock()
+	defer nd.mu.Unlock()
+	nd.mismatches = append(nd.mismatches, err)
+}
+
+// stop is the cleanup: SIGINT and exit status 0, unless the test killed it;
+// and every answer of its control API matched the OpenAPI document.
 func (nd *node) stop() {
 	t := nd.c.t
+	defer func() {
+		nd.mu.Lock()
+		defer nd.mu.Unlock()
+		for _, err := range nd.mismatches {
+			t.Errorf("%s: an answer the OpenAPI document does not describe: %v", nd.id, err)
+		}
+	}()
 	nd.mu.Lock()
 	killed, cmd, done := nd.killed, nd.cmd, nd.done
 	nd.mu.Unlock()

@@ -178,4 +178,3 @@ func TestReplicas_RollingRestart(t *testing.T) {
 	}
 	c.checkNoViolations()
 }
-
