@@ -27,6 +27,7 @@ import (
 	"github.com/berthhq/berth"
 	"github.com/berthhq/berth/api"
 	"github.com/berthhq/berth/api/apitest"
+	"github.com/berthhq/berth/store/postgres/pgtest"
 )
 
 // opts says how to start one Berth.
@@ -207,6 +208,12 @@ func launch(t *testing.T, o opts) *server {
 	}
 	if o.serve {
 		args = append(args, "--api-key", o.apiKey)
+	}
+	if onPostgres(t) {
+		args = append(args, "--store", pgStore(t))
+		if o.tokenKey == "" {
+			o.tokenKey = "e2e-on-postgres-token-key-0123456789"
+		}
 	}
 	if o.tokenKey != "" {
 		args = append(args, "--token-key", o.tokenKey)
@@ -756,4 +763,22 @@ func decode[T any](t *testing.T, body []byte) *T {
 		t.Fatalf("decode %T from %q: %v", v, body, err)
 	}
 	return v
+}
+
+// onPostgres reports whether t runs under TestOnPostgres: every Berth it
+// starts then keeps its records in PostgreSQL (a schema per test, which
+// makes it a replica of one) instead of SQLite.
+func onPostgres(t *testing.T) bool { return strings.HasPrefix(t.Name(), "TestOnPostgres/") }
+
+// pgSchemas holds each test's PostgreSQL store, so a Berth the test starts
+// again finds its records.
+var pgSchemas sync.Map // test name → URL
+
+func pgStore(t *testing.T) string {
+	if u, ok := pgSchemas.Load(t.Name()); ok {
+		return u.(string)
+	}
+	u := pgtest.URL(t, "e2e")
+	pgSchemas.Store(t.Name(), u)
+	return u
 }
