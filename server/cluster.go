@@ -32,6 +32,9 @@ type Cluster struct {
 	// LeaseTTL is the lease's length; 0 means lease.TTL. The rest of the
 	// schedule scales with it (lease.Scaled).
 	LeaseTTL time.Duration
+	// OnRenew, if set, is called after each renewal that succeeded (the
+	// docker reaper hears of it).
+	OnRenew func()
 }
 
 // cluster is a Manager's state as a replica.
@@ -136,6 +139,9 @@ func (m *Manager) renewLoop() {
 		switch {
 		case err == nil:
 			cl.renewed.Store(sent)
+			if cl.cfg.OnRenew != nil {
+				cl.cfg.OnRenew()
+			}
 			if cl.cutOff.CompareAndSwap(true, false) {
 				m.log.Info("lease renewed: this node serves again")
 			}

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/berthhq/berth/api"
+	"github.com/berthhq/berth/internal/testbin"
 )
 
 // Generous bounds: the machine is shared and the test binary may run
@@ -410,66 +411,12 @@ func removeContainers(instance string) int {
 	return len(cs)
 }
 
-// image is the backend image: FROM scratch, the static testbackend only.
-var image struct {
-	once sync.Once
-	name string
-	err  error
-}
-
-// buildImage builds the image once, tagged by the binary's hash so that
-// concurrent runs of different trees never share a tag.
-func buildImage() (string, error) {
-	image.once.Do(func() {
-		data, err := os.ReadFile(bin.testbackend)
-		if err != nil {
-			image.err = err
-			return
-		}
-		sum := sha256.Sum256(data)
-		image.name = "berth-chaos-testbackend:" + hex.EncodeToString(sum[:6])
-		dir, err := os.MkdirTemp("", "berth-chaos-image-")
-		if err != nil {
-			image.err = err
-			return
-		}
-		defer os.RemoveAll(dir)
-		if err := os.WriteFile(filepath.Join(dir, "testbackend"), data, 0o755); err != nil {
-			image.err = err
-			return
-		}
-		df := "FROM scratch\nCOPY testbackend /testbackend\nENTRYPOINT [\"/testbackend\"]\n"
-		if err := os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte(df), 0o644); err != nil {
-			image.err = err
-			return
-		}
-		out, err := exec.Command("docker", "build", "-q", "-t", image.name, dir).CombinedOutput()
-		if err != nil {
-			image.err = fmt.Errorf("docker build %s: %v\n%s", image.name, err, out)
-		}
-	})
-	return image.name, image.err
-}
-
-// removeImage removes the image if this run built it; an image another
-// run's containers still use stays.
-func removeImage() {
-	if image.name != "" && image.err == nil {
-		exec.Command("docker", "rmi", image.name).Run()
-	}
-}
-
-// needDocker fails in CI and skips elsewhere when no engine answers.
+// needDocker fails in CI and skips elsewhere when no engine answers, and
+// returns the backend image: FROM scratch, the static testbackend only.
 func needDocker(t *testing.T) string {
 	t.Helper()
-	if out, err := exec.Command("docker", "info", "--format", "{{.ServerVersion}}").CombinedOutput(); err != nil {
-		msg := fmt.Sprintf("Docker Engine not reachable (docker info: %v: %s)", err, bytes.TrimSpace(out))
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s; CI must have it", msg)
-		}
-		t.Skipf("%s; to run the docker variant, install Docker Engine (apt-get install docker.io), start dockerd, and check that `docker info` answers", msg)
-	}
-	img, err := buildImage()
+	testbin.NeedDocker(t)
+	img, err := testbin.Image(bin.testbackend, "berth-chaos-testbackend")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package replicas
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"net"
@@ -41,6 +42,7 @@ type cluster struct {
 	tokenKey string
 	blobs    string
 	shared   string // TB_LOCK_DIR and audit files of every backend
+	runtime  string // process (default) or docker
 	nodes    []*node
 }
 
@@ -69,7 +71,14 @@ type node struct {
 // way to the database.
 func newCluster(t *testing.T, n int, via ...*relay) *cluster {
 	t.Helper()
+	return startCluster(t, n, "process", via...)
+}
+
+// startCluster is newCluster with the replicas' runtime.
+func startCluster(t *testing.T, n int, runtime string, via ...*relay) *cluster {
+	t.Helper()
 	c := &cluster{
+		runtime:  runtime,
 		t:        t,
 		store:    pgtest.URL(t, "replicas"),
 		apiKey:   "replicas-test-key",
@@ -116,7 +125,7 @@ func (nd *node) launch(apiAddr, backendAPI string) {
 	c := nd.c
 	args := []string{"serve",
 		"--api-addr", apiAddr, "--proxy-addr", nd.proxyAt, "--backend-api-addr", backendAPI,
-		"--data-dir", nd.dataDir, "--runtime", "process", "--log-level", "debug",
+		"--data-dir", nd.dataDir, "--runtime", cmp.Or(c.runtime, "process"), "--log-level", "debug",
 		"--api-key", c.apiKey, "--token-key", c.tokenKey,
 		"--store", nd.store, "--blobs", c.blobs,
 		"--node-id", nd.id, "--lease-ttl", leaseTTL.String(),

@@ -20,16 +20,25 @@ import (
 // instance label is derived from the data dir, so two Berths on one engine
 // never remove each other's containers.
 func openDocker(ctx context.Context, o *serverOptions, log *slog.Logger) (runtime.Runtime, error) {
-	abs, err := filepath.Abs(o.DataDir)
+	instance, err := dockerInstance(o)
 	if err != nil {
 		return nil, err
 	}
-	sum := sha256.Sum256([]byte(abs))
 	return docker.New(ctx, docker.Config{
-		Instance: "berth-" + hex.EncodeToString(sum[:6]),
+		Instance: instance,
 		Network:  o.DockerNetwork,
 		Logger:   log.With("runtime", "docker"),
 	})
+}
+
+// dockerInstance names the docker runtime's instance after the data dir.
+func dockerInstance(o *serverOptions) (string, error) {
+	abs, err := filepath.Abs(o.DataDir)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256([]byte(abs))
+	return "berth-" + hex.EncodeToString(sum[:6]), nil
 }
 
 // dockerBackendAPI serves the backend API on the docker network's gateway,

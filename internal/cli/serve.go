@@ -231,7 +231,19 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 		if err != nil {
 			return err
 		}
-		if err := mgr.Join(ctx, server.Cluster{ProxyAddr: peer, APIAddr: apiLn.Addr().String(), Capacity: o.Capacity, LeaseTTL: o.LeaseTTL}); err != nil {
+		c := server.Cluster{ProxyAddr: peer, APIAddr: apiLn.Addr().String(), Capacity: o.Capacity, LeaseTTL: o.LeaseTTL}
+		if runtimes["docker"] != nil {
+			instance, err := dockerInstance(o)
+			if err != nil {
+				return err
+			}
+			r, err := startReaper(o, instance, lease.Scaled(o.LeaseTTL), log)
+			if err != nil {
+				return err
+			}
+			c.OnRenew = r.renewed
+		}
+		if err := mgr.Join(ctx, c); err != nil {
 			return err
 		}
 		log.Info("joined the cluster", "node", node, "peer_addr", peer, "lease", o.LeaseTTL)

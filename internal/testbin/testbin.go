@@ -5,10 +5,14 @@ package testbin
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
+	"testing"
 )
 
 // Binaries are the paths Build wrote.
@@ -38,4 +42,70 @@ func Build(dir string) (Binaries, error) {
 		return Binaries{}, fmt.Errorf("build berth and testbackend (CGO_ENABLED=0 go build ./cmd/berth ./internal/testbackend): %v\n%s", err, out)
 	}
 	return Binaries{Berth: filepath.Join(dir, "berth"), TestBackend: filepath.Join(dir, "testbackend")}, nil
+}
+
+var images struct {
+	sync.Mutex
+	built map[string]string // by binary path
+}
+
+// Image builds a FROM scratch image of the static binary bin, with it as
+// the entrypoint, once per binary, tagged prefix:<hash of the binary> so
+// that concurrent runs of different trees never share a tag.
+func Image(bin, prefix string) (string, error) {
+	images.Lock()
+	defer images.Unlock()
+	if name, ok := images.built[bin]; ok {
+		return name, nil
+	}
+	data, err := os.ReadFile(bin)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(data)
+	name := prefix + ":" + hex.EncodeToString(sum[:6])
+	dir, err := os.MkdirTemp("", "berth-image-")
+	if err != nil {
+		return "", err
+	}
+	defer os.RemoveAll(dir)
+	base := filepath.Base(bin)
+	if err := os.WriteFile(filepath.Join(dir, base), data, 0o755); err != nil {
+		return "", err
+	}
+	df := fmt.Sprintf("FROM scratch\nCOPY %s /%s\nENTRYPOINT [\"/%s\"]\n", base, base, base)
+	if err := os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte(df), 0o644); err != nil {
+		return "", err
+	}
+	if out, err := exec.Command("docker", "build", "-q", "-t", name, dir).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("docker build %s: %v\n%s", name, err, out)
+	}
+	if images.built == nil {
+		images.built = map[string]string{}
+	}
+	images.built[bin] = name
+	return name, nil
+}
+
+// RemoveImages removes the images Image built; one that containers of
+// another run still use stays.
+func RemoveImages() {
+	images.Lock()
+	defer images.Unlock()
+	for _, name := range images.built {
+		exec.Command("docker", "rmi", name).Run()
+	}
+}
+
+// NeedDocker fails the test in CI, and skips it elsewhere, when no Docker
+// Engine answers.
+func NeedDocker(t testing.TB) {
+	t.Helper()
+	if out, err := exec.Command("docker", "info", "--format", "{{.ServerVersion}}").CombinedOutput(); err != nil {
+		msg := fmt.Sprintf("Docker Engine not reachable (docker info: %v: %s)", err, bytes.TrimSpace(out))
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s; CI must have it", msg)
+		}
+		t.Skipf("%s; install Docker Engine (apt-get install docker.io), start dockerd, and check that `docker info` answers", msg)
+	}
 }
