@@ -502,12 +502,17 @@ func (e *env) liveBackend(ctx context.Context) (*liveBackend, error) {
 // terminate stops a backend at once and waits until Berth has recorded its
 // end, so the next measurement does not share the machine with it.
 func (e *env) terminate(ctx context.Context, id string) error {
-	if err := e.api.Terminate(ctx, id, true); err != nil {
+	return terminateVia(ctx, e.api, id)
+}
+
+// terminateVia is terminate through the API of c.
+func terminateVia(ctx context.Context, c *api.Client, id string) error {
+	if err := c.Terminate(ctx, id, true); err != nil {
 		return err
 	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		b, err := e.api.Backend(ctx, id)
+		b, err := c.Backend(ctx, id)
 		if err != nil {
 			return err
 		}

@@ -146,54 +146,15 @@ func runReplicaCold(ctx context.Context, e *env, r *runCtx) (*result, error) {
 	spawn := e.spawnConfig(60)
 	b, x, err := coldPair(ctx, n, warm,
 		func(i int) (time.Duration, error) {
-			return e.coldVia(ctx, clients[0], fmt.Sprintf("pgcold-%d-%d", r.n, i), spawn)
+			return e.coldVia(ctx, clients[0], fmt.Sprintf("pgcold-%d-%d", r.n, i), spawn, nil)
 		},
 		func(i int) (time.Duration, error) {
-			return e.coldVia(ctx, e.api, fmt.Sprintf("sqlcold-%d-%d", r.n, i), spawn)
+			return e.coldVia(ctx, e.api, fmt.Sprintf("sqlcold-%d-%d", r.n, i), spawn, nil)
 		})
 	if err != nil {
 		return nil, err
 	}
 	return coldResult("connect → ready, PostgreSQL store, p50", b, x, nil), nil
-}
-
-// coldVia is coldBerth through another server's API.
-func (e *env) coldVia(ctx context.Context, c *api.Client, key string, spawn *berth.SpawnConfig) (time.Duration, error) {
-	start := time.Now()
-	res, err := c.Connect(ctx, api.ConnectRequest{Key: key, Spawn: spawn, User: "bench"})
-	if err != nil {
-		return 0, fmt.Errorf("connect: %w", err)
-	}
-	host, path, err := splitURL(res.URL)
-	if err != nil {
-		return 0, err
-	}
-	err = pollUntil200(ctx, host, path, 60*time.Second, nil)
-	d := time.Since(start)
-	if terr := c.Terminate(ctx, res.BackendID, true); err == nil && terr != nil {
-		err = fmt.Errorf("terminate: %w", terr)
-	}
-	if err == nil {
-		err = waitTerminated(ctx, c, res.BackendID)
-	}
-	return d, err
-}
-
-func waitTerminated(ctx context.Context, c *api.Client, id string) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		b, err := c.Backend(ctx, id)
-		if err != nil {
-			return err
-		}
-		if !b.State.Live() {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("backend %s still %s 30 s after a hard terminate", id, b.State)
-		}
-		time.Sleep(time.Millisecond)
-	}
 }
 
 func runReplicaWarmConnect(ctx context.Context, e *env, r *runCtx) (*result, error) {

@@ -157,8 +157,13 @@ func splitURL(u string) (host, path string, err error) {
 // would before handing the URL to a browser) and polls the returned URL
 // through the proxy until it answers 200. The backend is then terminated.
 func (e *env) coldBerth(ctx context.Context, key string, spawn *berth.SpawnConfig, ph *phases) (time.Duration, error) {
+	return e.coldVia(ctx, e.api, key, spawn, ph)
+}
+
+// coldVia is coldBerth through the API of c.
+func (e *env) coldVia(ctx context.Context, c *api.Client, key string, spawn *berth.SpawnConfig, ph *phases) (time.Duration, error) {
 	start := time.Now()
-	res, err := e.api.Connect(ctx, api.ConnectRequest{Key: key, Spawn: spawn, User: "bench"})
+	res, err := c.Connect(ctx, api.ConnectRequest{Key: key, Spawn: spawn, User: "bench"})
 	if err != nil {
 		return 0, fmt.Errorf("connect: %w", err)
 	}
@@ -168,7 +173,7 @@ func (e *env) coldBerth(ctx context.Context, key string, spawn *berth.SpawnConfi
 	}
 	err = pollUntil200(ctx, host, path, 60*time.Second, nil)
 	d := time.Since(start)
-	if terr := e.terminate(ctx, res.BackendID); err == nil && terr != nil {
+	if terr := terminateVia(ctx, c, res.BackendID); err == nil && terr != nil {
 		err = fmt.Errorf("terminate: %w", terr)
 	}
 	if err == nil && ph != nil {

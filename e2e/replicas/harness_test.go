@@ -6,7 +6,6 @@ import (
 	"cmp"
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -19,6 +18,7 @@ import (
 
 	"github.com/berthhq/berth"
 	"github.com/berthhq/berth/api"
+	"github.com/berthhq/berth/internal/testbin"
 	"github.com/berthhq/berth/lease"
 	"github.com/berthhq/berth/store/postgres/pgtest"
 )
@@ -61,7 +61,7 @@ type node struct {
 	mu         sync.Mutex
 	mismatches []error // answers the OpenAPI document does not describe
 	cmd        *exec.Cmd
-	out        *syncBuffer
+	out        *testbin.SyncBuffer
 	done       chan struct{}
 	waitErr    error
 	killed     bool
@@ -106,8 +106,8 @@ func startCluster(t *testing.T, n int, runtime string, via ...*relay) *cluster {
 func (c *cluster) add(nd *node) *node {
 	c.t.Helper()
 	nd.dataDir = c.t.TempDir()
-	api, backendAPI := freeAddr(c.t), freeAddr(c.t)
-	nd.proxyAt = freeAddr(c.t)
+	api, backendAPI := testbin.FreeAddr(c.t), testbin.FreeAddr(c.t)
+	nd.proxyAt = testbin.FreeAddr(c.t)
 	nd.API, nd.Proxy = "http://"+api, "http://"+nd.proxyAt
 	nd.Client = api2(nd.API, c.apiKey)
 	controlAPIs.Lock()
@@ -133,12 +133,12 @@ func (nd *node) launch(apiAddr, backendAPI string) {
 	args = append(args, nd.extra...)
 	nd.mu.Lock()
 	defer nd.mu.Unlock()
-	nd.out = &syncBuffer{}
+	nd.out = &testbin.SyncBuffer{}
 	nd.done = make(chan struct{})
 	nd.killed = false
 	nd.cmd = exec.Command(bin.Berth, args...)
 	nd.cmd.Dir = nd.dataDir
-	nd.cmd.Env = cleanEnv()
+	nd.cmd.Env = testbin.CleanEnv()
 	nd.cmd.Stdout, nd.cmd.Stderr = nd.out, nd.out
 	if err := nd.cmd.Start(); err != nil {
 		c.t.Fatalf("start %s: %v", nd.id, err)
@@ -157,7 +157,7 @@ func (nd *node) launch(apiAddr, backendAPI string) {
 func (nd *node) restart() {
 	nd.c.t.Helper()
 	api := strings.TrimPrefix(nd.API, "http://")
-	nd.launch(api, freeAddr(nd.c.t))
+	nd.launch(api, testbin.FreeAddr(nd.c.t))
 	nd.waitHealthy()
 }
 
@@ -357,66 +357,12 @@ func eventually(t *testing.T, d time.Duration, what string, cond func() bool) {
 	}
 }
 
-// cleanEnv is this process's environment without BERTH_* settings.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "BERTH_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
-
-var given = struct {
-	sync.Mutex
-	m map[string]bool
-}{m: map[string]bool{}}
-
-// freeAddr returns a loopback address nobody listens on, never the same
-// twice in this process.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	for {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := ln.Addr().String()
-		ln.Close()
-		given.Lock()
-		seen := given.m[addr]
-		given.m[addr] = true
-		given.Unlock()
-		if !seen {
-			return addr
-		}
-	}
-}
-
 func tail(s string, n int) string {
 	ls := strings.Split(s, "\n")
 	if len(ls) > n {
 		ls = ls[len(ls)-n:]
 	}
 	return strings.Join(ls, "\n")
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // metric returns the value of the sample named exactly name (with its

@@ -11,13 +11,14 @@ import (
 
 	"github.com/berthhq/berth"
 	"github.com/berthhq/berth/api"
+	"github.com/berthhq/berth/internal/testbin"
 )
 
 // berthCLI runs the berth CLI against nd.
 func berthCLI(t *testing.T, nd *node, args ...string) string {
 	t.Helper()
 	cmd := exec.Command(bin.Berth, args...)
-	cmd.Env = append(cleanEnv(), "BERTH_API="+nd.API, "BERTH_URL="+nd.API, "BERTH_API_KEY="+nd.c.apiKey)
+	cmd.Env = append(testbin.CleanEnv(), "BERTH_API="+nd.API, "BERTH_URL="+nd.API, "BERTH_API_KEY="+nd.c.apiKey)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {

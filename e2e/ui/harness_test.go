@@ -1,10 +1,8 @@
 package ui
 
 import (
-	"bytes"
 	"context"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -17,6 +15,7 @@ import (
 	"time"
 
 	"github.com/berthhq/berth/api"
+	"github.com/berthhq/berth/internal/testbin"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 )
@@ -31,33 +30,14 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := 1
-	if err := build(dir); err != nil {
+	if bins, err := testbin.Build(dir); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e/ui:", err)
 	} else {
-		bin.berth, bin.testbackend = filepath.Join(dir, "berth"), filepath.Join(dir, "testbackend")
+		bin.berth, bin.testbackend = bins.Berth, bins.TestBackend
 		code = m.Run()
 	}
 	os.RemoveAll(dir)
 	os.Exit(code)
-}
-
-// build compiles berth and the test backend as they ship: static, no cgo.
-func build(dir string) error {
-	gobin, err := exec.LookPath("go")
-	if err != nil {
-		gobin = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
-	}
-	out, err := exec.Command(gobin, "env", "GOMOD").Output()
-	if err != nil {
-		return fmt.Errorf("go env GOMOD: %w", err)
-	}
-	cmd := exec.Command(gobin, "build", "-o", dir+string(filepath.Separator), "./cmd/berth", "./internal/testbackend")
-	cmd.Dir = filepath.Dir(string(bytes.TrimSpace(out)))
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("build berth and testbackend: %v\n%s", err, out)
-	}
-	return nil
 }
 
 // need fails the test in CI and skips it elsewhere, saying how to get what
@@ -75,7 +55,7 @@ type server struct {
 	API, Proxy string
 	Key        string
 	Client     *api.Client
-	out        syncBuffer
+	out        testbin.SyncBuffer
 }
 
 // startBerth runs berth serve (process runtime) on free loopback ports and
@@ -84,7 +64,7 @@ type server struct {
 func startBerth(t *testing.T) *server {
 	t.Helper()
 	dir := t.TempDir()
-	apiAddr, proxyAddr, backendAddr := freeAddr(t), freeAddr(t), freeAddr(t)
+	apiAddr, proxyAddr, backendAddr := testbin.FreeAddr(t), testbin.FreeAddr(t), testbin.FreeAddr(t)
 	b := &server{API: "http://" + apiAddr, Proxy: "http://" + proxyAddr, Key: "ui-test-key-" + filepath.Base(dir)}
 	b.Client = api.NewClient(b.API, b.Key, nil)
 	cmd := exec.Command(bin.berth, "serve",
@@ -132,34 +112,6 @@ func startBerth(t *testing.T) *server {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// freeAddr returns a loopback address nobody listens on right now.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("find a free port: %v", err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // browser is one Chromium tab, at a laptop's window size.

@@ -8,9 +8,11 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -108,4 +110,62 @@ func NeedDocker(t testing.TB) {
 		}
 		t.Skipf("%s; install Docker Engine (apt-get install docker.io), start dockerd, and check that `docker info` answers", msg)
 	}
+}
+
+var given = struct {
+	sync.Mutex
+	m map[string]bool
+}{m: map[string]bool{}}
+
+// FreeAddr returns a loopback address nobody listens on right now, and never
+// the same twice in this process: a server must be given concrete ports to
+// hand out its URLs, and the kernel may offer a port it just offered
+// another parallel test, whose server has not bound it yet.
+func FreeAddr(t testing.TB) string {
+	t.Helper()
+	for {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatalf("find a free port: %v", err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		given.Lock()
+		seen := given.m[addr]
+		given.m[addr] = true
+		given.Unlock()
+		if !seen {
+			return addr
+		}
+	}
+}
+
+// CleanEnv is this process's environment without BERTH_* settings, which
+// would change how a server or CLI under test behaves.
+func CleanEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "BERTH_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// SyncBuffer collects a subprocess's output safely.
+type SyncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *SyncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *SyncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
