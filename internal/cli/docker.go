@@ -26,8 +26,11 @@ func openDocker(ctx context.Context, o *serverOptions, log *slog.Logger) (runtim
 	}
 	return docker.New(ctx, docker.Config{
 		Instance: instance,
-		Network:  o.DockerNetwork,
-		Logger:   log.With("runtime", "docker"),
+		// berth dev leaves nothing behind; servers sharing an engine leave
+		// the network to each other.
+		RemoveNetwork: o.dev,
+		Network:       o.DockerNetwork,
+		Logger:        log.With("runtime", "docker"),
 	})
 }
 

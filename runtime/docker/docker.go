@@ -121,6 +121,12 @@ type Config struct {
 	// Network is the bridge network backends join (default "berth"),
 	// created if missing.
 	Network string
+	// RemoveNetwork makes Close remove the network when Berth created it
+	// and no container uses it any more (berth dev: a stop leaves nothing
+	// of Berth's). Off for servers that share an engine and its network
+	// with others: one's Close racing another's start could leave the
+	// engine two networks of one name.
+	RemoveNetwork bool
 	// Instance identifies this Berth among those sharing an engine (default
 	// "default"): List, and so the removal of orphans, only sees containers
 	// labelled with it. Give each Berth on one engine its own.
@@ -275,13 +281,15 @@ func Available(ctx context.Context, host string) bool {
 }
 
 // Close stops the log followers, removes the ready network sandboxes,
-// removes the network if Berth created it and no container uses it any
-// more, and closes the connection to the engine. Backends' containers keep
+// removes the network (with Config.RemoveNetwork) if Berth created it and
+// no container uses it any more, and closes the connection to the engine. Backends' containers keep
 // running (and so the network); a new Runtime recovers them.
 func (r *Runtime) Close() error {
 	r.cancel()
 	r.wg.Wait()
-	r.removeNetwork()
+	if r.cfg.RemoveNetwork {
+		r.removeNetwork()
+	}
 	return r.cli.Close()
 }
 
