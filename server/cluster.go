@@ -42,13 +42,14 @@ type cluster struct {
 	cfg    Cluster
 	timing lease.Timing
 
-	renewed atomic.Int64 // monoNow before the last successful renewal was sent
-	cutOff  atomic.Bool  // past Stop since then: the node gave its backends up
-	mu      sync.Mutex
-	nodes   map[string]*store.Node    // as last read
-	remote  map[string]remoteRoute    // routes to backends other nodes run, by id
-	holders map[string]*berth.Backend // other nodes' live backends, by key
-	beats   map[string]beat           // when each node's heartbeat last moved
+	renewed    atomic.Int64 // monoNow before the last successful renewal was sent
+	cutOff     atomic.Bool  // past Stop since then: the node gave its backends up
+	reconciled atomic.Bool  // Reconcile is done: tidyOwn may judge records
+	mu         sync.Mutex
+	nodes      map[string]*store.Node // as last read
+	remote     map[string]remoteRoute // routes to backends other nodes run, by id
+	holders    map[string]heldRemote  // other nodes' live backends, by key
+	beats      map[string]beat        // when each node's heartbeat last moved
 }
 
 // beat is a node's last heartbeat as read from the store (the database's
@@ -58,6 +59,14 @@ type cluster struct {
 type beat struct {
 	at   time.Time
 	seen int64
+}
+
+// heldRemote is a key's holder on another node, as last learned; like a
+// route, it is asked of the store again after remoteRouteTTL, in case the
+// feed's word of its end raced the read that cached it.
+type heldRemote struct {
+	b  *berth.Backend
+	at int64 // monoNow when cached
 }
 
 type remoteRoute struct {
@@ -82,9 +91,11 @@ const remoteHard = "terminate requested (hard)"
 // then starts following the store's feed.
 func (m *Manager) Join(ctx context.Context, c Cluster) error {
 	cl := &cluster{cfg: c, timing: lease.Scaled(c.LeaseTTL), nodes: map[string]*store.Node{}, remote: map[string]remoteRoute{},
-		holders: map[string]*berth.Backend{}, beats: map[string]beat{}}
+		holders: map[string]heldRemote{}, beats: map[string]beat{}}
 	sent := monoNow()
-	if _, err := m.cfg.Store.RegisterNode(ctx, m.node(cl), cl.timing.TTL); err != nil {
+	rctx, cancel := context.WithTimeout(ctx, cl.timing.TTL)
+	defer cancel()
+	if _, err := m.cfg.Store.RegisterNode(rctx, m.node(cl), cl.timing.TTL); err != nil {
 		return fmt.Errorf("register node %s: %w", m.cfg.Node, err)
 	}
 	cl.renewed.Store(sent)
@@ -106,6 +117,7 @@ func (m *Manager) followStore(ctx context.Context) error {
 	m.sweeper.Add(1)
 	go func() { defer m.sweeper.Done(); m.follow(feed) }()
 	m.pickUp(ctx)
+	m.cluster.reconciled.Store(true)
 	return nil
 }
 
@@ -163,8 +175,42 @@ func (m *Manager) renewLoop() {
 			m.log.Warn("backend lost with its node", "backend", b.ID, "node", b.Node)
 			m.publish(b.ID)
 		}
-		m.refreshNodes(m.ctx)
+		ctx, cancel = context.WithTimeout(m.ctx, cl.timing.RenewInterval)
+		m.refreshNodes(ctx)
+		if cl.reconciled.Load() {
+			m.tidyOwn(ctx)
+		}
+		cancel()
 	}
+}
+
+// tidyOwn squares this node's records with what it runs, every renewal:
+// it picks up what was placed here (the feed's notice may have been
+// missed, or its query failed), and ends records that say live although
+// nothing of theirs runs here any more — a backend given up while the node
+// was cut off, whose end could not be written then, or one terminated
+// through another node before this one picked it up. Records Reconcile is
+// still stopping (terminating, lost) are its own.
+func (m *Manager) tidyOwn(ctx context.Context) {
+	bs, err := m.cfg.Store.Backends(ctx, store.Filter{Node: m.cfg.Node, Live: true})
+	if err != nil {
+		return
+	}
+	for _, b := range bs {
+		m.mu.Lock()
+		known := m.live[b.ID] != nil || m.creating[b.ID]
+		m.mu.Unlock()
+		if known || b.State == berth.StateScheduled || (b.State == berth.StateTerminating && b.Reason == berth.ReasonLost) {
+			continue
+		}
+		why, msg := berth.ReasonLost, "nothing of it runs on node "+m.cfg.Node+" any more (its end was not recorded when it stopped, as when the node was cut off from the store)"
+		if b.State == berth.StateTerminating {
+			why, msg = b.Reason, "ended on node "+m.cfg.Node+", which had not started it or had stopped it"
+		}
+		m.log.Warn("recording the end of a backend this node no longer runs", "backend", b.ID, "state", b.State)
+		m.transition(newInstance(b, nil), store.Transition{To: berth.StateTerminated, Reason: why, Message: msg})
+	}
+	m.pickUp(ctx)
 }
 
 // rejoin registers again after the lease expired: the database has by
@@ -354,7 +400,12 @@ func (m *Manager) follow(feed <-chan store.Change) {
 		}
 		switch ch.State {
 		case berth.StateScheduled:
-			m.pickUp(m.ctx)
+			m.mu.Lock()
+			known := m.live[ch.BackendID] != nil || m.creating[ch.BackendID]
+			m.mu.Unlock()
+			if !known { // not this node's own spawn
+				m.pickUp(m.ctx)
+			}
 		case berth.StateTerminating:
 			m.stopAsked(ch.BackendID)
 		}
@@ -522,8 +573,8 @@ func (m *Manager) cachedHolder(key string) *berth.Backend {
 	}
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
-	if b := cl.holders[key]; b != nil {
-		c := *b
+	if h, ok := cl.holders[key]; ok && time.Duration(monoNow()-h.at) < remoteRouteTTL {
+		c := *h.b
 		return &c
 	}
 	return nil
@@ -539,7 +590,7 @@ func (m *Manager) cacheHolder(b *berth.Backend) {
 	if len(cl.holders) >= maxRemoteRoutes {
 		clear(cl.holders)
 	}
-	cl.holders[b.Key] = &c
+	cl.holders[b.Key] = heldRemote{b: &c, at: monoNow()}
 	cl.mu.Unlock()
 }
 
@@ -548,9 +599,10 @@ func (m *Manager) holderChanged(ch store.Change) {
 	cl := m.cluster
 	cl.mu.Lock()
 	defer cl.mu.Unlock()
-	b := cl.holders[ch.Key]
+	h, ok := cl.holders[ch.Key]
+	b := h.b
 	switch {
-	case b == nil:
+	case !ok:
 	case b.ID != ch.BackendID:
 		delete(cl.holders, ch.Key) // another backend holds the key now
 	case ch.State == berth.StateTerminating || ch.State == berth.StateTerminated:
@@ -558,6 +610,19 @@ func (m *Manager) holderChanged(ch store.Change) {
 	case ch.State != "":
 		b.State = ch.State
 	}
+}
+
+// forgetHolder drops b as its key's holder, once it is known to have ended.
+func (m *Manager) forgetHolder(b *berth.Backend) {
+	cl := m.cluster
+	if cl == nil {
+		return
+	}
+	cl.mu.Lock()
+	if h, ok := cl.holders[b.Key]; ok && h.b.ID == b.ID {
+		delete(cl.holders, b.Key)
+	}
+	cl.mu.Unlock()
 }
 
 func (m *Manager) forgetHolders() {

@@ -240,7 +240,14 @@ func (m *Manager) afterExit(inst *instance) {
 	}
 	backoff := 200 * time.Millisecond
 	for attempt := 1; ; attempt++ {
-		err := m.cfg.State.SaveFinal(context.Background(), inst.snapshot())
+		// A replica that gave its backends up (cut off) bounds each attempt
+		// by its kill deadline: past it the save would be refused anyway.
+		ctx, cancel := context.Background(), func() {}
+		if m.cluster != nil && m.cluster.cutOff.Load() {
+			ctx, cancel = m.writeContext()
+		}
+		err := m.cfg.State.SaveFinal(ctx, inst.snapshot())
+		cancel()
 		if err == nil {
 			return
 		}
@@ -297,7 +304,7 @@ func (m *Manager) record(inst *instance, t store.Transition) error {
 	if t.At.IsZero() {
 		t.At = time.Now().UTC()
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), m.storeWriteTimeout())
+	ctx, cancel := m.writeContext()
 	defer cancel()
 	b, err := m.cfg.Store.Transition(ctx, inst.id, t)
 	if err != nil {
@@ -336,11 +343,15 @@ func (m *Manager) finish(inst *instance) {
 	m.publish(inst.id)
 }
 
-// storeWriteTimeout bounds a lifecycle's write to the store. A replica's
-// writes are of no use once its lease may have run out.
-func (m *Manager) storeWriteTimeout() time.Duration {
-	if m.cluster != nil {
-		return m.cluster.timing.TTL
+// writeContext bounds a lifecycle's write to the store (and a final
+// save). A replica's must end by its hard-kill deadline: a start or a ready
+// whose record waits longer would keep the backend from hearing the
+// watchdog's stop until after the lease could have expired, and once the
+// lease may have run out the write is of no use anyway.
+func (m *Manager) writeContext() (context.Context, context.CancelFunc) {
+	if cl := m.cluster; cl != nil {
+		kill := time.Duration(cl.renewed.Load()) + cl.timing.TTL - cl.timing.KillBefore
+		return context.WithTimeout(context.Background(), max(kill-time.Duration(monoNow()), 0))
 	}
-	return 30 * time.Second
+	return context.WithTimeout(context.Background(), 30*time.Second)
 }

@@ -166,28 +166,47 @@ func (m *Manager) Connect(ctx context.Context, req *api.ConnectRequest) (*api.Co
 	if err := validateConnect(req); err != nil {
 		return nil, err
 	}
-	h, spawned, err := m.getOrSpawn(ctx, req)
-	if err != nil {
-		return nil, err
+	wait := time.Duration(req.WaitTimeoutSeconds) * time.Second
+	if wait == 0 {
+		wait = 60 * time.Second
 	}
-	m.cfg.Metrics.connect(spawned)
-	b := h.remote
-	if req.Wait {
-		wait := time.Duration(req.WaitTimeoutSeconds) * time.Second
-		if wait == 0 {
-			wait = 60 * time.Second
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	var (
+		h       held
+		spawned bool
+		b       *berth.Backend
+	)
+	for {
+		var err error
+		h, spawned, err = m.getOrSpawn(ctx, req)
+		if err != nil {
+			return nil, err
 		}
-		wctx, cancel := context.WithTimeout(ctx, wait)
+		b = h.remote
+		if !req.Wait {
+			break
+		}
 		if h.inst != nil {
 			select {
 			case <-h.inst.readyRecorded:
 			case <-wctx.Done():
 			}
-		} else if rb, err := m.waitRemote(wctx, b.ID); err == nil {
+			break
+		}
+		if rb, err := m.waitRemote(wctx, b.ID); err == nil {
 			b = rb
 		}
-		cancel()
+		// A holder another node ran that ended while this connect waited
+		// (its node died, say) is not this connect's to report: the key
+		// is free, so connect again, as a connect that came a moment later
+		// would.
+		if b.State != berth.StateTerminated || spawned || req.Spawn == nil || wctx.Err() != nil {
+			break
+		}
+		m.forgetHolder(b)
 	}
+	m.cfg.Metrics.connect(spawned)
 	if h.inst != nil {
 		b = h.inst.snapshot()
 	}
@@ -279,6 +298,9 @@ func (m *Manager) getOrSpawn(ctx context.Context, req *api.ConnectRequest) (held
 			case <-p.done:
 			case <-ctx.Done():
 				return held{}, false, ctx.Err()
+			}
+			if errors.Is(p.err, errRetry) || (p.held.remote != nil && p.held.remote.State == berth.StateTerminating) {
+				continue // as the connect that made the store call does
 			}
 			if p.err != nil {
 				return held{}, false, p.err
@@ -483,6 +505,14 @@ func (m *Manager) Terminate(ctx context.Context, id string, hard bool) error {
 		}
 		if m.cluster != nil && b.State.Live() && b.Node != m.cfg.Node {
 			return m.terminateRemote(ctx, b, hard)
+		}
+		if m.cluster != nil && b.State == berth.StateScheduled {
+			// Placed here, not picked up yet: nothing runs to stop.
+			_, err := m.cfg.Store.Transition(ctx, b.ID, store.Transition{To: berth.StateTerminated, Reason: berth.ReasonRequested,
+				Message: "terminated before node " + m.cfg.Node + " started it"})
+			if err != nil && !errors.Is(err, berth.ErrInvalidTransition) {
+				return err
+			}
 		}
 		return nil // already terminated: terminating again is a no-op
 	}

@@ -152,11 +152,19 @@ func runDockerReaper(ctx context.Context, args []string, stdio Stdio) error {
 		return nil
 	case <-time.After(time.Until(last.Add(*after))):
 	}
-	rctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// Until they are all gone, or a minute has passed: an engine that
+	// refuses one removal may take the next.
+	rctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	n, err := docker.Reap(rctx, "", *instance)
-	if n > 0 {
-		fmt.Fprintf(stdio.Err, "docker reaper: removed %d containers of %s, whose Berth died\n", n, *instance)
+	for {
+		n, err := docker.Reap(rctx, "", *instance)
+		if n > 0 {
+			fmt.Fprintf(stdio.Err, "docker reaper: removed %d containers of %s, whose Berth died\n", n, *instance)
+		}
+		if err == nil || rctx.Err() != nil {
+			return err
+		}
+		fmt.Fprintln(stdio.Err, "docker reaper:", err)
+		time.Sleep(200 * time.Millisecond)
 	}
-	return err
 }

@@ -140,6 +140,9 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 	}
 	node := "local"
 	if shared {
+		if err := lease.Scaled(o.LeaseTTL).Validate(); err != nil || o.LeaseTTL < time.Second {
+			return usagef("--lease-ttl %s: give at least 1s (default %s)", o.LeaseTTL, lease.TTL)
+		}
 		if node, err = nodeID(o); err != nil {
 			return err
 		}

@@ -2,7 +2,10 @@ package docker
 
 import (
 	"context"
+	"errors"
 	"fmt"
+
+	cerrdefs "github.com/containerd/errdefs"
 
 	"github.com/moby/moby/client"
 )
@@ -25,14 +28,16 @@ func Reap(ctx context.Context, host, instance string) (int, error) {
 		return 0, fmt.Errorf("docker: list: %w", err)
 	}
 	n := 0
+	var errs []error // one container the engine refuses does not spare the rest
 	for _, c := range res.Items {
 		if c.Labels[LabelBackend] == "" {
 			continue // a network sandbox: Berth's own, not a backend
 		}
-		if _, err := cli.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true}); err != nil {
-			return n, fmt.Errorf("docker: remove %s: %w", c.ID, err)
+		if _, err := cli.ContainerRemove(ctx, c.ID, client.ContainerRemoveOptions{Force: true, RemoveVolumes: true}); err != nil && !cerrdefs.IsNotFound(err) {
+			errs = append(errs, fmt.Errorf("docker: remove %s: %w", c.ID, err))
+			continue
 		}
 		n++
 	}
-	return n, nil
+	return n, errors.Join(errs...)
 }
