@@ -210,7 +210,10 @@ func (p *sandboxPool) setCreating(v bool) {
 	p.mu.Unlock()
 }
 
-// drain removes the ready sandboxes; the runtime is closing.
+// drain removes the ready sandboxes, and any other of this instance's that
+// no container names: one a killed Berth asked for, which the engine
+// finished after the restarted Berth's removeOrphans had looked; the
+// runtime is closing.
 func (p *sandboxPool) drain() {
 	p.mu.Lock()
 	ready := p.ready
@@ -219,6 +222,7 @@ func (p *sandboxPool) drain() {
 	for _, sb := range ready {
 		p.r.removeContainer(sb.id)
 	}
+	p.removeOrphans(context.Background())
 }
 
 // create creates and starts one sandbox and learns its address. Close does
