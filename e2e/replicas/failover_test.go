@@ -3,7 +3,11 @@ package replicas
 import (
 	"bytes"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -135,4 +139,37 @@ func TestReplicas_NodeKilled(t *testing.T) {
 		t.Errorf("connect via the restarted node: %v, %v; want the new holder %s", got, err, moved.BackendID)
 	}
 	c.checkNoViolations()
+}
+
+// A replica killed with SIGKILL takes its backends' whole process groups
+// along: the parent-death signal ends the process Berth forked, and the
+// replica's reaper the rest of its group (here a child that ignores
+// SIGTERM).
+func TestReplicas_NodeKilledTakesProcessGroups(t *testing.T) {
+	c := newCluster(t, 2)
+	dead := c.nodes[1]
+	ctx := testCtx(t, time.Minute)
+	spawn := c.spawn()
+	pidFile := filepath.Join(c.shared, "child.pid")
+	spawn.Env["TB_CHILD"] = "1"
+	spawn.Env["TB_CHILD_PIDFILE"] = pidFile
+	res, err := dead.Client.Connect(ctx, api.ConnectRequest{Key: "doc", Spawn: spawn, Wait: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	child, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if syscall.Kill(child, 0) != nil || len(backendProcs(res.BackendID)) < 2 {
+		t.Fatalf("backend %s: child %d and processes %v, want both alive", res.BackendID, child, backendProcs(res.BackendID))
+	}
+	dead.kill()
+	eventually(t, leaseTTL, "every process of the dead replica's backend to end", func() bool {
+		return len(backendProcs(res.BackendID)) == 0
+	})
 }

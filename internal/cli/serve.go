@@ -152,7 +152,15 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 	if err != nil {
 		return err
 	}
-	runtimes, err := openRuntimes(ctx, o, log)
+	// A replica's reaper is started before its runtimes, which tell it of
+	// every process group they start (see reaper.go).
+	var reap *reaper
+	if shared {
+		if reap, err = startReaper(o, lease.Scaled(o.LeaseTTL), log); err != nil {
+			return err
+		}
+	}
+	runtimes, err := openRuntimes(ctx, o, log, reap)
 	if err != nil {
 		return err
 	}
@@ -234,17 +242,14 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 		if err != nil {
 			return err
 		}
-		c := server.Cluster{ProxyAddr: peer, APIAddr: apiLn.Addr().String(), Capacity: o.Capacity, LeaseTTL: o.LeaseTTL}
+		c := server.Cluster{ProxyAddr: peer, APIAddr: apiLn.Addr().String(), Capacity: o.Capacity, LeaseTTL: o.LeaseTTL,
+			OnRenew: reap.renewed}
 		if runtimes["docker"] != nil {
 			instance, err := dockerInstance(o)
 			if err != nil {
 				return err
 			}
-			r, err := startReaper(o, instance, lease.Scaled(o.LeaseTTL), log)
-			if err != nil {
-				return err
-			}
-			c.OnRenew = r.renewed
+			reap.docker(instance)
 		}
 		if err := mgr.Join(ctx, c); err != nil {
 			return err
@@ -413,7 +418,7 @@ func openSigner(o *serverOptions) (*token.Signer, error) {
 	return s, nil
 }
 
-func openRuntimes(ctx context.Context, o *serverOptions, log *slog.Logger) (map[string]runtime.Runtime, error) {
+func openRuntimes(ctx context.Context, o *serverOptions, log *slog.Logger, reap *reaper) (map[string]runtime.Runtime, error) {
 	rts := make(map[string]runtime.Runtime)
 	switch o.Runtime {
 	case "auto", "process", "docker":
@@ -422,7 +427,7 @@ func openRuntimes(ctx context.Context, o *serverOptions, log *slog.Logger) (map[
 	}
 	if o.Runtime == "auto" || o.Runtime == "process" {
 		p, err := process.New(process.Config{Dir: filepath.Join(o.DataDir, "run"), CgroupDir: o.CgroupDir, Logger: log.With("runtime", "process"),
-			DieWithBerth: isShared(o)})
+			DieWithBerth: reap != nil, OnGroup: reap.groupHook()})
 		if err != nil {
 			return nil, fmt.Errorf("process runtime: %w", err)
 		}

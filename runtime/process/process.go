@@ -114,6 +114,12 @@ type Config struct {
 	// may replace once its lease expires. One Berth alone leaves it off,
 	// so a restarted Berth re-adopts the backends that kept running.
 	DieWithBerth bool
+	// OnGroup, if set, hears of each backend's process group: running when
+	// Start made it, not running once Cleanup let it go. A replica's
+	// reaper kills the groups of a Berth that died (the parent-death
+	// signal reaches only the process Berth forked, not what that one
+	// started in its group).
+	OnGroup func(pgid int, running bool)
 }
 
 // Validate checks the config.
@@ -140,6 +146,7 @@ type Runtime struct {
 	log       *slog.Logger
 	watch     watcher       // shared by the tails
 	forks     chan<- func() // the forker's (DieWithBerth), or nil
+	onGroup   func(pgid int, running bool)
 
 	mu        sync.Mutex
 	insts     map[string]*instance // by backend id, until Cleanup
@@ -187,7 +194,8 @@ func New(cfg Config) (*Runtime, error) {
 	if err := removeSpares(dir); err != nil {
 		return nil, fmt.Errorf("process: %w", err)
 	}
-	r := &Runtime{dir: dir, cgroupDir: cfg.CgroupDir, maxLog: cfg.MaxLogBytes, log: cfg.Logger, insts: make(map[string]*instance)}
+	r := &Runtime{dir: dir, cgroupDir: cfg.CgroupDir, maxLog: cfg.MaxLogBytes, log: cfg.Logger, insts: make(map[string]*instance),
+		onGroup: cfg.OnGroup}
 	if cfg.DieWithBerth {
 		r.forks = startForker()
 	}
@@ -404,6 +412,9 @@ func (r *Runtime) start(spec runtime.Spec, base, work string, log *slog.Logger) 
 	r.mu.Lock()
 	r.insts[spec.BackendID] = inst
 	r.mu.Unlock()
+	if r.onGroup != nil {
+		r.onGroup(pid, true)
+	}
 	log.Debug("started", "pid", pid, "command", args)
 	return h, nil
 }
@@ -604,6 +615,9 @@ func (r *Runtime) Cleanup(ctx context.Context, h *runtime.Handle) error {
 		delete(r.insts, h.BackendID)
 	}
 	r.mu.Unlock()
+	if r.onGroup != nil && err == nil {
+		r.onGroup(st.PGID, false)
+	}
 	if inst != nil {
 		select { // let the tail finish before its file goes
 		case <-inst.done:
