@@ -2,6 +2,7 @@ package cli
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"os"
 	"slices"
@@ -28,10 +29,21 @@ func runDev(ctx context.Context, args []string, stdio Stdio) error {
 	if len(rest) > 0 {
 		return usagef("unexpected argument %q; berth dev takes only flags (berth dev -h)", rest[0])
 	}
+	// berth dev removes its Docker network when it stops; a network of its
+	// own keeps that from pulling the network from under a berth serve on
+	// the same engine, which leaves `berth` in place.
+	named := os.Getenv("BERTH_DOCKER_NETWORK") != ""
+	fs.Visit(func(f *flag.Flag) { named = named || f.Name == "docker-network" })
+	if !named {
+		o.DockerNetwork = devNetwork
+	}
 	return serve(ctx, &o, stdio, func(s *runningServer) {
 		printBanner(ctx, s, stdio, !*noDemo)
 	})
 }
+
+// devNetwork is berth dev's Docker network unless one is named.
+const devNetwork = "berth-dev"
 
 // demoSpawn runs this very binary's hidden demo-backend subcommand, so the
 // first run needs nothing but berth itself.
