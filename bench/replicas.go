@@ -269,4 +269,3 @@ func runReplicaHop(ctx context.Context, e *env, r *runCtx) (*result, error) {
 		percentile(o, 50), percentile(w, 50), percentile(d, 50), percentile(o, 99), percentile(w, 99), percentile(d, 99))
 	return res, nil
 }
-
