@@ -14,6 +14,7 @@ import (
 
 	"github.com/berthhq/berth"
 	"github.com/berthhq/berth/api"
+	"github.com/berthhq/berth/internal/testbin"
 )
 
 // cliResult is one finished berth CLI run.
@@ -27,7 +28,7 @@ type cliResult struct {
 func (s *server) cli(t *testing.T, ctx context.Context, env []string, args ...string) cliResult {
 	t.Helper()
 	cmd := exec.CommandContext(ctx, bin.berth, args...)
-	cmd.Env = append(cleanEnv(), "BERTH_API="+s.checkedAPI())
+	cmd.Env = append(testbin.CleanEnv(), "BERTH_API="+s.checkedAPI())
 	cmd.Env = append(cmd.Env, env...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
@@ -49,8 +50,8 @@ func (s *server) cli(t *testing.T, ctx context.Context, env []string, args ...st
 // watches as it comes.
 type cliRun struct {
 	cmd  *exec.Cmd
-	out  *syncBuffer
-	errb *syncBuffer
+	out  *testbin.SyncBuffer
+	errb *testbin.SyncBuffer
 	done chan struct{}
 	code int
 }
@@ -59,9 +60,9 @@ type cliRun struct {
 // killed, if still running, when the test ends.
 func (s *server) cliStart(t *testing.T, args ...string) *cliRun {
 	t.Helper()
-	r := &cliRun{out: &syncBuffer{}, errb: &syncBuffer{}, done: make(chan struct{})}
+	r := &cliRun{out: &testbin.SyncBuffer{}, errb: &testbin.SyncBuffer{}, done: make(chan struct{})}
 	r.cmd = exec.Command(bin.berth, args...)
-	r.cmd.Env = append(cleanEnv(), "BERTH_API="+s.checkedAPI())
+	r.cmd.Env = append(testbin.CleanEnv(), "BERTH_API="+s.checkedAPI())
 	r.cmd.Stdout, r.cmd.Stderr = r.out, r.errb
 	if err := r.cmd.Start(); err != nil {
 		t.Fatalf("start berth %v: %v", args, err)
@@ -251,7 +252,7 @@ func TestCLI(t *testing.T) {
 	})
 
 	t.Run("server unreachable", func(t *testing.T) {
-		dead := "http://" + freeAddr(t)
+		dead := "http://" + testbin.FreeAddr(t)
 		r := s.cli(t, ctx, nil, "ps", "--api", dead)
 		if r.code != 1 || !strings.Contains(r.stderr, "cannot reach Berth") {
 			t.Errorf("berth ps against nothing: exit %d, stderr %q; want 1 and 'cannot reach Berth'", r.code, r.stderr)

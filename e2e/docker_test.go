@@ -16,6 +16,7 @@ import (
 
 	"github.com/berthhq/berth"
 	"github.com/berthhq/berth/api"
+	"github.com/berthhq/berth/internal/testbin"
 )
 
 // demoImage is an image FROM scratch holding only the static berth binary,
@@ -103,7 +104,7 @@ func TestDocker(t *testing.T) {
 			exec.Command("docker", append([]string{"rm", "-f"}, ids...)...).Run()
 		}
 	})
-	backendAPI := freeAddr(t)
+	backendAPI := testbin.FreeAddr(t)
 	s1 := start(t, opts{dataDir: dir, runtime: "docker", backendAPI: backendAPI})
 	spawn := &berth.SpawnConfig{Image: demoImage, PullPolicy: "never",
 		State: berth.StateConfig{Mode: berth.StateModeBlob}, GraceSeconds: ptr(10)}

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
@@ -27,6 +26,7 @@ import (
 	"github.com/berthhq/berth"
 	"github.com/berthhq/berth/api"
 	"github.com/berthhq/berth/api/apitest"
+	"github.com/berthhq/berth/internal/testbin"
 	"github.com/berthhq/berth/store/postgres/pgtest"
 )
 
@@ -57,38 +57,8 @@ type addrs struct{ api, proxy, backendAPI string }
 
 func freeAddrs(t *testing.T) *addrs {
 	t.Helper()
-	return &addrs{api: freeAddr(t), proxy: freeAddr(t), backendAPI: freeAddr(t)}
+	return &addrs{api: testbin.FreeAddr(t), proxy: testbin.FreeAddr(t), backendAPI: testbin.FreeAddr(t)}
 }
-
-// freeAddr returns a loopback address nobody listens on right now, and
-// that no other test of this process was given. Berth must be given
-// concrete ports so it can print (and hand out) its URLs. The kernel may
-// offer a port it just offered another parallel test, whose Berth has not
-// bound it yet; two servers on one port answer each other's tests.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	for {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatalf("find a free port: %v", err)
-		}
-		addr := ln.Addr().String()
-		ln.Close()
-		givenAddrs.Lock()
-		given := givenAddrs.m[addr]
-		givenAddrs.m[addr] = true
-		givenAddrs.Unlock()
-		if !given {
-			return addr
-		}
-	}
-}
-
-// givenAddrs are the addresses freeAddr has handed out.
-var givenAddrs = struct {
-	sync.Mutex
-	m map[string]bool
-}{m: map[string]bool{}}
 
 // server is one running berth process.
 type server struct {
@@ -100,7 +70,7 @@ type server struct {
 	Client  *api.Client
 
 	cmd     *exec.Cmd
-	out     *syncBuffer
+	out     *testbin.SyncBuffer
 	done    chan struct{}
 	waitErr error
 	killed  bool
@@ -225,7 +195,7 @@ func launch(t *testing.T, o opts) *server {
 		API:     "http://" + ad.api,
 		Proxy:   "http://" + ad.proxy,
 		DataDir: o.dataDir,
-		out:     &syncBuffer{},
+		out:     &testbin.SyncBuffer{},
 		done:    make(chan struct{}),
 	}
 	s.Client = api.NewClient(s.API, o.apiKey, nil)
@@ -234,7 +204,7 @@ func launch(t *testing.T, o opts) *server {
 	controlAPIs.Unlock()
 	s.cmd = exec.Command(bin.berth, args...)
 	s.cmd.Dir = o.dataDir
-	s.cmd.Env = cleanEnv()
+	s.cmd.Env = testbin.CleanEnv()
 	s.cmd.Stdout = s.out
 	s.cmd.Stderr = s.out
 	if err := s.cmd.Start(); err != nil {
@@ -246,18 +216,6 @@ func launch(t *testing.T, o opts) *server {
 	}()
 	t.Cleanup(s.stop)
 	return s
-}
-
-// cleanEnv is this process's environment without BERTH_* settings that
-// would change how the server or CLI under test behaves.
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "BERTH_") {
-			env = append(env, kv)
-		}
-	}
-	return env
 }
 
 // healthClient gives up on a server that accepts but does not answer.
@@ -383,24 +341,6 @@ func tail(s string, lines int) string {
 		ls = ls[len(ls)-lines:]
 	}
 	return strings.Join(ls, "\n")
-}
-
-// syncBuffer collects a subprocess's output safely.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // ---- control API helpers ----

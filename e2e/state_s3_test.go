@@ -15,6 +15,7 @@ import (
 
 	"github.com/berthhq/berth"
 	"github.com/berthhq/berth/api"
+	"github.com/berthhq/berth/internal/testbin"
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
 )
@@ -28,7 +29,7 @@ type s3Server struct {
 	argv     []string
 	endpoint string
 	bucket   string
-	out      *syncBuffer
+	out      *testbin.SyncBuffer
 	cmd      *exec.Cmd
 	done     chan struct{}
 }
@@ -41,7 +42,7 @@ func startS3(t *testing.T) *s3Server {
 		need(t, "the command that starts the S3 server (BERTH_TEST_S3_CMD)", "source .ci/services.sh")
 	}
 	argv := strings.Fields(line)
-	addr, dir := freeAddr(t), t.TempDir()
+	addr, dir := testbin.FreeAddr(t), t.TempDir()
 	port, posix := -1, -1
 	for i, a := range argv {
 		switch a {
@@ -55,7 +56,7 @@ func startS3(t *testing.T) *s3Server {
 		t.Fatalf("BERTH_TEST_S3_CMD %q: want a versitygw command line with --port ADDR and posix DIR", line)
 	}
 	argv[port], argv[posix] = addr, dir
-	s := &s3Server{t: t, argv: argv, endpoint: "http://" + addr, bucket: "berth-e2e", out: &syncBuffer{}}
+	s := &s3Server{t: t, argv: argv, endpoint: "http://" + addr, bucket: "berth-e2e", out: &testbin.SyncBuffer{}}
 	t.Cleanup(func() {
 		if s.running() {
 			syscall.Kill(-s.cmd.Process.Pid, syscall.SIGKILL)
