@@ -88,6 +88,9 @@ type Backend struct {
 	ReadyAt      *time.Time `json:"ready_at,omitempty"`
 	TerminatedAt *time.Time `json:"terminated_at,omitempty"`
 	LastActiveAt *time.Time `json:"last_active_at,omitempty"`
+	// FrozenAt is set while the backend is frozen (spawn idle_action
+	// "freeze"): a flag on a live state, not a state (see freeze.go).
+	FrozenAt *time.Time `json:"frozen_at,omitempty"`
 }
 
 // Event is one state change of a backend, as kept in its history.

@@ -21,6 +21,10 @@ type SpawnConfig struct {
 	State                 StateConfig       `json:"state,omitempty"`
 	// ReadOnlyRootFS asks container runtimes for a read-only root filesystem.
 	ReadOnlyRootFS bool `json:"read_only_root_fs,omitempty"`
+	// IdleAction is what max_idle_seconds of idleness does: "stop" (the
+	// default) or "freeze" (see freeze.go).
+	IdleAction       IdleAction `json:"idle_action,omitempty"`
+	MaxFrozenSeconds int        `json:"max_frozen_seconds,omitempty"`
 }
 
 // Resources are per-backend limits. Zero means the runtime's default.
@@ -85,6 +89,7 @@ var intRanges = map[string]intRange{
 	"resources.memory_mb":         {max: 1 << 20},
 	"resources.pids":              {max: 1 << 22},
 	"state.save_interval_seconds": {max: 86400, zero: "the default, 30"},
+	"max_frozen_seconds":          {max: maxSeconds, zero: "the default, 3600"},
 }
 
 // IntRange says which values the integer field at path (under the spawn
@@ -184,6 +189,7 @@ func (c *SpawnConfig) Validate(prefix string) error {
 	}{
 		{"max_idle_seconds", c.MaxIdleSeconds}, {"lifetime_seconds", &c.LifetimeSeconds},
 		{"grace_seconds", c.GraceSeconds}, {"startup_timeout_seconds", &c.StartupTimeoutSeconds},
+		{"max_frozen_seconds", &c.MaxFrozenSeconds},
 	} {
 		if err := intField(prefix, v.name, v.v); err != nil {
 			return err
@@ -193,6 +199,9 @@ func (c *SpawnConfig) Validate(prefix string) error {
 		if _, ok := Signals[strings.ToUpper(c.StopSignal)]; !ok {
 			return fieldErr(f("stop_signal"), "%q is not a known signal; use e.g. SIGTERM, SIGINT, SIGQUIT", c.StopSignal)
 		}
+	}
+	if err := c.IdleAction.validate(f("idle_action")); err != nil {
+		return err
 	}
 	switch c.PullPolicy {
 	case "", "if_not_present", "always", "never":
