@@ -34,6 +34,7 @@ type instance struct {
 	active     atomic.Int64 // open requests and WebSockets
 	lastActive atomic.Int64 // monoNow() of the last activity
 	waiting    atomic.Int64 // proxied GETs and HEADs waiting for answered
+	fz         freezeHold   // idle_action freeze (freeze.go)
 
 	mu         sync.Mutex
 	b          *berth.Backend
@@ -64,6 +65,9 @@ func newInstance(b *berth.Backend, rt runtime.Runtime) *instance {
 func (i *instance) Begin() {
 	i.active.Add(1)
 	i.lastActive.Store(monoNow())
+	if i.fz.frozen.Load() { // after the Add: see freeze.go
+		i.fz.requestThaw()
+	}
 }
 
 func (i *instance) End() {

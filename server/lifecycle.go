@@ -30,6 +30,7 @@ func (m *Manager) run(inst *instance, rec *recovery) {
 	var h *runtime.Handle
 	if rec != nil {
 		h = rec.handle
+		m.thawRecovered(inst, h, log)
 	} else {
 		var err error
 		h, err = m.start(ctx, inst, b, log)
@@ -155,6 +156,19 @@ func (m *Manager) supervise(ctx context.Context, inst *instance, b *berth.Backen
 			return
 		case <-idleC:
 			if isIdle() {
+				if b.Spawn.Freezes() { // frozen, not stopped (freeze.go)
+					end := m.freezeIdle(ctx, inst, h, exitC, life, log)
+					switch {
+					case end.thawed:
+						idle.Reset(maxIdle)
+						continue
+					case end.exit != nil:
+						m.exited(inst, h, *end.exit, log)
+					default:
+						m.stopAndTerminate(inst, h, exitC, end.why, end.hard, end.cause, log)
+					}
+					return
+				}
 				log.Info("idle", "after", maxIdle)
 				m.stopAndTerminate(inst, h, exitC, berth.ReasonIdle, false, "", log)
 				return

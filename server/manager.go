@@ -208,6 +208,7 @@ func (m *Manager) Connect(ctx context.Context, req *api.ConnectRequest) (*api.Co
 	}
 	m.cfg.Metrics.connect(spawned)
 	if h.inst != nil {
+		h.inst.awaitThaw(wctx) // a frozen backend thaws on connect; bounded by the wait
 		b = h.inst.snapshot()
 	}
 	if req.Wait && b.State == berth.StateTerminated {
@@ -370,6 +371,9 @@ func waitDone(ctx context.Context, inst *instance) error {
 func (m *Manager) spawn(ctx context.Context, req *api.ConnectRequest) (h held, created bool, err error) {
 	rt, err := m.runtimeFor(req.Spawn)
 	if err != nil {
+		return held{}, false, err
+	}
+	if err := checkFreeze(rt, req.Spawn); err != nil {
 		return held{}, false, err
 	}
 	node := m.cfg.Node

@@ -98,6 +98,7 @@ var (
 func (c managerCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- backendsDesc
 	ch <- leaseDesc
+	describeFrozen(ch)
 }
 
 func (c managerCollector) Collect(ch chan<- prometheus.Metric) {
@@ -116,6 +117,7 @@ func (c managerCollector) Collect(ch chan<- prometheus.Metric) {
 	for s, n := range counts {
 		ch <- prometheus.MustNewConstMetric(backendsDesc, prometheus.GaugeValue, float64(n), string(s))
 	}
+	collectFrozen(ch, insts)
 	if cl := c.m.cluster; cl != nil {
 		held := 1.0
 		if cl.cutOff.Load() || c.m.fenced() {

@@ -28,6 +28,9 @@ func (m *Manager) ResolveReady(id string) (proxy.Route, bool) {
 	default:
 		return proxy.Route{}, false
 	}
+	if inst.fz.frozen.Load() {
+		return proxy.Route{}, false // Resolve thaws it
+	}
 	return inst.route()
 }
 
@@ -63,6 +66,9 @@ func (m *Manager) Resolve(ctx context.Context, id string) (proxy.Route, error) {
 	case <-inst.answered:
 	case <-ctx.Done():
 		return proxy.Route{}, fmt.Errorf("backend %s is still starting: %w", id, ctx.Err())
+	}
+	if err := inst.awaitThaw(ctx); err != nil {
+		return proxy.Route{}, err
 	}
 	r, ok := inst.route()
 	if !ok {

@@ -15,6 +15,8 @@
 //	/sleep?ms=N       replies after N milliseconds
 //	/conn             JSON array of the requests its connection carried so
 //	                  far, this one included: "METHOD PATH USER-AGENT"
+//	/count            adds one to a counter kept in memory, answers its value
+//	/ticks            how many times TB_SPIN's ticker has run
 //
 // Knobs:
 //
@@ -27,6 +29,9 @@
 //	                      ignores SIGTERM and sleeps; its pid is written to
 //	                      $TB_CHILD_PIDFILE before the server listens
 //	TB_ALLOC_MB=N         allocate and touch N MiB before listening
+//	TB_SPIN=1             keep busy: every millisecond, spin for 200 µs
+//	TB_SAVE_COUNT=1       start /count from $BERTH_STATE_DIR/count, and write
+//	                      the counter there on SIGTERM or SIGINT, before exit
 //	TB_ALLOC_AFTER_MS=N   wait N ms before that allocation
 //	TB_AUDIT_FILE=PATH    append one line per event of this backend's life to
 //	                      PATH, each in a single O_APPEND write, so lines of
@@ -64,6 +69,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -113,6 +119,14 @@ func main() {
 			ballast[i] = 1
 		}
 		fmt.Printf("allocated %d MiB\n", mb)
+	}
+	if os.Getenv("TB_SAVE_COUNT") == "1" {
+		b, _ := os.ReadFile(filepath.Join(os.Getenv("BERTH_STATE_DIR"), "count"))
+		n, _ := strconv.ParseInt(strings.TrimSpace(string(b)), 10, 64)
+		counter.Store(n)
+	}
+	if os.Getenv("TB_SPIN") == "1" {
+		go spin()
 	}
 	handleSignals()
 	if ms := envInt("TB_EXIT_AFTER_MS"); ms > 0 {
@@ -177,6 +191,12 @@ func mux() *http.ServeMux {
 		})
 	}
 	m.HandleFunc("/echo", echo)
+	m.HandleFunc("/count", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, counter.Add(1))
+	})
+	m.HandleFunc("/ticks", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprint(w, ticks.Load())
+	})
 	m.HandleFunc("/echo/", echo)
 	m.HandleFunc("/log", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Println(r.URL.Query().Get("line"))
@@ -219,6 +239,19 @@ func mux() *http.ServeMux {
 	return m
 }
 
+// counter is /count's; ticks counts spin's rounds.
+var counter, ticks atomic.Int64
+
+// spin keeps the process busy (TB_SPIN), so a test can tell a frozen
+// backend, which uses no CPU at all, from a running one.
+func spin() {
+	for range time.Tick(time.Millisecond) {
+		for end := time.Now().Add(200 * time.Microsecond); time.Now().Before(end); {
+		}
+		ticks.Add(1)
+	}
+}
+
 // handleSignals implements the SIGTERM knobs; SIGINT is treated alike so
 // tests can check that a named stop signal is delivered.
 func handleSignals() {
@@ -232,6 +265,12 @@ func handleSignals() {
 	go func() {
 		sig := <-c
 		fmt.Fprintf(os.Stderr, "got %s\n", name(sig))
+		if os.Getenv("TB_SAVE_COUNT") == "1" {
+			f := filepath.Join(os.Getenv("BERTH_STATE_DIR"), "count")
+			if err := os.WriteFile(f, []byte(strconv.FormatInt(counter.Load(), 10)), 0o644); err != nil {
+				fmt.Fprintf(os.Stderr, "testbackend: save count: %v\n", err)
+			}
+		}
 		audit("stop", "signal="+name(sig))
 		time.Sleep(time.Duration(envInt("TB_TERM_DELAY_MS")) * time.Millisecond)
 		os.Exit(0)
