@@ -28,8 +28,8 @@ func (r *Runtime) Freeze(ctx context.Context, h *runtime.Handle) error {
 		return nil
 	case cerrdefs.IsNotFound(err):
 		return runtime.ErrGone
-	case cerrdefs.IsConflict(err) && r.paused(ctx, cid):
-		return nil // paused already
+	case r.pausedIs(ctx, cid, true):
+		return nil // paused already (engines answer 409 or 500)
 	}
 	return fmt.Errorf("docker: freeze %s: %w", h.BackendID, err)
 }
@@ -46,16 +46,17 @@ func (r *Runtime) Thaw(ctx context.Context, h *runtime.Handle) error {
 		return nil
 	case cerrdefs.IsNotFound(err):
 		return runtime.ErrGone
-	case cerrdefs.IsConflict(err) && !r.paused(ctx, cid):
-		return nil // not paused: running, or not running at all
+	case r.pausedIs(ctx, cid, false):
+		return nil // not paused: running, or not running at all (409 or 500)
 	}
 	return fmt.Errorf("docker: thaw %s: %w", h.BackendID, err)
 }
 
-// paused reports whether the engine says container cid is paused.
-func (r *Runtime) paused(ctx context.Context, cid string) bool {
+// pausedIs reports whether the engine says container cid's paused flag
+// is want; false when it cannot tell.
+func (r *Runtime) pausedIs(ctx context.Context, cid string, want bool) bool {
 	res, err := r.cli.ContainerInspect(ctx, cid, client.ContainerInspectOptions{})
-	return err == nil && res.Container.State != nil && res.Container.State.Paused
+	return err == nil && res.Container.State != nil && res.Container.State.Paused == want
 }
 
 // Memory is the container's memory usage as docker stats shows it: the
