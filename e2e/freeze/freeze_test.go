@@ -103,8 +103,12 @@ func TestFreeze_MaxFrozenStopsWithFinalSave(t *testing.T) {
 		if ev.State != berth.StateTerminating && ev.State != berth.StateTerminated {
 			t.Errorf("the max_frozen_seconds event is in state %s, want terminating", ev.State)
 		}
-		if !strings.Contains(s.out.String(), "got SIGTERM") {
-			t.Errorf("the backend never logged its SIGTERM: it was not thawed before the stop")
+		var out strings.Builder
+		if err := s.Client.Logs(ctxFor(t, 10*time.Second), resp.BackendID, false, &out); err != nil {
+			t.Fatalf("logs: %v", err)
+		}
+		if !strings.Contains(out.String(), "got SIGTERM") {
+			t.Errorf("the backend never logged its SIGTERM (thawed before the stop?); its output:\n%s", out.String())
 		}
 
 		next := s.connect(t, "doc-save", sc)
