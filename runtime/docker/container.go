@@ -408,6 +408,7 @@ func (r *Runtime) Stop(ctx context.Context, h *runtime.Handle, signal string, gr
 	if c.State == nil || !c.State.Running {
 		return nil
 	}
+	r.thawForStop(ctx, c) // a frozen container could not handle the signal
 	r.stopped.Store(cid, struct{}{})
 	if grace > 0 {
 		if signal == "" && c.Config != nil {
@@ -496,6 +497,7 @@ func (r *Runtime) Cleanup(ctx context.Context, h *runtime.Handle) error {
 	cid := st.ContainerID
 	r.unfollow(cid)
 	r.stopped.Delete(cid)
+	r.freezers.Delete(cid)
 	for _, ref := range []string{cid, st.SandboxID} {
 		if ref == "" {
 			continue

@@ -153,7 +153,10 @@ type Config struct {
 	// a start need not wait for the engine to wire up a network namespace
 	// (see sandbox.go); 0 means 2, a negative number none.
 	Sandboxes int
-	Logger    *slog.Logger
+	// NoCgroupFreeze makes Freeze and Thaw always go through the engine
+	// (docker pause), even where the container's cgroup is writable here.
+	NoCgroupFreeze bool
+	Logger         *slog.Logger
 }
 
 // dockerName matches the names the engine accepts for networks and containers.
@@ -224,9 +227,11 @@ type Runtime struct {
 	// of its own from one the kernel made (see oomKilled).
 	stopped sync.Map     // container id → struct{}
 	pool    *sandboxPool // nil when off
-	ctx     context.Context
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
+	// freezers caches where each container's cgroup freezer is (freeze.go).
+	freezers sync.Map // container id → freezer
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
 }
 
 // New connects to the engine (failing if it does not answer) and makes sure

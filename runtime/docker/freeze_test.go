@@ -8,7 +8,19 @@ import (
 )
 
 func TestRuntime_Freeze(t *testing.T) {
-	r := newRuntime(t, Config{})
+	for _, tc := range []struct {
+		name   string
+		engine bool
+	}{
+		{"cgroup freezer", false},
+		{"engine (docker pause)", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testFreeze(t, tc.engine) })
+	}
+}
+
+func testFreeze(t *testing.T, engine bool) {
+	r := newRuntime(t, Config{NoCgroupFreeze: engine})
 	s := start(t, r, testSpec(testID(), map[string]string{"TB_SPIN": "1"}))
 	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
@@ -32,8 +44,19 @@ func TestRuntime_Freeze(t *testing.T) {
 	if err := r.Freeze(ctx, s.h); err != nil {
 		t.Fatalf("Freeze of a frozen container: %v", err)
 	}
-	if c := s.inspect(t); !c.State.Paused {
-		t.Errorf("container state after Freeze: %+v, want paused", c.State)
+	c := s.inspect(t)
+	if fz, direct := r.freezer(ctx, c.ID); engine || !direct {
+		if engine && direct {
+			t.Error("NoCgroupFreeze, yet the runtime found the cgroup freezer")
+		}
+		if !engine {
+			t.Logf("the container's cgroup freezer is not writable here: Freeze went through the engine")
+		}
+		if !c.State.Paused {
+			t.Errorf("container state after Freeze through the engine: %+v, want paused", c.State)
+		}
+	} else if c.State.Paused {
+		t.Errorf("the engine says paused: Freeze went through it, not the cgroup %s", fz.dir)
 	}
 	if used := cpuOver(cpu, time.Second); used != 0 {
 		t.Errorf("a frozen container used %dns of CPU over 1s, want 0", used)
@@ -42,8 +65,8 @@ func TestRuntime_Freeze(t *testing.T) {
 	if err != nil || mem < 1<<20 {
 		t.Errorf("Memory of the frozen container = %d, %v; want at least 1 MiB", mem, err)
 	}
-	c := http.Client{Timeout: 300 * time.Millisecond}
-	if resp, err := c.Get("http://" + s.h.Addr + "/count"); err == nil {
+	hc := http.Client{Timeout: 300 * time.Millisecond}
+	if resp, err := hc.Get("http://" + s.h.Addr + "/count"); err == nil {
 		resp.Body.Close()
 		t.Fatalf("a frozen container answered %s", resp.Status)
 	}
