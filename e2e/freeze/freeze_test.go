@@ -147,3 +147,34 @@ func TestFreeze_BadInput(t *testing.T) {
 		}
 	}
 }
+
+// A Berth killed while a backend is frozen leaves it frozen; the Berth
+// started after it re-adopts the backend and thaws it, memory intact.
+func TestFreeze_RestartThawsReadopted(t *testing.T) {
+	forEach(t, func(t *testing.T, v variant) {
+		s := start(t, v)
+		c := &http.Client{Timeout: 30 * time.Second}
+		resp := s.connect(t, "doc-restart", s.spawn(1, 120, map[string]string{"TB_SPIN": "1"}))
+		get(t, c, resp.URL+"count")
+		s.waitFrozen(t, resp.BackendID, 15*time.Second)
+		s.kill()
+		if used := cpuOver(t, resp.BackendID, 500*time.Millisecond); used != 0 {
+			t.Errorf("the frozen backend used %d ticks of CPU while Berth was down, want 0", used)
+		}
+
+		s.restart()
+		if used := cpuOver(t, resp.BackendID, 500*time.Millisecond); used <= 0 {
+			t.Errorf("the re-adopted backend used %d ticks of CPU over 500ms: still frozen", used)
+		}
+		again, err := s.Client.Connect(ctxFor(t, 30*time.Second), api.ConnectRequest{Key: "doc-restart"})
+		if err != nil {
+			t.Fatalf("connect after the restart: %v", err)
+		}
+		if again.BackendID != resp.BackendID {
+			t.Fatalf("after the restart the key has backend %s, want the re-adopted %s", again.BackendID, resp.BackendID)
+		}
+		if got := get(t, c, again.URL+"count"); got != "2" {
+			t.Errorf("/count after the restart = %s, want 2 (memory kept)", got)
+		}
+	})
+}

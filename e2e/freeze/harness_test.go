@@ -53,11 +53,16 @@ type server struct {
 	Proxy  string
 	Client *api.Client
 	image  string // the testbackend's image, for docker
+	extra  []string
 
-	cmd  *exec.Cmd
-	out  *testbin.SyncBuffer
-	done chan struct{}
-	err  error
+	dataDir     string
+	backendAddr string
+	network     string // --docker-network
+	cmd         *exec.Cmd
+	out         *testbin.SyncBuffer
+	done        chan struct{}
+	err         error
+	killed      bool
 
 	mu         sync.Mutex
 	mismatches []error
@@ -74,12 +79,8 @@ func (s *server) mismatch(err error) {
 // process left.
 func start(t *testing.T, v variant) *server {
 	t.Helper()
-	s := &server{t: t, v: v, out: &testbin.SyncBuffer{}, done: make(chan struct{})}
-	dataDir := t.TempDir()
-	apiAddr, proxyAddr, backendAddr := testbin.FreeAddr(t), testbin.FreeAddr(t), testbin.FreeAddr(t)
-	args := []string{"dev", "--no-demo", "--log-level", "debug",
-		"--api-addr", apiAddr, "--proxy-addr", proxyAddr, "--backend-api-addr", backendAddr,
-		"--data-dir", dataDir, "--runtime", v.runtime}
+	s := &server{t: t, v: v, dataDir: t.TempDir(), backendAddr: testbin.FreeAddr(t)}
+	var extra []string
 	switch {
 	case v.runtime == "docker":
 		testbin.NeedDocker(t)
@@ -88,31 +89,64 @@ func start(t *testing.T, v variant) *server {
 			t.Fatal(err)
 		}
 		s.image = img
-		args = append(args, "--docker-network", "berth-freeze-"+strings.ToLower(rand.Text()[:8]))
+		s.network = "berth-freeze-" + strings.ToLower(rand.Text()[:8])
 	case v.cgroup:
-		args = append(args, "--cgroup-dir", cgroupDir(t))
+		extra = append(extra, "--cgroup-dir", cgroupDir(t))
 	}
+	s.launch(extra)
+	t.Cleanup(s.stop)
+	return s
+}
+
+// restart starts a killed server again on its data dir, configuration and
+// backend API address.
+func (s *server) restart() {
+	s.t.Helper()
+	s.launch(s.extra)
+}
+
+// kill SIGKILLs berth (not its backends) and waits for it to be gone.
+func (s *server) kill() {
+	s.t.Helper()
+	s.killed = true
+	s.cmd.Process.Signal(syscall.SIGKILL)
+	<-s.done
+}
+
+func (s *server) launch(extra []string) {
+	t := s.t
+	t.Helper()
+	s.extra = extra
+	s.out, s.done, s.killed = &testbin.SyncBuffer{}, make(chan struct{}), false
+	apiAddr, proxyAddr := testbin.FreeAddr(t), testbin.FreeAddr(t)
+	args := []string{"dev", "--no-demo", "--log-level", "debug",
+		"--api-addr", apiAddr, "--proxy-addr", proxyAddr, "--backend-api-addr", s.backendAddr,
+		"--data-dir", s.dataDir, "--runtime", s.v.runtime}
+	if s.network != "" {
+		args = append(args, "--docker-network", s.network)
+	}
+	args = append(args, extra...)
 	s.API, s.Proxy = "http://"+apiAddr, "http://"+proxyAddr
 	s.Client = api.NewClient(s.API, "", nil)
 	servers.Lock()
 	servers.m[apiAddr] = s
 	servers.Unlock()
 	s.cmd = exec.Command(bin.Berth, args...)
-	s.cmd.Dir = dataDir
+	s.cmd.Dir = s.dataDir
 	s.cmd.Env = testbin.CleanEnv()
 	s.cmd.Stdout, s.cmd.Stderr = s.out, s.out
 	if err := s.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	go func() { s.err = s.cmd.Wait(); close(s.done) }()
-	t.Cleanup(s.stop)
+	cmd, done := s.cmd, s.done
+	go func() { s.err = cmd.Wait(); close(done) }()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		resp, err := http.Get(s.API + "/healthz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
-				return s
+				return
 			}
 		}
 		select {
@@ -128,6 +162,9 @@ func start(t *testing.T, v variant) *server {
 
 func (s *server) stop() {
 	t := s.t
+	if s.killed {
+		return
+	}
 	defer func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()

@@ -294,7 +294,7 @@ type state struct {
 	Cgroup string `json:"cgroup,omitempty"`
 }
 
-// Start runs spec's command in a new process group.
+// Start runs spec's command in a new session, and so a new process group.
 func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (*runtime.Handle, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -359,7 +359,13 @@ func (r *Runtime) start(spec runtime.Spec, base, work string, log *slog.Logger) 
 		Stdin:       null,
 		Stdout:      out,
 		Stderr:      out,
-		SysProcAttr: &syscall.SysProcAttr{Setpgid: true},
+		// A session, not only a group: a group whose parent (Berth) is in
+		// its session becomes orphaned when Berth dies, and the kernel
+		// then sends SIGHUP (and SIGCONT) to it if a member is stopped —
+		// killing a backend frozen by SIGSTOP (freeze.go) with its
+		// unsaved memory. A group in a session of its own is orphaned
+		// from the start, so no such signal ever comes.
+		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
 	}
 	if spec.VolumeLock != "" {
 		lock, err := lockVolume(spec.VolumeLock)
