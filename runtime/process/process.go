@@ -351,6 +351,11 @@ func (r *Runtime) start(spec runtime.Spec, base, work string, log *slog.Logger) 
 	if err != nil {
 		return nil, err
 	}
+	// A session, not only a group: a group whose parent (Berth) is in its
+	// session becomes orphaned when Berth dies, and the kernel then sends
+	// SIGHUP (and SIGCONT) to it if a member is stopped, killing a backend
+	// frozen by SIGSTOP (freeze.go) with its unsaved memory. A group in a
+	// session of its own is orphaned from the start: no such signal comes.
 	cmd := &exec.Cmd{
 		Path:        path,
 		Args:        args,
@@ -359,13 +364,7 @@ func (r *Runtime) start(spec runtime.Spec, base, work string, log *slog.Logger) 
 		Stdin:       null,
 		Stdout:      out,
 		Stderr:      out,
-		// A session, not only a group: a group whose parent (Berth) is in
-		// its session becomes orphaned when Berth dies, and the kernel
-		// then sends SIGHUP (and SIGCONT) to it if a member is stopped —
-		// killing a backend frozen by SIGSTOP (freeze.go) with its
-		// unsaved memory. A group in a session of its own is orphaned
-		// from the start, so no such signal ever comes.
-		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
+		SysProcAttr: &syscall.SysProcAttr{Setsid: true}, // see above
 	}
 	if spec.VolumeLock != "" {
 		lock, err := lockVolume(spec.VolumeLock)
