@@ -29,7 +29,7 @@ type Freezer interface {
 }
 
 // Hibernator is the next step after a Freezer, and no runtime implements
-// it yet (see docs/DESIGN.md, "Frozen backends", for why): it writes a
+// it yet (docs/DESIGN.md, "Hibernate (not built)", says why): it writes a
 // running instance's memory and process tree to an image (CRIU
 // checkpoint) and ends the instance, so a hibernated backend holds no
 // memory at all and may be restored on another node; Restore starts a new
