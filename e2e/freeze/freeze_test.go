@@ -178,3 +178,29 @@ func TestFreeze_RestartThawsReadopted(t *testing.T) {
 		}
 	})
 }
+
+// Berth shutting down stops a frozen backend as any other: thawed, its
+// stop signal handled, its final save made, which the key's next backend
+// (under the next Berth) starts from.
+func TestFreeze_ShutdownSavesFrozen(t *testing.T) {
+	forEach(t, func(t *testing.T, v variant) {
+		s := start(t, v)
+		c := &http.Client{Timeout: 30 * time.Second}
+		sc := s.spawn(1, 3600, map[string]string{"TB_SAVE_COUNT": "1"})
+		sc.State.Mode = berth.StateModeDir
+		resp := s.connect(t, "doc-shutdown", sc)
+		get(t, c, resp.URL+"count")
+		get(t, c, resp.URL+"count")
+		s.waitFrozen(t, resp.BackendID, 15*time.Second)
+		s.interrupt()
+		if pids := backendPIDs(resp.BackendID); len(pids) > 0 {
+			t.Fatalf("processes %v of the frozen backend outlived Berth's shutdown", pids)
+		}
+
+		s.restart()
+		next := s.connect(t, "doc-shutdown", sc)
+		if got := get(t, c, next.URL+"count"); got != "3" {
+			t.Errorf("/count of the key's next backend = %s, want 3: the frozen one's final save (2) restored", got)
+		}
+	})
+}

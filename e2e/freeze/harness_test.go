@@ -105,6 +105,21 @@ func (s *server) restart() {
 	s.launch(s.extra)
 }
 
+// interrupt stops berth gracefully (SIGINT), as an operator does, and
+// wants exit status 0.
+func (s *server) interrupt() {
+	s.t.Helper()
+	s.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-s.done:
+	case <-time.After(60 * time.Second):
+		s.t.Fatal("berth did not exit within 60s of SIGINT")
+	}
+	if s.err != nil {
+		s.t.Fatalf("berth exited with %v after SIGINT, want status 0", s.err)
+	}
+}
+
 // kill SIGKILLs berth (not its backends) and waits for it to be gone.
 func (s *server) kill() {
 	s.t.Helper()
