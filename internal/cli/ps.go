@@ -79,8 +79,12 @@ func writePs(stdio Stdio, list []*berth.Backend, at time.Time) {
 		if b.LastActiveAt != nil {
 			active = since(at.Sub(*b.LastActiveAt)) + " ago"
 		}
+		state := string(b.State)
+		if b.FrozenAt != nil { // ready, and frozen (idle_action freeze)
+			state = "frozen"
+		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n",
-			b.ID, dash(b.Key), b.State, dash(reasonText(b.Reason, b.ExitCode)), since(at.Sub(b.CreatedAt)),
+			b.ID, dash(b.Key), state, dash(reasonText(b.Reason, b.ExitCode)), since(at.Sub(b.CreatedAt)),
 			active, dash(b.Runtime), dash(runs(b.Spawn)))
 	}
 	tw.Flush()
