@@ -2,6 +2,8 @@ package freeze
 
 import (
 	"net/http"
+	"os/exec"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -37,6 +39,10 @@ func TestFreeze_ThawOnRequest(t *testing.T) {
 		list, err := s.Client.LiveBackends(ctxFor(t, 10*time.Second), "doc-thaw")
 		if err != nil || len(list) != 1 || list[0].FrozenAt == nil {
 			t.Errorf("GET /v1/backends?key=doc-thaw&live=true = %+v (%v), want the backend with frozen_at", list, err)
+		}
+		ps, err := exec.Command(bin.Berth, "ps", "--api", s.API).CombinedOutput()
+		if err != nil || !regexp.MustCompile(id+`\s+doc-thaw\s+frozen\s`).Match(ps) {
+			t.Errorf("berth ps (%v) does not list %s as frozen:\n%s", err, id, ps)
 		}
 		if n := s.metric(t, "berth_backends_frozen"); n != 1 {
 			t.Errorf("berth_backends_frozen = %v, want 1", n)
