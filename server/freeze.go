@@ -117,8 +117,8 @@ func checkFreeze(rt runtime.Runtime, sc *berth.SpawnConfig) error {
 
 // freezeIdle freezes an idle backend and holds it frozen until a thaw is
 // asked for, a stop is requested, max_frozen_seconds pass, its lifetime
-// ends, or it exits. It runs in the backend's lifecycle goroutine. seen is
-// the activity time that made the backend idle.
+// ends, or it exits. It runs in the backend's lifecycle goroutine, which
+// has just found the backend idle.
 func (m *Manager) freezeIdle(ctx context.Context, inst *instance, h *runtime.Handle, exitC chan runtime.Exit, life <-chan time.Time, log *slog.Logger) frozenEnd {
 	b := inst.snapshot()
 	fr, ok := inst.rt.(runtime.Freezer)

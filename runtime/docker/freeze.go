@@ -91,8 +91,16 @@ func (r *Runtime) Thaw(ctx context.Context, h *runtime.Handle) error {
 // frozen directly (by a Berth that died meanwhile, say) would keep the
 // signal, even SIGKILL under cgroup v1, pending until thawed.
 func (r *Runtime) thawForStop(ctx context.Context, c container.InspectResponse) {
-	if fz, ok := r.freezer(ctx, c.ID); ok {
-		fz.set(ctx, false)
+	if r.cfg.NoCgroupFreeze || c.State == nil {
+		return
+	}
+	fz, ok := r.freezers.Load(c.ID)
+	if !ok {
+		fz = findFreezer(c.State.Pid, c.ID)
+		r.freezers.Store(c.ID, fz)
+	}
+	if f := fz.(freezer); f.dir != "" && f.frozen() {
+		f.set(ctx, false)
 	}
 }
 
@@ -178,6 +186,16 @@ func writable(path string) bool { return unix.Access(path, unix.W_OK) == nil }
 func isCgroup2(dir string) bool {
 	var sfs unix.Statfs_t
 	return unix.Statfs(dir, &sfs) == nil && sfs.Type == unix.CGROUP2_SUPER_MAGIC
+}
+
+// frozen reports whether the cgroup is frozen, or freezing.
+func (fz freezer) frozen() bool {
+	if fz.v2 {
+		b, err := os.ReadFile(filepath.Join(fz.dir, "cgroup.freeze"))
+		return err == nil && string(bytes.TrimSpace(b)) == "1"
+	}
+	b, err := os.ReadFile(filepath.Join(fz.dir, "freezer.state"))
+	return err == nil && string(bytes.TrimSpace(b)) != "THAWED"
 }
 
 // set freezes (or thaws) the cgroup and waits until the kernel says every

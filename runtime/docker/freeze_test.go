@@ -101,3 +101,32 @@ func cpuOver(cpu func() int64, d time.Duration) int64 {
 	time.Sleep(d)
 	return cpu() - before
 }
+
+// A container frozen through its cgroup by a Berth that died is still
+// stopped gracefully by the next one: Stop thaws it, so its stop signal is
+// handled (exit 0), not left pending until the kill.
+func TestRuntime_StopThawsFrozenByAnother(t *testing.T) {
+	r := newRuntime(t, Config{})
+	s := start(t, r, testSpec(testID(), nil))
+	var env map[string]string
+	s.get(t, "/", &env)
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
+	defer cancel()
+	if err := r.Freeze(ctx, s.h); err != nil {
+		t.Fatal(err)
+	}
+	if _, direct := r.freezer(ctx, s.inspect(t).ID); !direct {
+		t.Skip("the container's cgroup freezer is not writable here: the engine froze it, and its Stop unpauses by itself")
+	}
+	next := newRuntime(t, Config{Instance: r.cfg.Instance})
+	start := time.Now()
+	if err := next.Stop(ctx, s.h, "", 20*time.Second); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("Stop took %v: the stop signal waited for the kill", took)
+	}
+	if e := s.wait(t); e.Code != 0 || e.Signal != "" {
+		t.Errorf("exit %+v, want 0: the frozen container never handled SIGTERM", e)
+	}
+}
