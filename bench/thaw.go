@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"os/exec"
+	"strings"
 	"time"
 
 	"github.com/berthhq/berth"
@@ -21,9 +23,9 @@ func init() {
 		summary: "first request to a frozen backend (idle_action freeze) → its 200, vs a request to the same backend running",
 		figures: []figureSpec{
 			{name: figThawProcess, unit: "ms", baseline: "warm request", target: target{atMost, 5},
-				method: "a bench backend spawned with idle_action freeze and max_idle_seconds 1; each sample waits until its record says frozen (frozen_at), then times GET / through the proxy on a new connection until the 200 (the proxy thaws it first: SIGSTOP/SIGCONT of its process group, or its cgroup's cgroup.freeze with --cgroup-dir), then at once the same GET on a new connection to the thawed backend (the baseline); 15 samples per run (5 with --quick) after 1 discarded"},
+				method: "a bench backend spawned with idle_action freeze and max_idle_seconds 1; each sample waits until its record says frozen (frozen_at), then times GET / through the proxy on a new connection until the 200 (the proxy thaws it first: SIGCONT to its process group, as the bench's Berth has no --cgroup-dir), then at once the same GET on a new connection to the thawed backend (the baseline); 15 samples per run (5 with --quick) after 1 discarded"},
 			{name: figThawDocker, unit: "ms", baseline: "warm request", target: target{atMost, 5},
-				method: "as the process row, with spawn.image (the FROM scratch bench image): docker pause and unpause through the Engine API"},
+				method: "as the process row, with spawn.image (the FROM scratch bench image): Berth writes the container's cgroup freezer itself when it can, else docker pause and unpause through the Engine API (the notes say which)"},
 		},
 		run: runThaw,
 	})
@@ -73,9 +75,13 @@ func (e *env) thaw(ctx context.Context, res *result, fig, key string, spawn *ber
 		return timed(rc)()
 	}
 	var thawed, warm []time.Duration
+	how := ""
 	for i := range n + 1 {
 		if err := e.awaitFrozen(ctx, c.BackendID); err != nil {
 			return err
+		}
+		if i == 0 && spawn.Image != "" {
+			how = "; frozen through " + frozenThrough(ctx, c.BackendID)
 		}
 		dt, err := once()
 		if err != nil {
@@ -92,8 +98,22 @@ func (e *env) thaw(ctx context.Context, res *result, fig, key string, spawn *ber
 	ts, ws := durationsIn(thawed, time.Millisecond), durationsIn(warm, time.Millisecond)
 	res.values[fig] = RunFigure{Berth: percentile(ts, 50), Baseline: percentile(ws, 50)}
 	res.notes[fig] = fmt.Sprintf("thaw ÷ warm at p50 %.1f×, thaw − warm %+.2f ms; p90 thaw %.2f ms, warm %.2f ms; min %.2f / %.2f ms",
-		percentile(ts, 50)/percentile(ws, 50), percentile(ts, 50)-percentile(ws, 50), percentile(ts, 90), percentile(ws, 90), ts[0], ws[0])
+		percentile(ts, 50)/percentile(ws, 50), percentile(ts, 50)-percentile(ws, 50), percentile(ts, 90), percentile(ws, 90), ts[0], ws[0]) + how
 	return nil
+}
+
+// frozenThrough says how Berth froze backend id's container: the engine
+// calls a container it paused "Paused"; one frozen through its cgroup
+// runs, to the engine.
+func frozenThrough(ctx context.Context, id string) string {
+	out, err := exec.CommandContext(ctx, "docker", "ps", "--filter", "label=berth.backend="+id, "--format", "{{.Status}}").Output()
+	switch {
+	case err != nil:
+		return "? (docker ps: " + oneLine(err.Error()) + ")"
+	case strings.Contains(string(out), "Paused"):
+		return "the engine (docker pause)"
+	}
+	return "the container's cgroup freezer, written by Berth"
 }
 
 // awaitFrozen polls the backend's record until it says frozen.
