@@ -223,8 +223,14 @@ function renderList() {
   $("#list-empty").hidden = shown.length > 0;
 }
 
+// stateText is a backend's state as shown: a frozen backend (idle_action
+// freeze) is ready, and says so.
+function stateText(b) {
+  return b.frozen_at ? `${b.state} · frozen` : b.state;
+}
+
 function fillRow(tr, b, now) {
-  const sig = [b.state, b.reason, b.exit_code, b.node, Math.floor((now - ms(b.created_at)) / 10000)].join("|");
+  const sig = [b.state, b.frozen_at, b.reason, b.exit_code, b.node, Math.floor((now - ms(b.created_at)) / 10000)].join("|");
   if (tr.dataset.sig === sig) return;
   tr.dataset.sig = sig;
   tr.dataset.id = b.backend_id;
@@ -233,7 +239,7 @@ function fillRow(tr, b, now) {
   const cells = [
     el("td", {}, link || el("a", { class: "bk", href: `#/backends/${encodeURIComponent(b.backend_id)}` }, el("code", {}, b.backend_id))),
     el("td", {}, b.key ? el("a", { href: `#/state/${encodeURIComponent(b.key)}`, title: `State history of ${b.key}` }, b.key) : el("span", { class: "muted" }, "—")),
-    el("td", {}, el("span", { class: "state", dataset: { state: b.state } }, b.state)),
+    el("td", {}, el("span", { class: "state", dataset: { state: b.state } }, stateText(b))),
     el("td", {}, reasonText(b)),
     el("td", {}, b.node || "—"),
     el("td", {}, b.runtime || "—"),
@@ -392,7 +398,7 @@ function renderBackend() {
   const b = backends.get(detail.id);
   if (!b) return;
   const facts = [
-    ["State", el("span", { id: "bk-state", class: "state", dataset: { state: b.state } }, b.state)],
+    ["State", el("span", { id: "bk-state", class: "state", dataset: { state: b.state } }, stateText(b))],
     ["Reason", reasonText(b) || "—"],
     ["Key", b.key ? el("a", { href: `#/state/${encodeURIComponent(b.key)}` }, b.key) : "—"],
     ["User", b.user || "—"],
