@@ -36,9 +36,16 @@ func TestManager_FreezeRefusedByRuntimeThatCannot(t *testing.T) {
 // and returns its instance once it is frozen.
 func frozenBackend(t *testing.T, m *Manager, key string) *instance {
 	t.Helper()
+	return frozenBackendWith(t, m, key, 0)
+}
+
+// frozenBackendWith is frozenBackend with a lifetime.
+func frozenBackendWith(t *testing.T, m *Manager, key string, lifetime int) *instance {
+	t.Helper()
 	bin := runtimetest.BuildTestBackend(t)
 	res, err := m.Connect(t.Context(), &api.ConnectRequest{Key: key, Wait: true, Spawn: &berth.SpawnConfig{
-		Command: []string{bin}, MaxIdleSeconds: ptr(1), IdleAction: berth.IdleFreeze, GraceSeconds: ptr(2)}})
+		Command: []string{bin}, MaxIdleSeconds: ptr(1), IdleAction: berth.IdleFreeze, GraceSeconds: ptr(2),
+		LifetimeSeconds: lifetime}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,4 +133,35 @@ func gauge(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	}
 	t.Fatalf("no metric %s", name)
 	return 0
+}
+
+// Whatever ends a frozen backend thaws it first, so its stop signal is
+// handled: a terminate, hard or not, and its lifetime.
+func TestManager_StopsFrozen(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		stop func(m *Manager, inst *instance)
+		want berth.Reason
+	}{
+		{"terminate", func(m *Manager, inst *instance) { m.Terminate(t.Context(), inst.id, false) }, berth.ReasonRequested},
+		{"hard terminate", func(m *Manager, inst *instance) { m.Terminate(t.Context(), inst.id, true) }, berth.ReasonRequested},
+		{"lifetime", func(*Manager, *instance) {}, berth.ReasonLifetime},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			m := newProcessManager(t, nil)
+			lifetime := 0
+			if tc.want == berth.ReasonLifetime {
+				lifetime = 3
+			}
+			inst := frozenBackendWith(t, m, "stop", lifetime)
+			tc.stop(m, inst)
+			b := waitTerminated(t, m, inst.id)
+			if b.Reason != tc.want || b.FrozenAt != nil {
+				t.Errorf("terminated %s (frozen_at %v), want %s and not frozen", b.Reason, b.FrozenAt, tc.want)
+			}
+			if tc.name != "hard terminate" && (b.ExitCode == nil || *b.ExitCode != 0) {
+				t.Errorf("exit code %v, want 0: the backend did not handle its stop signal (was it thawed?)", b.ExitCode)
+			}
+		})
+	}
 }
