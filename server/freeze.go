@@ -37,6 +37,10 @@ type freezeHold struct {
 	wake   chan struct{} // a send asks the lifecycle to thaw (buffered)
 	thawed chan struct{} // closed once thawed, or the freeze called off
 	mem    int64         // memory held while frozen, in bytes
+
+	// lastEvent is closed once the previous frozen/thawed event is
+	// written; only the lifecycle goroutine touches it.
+	lastEvent chan struct{}
 }
 
 // begin sets the flag for a freeze about to happen.
@@ -151,7 +155,7 @@ func (m *Manager) freezeIdle(ctx context.Context, inst *instance, h *runtime.Han
 	inst.fz.mu.Unlock()
 	maxFrozen := b.Spawn.MaxFrozen()
 	log.Info("frozen", "idle", b.Spawn.MaxIdle(), "memory", mem)
-	m.recordEvent(inst, fmt.Sprintf("frozen: idle for %s; holds %d MiB; stopped after %s frozen unless a request comes",
+	m.freezeEvent(inst, fmt.Sprintf("frozen: idle for %s; holds %d MiB; stopped after %s frozen unless a request comes",
 		b.Spawn.MaxIdle(), mem>>20, maxFrozen))
 
 	limit := time.NewTimer(maxFrozen)
@@ -184,9 +188,38 @@ func (m *Manager) freezeIdle(ctx context.Context, inst *instance, h *runtime.Han
 	took := time.Since(start)
 	if end.thawed {
 		log.Info("thawed", "took", took, "frozen_for", time.Since(at))
-		m.recordEvent(inst, fmt.Sprintf("thawed after %s frozen (thaw took %s)", time.Since(at).Round(time.Millisecond), took.Round(time.Microsecond)))
+		m.freezeEvent(inst, fmt.Sprintf("thawed after %s frozen (thaw took %s)", time.Since(at).Round(time.Millisecond), took.Round(time.Microsecond)))
 	}
 	return end
+}
+
+// freezeEvent appends msg to the backend's history beside the lifecycle,
+// in order: a frozen backend's lifecycle must stay free to thaw it, or to
+// stop it when a cut-off replica must, however long the store takes.
+func (m *Manager) freezeEvent(inst *instance, msg string) {
+	ev, ok := m.cfg.Store.(interface {
+		AddEvent(ctx context.Context, id string, msg string) error
+	})
+	if !ok {
+		return
+	}
+	prev, done := inst.fz.lastEvent, make(chan struct{})
+	inst.fz.lastEvent = done
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		defer close(done)
+		if prev != nil {
+			<-prev
+		}
+		ctx, cancel := m.writeContext()
+		defer cancel()
+		if err := ev.AddEvent(ctx, inst.id, msg); err != nil {
+			m.log.Warn("record a freeze event", "backend", inst.id, "err", err)
+			return
+		}
+		m.publish(inst.id)
+	}()
 }
 
 // unfreeze clears the record's frozen mark.
