@@ -96,6 +96,11 @@ func (i *instance) awaitThaw(ctx context.Context) error {
 	}
 }
 
+// freezeTimeout bounds each freeze, thaw and memory reading: a runtime
+// that hangs (an engine that does not answer) must not keep the lifecycle
+// from stopping the backend.
+const freezeTimeout = 30 * time.Second
+
 // frozenEnd is how a frozen spell ended: thawed (the backend runs on), or
 // it must stop (why), or it exited while frozen (exit).
 type frozenEnd struct {
@@ -135,14 +140,21 @@ func (m *Manager) freezeIdle(ctx context.Context, inst *instance, h *runtime.Han
 		inst.fz.end() // traffic came in meanwhile: not idle after all
 		return frozenEnd{thawed: true}
 	}
-	if err := fr.Freeze(ctx, h); err != nil {
+	fctx, cancel := context.WithTimeout(ctx, freezeTimeout)
+	err := fr.Freeze(fctx, h)
+	cancel()
+	if err != nil {
 		// Whatever froze must run again to handle its stop signal.
-		thawErr := fr.Thaw(context.Background(), h)
+		tctx, cancel := context.WithTimeout(context.Background(), freezeTimeout)
+		thawErr := fr.Thaw(tctx, h)
+		cancel()
 		inst.fz.end()
 		log.Warn("freeze failed; stopping instead", "err", err, "thaw_err", thawErr)
 		return frozenEnd{why: berth.ReasonIdle, cause: "freeze failed: " + err.Error()}
 	}
-	mem, err := fr.Memory(ctx, h)
+	mctx, cancel := context.WithTimeout(ctx, freezeTimeout)
+	mem, err := fr.Memory(mctx, h)
+	cancel()
 	if err != nil {
 		log.Debug("memory of a frozen backend", "err", err)
 	}
@@ -178,7 +190,10 @@ func (m *Manager) freezeIdle(ctx context.Context, inst *instance, h *runtime.Han
 	// Thawed before a stop too: a frozen program cannot handle its stop
 	// signal or make its final save.
 	start := time.Now()
-	if err := fr.Thaw(context.Background(), h); err != nil && !errors.Is(err, runtime.ErrGone) {
+	tctx, cancel := context.WithTimeout(context.Background(), freezeTimeout)
+	err = fr.Thaw(tctx, h)
+	cancel()
+	if err != nil && !errors.Is(err, runtime.ErrGone) {
 		log.Error("thaw failed; killing", "err", err)
 		end = frozenEnd{why: berth.ReasonIdle, hard: true, cause: "thaw failed: " + err.Error()}
 	}
