@@ -22,6 +22,10 @@ export interface SpawnConfig {
   resources?: { cpu_millis?: number; memory_mb?: number; pids?: number };
   state?: { mode?: 'none' | 'blob' | 'dir' | 'volume'; save_interval_seconds?: number };
   read_only_root_fs?: boolean;
+  /** 'freeze': idleness freezes the backend (memory and key kept) instead of stopping it. */
+  idle_action?: 'stop' | 'freeze';
+  /** How long a frozen backend is kept before it is stopped (0: 3600). */
+  max_frozen_seconds?: number;
 }
 
 export interface ConnectRequest {
@@ -64,6 +68,8 @@ export interface Backend {
   ready_at?: string;
   terminated_at?: string;
   last_active_at?: string;
+  /** Present while the backend is frozen: since when (its state stays 'ready'). */
+  frozen_at?: string;
 }
 
 export interface StateEvent {
