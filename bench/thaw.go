@@ -23,7 +23,7 @@ func init() {
 		summary: "first request to a frozen backend (idle_action freeze) → its 200, vs a request to the same backend running",
 		figures: []figureSpec{
 			{name: figThawProcess, unit: "ms", baseline: "warm request", target: target{atMost, 5},
-				method: "a bench backend spawned with idle_action freeze and max_idle_seconds 1; each sample waits until its record says frozen (frozen_at), then times GET / through the proxy on a new connection until the 200 (the proxy thaws it first: SIGCONT to its process group, as the bench's Berth has no --cgroup-dir), then at once the same GET on a new connection to the thawed backend (the baseline); 15 samples per run (5 with --quick) after 1 discarded"},
+				method: "a bench backend spawned with idle_action freeze and max_idle_seconds 1; each sample waits until its record says frozen (frozen_at), then times GET / through the proxy on a new connection until the 200 (the proxy thaws it first: SIGCONT to its process group, as the bench's Berth has no --cgroup-dir), then at once the same GET on a new connection to the thawed backend (the baseline); 15 samples per run (3 with --quick) after 1 discarded"},
 			{name: figThawDocker, unit: "ms", baseline: "warm request", target: target{atMost, 5},
 				method: "as the process row, with spawn.image (the FROM scratch bench image): Berth writes the container's cgroup freezer itself when it can, else docker pause and unpause through the Engine API (the notes say which)"},
 		},
@@ -33,7 +33,7 @@ func init() {
 
 func runThaw(ctx context.Context, e *env, r *runCtx) (*result, error) {
 	res := newResult()
-	n := size(&e.cfg, 15, 5)
+	n := size(&e.cfg, 15, 3)
 	maxIdle, grace := 1, 1
 	spawn := &berth.SpawnConfig{Command: e.backend, MaxIdleSeconds: &maxIdle, GraceSeconds: &grace,
 		IdleAction: berth.IdleFreeze, MaxFrozenSeconds: 3600}
