@@ -165,3 +165,28 @@ func TestManager_StopsFrozen(t *testing.T) {
 		})
 	}
 }
+
+// The proxy's fast path pays one atomic load for freezing and allocates
+// nothing: ResolveReady, Begin and End of a ready backend of a freezing
+// spawn.
+func TestManager_ResolveReadyAllocatesNothing(t *testing.T) {
+	m := newProcessManager(t, nil)
+	bin := runtimetest.BuildTestBackend(t)
+	res, err := m.Connect(t.Context(), &api.ConnectRequest{Key: "alloc", Wait: true, Spawn: &berth.SpawnConfig{
+		Command: []string{bin}, MaxIdleSeconds: ptr(3600), IdleAction: berth.IdleFreeze}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := res.BackendID
+	if _, ok := m.ResolveReady(id); !ok {
+		t.Fatal("ResolveReady does not route to the ready backend")
+	}
+	allocs := testing.AllocsPerRun(1000, func() {
+		r, _ := m.ResolveReady(id)
+		r.Activity.Begin()
+		r.Activity.End()
+	})
+	if allocs != 0 {
+		t.Errorf("ResolveReady + Begin + End allocate %v times per request, want 0", allocs)
+	}
+}
