@@ -5,6 +5,8 @@ import (
 	"net/http"
 	"testing"
 	"time"
+
+	"github.com/moby/moby/client"
 )
 
 func TestRuntime_Freeze(t *testing.T) {
@@ -131,5 +133,27 @@ func TestRuntime_StopThawsFrozenByAnother(t *testing.T) {
 	}
 	if e := s.wait(t); e.Code != 0 || e.Signal != "" {
 		t.Errorf("exit %+v, want 0: the frozen container never handled SIGTERM", e)
+	}
+}
+
+// A container frozen through its cgroup is still removed by a forced
+// remove, which is how the reaper of a replica whose Berth died removes
+// its containers (without a thaw: the engine's kill handles the freezer).
+func TestRuntime_ForceRemoveFrozen(t *testing.T) {
+	r := newRuntime(t, Config{})
+	s := start(t, r, testSpec(testID(), nil))
+	var env map[string]string
+	s.get(t, "/", &env)
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
+	defer cancel()
+	if err := r.Freeze(ctx, s.h); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Cleanup(ctx, s.h); err != nil {
+		t.Fatalf("Cleanup (forced remove) of a frozen container: %v", err)
+	}
+	cid, _ := containerID(s.h)
+	if _, err := r.cli.ContainerInspect(ctx, cid, client.ContainerInspectOptions{}); err == nil {
+		t.Error("the frozen container is still there after a forced remove")
 	}
 }

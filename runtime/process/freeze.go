@@ -26,8 +26,10 @@ var _ runtime.Freezer = (*Runtime)(nil)
 //
 // A cgroup v1 freezer hierarchy (freezer.state) is not used: the runtime
 // makes cgroups only in a delegated v2 directory, because v1 gives no way
-// to start a process inside a cgroup (CLONE_INTO_CGROUP is v2 only), and
-// moving a running group into one races with its forks.
+// to start a process inside a cgroup (CLONE_INTO_CGROUP is v2 only),
+// moving a running group into one races with its forks, and a task v1
+// froze ignores SIGKILL until thawed, which the parent-death signal and a
+// replica's reaper rely on.
 func (r *Runtime) Freeze(ctx context.Context, h *runtime.Handle) error {
 	inst, err := r.instance(h)
 	if err != nil {
