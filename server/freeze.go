@@ -175,8 +175,8 @@ func (m *Manager) freezeIdle(ctx context.Context, inst *instance, h *runtime.Han
 	var end frozenEnd
 	select {
 	case e := <-exitC:
-		inst.fz.end()
 		m.unfreeze(inst)
+		inst.fz.end()
 		return frozenEnd{exit: &e}
 	case <-inst.fz.wake:
 		end = frozenEnd{thawed: true}
@@ -198,8 +198,9 @@ func (m *Manager) freezeIdle(ctx context.Context, inst *instance, h *runtime.Han
 		end = frozenEnd{why: berth.ReasonIdle, hard: true, cause: "thaw failed: " + err.Error()}
 	}
 	inst.lastActive.Store(monoNow()) // the idle clock starts again
-	inst.fz.end()
+	// The record first: whoever waited for the thaw sees it not frozen.
 	m.unfreeze(inst)
+	inst.fz.end()
 	took := time.Since(start)
 	if end.thawed {
 		log.Info("thawed", "took", took, "frozen_for", time.Since(at))

@@ -20,7 +20,9 @@ func TestFreeze_ThawOnRequest(t *testing.T) {
 	forEach(t, func(t *testing.T, v variant) {
 		s := start(t, v)
 		c := &http.Client{Timeout: 30 * time.Second}
-		resp := s.connect(t, "doc-thaw", s.spawn(1, 120, map[string]string{"TB_SPIN": "1"}))
+		// 2 s idle: the checks after a thaw must be done before it
+		// freezes again.
+		resp := s.connect(t, "doc-thaw", s.spawn(2, 120, map[string]string{"TB_SPIN": "1"}))
 		id := resp.BackendID
 		for want := 1; want <= 2; want++ {
 			if got := get(t, c, resp.URL+"count"); got != strconv.Itoa(want) {
