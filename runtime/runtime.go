@@ -19,6 +19,11 @@ import (
 // longer exists.
 var ErrGone = errors.New("runtime: instance is gone")
 
+// ErrLost is wrapped by Exit.Err when the platform took the instance away
+// rather than the instance ending by itself: a Pod evicted by its node, or
+// whose node was lost. Berth records such a backend as lost, not crashed.
+var ErrLost = errors.New("runtime: the instance was lost")
+
 // ErrVolumeBusy is returned (wrapped) by Start when Spec.VolumeLock is held:
 // another instance, perhaps one a crashed Berth left, still has the volume.
 var ErrVolumeBusy = errors.New("runtime: the volume is in use by another instance")

@@ -14,7 +14,6 @@ import (
 	"strings"
 	"sync"
 	"syscall"
-	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -76,26 +75,26 @@ type proc struct {
 	done     bool   // its final status is written
 }
 
-// NewNode registers a Node named name with labels and starts serving it;
-// it stops when the test ends. images maps image references to local
-// binaries; a Pod whose image is not there fails to pull.
-func (c *Cluster) NewNode(t testing.TB, name string, nodeLabels, images map[string]string) *Node {
-	t.Helper()
+// NewNode registers a Node named name with labels and starts serving it
+// until Close. images maps image references to local binaries; a Pod whose
+// image is not there fails to pull.
+func (c *Cluster) NewNode(name string, nodeLabels, images map[string]string) (*Node, error) {
 	n := &Node{Name: name, Labels: nodeLabels, c: c, images: images, pods: map[types.UID]*proc{}}
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	cert, err := c.servingCert()
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	n.port = ln.Addr().(*net.TCPAddr).Port
 	n.srv = &http.Server{Handler: http.HandlerFunc(n.serveLogs), TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}}}
 	go n.srv.ServeTLS(ln, "", "")
 	if err := n.register(); err != nil {
-		t.Fatalf("register node %s: %v", name, err)
+		n.srv.Close()
+		return nil, fmt.Errorf("register node %s: %w", name, err)
 	}
 
 	factory := informers.NewSharedInformerFactory(c.Client, 0)
@@ -106,8 +105,7 @@ func (c *Cluster) NewNode(t testing.TB, name string, nodeLabels, images map[stri
 	})
 	factory.Start(n.ctx.Done())
 	factory.WaitForCacheSync(n.ctx.Done())
-	t.Cleanup(n.close)
-	return n
+	return n, nil
 }
 
 func (n *Node) register() error {
@@ -134,7 +132,8 @@ func (n *Node) register() error {
 	return err
 }
 
-func (n *Node) close() {
+// Close kills what the node runs and removes the Node object.
+func (n *Node) Close() {
 	n.cancel()
 	n.mu.Lock()
 	for _, p := range n.pods {
