@@ -181,6 +181,9 @@ func (m *Manager) exited(inst *instance, h *runtime.Handle, e runtime.Exit, log 
 	if e.Code != 0 || e.Signal != "" || e.OOMKilled {
 		why = berth.ReasonCrashed
 	}
+	if errors.Is(e.Err, runtime.ErrLost) { // evicted, or its node was lost
+		why = berth.ReasonLost
+	}
 	msg := exitMessage(e)
 	log.Info("backend exited", "code", e.Code, "signal", e.Signal)
 	m.transition(inst, store.Transition{To: berth.StateTerminating, Reason: why, Message: msg})

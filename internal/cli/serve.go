@@ -24,6 +24,7 @@ import (
 	"github.com/berthhq/berth/logs"
 	"github.com/berthhq/berth/proxy"
 	"github.com/berthhq/berth/runtime"
+	"github.com/berthhq/berth/runtime/kubernetes"
 	"github.com/berthhq/berth/runtime/process"
 	"github.com/berthhq/berth/server"
 	"github.com/berthhq/berth/state"
@@ -63,6 +64,7 @@ type serverOptions struct {
 	PeerAddr       string
 	Capacity       int
 	LeaseTTL       time.Duration
+	Kube           kubeOptions // --runtime kubernetes
 	dev            bool
 }
 
@@ -72,7 +74,7 @@ func (o *serverOptions) flags(fs *flag.FlagSet) {
 	fs.StringVar(&o.BackendAPIAddr, "backend-api-addr", envOr("BERTH_BACKEND_API_ADDR", "127.0.0.1:7071"), "backend API listen address (BERTH_BACKEND_API_ADDR)")
 	fs.StringVar(&o.PublicURL, "public-url", envOr("BERTH_PUBLIC_URL", ""), "proxy base URL as browsers reach it (BERTH_PUBLIC_URL; default http://<proxy-addr>)")
 	fs.StringVar(&o.DataDir, "data-dir", envOr("BERTH_DATA_DIR", ".berth"), "where Berth keeps its records, logs and blobs (BERTH_DATA_DIR)")
-	fs.StringVar(&o.Runtime, "runtime", envOr("BERTH_RUNTIME", "auto"), "auto, process or docker (BERTH_RUNTIME); auto adds docker when an engine answers")
+	fs.StringVar(&o.Runtime, "runtime", envOr("BERTH_RUNTIME", "auto"), "auto, process, docker or kubernetes (BERTH_RUNTIME); auto adds docker when an engine answers")
 	fs.StringVar(&o.DockerNetwork, "docker-network", envOr("BERTH_DOCKER_NETWORK", "berth"), "the bridge network containers join, created if missing and removed at stop once empty (BERTH_DOCKER_NETWORK)")
 	fs.StringVar(&o.Store, "store", envOr("BERTH_STORE", ""), "records: sqlite:PATH or postgres://… (BERTH_STORE; default sqlite:<data-dir>/berth.db)")
 	fs.StringVar(&o.Blobs, "blobs", envOr("BERTH_BLOBS", ""), "saved state: file:DIR, s3://bucket/prefix?endpoint=…, postgres://… (BERTH_BLOBS; default file:<data-dir>/blobs)")
@@ -87,6 +89,7 @@ func (o *serverOptions) flags(fs *flag.FlagSet) {
 	fs.StringVar(&o.PeerAddr, "peer-addr", envOr("BERTH_PEER_ADDR", ""), "host:port at which the other replicas reach this one's proxy (BERTH_PEER_ADDR; default: --proxy-addr, which must then name a host)")
 	fs.IntVar(&o.Capacity, "capacity", 0, "most live backends this replica runs; 0: no limit")
 	fs.DurationVar(&o.LeaseTTL, "lease-ttl", lease.TTL, "a replica's lease in the shared store: it stops its backends when cut off for 60% of it, and other replicas take its keys once it expired")
+	o.Kube.flags(fs)
 	fs.BoolVar(&o.ProxyGoroutine, "proxy-goroutines", envOr("BERTH_PROXY_GOROUTINES", "") == "1", "serve the proxy with a goroutine per connection instead of its event loops (BERTH_PROXY_GOROUTINES=1): to compare, or to rule the loops out")
 }
 
@@ -284,6 +287,10 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 		states.SetBackendAPIURL("docker", u)
 		defer srv.Close()
 	}
+	if runtimes[kubernetes.Name] != nil && o.Kube.BackendAPIURL != "" {
+		// Pods reach the backend API through a Service (deploy/kubernetes).
+		states.SetBackendAPIURL(kubernetes.Name, o.Kube.BackendAPIURL)
+	}
 	go func() { errC <- apiSrv.Serve(apiLn) }()
 	go func() { errC <- proxySrv.Serve(proxyLn) }()
 	go func() { errC <- backendSrv.Serve(backendLn) }()
@@ -422,8 +429,14 @@ func openRuntimes(ctx context.Context, o *serverOptions, log *slog.Logger, reap 
 	rts := make(map[string]runtime.Runtime)
 	switch o.Runtime {
 	case "auto", "process", "docker":
+	case "kubernetes":
+		k, err := openKubernetes(ctx, o, log)
+		if err != nil {
+			return nil, err
+		}
+		return map[string]runtime.Runtime{kubernetes.Name: k}, nil
 	default:
-		return nil, usagef("--runtime %q: use auto, process or docker", o.Runtime)
+		return nil, usagef("--runtime %q: use auto, process, docker or kubernetes", o.Runtime)
 	}
 	if o.Runtime == "auto" || o.Runtime == "process" {
 		p, err := process.New(process.Config{Dir: filepath.Join(o.DataDir, "run"), CgroupDir: o.CgroupDir, Logger: log.With("runtime", "process"),
