@@ -118,6 +118,14 @@ type Lister interface {
 	List(ctx context.Context) ([]*Handle, error)
 }
 
+// PortChooser is implemented by runtimes that choose the port a backend
+// listens on (Spec.Port, and $PORT); Berth asks before each start. Without
+// it, Berth picks a free host port for the process runtime and 8080 (each
+// container has its own network namespace) for the others.
+type PortChooser interface {
+	ChoosePort() (int, error)
+}
+
 // LateStarter is implemented by runtimes whose instances another process
 // makes (an engine, an API server), which may finish a start whose caller
 // no longer waits for it: a Berth killed during a Start can leave an

@@ -75,7 +75,13 @@ func (m *Manager) start(ctx context.Context, inst *instance, b *berth.Backend, l
 		spec.Env[k] = v
 	}
 	spec.Port = 8080 // containers each have their own network namespace
-	if inst.rt.Name() == "process" && m.cfg.FreePort != nil {
+	if pc, ok := inst.rt.(runtime.PortChooser); ok {
+		p, err := pc.ChoosePort()
+		if err != nil {
+			return nil, fmt.Errorf("pick a port: %w", err)
+		}
+		spec.Port = p
+	} else if inst.rt.Name() == "process" && m.cfg.FreePort != nil {
 		p, err := m.cfg.FreePort()
 		if err != nil {
 			return nil, fmt.Errorf("pick a port: %w", err)

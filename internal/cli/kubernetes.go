@@ -27,6 +27,7 @@ type kubeOptions struct {
 	BackendAPIURL string
 	RunAsUser     int64
 	PullSecrets   string
+	Port          int
 }
 
 func (k *kubeOptions) flags(fs *flag.FlagSet) {
@@ -49,6 +50,7 @@ func (k *kubeOptions) flags(fs *flag.FlagSet) {
 	if v, err := strconv.ParseInt(envOr("BERTH_KUBE_RUN_AS_USER", "0"), 10, 64); err == nil && v > 0 {
 		k.RunAsUser = v
 	}
+	fs.IntVar(&k.Port, "kube-backend-port", 8080, "kubernetes runtime: the port backends listen on ($PORT); 0 picks a free port of Berth's host for each, for test nodes whose Pods share one network")
 	fs.StringVar(&k.PullSecrets, "kube-image-pull-secrets", envOr("BERTH_KUBE_IMAGE_PULL_SECRETS", ""), "kubernetes runtime: name[,name…] of Secrets backend Pods pull images with (BERTH_KUBE_IMAGE_PULL_SECRETS)")
 }
 
@@ -61,7 +63,12 @@ func (k *kubeOptions) config(instance string, log *slog.Logger) (kubernetes.Conf
 		StorageClass: k.StorageClass,
 		VolumeSize:   k.VolumeSize,
 		RunAsUser:    k.RunAsUser,
+		Port:         k.Port,
+		HostPorts:    k.Port == 0,
 		Logger:       log.With("runtime", kubernetes.Name),
+	}
+	if k.Port < 0 || k.Port > 65535 {
+		return cfg, usagef("--kube-backend-port %d: give a TCP port, or 0", k.Port)
 	}
 	if k.NodeSelector != "" {
 		cfg.NodeSelector = map[string]string{}

@@ -63,6 +63,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"regexp"
 	"strings"
 	"sync"
@@ -117,6 +118,7 @@ var (
 	_ runtime.Runtime     = (*Runtime)(nil)
 	_ runtime.Lister      = (*Runtime)(nil)
 	_ runtime.LateStarter = (*Runtime)(nil)
+	_ runtime.PortChooser = (*Runtime)(nil)
 )
 
 // Config configures the kubernetes runtime. Zero values mean the defaults.
@@ -132,8 +134,13 @@ type Config struct {
 	// namespace (default "default"): List, and so the removal of orphans,
 	// sees only Pods labelled with it.
 	Instance string
-	// Port is where backends listen when a spec names none (default 8080).
+	// Port is where backends listen (default 8080): ChoosePort's answer,
+	// and what a spec that names none gets.
 	Port int
+	// HostPorts makes ChoosePort pick a free port of Berth's host for each
+	// backend instead, for nodes whose Pods share one network (the tests'
+	// node agent).
+	HostPorts bool
 	// NodeSelector and Tolerations go into every Pod.
 	NodeSelector map[string]string
 	Tolerations  []corev1.Toleration
@@ -306,6 +313,20 @@ func (r *Runtime) Name() string { return Name }
 // create it accepted even if the Berth that sent it died; the informer of
 // a restarted Berth sees it within seconds.
 func (r *Runtime) StartSettle() time.Duration { return 5 * time.Second }
+
+// ChoosePort implements runtime.PortChooser: Config.Port, or with
+// Config.HostPorts a port nothing on this host listens on now.
+func (r *Runtime) ChoosePort() (int, error) {
+	if !r.cfg.HostPorts {
+		return r.cfg.Port, nil
+	}
+	ln, err := net.Listen("tcp", ":0")
+	if err != nil {
+		return 0, fmt.Errorf("kubernetes: pick a port: %w", err)
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
 
 // Namespace is where the runtime's Pods live.
 func (r *Runtime) Namespace() string { return r.cfg.Namespace }

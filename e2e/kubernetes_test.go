@@ -1,0 +1,140 @@
+package e2e
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/berthhq/berth"
+	"github.com/berthhq/berth/api"
+	"github.com/berthhq/berth/runtime/kubernetes"
+	"github.com/berthhq/berth/runtime/kubernetes/kubetest"
+)
+
+const kubeImage = "berth.test/testbackend:1"
+
+// kubeOpts starts Berth with the kubernetes runtime against the shared
+// test cluster, in namespace ns, on a node agent of its own that runs
+// kubeImage as the testbackend.
+func kubeOpts(t *testing.T, dir string) (opts, *kubetest.Cluster, string) {
+	t.Helper()
+	c := kubetest.Shared(t)
+	ns := c.Namespace(t)
+	label := "e2e-" + strings.ToLower(ns)
+	node, err := c.NewNode(label, map[string]string{"berth.test/node": label}, map[string]string{kubeImage: bin.testbackend})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(node.Close)
+	return opts{dataDir: dir, runtime: kubernetes.Name, extra: []string{
+		"--kubeconfig", c.Kubeconfig,
+		"--kube-namespace", ns,
+		"--kube-node-selector", "berth.test/node=" + label,
+		// The node agent's Pods share this host's network.
+		"--kube-backend-port", "0",
+	}}, c, ns
+}
+
+func kubeSpawn() *berth.SpawnConfig {
+	return &berth.SpawnConfig{Image: kubeImage, GraceSeconds: ptr(2)}
+}
+
+// TestKubernetes_restart: backends run as Pods and answer through the
+// proxy; a Berth killed with SIGKILL and started again re-adopts the Pods
+// that still run (the same Pod, not a new one), records the backend whose
+// Pod went meanwhile as lost, and deletes a Pod of its own that no record
+// owns.
+func TestKubernetes_restart(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	o, c, ns := kubeOpts(t, dir)
+	s1 := start(t, o)
+
+	survivor := s1.spawnReady(t, "survivor", kubeSpawn())
+	victim := s1.spawnReady(t, "victim", kubeSpawn())
+	if resp, body := get(t, survivor.URL, nil); resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET through the proxy: %d %s", resp.StatusCode, body)
+	}
+	ctx := context.Background()
+	pods := c.Client.CoreV1().Pods(ns)
+	podOf := func(id string) *corev1.Pod {
+		t.Helper()
+		list, err := pods.List(ctx, metav1.ListOptions{LabelSelector: kubernetes.LabelBackend + "=" + id})
+		if err != nil || len(list.Items) != 1 {
+			t.Fatalf("the Pod of %s: %v, %d Pods", id, err, len(list.Items))
+		}
+		return &list.Items[0]
+	}
+	before := podOf(survivor.BackendID)
+
+	s1.kill()
+	// The victim's node is lost: its Pod goes without an exit.
+	zero := int64(0)
+	if err := pods.Delete(ctx, podOf(victim.BackendID).Name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+		t.Fatal(err)
+	}
+	// A Pod of this Berth that no record owns (as left by a start whose
+	// record was lost).
+	orphan := before.DeepCopy()
+	orphan.ObjectMeta = metav1.ObjectMeta{Name: "berth-bk-orphan", Labels: map[string]string{
+		kubernetes.LabelManaged: "true", kubernetes.LabelInstance: before.Labels[kubernetes.LabelInstance], kubernetes.LabelBackend: "bk_orphan",
+	}}
+	orphan.Spec.NodeName, orphan.Status = "", corev1.PodStatus{}
+	if _, err := pods.Create(ctx, orphan, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+
+	s2 := start(t, o)
+	if b := s2.backend(t, survivor.BackendID); b.State != berth.StateReady {
+		t.Errorf("survivor is %q (reason %q) after the restart, want ready", b.State, b.Reason)
+	}
+	cr := s2.connect(t, api.ConnectRequest{Key: "survivor", Spawn: kubeSpawn(), Wait: true})
+	if cr.Spawned || cr.BackendID != survivor.BackendID {
+		t.Errorf("connect after the restart: backend %s spawned %v, want the re-adopted %s", cr.BackendID, cr.Spawned, survivor.BackendID)
+	}
+	if resp, body := get(t, cr.URL, nil); resp.StatusCode != http.StatusOK {
+		t.Errorf("GET the re-adopted backend: %d %s", resp.StatusCode, body)
+	}
+	if after := podOf(survivor.BackendID); after.UID != before.UID {
+		t.Errorf("the survivor's Pod is %s, want the same %s as before (re-adopted, not restarted)", after.UID, before.UID)
+	}
+	if b := s2.waitTerminated(t, victim.BackendID, 20*time.Second); b.Reason != berth.ReasonLost {
+		t.Errorf("victim: reason %q, want lost", b.Reason)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, err := pods.Get(ctx, orphan.Name, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the orphan Pod is still there 30s after the restart: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestKubernetes_spawnFailed: an image the node cannot pull ends the spawn
+// spawn_failed, with Kubernetes' reason in the message.
+func TestKubernetes_spawnFailed(t *testing.T) {
+	t.Parallel()
+	o, _, _ := kubeOpts(t, t.TempDir())
+	s := start(t, o)
+	e := s.connectFailed(t, api.ConnectRequest{Key: "nopull", Spawn: &berth.SpawnConfig{Image: "registry.invalid/nothing:here"}, Wait: true, WaitTimeoutSeconds: 30})
+	if e.Reason != berth.ReasonSpawnFailed {
+		t.Errorf("error %+v, want reason spawn_failed", e)
+	}
+	var msgs []string
+	for _, ev := range s.history(t, e.BackendID) {
+		msgs = append(msgs, ev.Message)
+	}
+	if !strings.Contains(strings.Join(msgs, "\n"), "ErrImagePull") {
+		t.Errorf("history messages %q, want Kubernetes' ErrImagePull and its message", msgs)
+	}
+}
