@@ -37,6 +37,9 @@ func TestMain(m *testing.M) {
 	if env.node != nil {
 		env.node.Close()
 	}
+	if kwokEnv.node != nil {
+		kwokEnv.node.Close()
+	}
 	kubetest.StopShared()
 	os.Exit(code)
 }

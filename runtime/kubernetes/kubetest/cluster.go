@@ -76,6 +76,7 @@ type Cluster struct {
 	// Dir holds the cluster's files (certificates, etcd's data).
 	Dir string
 
+	tools    string
 	ca       *x509.Certificate
 	caKey    *ecdsa.PrivateKey
 	procs    []*exec.Cmd
@@ -116,7 +117,7 @@ func Start(tools string) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{Dir: dir}
+	c := &Cluster{Dir: dir, tools: tools}
 	if err := c.start(tools); err != nil {
 		c.Stop()
 		return nil, err
