@@ -168,6 +168,7 @@ func (c *Cluster) start(tools string) error {
 		"--etcd-servers", fmt.Sprintf("http://127.0.0.1:%d", etcdClient),
 		"--bind-address", "127.0.0.1",
 		"--advertise-address", "127.0.0.1",
+		"--endpoint-reconciler-type", "none", // the advertised address is loopback
 		"--secure-port", strconv.Itoa(apiPort),
 		"--cert-dir", filepath.Join(c.Dir, "apiserver"),
 		"--token-auth-file", filepath.Join(c.Dir, "tokens.csv"),
