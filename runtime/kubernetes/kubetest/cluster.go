@@ -258,7 +258,8 @@ func (c *Cluster) waitReady(api *exec.Cmd, patience time.Duration) error {
 	}
 }
 
-// Stop kills the API server and etcd and removes their files.
+// Stop kills the API server and etcd and removes their files, unless
+// $BERTH_KUBETEST_KEEP is set (to read their logs).
 func (c *Cluster) Stop() {
 	for i := len(c.procs) - 1; i >= 0; i-- {
 		p := c.procs[i]
@@ -266,6 +267,10 @@ func (c *Cluster) Stop() {
 		p.Wait()
 	}
 	c.procs = nil
+	if os.Getenv("BERTH_KUBETEST_KEEP") != "" {
+		fmt.Fprintf(os.Stderr, "kubetest: the cluster's files (logs) are kept in %s\n", c.Dir)
+		return
+	}
 	os.RemoveAll(c.Dir)
 }
 

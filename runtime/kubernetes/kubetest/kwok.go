@@ -29,11 +29,26 @@ const (
 // nothing is ever sent off the machine.
 const KwokPodCIDR = "127.1.0.0/16"
 
-// kwokStages drive the lifecycle of Pods on kwok's nodes: Running with an
+// kwokStages keep kwok's nodes Ready and drive the lifecycle of Pods on kwok's nodes: Running with an
 // IP from the node's podCIDR as soon as they are bound; terminated with the
 // code and reason of the exit annotations once those are set; on deletion,
 // terminated with 0 and then deleted.
 const kwokStages = `apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: berth-node-ready
+spec:
+  resourceRef: {apiGroup: v1, kind: Node}
+  selector:
+    matchExpressions:
+    - {key: '.status.conditions.[] | select( .type == "Ready" ) | .status', operator: NotIn, values: ["True"]}
+  next:
+    statusTemplate: |
+      {{ $now := Now }}
+      conditions:
+      - {type: Ready, status: "True", reason: KwokReady, lastHeartbeatTime: {{ $now | Quote }}, lastTransitionTime: {{ $now | Quote }}}
+---
+apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
 metadata:
   name: berth-pod-running
