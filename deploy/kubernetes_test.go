@@ -38,11 +38,15 @@ func kustomize(t *testing.T, dir string) []*unstructured.Unstructured {
 	}
 	var objs []*unstructured.Unstructured
 	for _, r := range res.Resources() {
-		m, err := r.Map()
+		b, err := r.MarshalJSON()
 		if err != nil {
 			t.Fatal(err)
 		}
-		objs = append(objs, &unstructured.Unstructured{Object: m})
+		o := new(unstructured.Unstructured)
+		if err := o.UnmarshalJSON(b); err != nil {
+			t.Fatal(err)
+		}
+		objs = append(objs, o)
 	}
 	return objs
 }
