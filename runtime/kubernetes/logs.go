@@ -51,9 +51,11 @@ func (r *Runtime) follow(pod string, w io.Writer) {
 }
 
 // copyLogs streams the logs, retrying while the container has not started
-// (the kubelet answers 400 until it has).
+// (the kubelet answers 400 until it has) with a growing pause, for about
+// half a minute: a node without a kubelet API (kwok) never answers.
 func (r *Runtime) copyLogs(ctx context.Context, pod string, w io.Writer) {
-	for attempt := 0; ; attempt++ {
+	pause := 50 * time.Millisecond
+	for waited := time.Duration(0); ; waited += pause {
 		req := r.cs.CoreV1().Pods(r.cfg.Namespace).GetLogs(pod, &corev1.PodLogOptions{Container: containerName, Follow: true})
 		rc, err := req.Stream(ctx)
 		if err == nil {
@@ -64,14 +66,15 @@ func (r *Runtime) copyLogs(ctx context.Context, pod string, w io.Writer) {
 			}
 			return
 		}
-		if ctx.Err() != nil || attempt >= 50 {
+		if ctx.Err() != nil || waited > 30*time.Second {
 			r.log.Debug("no log stream", "pod", pod, "err", err)
 			return
 		}
+		pause = min(2*pause, 2*time.Second)
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(100 * time.Millisecond):
+		case <-time.After(pause):
 		}
 	}
 }
