@@ -13,6 +13,7 @@ import (
 
 	"github.com/berthhq/berth"
 	"github.com/berthhq/berth/api"
+	"github.com/berthhq/berth/internal/testbin"
 	"github.com/berthhq/berth/runtime/kubernetes"
 	"github.com/berthhq/berth/runtime/kubernetes/kubetest"
 )
@@ -136,5 +137,38 @@ func TestKubernetes_spawnFailed(t *testing.T) {
 	}
 	if !strings.Contains(strings.Join(msgs, "\n"), "ErrImagePull") {
 		t.Errorf("history messages %q, want Kubernetes' ErrImagePull and its message", msgs)
+	}
+}
+
+// TestKubernetes_stateBlob: a Pod's BERTH_STATE_URL names the backend API at
+// --kube-backend-api-url (in a cluster, the Service in front of Berth); what
+// a backend saves there is what the key's next backend loads.
+func TestKubernetes_stateBlob(t *testing.T) {
+	t.Parallel()
+	o, _, _ := kubeOpts(t, t.TempDir())
+	o.backendAPI = testbin.FreeAddr(t)
+	o.extra = append(o.extra, "--kube-backend-api-url", "http://"+o.backendAPI)
+	s := start(t, o)
+	spawn := kubeSpawn()
+	spawn.State = berth.StateConfig{Mode: berth.StateModeBlob}
+
+	first := s.spawnReady(t, "doc", spawn)
+	st := stateOf(t, first.URL)
+	if !strings.HasPrefix(st.url, "http://"+o.backendAPI+"/") {
+		t.Fatalf("BERTH_STATE_URL %s, want it under --kube-backend-api-url http://%s", st.url, o.backendAPI)
+	}
+	if code, body := stateReq(t, http.MethodPut, st.url, st.secret, strings.NewReader("saved by the first Pod"), -1); code != http.StatusOK && code != http.StatusNoContent {
+		t.Fatalf("PUT state: %d %s", code, body)
+	}
+	s.terminate(t, first.BackendID, false)
+	s.waitTerminated(t, first.BackendID, 30*time.Second)
+
+	second := s.spawnReady(t, "doc", spawn)
+	if second.BackendID == first.BackendID {
+		t.Fatal("the key's second connect got the terminated backend")
+	}
+	st2 := stateOf(t, second.URL)
+	if code, body := stateReq(t, http.MethodGet, st2.url, st2.secret, nil, 0); code != http.StatusOK || string(body) != "saved by the first Pod" {
+		t.Errorf("GET state from the second Pod: %d %q, want what the first saved", code, body)
 	}
 }
