@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -170,5 +172,37 @@ func TestKubernetes_stateBlob(t *testing.T) {
 	st2 := stateOf(t, second.URL)
 	if code, body := stateReq(t, http.MethodGet, st2.url, st2.secret, nil, 0); code != http.StatusOK || string(body) != "saved by the first Pod" {
 		t.Errorf("GET state from the second Pod: %d %q, want what the first saved", code, body)
+	}
+}
+
+// TestKubernetes_stateVolume: state mode volume is the key's
+// PersistentVolumeClaim, which the key's next Pod mounts again.
+func TestKubernetes_stateVolume(t *testing.T) {
+	t.Parallel()
+	o, c, ns := kubeOpts(t, t.TempDir())
+	s := start(t, o)
+	spawn := kubeSpawn()
+	spawn.State = berth.StateConfig{Mode: berth.StateModeVolume}
+
+	first := s.spawnReady(t, "vol", spawn)
+	if _, err := c.Client.CoreV1().PersistentVolumeClaims(ns).Get(context.Background(), kubernetes.ClaimName("vol"), metav1.GetOptions{}); err != nil {
+		t.Fatalf("the key's claim: %v", err)
+	}
+	// The test node keeps a claim as a directory, and names it in
+	// BERTH_STATE_DIR instead of the mount path.
+	dir := tbEnv(t, first.URL)["BERTH_STATE_DIR"]
+	if !strings.Contains(dir, kubernetes.ClaimName("vol")) {
+		t.Fatalf("BERTH_STATE_DIR %q is not the key's claim %s", dir, kubernetes.ClaimName("vol"))
+	}
+	if err := os.WriteFile(filepath.Join(dir, "doc"), []byte("kept"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.terminate(t, first.BackendID, false)
+	s.waitTerminated(t, first.BackendID, 30*time.Second)
+
+	second := s.spawnReady(t, "vol", spawn)
+	dir2 := tbEnv(t, second.URL)["BERTH_STATE_DIR"]
+	if b, err := os.ReadFile(filepath.Join(dir2, "doc")); err != nil || string(b) != "kept" {
+		t.Errorf("the second Pod reads %q, %v in %s, want what the first wrote", b, err, dir2)
 	}
 }

@@ -43,6 +43,10 @@ type Spec struct {
 	Port int
 	// StateDir, when set, is a host directory the backend gets as
 	// BERTH_STATE_DIR (mode dir and volume). Container runtimes mount it.
+	// A runtime whose backends share no directory with Berth (kubernetes)
+	// maps mode volume to a volume of its own per Key instead (a
+	// PersistentVolumeClaim), mounted where BERTH_STATE_DIR then points,
+	// and refuses mode dir.
 	StateDir string
 	// VolumeLock, when set, makes StateDir the key's volume (mode volume),
 	// which one instance at a time may have: the instance holds the lock
