@@ -6,7 +6,8 @@
 // a lifecycle. Nothing here is a fake of the API server: every object goes
 // through kube-apiserver and etcd.
 //
-// It must never be imported outside tests.
+// It must never be imported outside tests (and its kubecluster command,
+// which .ci/bench runs for berth bench's kubernetes scenario).
 package kubetest
 
 import (
@@ -274,20 +275,32 @@ func (c *Cluster) Stop() {
 	os.RemoveAll(c.Dir)
 }
 
-// Namespace creates a namespace for one test, with the "default"
-// ServiceAccount that admission requires of Pods (no controller manager
-// runs here to make it), and deletes its Pods when the test ends.
+// Namespace creates a namespace for one test (see CreateNamespace).
 func (c *Cluster) Namespace(t testing.TB) string {
 	t.Helper()
-	ctx := context.Background()
-	ns, err := c.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "berth-test-"}}, metav1.CreateOptions{})
+	ns, err := c.CreateNamespace(context.Background(), "")
 	if err != nil {
-		t.Fatalf("create namespace: %v", err)
+		t.Fatal(err)
+	}
+	return ns
+}
+
+// CreateNamespace creates namespace name (a generated one when empty)
+// with the "default" ServiceAccount that admission requires of Pods (no
+// controller manager runs here to make it), and returns its name.
+func (c *Cluster) CreateNamespace(ctx context.Context, name string) (string, error) {
+	meta := metav1.ObjectMeta{Name: name}
+	if name == "" {
+		meta.GenerateName = "berth-test-"
+	}
+	ns, err := c.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: meta}, metav1.CreateOptions{})
+	if err != nil {
+		return "", fmt.Errorf("create namespace: %w", err)
 	}
 	if _, err := c.Client.CoreV1().ServiceAccounts(ns.Name).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		t.Fatalf("create service account: %v", err)
+		return "", fmt.Errorf("create service account: %w", err)
 	}
-	return ns.Name
+	return ns.Name, nil
 }
 
 func (c *Cluster) makeCA() error {
