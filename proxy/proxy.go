@@ -231,7 +231,12 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
 		w.WriteHeader(http.StatusPermanentRedirect)
 		return nil
 	}
+	return p.serveVerified(w, r, tok, claims, path, rawPath)
+}
 
+// serveVerified forwards r, whose token tok verified as claims, to the
+// backend as path (rawPath: its escaped form, if it differs).
+func (p *Proxy) serveVerified(w http.ResponseWriter, r *http.Request, tok string, claims token.Claims, path, rawPath string) error {
 	route, err := p.resolve(r.Context(), claims.BackendID, plain(r) && !p.noForwarder)
 	if err != nil {
 		return err
