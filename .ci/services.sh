@@ -18,6 +18,9 @@
 #   BERTH_TEST_S3_PIDFILE    holds the PID of the versitygw this script started
 #   AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION
 #
+# It also builds Pebble (.ci/pebble.sh) and exports BERTH_TEST_PEBBLE and
+# BERTH_TEST_CHALLTESTSRV.
+#
 # Idempotent: sourcing it again while the servers answer only re-exports.
 # `berth_services_stop` (defined here) stops both. Needs root (apt-get,
 # runuser) on Debian 12; never calls `exit`, so it cannot end the caller's shell.
@@ -170,6 +173,8 @@ EOF
 
 # `if` keeps a caller's `set -e` from ending its shell before the message below.
 if _berth_services; then _berth_services_rc=0; else _berth_services_rc=$?; fi
+# Pebble, the ACME test server: built once here, started by each test (.ci/pebble.sh).
+. "$(dirname "${BASH_SOURCE[0]}")/pebble.sh" && { _berth_pebble || _berth_services_rc=1; } && unset -f _berth_pebble
 unset -f _berth_services say fail free_port pg_ready s3_ready
 if [ "$_berth_services_rc" -ne 0 ]; then
 	unset _berth_services_rc

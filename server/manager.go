@@ -45,6 +45,9 @@ type Config struct {
 
 	// PublicURL is the proxy's base URL as browsers reach it.
 	PublicURL string
+	// BackendURL, if set, makes the URL connect returns for backend id
+	// and its token (a hostname per backend); nil: PublicURL/<token>/.
+	BackendURL func(id, tok string) string
 	// APIURL is the control API's base URL, for status_url.
 	APIURL string
 	// TokenTTL is how long a connect's token is valid (default one hour).
@@ -222,11 +225,18 @@ func (m *Manager) Connect(ctx context.Context, req *api.ConnectRequest) (*api.Co
 		State:        b.State,
 		Reason:       b.Reason,
 		ExitCode:     b.ExitCode,
-		URL:          m.cfg.PublicURL + "/" + tok + "/",
+		URL:          m.backendURL(b.ID, tok),
 		Token:        tok,
 		StatusURL:    m.cfg.APIURL + "/v1/backends/" + b.ID + "/events",
 		FencingToken: b.FencingToken,
 	}, nil
+}
+
+func (m *Manager) backendURL(id, tok string) string {
+	if m.cfg.BackendURL != nil {
+		return m.cfg.BackendURL(id, tok)
+	}
+	return m.cfg.PublicURL + "/" + tok + "/"
 }
 
 func validateConnect(req *api.ConnectRequest) error {
