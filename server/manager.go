@@ -45,9 +45,9 @@ type Config struct {
 
 	// PublicURL is the proxy's base URL as browsers reach it.
 	PublicURL string
-	// BackendURL, if set, makes the URL connect returns for backend id
-	// and its token (a hostname per backend); nil: PublicURL/<token>/.
-	BackendURL func(id, tok string) string
+	// URLFor, if set, makes the URL connect returns for backend id and
+	// its token (a hostname per backend); nil: PublicURL/<token>/.
+	URLFor func(id, tok string) string
 	// APIURL is the control API's base URL, for status_url.
 	APIURL string
 	// TokenTTL is how long a connect's token is valid (default one hour).
@@ -233,8 +233,8 @@ func (m *Manager) Connect(ctx context.Context, req *api.ConnectRequest) (*api.Co
 }
 
 func (m *Manager) backendURL(id, tok string) string {
-	if m.cfg.BackendURL != nil {
-		return m.cfg.BackendURL(id, tok)
+	if m.cfg.URLFor != nil {
+		return m.cfg.URLFor(id, tok)
 	}
 	return m.cfg.PublicURL + "/" + tok + "/"
 }

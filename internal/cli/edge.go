@@ -2,12 +2,10 @@ package cli
 
 import (
 	"context"
-	"crypto/tls"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"net/url"
 	"strconv"
@@ -188,9 +186,23 @@ func (o *edgeOptions) backendURL(signer *token.Signer, public string) (func(id, 
 	}, nil
 }
 
-// startEdge serves the edge on l, in front of px, until Shutdown.
+// runningEdge is the edge and its certificate manager.
+type runningEdge struct {
+	srv  *edge.Server
+	acme *edge.ACME
+}
+
+// Shutdown stops the edge's listeners and renewals.
+func (e *runningEdge) Shutdown(ctx context.Context) {
+	e.srv.Shutdown(ctx)
+	if e.acme != nil {
+		e.acme.Close()
+	}
+}
+
+// start serves the edge on l, in front of px, until Shutdown.
 func (o *edgeOptions) start(ctx context.Context, l *edgeListeners, px *proxy.Proxy, signer *token.Signer, blobs blob.Store,
-	reg prometheus.Registerer, log *slog.Logger, errC chan<- error) (*edge.Server, error) {
+	reg prometheus.Registerer, log *slog.Logger, errC chan<- error) (*runningEdge, error) {
 	trusted, _ := o.trusted()
 	cfg := edge.Config{
 		Handler:        px.Hosts(o.HostSuffix),
@@ -203,30 +215,38 @@ func (o *edgeOptions) start(ctx context.Context, l *edgeListeners, px *proxy.Pro
 		Metrics: edge.NewMetrics(reg),
 		Logger:  log.With("component", "edge"),
 	}
+	e := &runningEdge{}
 	if l.tls != nil {
-		_, port, _ := net.SplitHostPort(l.tls.Addr().String())
-		cfg.HTTPSPort, _ = strconv.Atoi(port)
-		var getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+		cfg.HTTPSPort = listenPort(l.tls)
 		if o.TLSCert != "" {
 			files, err := edge.LoadCertFiles(o.TLSCert, o.TLSKey)
 			if err != nil {
 				return nil, err
 			}
-			getCert = files.GetCertificate
+			cfg.TLS = edge.TLSConfig(files.GetCertificate)
 		} else {
-			m, err := o.acme.manager(ctx, o.HostSuffix, signer, blobs, log)
+			httpPort := 0
+			if l.http != nil {
+				httpPort = listenPort(l.http)
+			}
+			m, err := o.acme.manager(ctx, o.HostSuffix, httpPort, cfg.HTTPSPort, signer, blobs, log)
 			if err != nil {
 				return nil, err
 			}
-			getCert = m.GetCertificate
+			e.acme = m
+			cfg.TLS = edge.TLSConfig(m.GetCertificate)
+			cfg.TLS.NextProtos = append(cfg.TLS.NextProtos, "acme-tls/1") // TLS-ALPN-01
 			cfg.ACMEHTTP = m.HandleHTTPChallenge
 		}
-		cfg.TLS = edge.TLSConfig(getCert)
 	}
 	srv, err := edge.New(cfg)
 	if err != nil {
+		if e.acme != nil {
+			e.acme.Close()
+		}
 		return nil, err
 	}
+	e.srv = srv
 	if l.tls != nil {
 		go func() { errC <- srv.Serve(l.tls) }()
 	}
@@ -234,7 +254,13 @@ func (o *edgeOptions) start(ctx context.Context, l *edgeListeners, px *proxy.Pro
 		go func() { errC <- srv.ServeHTTP(l.http) }()
 	}
 	log.Info("edge is up", "https", addrOf(l.tls), "http", addrOf(l.http), "host_suffix", o.HostSuffix)
-	return srv, nil
+	return e, nil
+}
+
+func listenPort(ln net.Listener) int {
+	_, p, _ := net.SplitHostPort(ln.Addr().String())
+	n, _ := strconv.Atoi(p)
+	return n
 }
 
 func addrOf(ln net.Listener) string {
@@ -243,5 +269,3 @@ func addrOf(ln net.Listener) string {
 	}
 	return ln.Addr().String()
 }
-
-var _ = http.ErrServerClosed

@@ -63,6 +63,7 @@ type serverOptions struct {
 	PeerAddr       string
 	Capacity       int
 	LeaseTTL       time.Duration
+	Edge           edgeOptions // TLS, hostnames, balancers, limits (edge.go)
 	dev            bool
 }
 
@@ -87,6 +88,7 @@ func (o *serverOptions) flags(fs *flag.FlagSet) {
 	fs.StringVar(&o.PeerAddr, "peer-addr", envOr("BERTH_PEER_ADDR", ""), "host:port at which the other replicas reach this one's proxy (BERTH_PEER_ADDR; default: --proxy-addr, which must then name a host)")
 	fs.IntVar(&o.Capacity, "capacity", 0, "most live backends this replica runs; 0: no limit")
 	fs.DurationVar(&o.LeaseTTL, "lease-ttl", lease.TTL, "a replica's lease in the shared store: it stops its backends when cut off for 60% of it, and other replicas take its keys once it expired")
+	o.Edge.flags(fs, o.dev)
 	fs.BoolVar(&o.ProxyGoroutine, "proxy-goroutines", envOr("BERTH_PROXY_GOROUTINES", "") == "1", "serve the proxy with a goroutine per connection instead of its event loops (BERTH_PROXY_GOROUTINES=1): to compare, or to rule the loops out")
 }
 
@@ -121,6 +123,9 @@ type runningServer struct {
 func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runningServer)) error {
 	log, err := newLogger(o.LogLevel, stdio.Err)
 	if err != nil {
+		return err
+	}
+	if err := o.Edge.validate(); err != nil {
 		return err
 	}
 	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
@@ -189,9 +194,24 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 		proxyLn.Close()
 		return fmt.Errorf("backend API: %w (use --backend-api-addr)", err)
 	}
+	edgeLns, err := o.Edge.listen()
+	if err != nil {
+		apiLn.Close()
+		proxyLn.Close()
+		backendLn.Close()
+		return err
+	}
+	defer edgeLns.close()
 	public := o.PublicURL
+	if public == "" && o.Edge.enabled() {
+		public = o.Edge.publicURL(edgeLns)
+	}
 	if public == "" {
 		public = "http://" + proxyLn.Addr().String()
+	}
+	urlFor, err := o.Edge.backendURL(signer, public)
+	if err != nil {
+		return err
 	}
 	apiURL := "http://" + apiLn.Addr().String()
 
@@ -207,6 +227,7 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 		Logger:    log,
 		Metrics:   metrics,
 		PublicURL: public,
+		URLFor:    urlFor,
 		APIURL:    apiURL,
 		FreePort:  process.FreePort,
 		Node:      node,
@@ -277,7 +298,7 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 
 	backendSrv := &http.Server{Handler: states.BackendAPI(), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second}
 
-	errC := make(chan error, 4)
+	errC := make(chan error, 6)
 	if u, srv, err := dockerBackendAPI(runtimes, backendLn.Addr().(*net.TCPAddr).Port, states.BackendAPI(), errC); err != nil {
 		log.Warn("docker backends cannot reach the backend API; their state saves will fail", "err", err)
 	} else if srv != nil {
@@ -287,6 +308,12 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 	go func() { errC <- apiSrv.Serve(apiLn) }()
 	go func() { errC <- proxySrv.Serve(proxyLn) }()
 	go func() { errC <- backendSrv.Serve(backendLn) }()
+	var edgeRun *runningEdge
+	if o.Edge.enabled() {
+		if edgeRun, err = o.Edge.start(ctx, edgeLns, px, signer, blobs, reg, log, errC); err != nil {
+			return err
+		}
+	}
 	log.Info("berth is up", "api", apiURL, "proxy", public, "data", o.DataDir, "runtimes", runtimeNames(runtimes))
 	if ready != nil {
 		ready(&runningServer{manager: mgr, apiURL: apiURL, public: public, runtime: runtimeNames(runtimes)})
@@ -304,6 +331,9 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 		log.Error("shutdown", "err", err)
 	}
 	px.Close()
+	if edgeRun != nil {
+		edgeRun.Shutdown(sctx)
+	}
 	apiSrv.Shutdown(sctx)
 	proxySrv.Shutdown(sctx)
 	backendSrv.Shutdown(sctx)
