@@ -57,8 +57,10 @@ type ACMEConfig struct {
 	// empty: the system's.
 	DNSResolvers []string
 	// NoPropagationCheck skips waiting until the TXT record is visible
-	// (for a DNS server that is its own authority, as in tests).
+	// (for a DNS server that is its own authority, as in tests);
+	// PropagationTimeout bounds the wait otherwise (0: certmagic's 2 min).
 	NoPropagationCheck bool
+	PropagationTimeout time.Duration
 	// HTTPPort and TLSPort are where the edge listens, for the challenges
 	// it answers itself.
 	HTTPPort, TLSPort int
@@ -110,6 +112,7 @@ func NewACME(ctx context.Context, cfg ACMEConfig) (*ACME, error) {
 		iss.DisableHTTPChallenge, iss.DisableTLSALPNChallenge = true, true
 		solver := &certmagic.DNS01Solver{}
 		solver.DNSProvider, solver.Resolvers, solver.Logger = cfg.DNS, cfg.DNSResolvers, zl
+		solver.PropagationTimeout = cfg.PropagationTimeout
 		if cfg.NoPropagationCheck {
 			solver.PropagationTimeout = -1
 		}

@@ -45,6 +45,7 @@ type BlobStorage struct {
 
 	mu    sync.Mutex
 	held  map[string]context.CancelFunc // renewals of the locks this process holds
+	local map[string]chan struct{}      // closed when this process's holder of a name unlocks
 	clock func() time.Time
 }
 
@@ -64,7 +65,8 @@ const (
 func NewBlobStorage(blobs blob.Store) *BlobStorage {
 	var b [8]byte
 	rand.Read(b[:])
-	return &BlobStorage{blobs: blobs, holder: hex.EncodeToString(b[:]), held: make(map[string]context.CancelFunc), clock: time.Now}
+	return &BlobStorage{blobs: blobs, holder: hex.EncodeToString(b[:]), held: make(map[string]context.CancelFunc),
+		local: make(map[string]chan struct{}), clock: time.Now}
 }
 
 func blobKey(prefix, name string) string {
@@ -247,8 +249,41 @@ func (s *BlobStorage) writeLease(ctx context.Context, key string) error {
 	return err
 }
 
-// Lock implements certmagic.Locker.
+// Lock implements certmagic.Locker. Goroutines of this process queue for
+// a name here; one at a time takes the lease other processes see.
 func (s *BlobStorage) Lock(ctx context.Context, name string) error {
+	for {
+		s.mu.Lock()
+		wait, busy := s.local[name]
+		if !busy {
+			s.local[name] = make(chan struct{})
+			s.mu.Unlock()
+			break
+		}
+		s.mu.Unlock()
+		select {
+		case <-wait:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	if err := s.lockLease(ctx, name); err != nil {
+		s.releaseLocal(name)
+		return err
+	}
+	return nil
+}
+
+func (s *BlobStorage) releaseLocal(name string) {
+	s.mu.Lock()
+	if ch, ok := s.local[name]; ok {
+		close(ch)
+		delete(s.local, name)
+	}
+	s.mu.Unlock()
+}
+
+func (s *BlobStorage) lockLease(ctx context.Context, name string) error {
 	key := blobKey(lockPrefix, name)
 	for {
 		l, err := s.readLease(ctx, key)
@@ -306,6 +341,7 @@ func (s *BlobStorage) Unlock(ctx context.Context, name string) error {
 		return fmt.Errorf("acme storage: unlock %s: not locked here", name)
 	}
 	cancel()
+	defer s.releaseLocal(name)
 	key := blobKey(lockPrefix, name)
 	if l, err := s.readLease(ctx, key); err == nil && l.Holder == s.holder {
 		return s.blobs.Delete(ctx, key)

@@ -28,6 +28,7 @@ type acmeOptions struct {
 	Domains      string
 	DNS          string
 	DNSResolvers string
+	DNSWait      time.Duration
 	Profile      string
 	RenewCheck   time.Duration
 }
@@ -36,9 +37,10 @@ func (o *acmeOptions) flags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Email, "acme-email", envOr("BERTH_ACME_EMAIL", ""), "obtain and renew the edge's certificates over ACME, with this account email (BERTH_ACME_EMAIL)")
 	fs.StringVar(&o.CA, "acme-ca", envOr("BERTH_ACME_CA", certmagic.LetsEncryptProductionCA), "ACME directory URL (BERTH_ACME_CA)")
 	fs.StringVar(&o.CARoots, "acme-ca-roots", envOr("BERTH_ACME_CA_ROOTS", ""), "PEM file of roots to trust for the ACME server's own HTTPS, for a private CA (BERTH_ACME_CA_ROOTS)")
-	fs.StringVar(&o.Domains, "acme-domains", envOr("BERTH_ACME_DOMAINS", ""), "comma-separated names to obtain certificates for (BERTH_ACME_DOMAINS; default: *.SUFFIX and SUFFIX with --acme-dns, else SUFFIX, and each backend's host on its first visit)")
+	fs.StringVar(&o.Domains, "acme-domains", envOr("BERTH_ACME_DOMAINS", ""), "comma-separated names to obtain certificates for (BERTH_ACME_DOMAINS; default: *.SUFFIX with --acme-dns, else SUFFIX and each backend's host on its first visit)")
 	fs.StringVar(&o.DNS, "acme-dns", envOr("BERTH_ACME_DNS", ""), "DNS-01 provider, for a wildcard certificate: exec:PROGRAM, run as `PROGRAM present|cleanup FQDN VALUE` (BERTH_ACME_DNS)")
 	fs.StringVar(&o.DNSResolvers, "acme-dns-resolvers", envOr("BERTH_ACME_DNS_RESOLVERS", ""), "comma-separated host:port resolvers to find the DNS zone and check propagation (BERTH_ACME_DNS_RESOLVERS; default: the system's)")
+	fs.DurationVar(&o.DNSWait, "acme-dns-propagation-timeout", 2*time.Minute, "how long to wait for a DNS-01 record to be visible at the zone's name servers before asking the CA to check it; negative: do not wait")
 	fs.StringVar(&o.Profile, "acme-profile", envOr("BERTH_ACME_PROFILE", ""), "certificate profile to ask the CA for, e.g. shortlived (BERTH_ACME_PROFILE)")
 	fs.DurationVar(&o.RenewCheck, "acme-renew-check", 10*time.Minute, "how often certificates are checked for renewal")
 }
@@ -93,8 +95,13 @@ func (o *acmeOptions) manager(ctx context.Context, suffix string, httpPort, tlsP
 				cfg.DNSResolvers = append(cfg.DNSResolvers, r)
 			}
 		}
+		cfg.NoPropagationCheck = o.DNSWait < 0
+		cfg.PropagationTimeout = max(0, o.DNSWait)
 		if len(cfg.Domains) == 0 {
-			cfg.Domains = []string{"*." + suffix, suffix}
+			// One certificate for every backend's host. (Not the bare
+			// suffix too: its DNS-01 record has the same name, and two
+			// orders at once would clean up each other's record.)
+			cfg.Domains = []string{"*." + suffix}
 		}
 	} else if suffix != "" {
 		if len(cfg.Domains) == 0 {

@@ -43,11 +43,15 @@ type Pebble struct {
 	// Roots trusts Pebble's own HTTPS endpoints (not the certificates it
 	// issues: see IssuerRootPEM).
 	Roots *x509.CertPool
+	// RootsFile holds Roots in PEM, for a --acme-ca-roots flag.
+	RootsFile string
 	// DNS is the challenge server's DNS address (host:port).
-	DNS  string
-	mgmt string // Pebble's management API, https
-	chal string // the challenge server's management API, http
-	hc   *http.Client
+	DNS string
+	// ChallURL is the challenge server's management API (POST /set-txt
+	// {"host": FQDN, "value": V}, /clear-txt {"host": FQDN}).
+	ChallURL string
+	mgmt     string // Pebble's management API, https
+	hc       *http.Client
 }
 
 // Options say where Pebble validates challenges.
@@ -131,7 +135,8 @@ func Start(t testing.TB, opts Options) *Pebble {
 		Roots:        roots,
 		DNS:          dns,
 		mgmt:         "https://" + mgmt,
-		chal:         "http://" + chalMgmt,
+		ChallURL:     "http://" + chalMgmt,
+		RootsFile:    filepath.Join(dir, "pebble-ca.pem"),
 		hc:           &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}, Timeout: 10 * time.Second},
 	}
 	deadline := time.Now().Add(20 * time.Second)
@@ -214,7 +219,7 @@ func (d *DNSProvider) DeleteRecords(ctx context.Context, zone string, recs []lib
 
 func (d *DNSProvider) post(ctx context.Context, path string, body any) error {
 	b, _ := json.Marshal(body)
-	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, d.p.chal+path, bytes.NewReader(b))
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, d.p.ChallURL+path, bytes.NewReader(b))
 	res, err := d.p.hc.Do(req)
 	if err != nil {
 		return fmt.Errorf("challtestsrv %s: %w", path, err)
@@ -288,6 +293,7 @@ func selfCA(t testing.TB, dir string) (*x509.CertPool, string, string) {
 	certFile, keyFile := filepath.Join(dir, "pebble-cert.pem"), filepath.Join(dir, "pebble-key.pem")
 	os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600)
 	os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
+	os.WriteFile(filepath.Join(dir, "pebble-ca.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o600)
 	pool := x509.NewCertPool()
 	pool.AddCert(ca)
 	return pool, certFile, keyFile
