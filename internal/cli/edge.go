@@ -65,6 +65,7 @@ func (o *edgeOptions) flags(fs *flag.FlagSet, dev bool) {
 func (o *edgeOptions) enabled() bool { return o.TLSAddr != "" || o.HTTPAddr != "" }
 
 func (o *edgeOptions) validate() error {
+	o.HostSuffix = strings.ToLower(strings.Trim(o.HostSuffix, ".")) // DNS names are case-insensitive
 	if !o.enabled() {
 		if o.HostSuffix != "" {
 			return usagef("--public-host-suffix needs the edge: set --proxy-tls-addr (or --proxy-http-addr behind a TLS-terminating balancer)")
