@@ -25,9 +25,10 @@ func main() {
 	})
 	m.HandleFunc("GET /abs/page", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		fmt.Fprintf(w, `<!doctype html><title>page</title><p id="path">%s</p><p id="cookie">%s</p><p id="proto">%s</p><p id="backend">%s</p>`,
+		fmt.Fprintf(w, `<!doctype html><title>page</title><p id="path">%s</p><p id="cookie">%s</p><p id="proto">%s</p><p id="backend">%s</p><p id="xff">%s</p>`,
 			html.EscapeString(r.URL.RequestURI()), html.EscapeString(r.Header.Get("Cookie")),
-			html.EscapeString(r.Header.Get("X-Forwarded-Proto")), html.EscapeString(r.Header.Get("X-Berth-Backend")))
+			html.EscapeString(r.Header.Get("X-Forwarded-Proto")), html.EscapeString(r.Header.Get("X-Berth-Backend")),
+			html.EscapeString(r.Header.Get("X-Forwarded-For")))
 	})
 	m.HandleFunc("/ws", func(w http.ResponseWriter, r *http.Request) {
 		c, err := websocket.Accept(w, r, nil) // checks Origin against Host
