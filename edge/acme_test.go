@@ -11,6 +11,9 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -86,6 +89,33 @@ func TestBlobStorage(t *testing.T) {
 		t.Fatalf("lock after unlock: %v", err)
 	}
 	other.Unlock(ctx, "issue_x")
+
+	// Goroutines of one process take turns too (certmagic locks one name
+	// from several at once).
+	var holders, most atomic.Int32
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := s.Lock(ctx, "same"); err != nil {
+				t.Error(err)
+				return
+			}
+			n := holders.Add(1)
+			for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+			}
+			time.Sleep(50 * time.Millisecond)
+			holders.Add(-1)
+			if err := s.Unlock(ctx, "same"); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if most.Load() != 1 {
+		t.Errorf("%d goroutines held the lock at once", most.Load())
+	}
 }
 
 // replica is one Berth edge with ACME, its listeners, and its handshakes.
@@ -243,5 +273,42 @@ func TestACME_WildcardDNS01(t *testing.T) {
 	res.Body.Close()
 	if want := "https://abc.berth.test:" + strconv.Itoa(port(tlsLn)) + "/x"; res.Header.Get("Location") != want {
 		t.Errorf("redirect to %q, want %q", res.Header.Get("Location"), want)
+	}
+}
+
+func TestACME_OnDemand(t *testing.T) {
+	tlsLn, httpLn := listen(t), listen(t)
+	p := pebbletest.Start(t, pebbletest.Options{HTTPPort: port(httpLn), TLSPort: port(tlsLn)})
+	var (
+		mu    sync.Mutex
+		asked []string
+	)
+	r := startReplica(t, p, NewBlobStorage(fileBlobs(t)), tlsLn, httpLn, ACMEConfig{
+		OnDemand: func(_ context.Context, name string) error {
+			mu.Lock()
+			defer mu.Unlock()
+			asked = append(asked, name)
+			if strings.HasPrefix(name, "ok-") {
+				return nil
+			}
+			return errors.New("not a host Berth named")
+		},
+	})
+	roots := p.IssuerRoots(t)
+	// The first handshake for an allowed name obtains its certificate.
+	c, err := leaf(t, r, "ok-1.berth.test", roots)
+	if err != nil {
+		t.Fatalf("on-demand certificate for an allowed name: %v", err)
+	}
+	if !slices.Contains(c.DNSNames, "ok-1.berth.test") {
+		t.Errorf("served %v", c.DNSNames)
+	}
+	if _, err := leaf(t, r, "evil.berth.test", roots); err == nil {
+		t.Error("a certificate was obtained for a name the decision refused")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Contains(asked, "evil.berth.test") {
+		t.Errorf("the decision was not asked about evil.berth.test (asked %v)", asked)
 	}
 }
