@@ -246,3 +246,33 @@ func TestHosts_OtherHostsUsePaths(t *testing.T) {
 		t.Errorf("path mode on the bare suffix: %d %q", status, body)
 	}
 }
+
+// A backend another replica runs: the request goes to that replica's proxy
+// with the token back in its path (the peer routes by path), and without
+// Berth's cookie.
+func TestHosts_PeerGetsTokenPath(t *testing.T) {
+	f := newHostFixture(t)
+	seen := make(chan string, 1)
+	peer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.URL.RequestURI() + " cookie=" + r.Header.Get("Cookie") + " backend=" + r.Header.Get(HeaderBackend)
+	}))
+	t.Cleanup(peer.Close)
+	const remote = "bk_rrrrrrrrrrrrrrrr"
+	p := New(Config{Resolver: &resolver{
+		routes:   map[string]Route{remote: {BackendID: remote, Addr: peer.Listener.Addr().String(), Peer: true}},
+		errs:     map[string]error{},
+		starting: map[string]chan struct{}{},
+	}, Signer: f.signer, Now: func() time.Time { return now }})
+	t.Cleanup(func() { p.Close() })
+	f.srv.Config.Handler = p.Hosts(hostSuffix)
+	tok := f.signer.Issue(remote, "alice", now.Add(time.Hour))
+	label, _ := f.signer.HostLabel(remote)
+	_, port, _ := net.SplitHostPort(f.base.Host)
+	status, body, _ := f.get(t, "https://"+label+"."+hostSuffix+":"+port+"/abs/x?q=1", "Cookie", CookieName+"="+tok+"; app=1")
+	if status != 200 {
+		t.Fatalf("via a peer: %d %s", status, body)
+	}
+	if got, want := <-seen, "/"+tok+"/abs/x?q=1 cookie=app=1 backend="; got != want {
+		t.Errorf("the peer got %q, want %q", got, want)
+	}
+}
