@@ -110,7 +110,7 @@ esac
 		"--data-dir", dir, "--runtime", "process", "--api-key", b.Key, "--log-level", "debug",
 		"--proxy-tls-addr", tlsAddr, "--proxy-http-addr", httpAddr, "--public-host-suffix", suffix,
 		"--acme-email", "e2e@berth.test", "--acme-ca", p.DirectoryURL, "--acme-ca-roots", p.RootsFile,
-		"--acme-dns", "exec:" + hook, "--acme-dns-resolvers", soa,
+		"--acme-dns", "exec:" + hook, "--acme-dns-resolvers", soa, "--acme-profile", "default",
 		// The challenge server is its own authority; nothing to wait for.
 		"--acme-dns-propagation-timeout", "-1s",
 	}, extra...)
