@@ -83,6 +83,14 @@ type edgeBerth struct {
 // the certificate.
 func startEdgeBerth(t *testing.T, extra ...string) *edgeBerth {
 	t.Helper()
+	return startACMEBerth(t, true, extra...)
+}
+
+// startACMEBerth is startEdgeBerth; without dns01, certificates come over
+// HTTP-01 or TLS-ALPN-01: one for berth.test at start, then one per
+// backend host at its first handshake.
+func startACMEBerth(t *testing.T, dns01 bool, extra ...string) *edgeBerth {
+	t.Helper()
 	dir := t.TempDir()
 	apiAddr, proxyAddr, backendAddr := testbin.FreeAddr(t), testbin.FreeAddr(t), testbin.FreeAddr(t)
 	tlsAddr, httpAddr := testbin.FreeAddr(t), testbin.FreeAddr(t)
@@ -105,15 +113,22 @@ esac
 	}
 	b := &edgeBerth{API: "http://" + apiAddr, TLSAddr: tlsAddr, HTTPAddr: httpAddr, Key: "edge-test-key", Pebble: p}
 	b.Client = api.NewClient(b.API, b.Key, nil)
-	args := append([]string{"serve",
+	args := []string{"serve",
 		"--api-addr", apiAddr, "--proxy-addr", proxyAddr, "--backend-api-addr", backendAddr,
 		"--data-dir", dir, "--runtime", "process", "--api-key", b.Key, "--log-level", "debug",
 		"--proxy-tls-addr", tlsAddr, "--proxy-http-addr", httpAddr, "--public-host-suffix", suffix,
 		"--acme-email", "e2e@berth.test", "--acme-ca", p.DirectoryURL, "--acme-ca-roots", p.RootsFile,
-		"--acme-dns", "exec:" + hook, "--acme-dns-resolvers", soa, "--acme-profile", "default",
-		// The challenge server is its own authority; nothing to wait for.
-		"--acme-dns-propagation-timeout", "-1s",
-	}, extra...)
+		"--acme-profile", "default",
+	}
+	probe := "probe." + suffix
+	if dns01 {
+		args = append(args, "--acme-dns", "exec:"+hook, "--acme-dns-resolvers", soa,
+			// The challenge server is its own authority; nothing to wait for.
+			"--acme-dns-propagation-timeout", "-1s")
+	} else {
+		probe = suffix
+	}
+	args = append(args, extra...)
 	cmd := exec.Command(bin.berth, args...)
 	cmd.Dir = dir
 	cmd.Env = testbin.CleanEnv()
@@ -142,7 +157,7 @@ esac
 	roots := p.IssuerRoots(t)
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		c, err := tls.Dial("tcp", tlsAddr, &tls.Config{RootCAs: roots, ServerName: "probe." + suffix})
+		c, err := tls.Dial("tcp", tlsAddr, &tls.Config{RootCAs: roots, ServerName: probe})
 		if err == nil {
 			c.Close()
 			return b
@@ -153,7 +168,7 @@ esac
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the edge did not serve a certificate for *.%s within 60s (%v)\n%s", suffix, err, b.out.String())
+			t.Fatalf("the edge did not serve a certificate for %s within 60s (%v)\n%s", probe, err, b.out.String())
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

@@ -2,6 +2,7 @@ package edge
 
 import (
 	"context"
+	"crypto/tls"
 	"io"
 	"net/http"
 	"net/url"
@@ -106,5 +107,41 @@ func TestEdge_HostRouting(t *testing.T) {
 	res.Body.Close()
 	if want := "https://" + ub.Host + "/abs/page"; res.StatusCode != http.StatusPermanentRedirect || res.Header.Get("Location") != want {
 		t.Errorf("HTTP: %d to %q, want 308 to %q", res.StatusCode, res.Header.Get("Location"), want)
+	}
+}
+
+// TestEdge_OnDemandCertificates: without a DNS provider, each backend's
+// host gets a certificate at its first handshake, and only hosts Berth
+// named: a forged label gets none.
+func TestEdge_OnDemandCertificates(t *testing.T) {
+	b := startACMEBerth(t, false)
+	roots := b.Pebble.IssuerRoots(t)
+	resp := b.connect(t, "on-demand")
+	u, _ := url.Parse(resp.URL)
+	c, err := tls.Dial("tcp", b.TLSAddr, &tls.Config{RootCAs: roots, ServerName: u.Hostname()})
+	if err != nil {
+		t.Fatalf("first handshake for %s: %v", u.Hostname(), err)
+	}
+	if names := c.ConnectionState().PeerCertificates[0].DNSNames; len(names) != 1 || names[0] != u.Hostname() {
+		t.Errorf("certificate for %v, want %s alone", names, u.Hostname())
+	}
+	c.Close()
+	label, _, _ := strings.Cut(u.Hostname(), ".")
+	forged := "zzzzzzzzzzzzzzzz" + label[16:] + "." + suffix
+	if c, err := tls.Dial("tcp", b.TLSAddr, &tls.Config{RootCAs: roots, ServerName: forged}); err == nil {
+		c.Close()
+		t.Errorf("a certificate was obtained for the forged host %s", forged)
+	}
+	res, body := func() (*http.Response, string) {
+		res, err := b.httpsClient(t, roots).Get(resp.URL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		bb, _ := io.ReadAll(res.Body)
+		return res, string(bb)
+	}()
+	if res.StatusCode != http.StatusSeeOther {
+		t.Errorf("first URL over the on-demand certificate: %d %s", res.StatusCode, body)
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"slices"
 	"strings"
 	"time"
 
@@ -37,7 +38,7 @@ func (o *acmeOptions) flags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Email, "acme-email", envOr("BERTH_ACME_EMAIL", ""), "obtain and renew the edge's certificates over ACME, with this account email (BERTH_ACME_EMAIL)")
 	fs.StringVar(&o.CA, "acme-ca", envOr("BERTH_ACME_CA", certmagic.LetsEncryptProductionCA), "ACME directory URL (BERTH_ACME_CA)")
 	fs.StringVar(&o.CARoots, "acme-ca-roots", envOr("BERTH_ACME_CA_ROOTS", ""), "PEM file of roots to trust for the ACME server's own HTTPS, for a private CA (BERTH_ACME_CA_ROOTS)")
-	fs.StringVar(&o.Domains, "acme-domains", envOr("BERTH_ACME_DOMAINS", ""), "comma-separated names to obtain certificates for (BERTH_ACME_DOMAINS; default: *.SUFFIX with --acme-dns, else SUFFIX and each backend's host on its first visit)")
+	fs.StringVar(&o.Domains, "acme-domains", envOr("BERTH_ACME_DOMAINS", ""), "comma-separated names to obtain certificates for (BERTH_ACME_DOMAINS; default: *.SUFFIX with --acme-dns, else SUFFIX and each backend's host, at their first handshake)")
 	fs.StringVar(&o.DNS, "acme-dns", envOr("BERTH_ACME_DNS", ""), "DNS-01 provider, for a wildcard certificate: exec:PROGRAM, run as `PROGRAM present|cleanup FQDN VALUE` (BERTH_ACME_DNS)")
 	fs.StringVar(&o.DNSResolvers, "acme-dns-resolvers", envOr("BERTH_ACME_DNS_RESOLVERS", ""), "comma-separated host:port resolvers to find the DNS zone and check propagation (BERTH_ACME_DNS_RESOLVERS; default: the system's)")
 	fs.DurationVar(&o.DNSWait, "acme-dns-propagation-timeout", 2*time.Minute, "how long to wait for a DNS-01 record to be visible at the zone's name servers before asking the CA to check it; negative: do not wait")
@@ -84,7 +85,7 @@ func (o *acmeOptions) manager(ctx context.Context, suffix string, httpPort, tlsP
 	}
 	suffix = strings.ToLower(strings.Trim(suffix, "."))
 	for _, d := range strings.Split(o.Domains, ",") {
-		if d = strings.TrimSpace(d); d != "" {
+		if d = strings.ToLower(strings.TrimSpace(d)); d != "" {
 			cfg.Domains = append(cfg.Domains, d)
 		}
 	}
@@ -109,8 +110,15 @@ func (o *acmeOptions) manager(ctx context.Context, suffix string, httpPort, tlsP
 		}
 		// Without DNS-01 there is no wildcard: each backend's host gets a
 		// certificate on its first visit, and only hosts Berth named.
+		// (certmagic obtains even the names in Domains at their first
+		// handshake once on-demand is on.)
+		named := cfg.Domains
 		cfg.OnDemand = func(_ context.Context, name string) error {
-			label, ok := strings.CutSuffix(strings.ToLower(name), "."+suffix)
+			name = strings.ToLower(name)
+			if slices.Contains(named, name) {
+				return nil
+			}
+			label, ok := strings.CutSuffix(name, "."+suffix)
 			if !ok || strings.Contains(label, ".") {
 				return fmt.Errorf("%s is not under %s", name, suffix)
 			}
