@@ -18,6 +18,7 @@ import (
 
 	"github.com/caddyserver/certmagic"
 
+	"github.com/berthhq/berth"
 	"github.com/berthhq/berth/blob"
 )
 
@@ -55,10 +56,10 @@ const (
 	lockTTL    = 30 * time.Second
 	lockSettle = 300 * time.Millisecond // between writing a lease and reading it back
 	// Berth's own blobs live under @berth/, beside the keys' states; the
-	// app server, which chooses keys, must not use that prefix.
-	namePrefix = "@berth/acme"
-	lockPrefix = "@berth/acme-lock"
-	indexKey   = "@berth/acme-index"
+	// control API refuses keys with that prefix (berth.Reserved).
+	namePrefix = berth.ReservedKeyPrefix + "acme"
+	lockPrefix = berth.ReservedKeyPrefix + "acme-lock"
+	indexKey   = berth.ReservedKeyPrefix + "acme-index"
 )
 
 // NewBlobStorage returns certmagic storage backed by blobs.

@@ -244,6 +244,9 @@ func validateConnect(req *api.ConnectRequest) error {
 		if err := berth.ValidateKey(req.Key); err != nil {
 			return &berth.FieldError{Field: "key", Message: err.Error()}
 		}
+		if berth.Reserved(req.Key) {
+			return &berth.FieldError{Field: "key", Message: "keys starting with " + berth.ReservedKeyPrefix + " are Berth's own"}
+		}
 	}
 	if len(req.User) > 256 {
 		return &berth.FieldError{Field: "user", Message: "must be at most 256 characters"}

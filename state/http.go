@@ -148,6 +148,10 @@ func queryKey(w http.ResponseWriter, r *http.Request) (string, bool) {
 		writeErr(w, http.StatusBadRequest, api.CodeBadRequest, "key", "key: "+err.Error())
 		return "", false
 	}
+	if berth.Reserved(key) {
+		writeErr(w, http.StatusBadRequest, api.CodeBadRequest, "key", "key: keys starting with "+berth.ReservedKeyPrefix+" are Berth's own")
+		return "", false
+	}
 	return key, true
 }
 
@@ -217,6 +221,10 @@ func (s *Service) restore(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := berth.ValidateKey(req.Key); err != nil {
 		writeErr(w, http.StatusBadRequest, api.CodeBadRequest, "key", "key: "+err.Error())
+		return
+	}
+	if berth.Reserved(req.Key) {
+		writeErr(w, http.StatusBadRequest, api.CodeBadRequest, "key", "key: keys starting with "+berth.ReservedKeyPrefix+" are Berth's own")
 		return
 	}
 	if req.Version == "" {
