@@ -1,5 +1,7 @@
 // Package proxy is Berth's public HTTP and WebSocket proxy: it turns
-// /<token>/<path…> into a request for <path…> on the backend the token names.
+// /<token>/<path…> into a request for <path…> on the backend the token names
+// (and, through Hosts, a request for <label>.<suffix> into one for the
+// backend the label names; see host.go).
 //
 // The proxy trusts nothing from the client beyond a valid token: it strips
 // every X-Berth-* header the client sent and the client's X-Forwarded-*
