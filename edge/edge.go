@@ -296,11 +296,13 @@ func (s *Server) serveEdge(w http.ResponseWriter, r *http.Request) {
 		// host router's Secure cookie is right.
 		r.TLS = &tls.ConnectionState{HandshakeComplete: true}
 	}
-	r.RemoteAddr = client.String()
+	if client.IsValid() {
+		r.RemoteAddr = client.String()
+	}
 	if r.ProtoMajor == 2 {
-		s.m.requests.WithLabelValues("2").Inc()
+		s.m.h2.Inc()
 	} else {
-		s.m.requests.WithLabelValues("1").Inc()
+		s.m.h1.Inc()
 	}
 	s.cfg.Handler.ServeHTTP(w, r)
 }

@@ -12,6 +12,7 @@ type Metrics struct {
 	requests    *prometheus.CounterVec
 
 	connLimit, rateLimit, headerSize, urlSize prometheus.Counter
+	h1, h2                                   prometheus.Counter
 }
 
 // NewMetrics registers the edge's collectors with reg (nil: unregistered).
@@ -42,6 +43,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.rateLimit = m.rejected.WithLabelValues("rate_limit")
 	m.headerSize = m.rejected.WithLabelValues("header_size")
 	m.urlSize = m.rejected.WithLabelValues("url_size")
+	m.h1, m.h2 = m.requests.WithLabelValues("1"), m.requests.WithLabelValues("2")
 	if reg != nil {
 		reg.MustRegister(m.rejected, m.timeouts, m.conns, m.proxyErrors, m.handshakes, m.requests)
 	}
