@@ -12,7 +12,7 @@ type Metrics struct {
 	requests    *prometheus.CounterVec
 
 	connLimit, rateLimit, headerSize, urlSize prometheus.Counter
-	h1, h2                                   prometheus.Counter
+	h1, h2                                    prometheus.Counter
 }
 
 // NewMetrics registers the edge's collectors with reg (nil: unregistered).
