@@ -18,9 +18,6 @@
 #   BERTH_TEST_S3_PIDFILE    holds the PID of the versitygw this script started
 #   AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_REGION
 #
-# It also builds Pebble (.ci/pebble.sh) and exports BERTH_TEST_PEBBLE and
-# BERTH_TEST_CHALLTESTSRV.
-#
 # Idempotent: sourcing it again while the servers answer only re-exports.
 # `berth_services_stop` (defined here) stops both. Needs root (apt-get,
 # runuser) on Debian 12; never calls `exit`, so it cannot end the caller's shell.
