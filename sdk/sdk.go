@@ -40,9 +40,19 @@ type Client struct {
 	Retries int
 }
 
-// FromEnv returns a Client configured from BERTH_STATE_URL and BERTH_SECRET.
+// FromEnv returns a Client configured from BERTH_STATE_URL and BERTH_SECRET,
+// or, for a pooled backend, from its claim (ErrNotConfigured before it).
 func FromEnv() (*Client, error) {
 	u := os.Getenv("BERTH_STATE_URL")
+	if u == "" && Pooled() {
+		claim.mu.Lock()
+		id := claim.id
+		claim.mu.Unlock()
+		if id == nil {
+			return nil, ErrNotConfigured
+		}
+		return id.Client()
+	}
 	if u == "" {
 		return nil, ErrNotConfigured
 	}
