@@ -1,6 +1,9 @@
 package api
 
 import (
+	"context"
+	"net/http"
+	"net/url"
 	"strings"
 	"time"
 
@@ -55,4 +58,36 @@ type ClaimRequest struct {
 	Secret string `json:"secret"`
 	// StateURL is set for state mode blob: GET and PUT it with the secret.
 	StateURL string `json:"state_url,omitempty"`
+}
+
+// Pools lists the warm pools, with the answering node's counts.
+func (c *Client) Pools(ctx context.Context) ([]Pool, error) {
+	var out PoolList
+	if err := c.call(ctx, http.MethodGet, "/v1/pools", nil, nil, &out); err != nil {
+		return nil, err
+	}
+	return out.Pools, nil
+}
+
+// Pool returns one warm pool.
+func (c *Client) Pool(ctx context.Context, name string) (*Pool, error) {
+	var out Pool
+	if err := c.call(ctx, http.MethodGet, "/v1/pools/"+url.PathEscape(name), nil, nil, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// PutPool creates or replaces a warm pool.
+func (c *Client) PutPool(ctx context.Context, name string, req PoolRequest) (*Pool, error) {
+	var out Pool
+	if err := c.call(ctx, http.MethodPut, "/v1/pools/"+url.PathEscape(name), nil, req, &out); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// DeletePool deletes a warm pool; its unclaimed backends stop.
+func (c *Client) DeletePool(ctx context.Context, name string) error {
+	return c.call(ctx, http.MethodDelete, "/v1/pools/"+url.PathEscape(name), nil, nil, nil)
 }
