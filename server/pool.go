@@ -138,6 +138,11 @@ func (ps *pools) readopt() {
 			if p != nil {
 				p.claimed[inst.id] = inst
 			}
+			m.wg.Add(1)
+			go func() {
+				defer m.wg.Done()
+				ps.reclaim(inst)
+			}()
 		case p == nil || !berth.SameSpawn(&p.def.Spawn, &b.Spawn) || b.State == berth.StateTerminating:
 			inst.Begin() // never idle; stopped just below
 			inst.requestStop(berth.ReasonRequested, false)
@@ -154,6 +159,27 @@ func (ps *pools) readopt() {
 				ps.watch(p, inst)
 			}()
 		}
+	}
+}
+
+// reclaim repeats the claim of a claimed backend that a restarted Berth
+// re-adopted: Berth may have died between recording the claim and the
+// backend's answer, and a backend that already has its claim answers the
+// same claim again with 2xx (sdk.ClaimHandler). One that refuses is
+// stopped: it cannot know which key it serves.
+func (ps *pools) reclaim(inst *instance) {
+	select {
+	case <-inst.readyRecorded:
+	case <-inst.done:
+		return
+	}
+	if inst.state() != berth.StateReady {
+		return
+	}
+	if err := ps.m.deliverClaim(ps.m.ctx, inst); err != nil {
+		ps.m.log.Warn("pool: repeated claim of a re-adopted backend failed; stopping it", "backend", inst.id, "err", err)
+		ps.m.recordEvent(inst, "repeated claim after a restart failed: "+err.Error())
+		inst.requestStop(berth.ReasonSpawnFailed, false)
 	}
 }
 

@@ -264,6 +264,11 @@ func TestPool_RestartReadopts(t *testing.T) {
 	if again.BackendID != held.BackendID || again.Spawned {
 		t.Errorf("held after restart: %s (spawned %v); want %s again", again.BackendID, again.Spawned, held.BackendID)
 	}
+	var hid identity
+	get(t, again.URL+"identity", &hid)
+	if hid.Key != "held" || !hid.Claimed {
+		t.Errorf("held's backend after restart says %+v; want claimed for held", hid)
+	}
 	fresh := connect(t, s, api.ConnectRequest{Key: "fresh", Pool: "web", Wait: true})
 	if !before[fresh.BackendID] {
 		t.Errorf("new key got %s; want one of the re-adopted %v", fresh.BackendID, before)
