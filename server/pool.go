@@ -1,14 +1,13 @@
 package server
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
+	"net"
 	"net/http"
 	"slices"
 	"sync"
@@ -38,10 +37,10 @@ type pools struct {
 	m     *Manager
 	store store.Pools
 	kickC chan struct{}
-	http  *http.Client
 
 	mu     sync.Mutex
 	byName map[string]*pool
+	conns  map[string]net.Conn // by backend id: a ready one's, for its claim (pool_claim.go)
 
 	metrics *poolMetrics
 }
@@ -64,6 +63,12 @@ type pool struct {
 
 func (p *pool) live() int { return len(p.ready) + len(p.starting) + len(p.claimed) }
 
+// refillDelay is how long after a claim its pool starts a replacement: a
+// start (a fork, store writes) competes for the CPU with the claimed
+// backend's first requests and with the other claims of a burst, which
+// are what the pool is for.
+const refillDelay = 50 * time.Millisecond
+
 // poolTick is how often the pools are checked without a reason to.
 const poolTick = time.Second
 
@@ -81,8 +86,7 @@ func (m *Manager) StartPools(ctx context.Context, defs []berth.Pool) error {
 	}
 	ps := &pools{
 		m: m, store: sp, kickC: make(chan struct{}, 1), byName: make(map[string]*pool),
-		http:    &http.Client{Transport: &http.Transport{DisableKeepAlives: true}},
-		metrics: newPoolMetrics(),
+		conns: make(map[string]net.Conn), metrics: newPoolMetrics(),
 	}
 	ps.metrics.ps = ps
 	for i := range defs {
@@ -313,6 +317,9 @@ func (ps *pools) watch(p *pool, inst *instance) {
 	case <-inst.readyRecorded:
 	case <-inst.done:
 	}
+	if inst.state() == berth.StateReady {
+		ps.predial(inst)
+	}
 	ps.mu.Lock()
 	if _, ok := p.starting[inst.id]; ok && inst.state() == berth.StateReady {
 		delete(p.starting, inst.id)
@@ -321,6 +328,9 @@ func (ps *pools) watch(p *pool, inst *instance) {
 	}
 	ps.mu.Unlock()
 	<-inst.done
+	if c := ps.takeConn(inst.id); c != nil {
+		c.Close()
+	}
 	ps.mu.Lock()
 	_, starting := p.starting[inst.id]
 	delete(p.starting, inst.id)
@@ -471,7 +481,7 @@ func (m *Manager) claim(ctx context.Context, req *api.ConnectRequest) (h held, o
 		m.mu.Unlock()
 		inst.End() // idle from now on, as any backend
 		ps.metrics.claimed(name, time.Since(started))
-		ps.kick()
+		time.AfterFunc(refillDelay, ps.kick)
 		return held{inst: inst}, true, nil
 	}
 }
@@ -522,20 +532,12 @@ func (m *Manager) deliverClaim(ctx context.Context, inst *instance) error {
 	inst.mu.Unlock()
 	cctx, cancel := context.WithTimeout(ctx, min(b.Spawn.StartupTimeout(), maxClaimWait))
 	defer cancel()
-	hr, err := http.NewRequestWithContext(cctx, http.MethodPost, "http://"+addr+"/.berth/claim", bytes.NewReader(body))
-	if err != nil {
-		return err
-	}
-	hr.Header.Set("Content-Type", "application/json")
-	hr.Header.Set("Authorization", "Bearer "+claimToken(b.Secret))
-	resp, err := m.pools.http.Do(hr)
+	status, msg, err := m.postClaim(cctx, b.ID, addr, claimToken(b.Secret), body)
 	if err != nil {
 		return fmt.Errorf("POST /.berth/claim: %w", err)
 	}
-	defer resp.Body.Close()
-	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("POST /.berth/claim: %s: %s", resp.Status, bytes.TrimSpace(msg))
+	if status/100 != 2 {
+		return claimError(status, msg)
 	}
 	return nil
 }
