@@ -192,13 +192,20 @@ func (ps *pools) reclaim(inst *instance) {
 func (ps *pools) keep() {
 	t := time.NewTicker(poolTick)
 	defer t.Stop()
-	for {
+	for ticks := 0; ; {
 		ps.fill()
 		select {
 		case <-ps.m.ctx.Done():
 			return
 		case <-ps.kickC:
 		case <-t.C:
+			if ticks++; ticks%syncEvery == 0 {
+				ctx, cancel := context.WithTimeout(ps.m.ctx, 10*time.Second)
+				if err := ps.sync(ctx); err != nil {
+					ps.m.log.Warn("pool: read the pools' definitions", "err", err)
+				}
+				cancel()
+			}
 		}
 	}
 }
@@ -290,15 +297,25 @@ func (ps *pools) startOne(p *pool) error {
 	if err != nil {
 		return fmt.Errorf("record backend: %w", err)
 	}
-	m.cfg.Metrics.spawns.Inc()
 	inst := newInstance(b, rt)
 	inst.Begin() // an unclaimed backend is never idle
+	m.mu.Lock()
+	if m.closing {
+		// Shutdown listed what to stop before this was adopted: it must
+		// not start now.
+		m.mu.Unlock()
+		m.transition(inst, store.Transition{To: berth.StateTerminated, Reason: berth.ReasonRequested,
+			Message: "Berth shut down before the pool started it"})
+		return nil
+	}
+	m.live[inst.id] = inst
+	m.wg.Add(2)
+	m.mu.Unlock()
+	m.cfg.Metrics.spawns.Inc()
 	ps.mu.Lock()
 	p.starting[inst.id] = inst
 	ps.mu.Unlock()
-	m.adopt(inst)
 	m.publish(b.ID)
-	m.wg.Add(2)
 	go func() {
 		defer m.wg.Done()
 		m.run(inst, nil)
@@ -556,6 +573,15 @@ func (m *Manager) PutPool(ctx context.Context, def *berth.Pool) (*api.Pool, erro
 	if err := ps.store.PutPool(ctx, def); err != nil {
 		return nil, err
 	}
+	st := ps.apply(def)
+	ps.kick()
+	return st, nil
+}
+
+// apply makes def this node's definition of its pool: a new pool, or a
+// changed one, whose unclaimed backends of an old template stop, and whose
+// ready ones beyond a lowered min_ready stop.
+func (ps *pools) apply(def *berth.Pool) *api.Pool {
 	var stop []*instance
 	ps.mu.Lock()
 	p := ps.byName[def.Name]
@@ -579,8 +605,59 @@ func (m *Manager) PutPool(ctx context.Context, def *berth.Pool) (*api.Pool, erro
 	st := ps.status(p)
 	ps.mu.Unlock()
 	ps.stopUnclaimed(stop)
-	ps.kick()
-	return st, nil
+	return st
+}
+
+// remove forgets a pool on this node and stops its unclaimed backends.
+func (ps *pools) remove(name string) {
+	ps.mu.Lock()
+	p := ps.byName[name]
+	delete(ps.byName, name)
+	var stop []*instance
+	if p != nil {
+		stop = append(stop, p.ready...)
+		for _, inst := range p.starting {
+			stop = append(stop, inst)
+		}
+		p.ready = nil
+	}
+	ps.mu.Unlock()
+	ps.stopUnclaimed(stop)
+}
+
+// syncEvery is how often (in poolTicks) a node re-reads the pools'
+// definitions: another replica may have put or deleted one.
+const syncEvery = 5
+
+// sync makes this node's pools the store's.
+func (ps *pools) sync(ctx context.Context) error {
+	defs, err := ps.store.Pools(ctx)
+	if err != nil {
+		return err
+	}
+	seen := make(map[string]bool, len(defs))
+	for _, d := range defs {
+		seen[d.Name] = true
+		ps.mu.Lock()
+		p := ps.byName[d.Name]
+		same := p != nil && p.def.UpdatedAt.Equal(d.UpdatedAt)
+		ps.mu.Unlock()
+		if !same {
+			ps.apply(d)
+		}
+	}
+	ps.mu.Lock()
+	var gone []string
+	for name := range ps.byName {
+		if !seen[name] {
+			gone = append(gone, name)
+		}
+	}
+	ps.mu.Unlock()
+	for _, name := range gone {
+		ps.remove(name)
+	}
+	return nil
 }
 
 // stopUnclaimed stops backends taken out of a pool's ready list: a claim
@@ -601,19 +678,7 @@ func (m *Manager) DeletePool(ctx context.Context, name string) error {
 	if err := ps.store.DeletePool(ctx, name); err != nil {
 		return err
 	}
-	ps.mu.Lock()
-	p := ps.byName[name]
-	delete(ps.byName, name)
-	var stop []*instance
-	if p != nil {
-		stop = append(stop, p.ready...)
-		for _, inst := range p.starting {
-			stop = append(stop, inst)
-		}
-		p.ready = nil
-	}
-	ps.mu.Unlock()
-	ps.stopUnclaimed(stop)
+	ps.remove(name)
 	return nil
 }
 
@@ -629,10 +694,22 @@ func (m *Manager) Pool(ctx context.Context, name string) (*api.Pool, error) {
 	if err != nil {
 		return nil, err
 	}
-	ps.adoptDef(def)
+	return ps.current(def), nil
+}
+
+// current is def as this node has it, with its counts; a definition
+// another replica wrote is taken on first.
+func (ps *pools) current(def *berth.Pool) *api.Pool {
 	ps.mu.Lock()
-	defer ps.mu.Unlock()
-	return ps.status(ps.byName[name]), nil
+	p := ps.byName[def.Name]
+	if p != nil && p.def.UpdatedAt.Equal(def.UpdatedAt) {
+		defer ps.mu.Unlock()
+		return ps.status(p)
+	}
+	ps.mu.Unlock()
+	st := ps.apply(def)
+	ps.kick()
+	return st
 }
 
 // Pools lists the pools, by name.
@@ -647,25 +724,9 @@ func (m *Manager) Pools(ctx context.Context) ([]api.Pool, error) {
 		return nil, err
 	}
 	for _, d := range defs {
-		ps.adoptDef(d)
-	}
-	ps.mu.Lock()
-	defer ps.mu.Unlock()
-	for _, d := range defs {
-		out = append(out, *ps.status(ps.byName[d.Name]))
+		out = append(out, *ps.current(d))
 	}
 	return out, nil
-}
-
-// adoptDef makes a definition read from the store (another replica may
-// have written it) this node's, if it has none of that name yet.
-func (ps *pools) adoptDef(def *berth.Pool) {
-	ps.mu.Lock()
-	defer ps.mu.Unlock()
-	if ps.byName[def.Name] == nil {
-		ps.byName[def.Name] = newPool(*def)
-		ps.kick()
-	}
 }
 
 // status is p as the API shows it. ps.mu is held.
