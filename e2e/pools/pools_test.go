@@ -375,3 +375,45 @@ func isStatus(err error, status int) bool {
 	ae, ok := err.(*api.Error)
 	return ok && ae.Status == status
 }
+
+// Many connects for one new key at once: one claim, one backend, which
+// every connect is given; the other ready backends stay unclaimed.
+func TestPool_SameKeyConcurrent(t *testing.T) {
+	s := startServer(t)
+	s.putPool("web", s.template(0), 3, 0)
+	before := s.pooled("web")
+	resps := make([]*api.ConnectResponse, 10)
+	var wg sync.WaitGroup
+	for i := range resps {
+		wg.Go(func() {
+			r, err := s.Client.Connect(t.Context(), api.ConnectRequest{Key: "shared", Pool: "web", Wait: true})
+			if err != nil {
+				t.Errorf("connect %d: %v", i, err)
+				return
+			}
+			resps[i] = r
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	spawned := 0
+	for _, r := range resps {
+		if r.BackendID != resps[0].BackendID {
+			t.Errorf("connects got %s and %s for one key", resps[0].BackendID, r.BackendID)
+		}
+		if r.Spawned {
+			spawned++
+		}
+	}
+	if spawned != 1 || !before[resps[0].BackendID] {
+		t.Errorf("%d connects say spawned, backend %s (pooled: %v); want one claim of a pooled backend", spawned, resps[0].BackendID, before)
+	}
+	if got := s.metric(`berth_pool_claims_total{pool="web"}`); got != "1" {
+		t.Errorf("claims = %q; want 1", got)
+	}
+	if n := len(s.audit("claimed")); n != 1 {
+		t.Errorf("%d backends say they were claimed; want 1", n)
+	}
+}
