@@ -16,10 +16,10 @@ import (
 
 // A claim is on the path of a connect, so its POST /.berth/claim goes out
 // on a connection opened when the backend became ready (dialled off that
-// path), and once answered the connection is handed to the proxy
-// (Config.ReuseProbeConn), which sends the key's first request on it: a
-// claim adds the store's write and one round trip to a warm connect,
-// never a dial.
+// path): a claim adds the store's write and one round trip to a warm
+// connect, not a dial. The connection is closed after the answer: the
+// proxy's first request to the backend goes out on its event loops, which
+// keep connections of their own.
 
 // predial opens the connection a claim of inst will use, and keeps it
 // until then. Best effort: without one, the claim dials.
@@ -49,18 +49,6 @@ func (ps *pools) takeConn(id string) net.Conn {
 	return c
 }
 
-// recorder keeps what is read through it.
-type recorder struct {
-	r   io.Reader
-	buf bytes.Buffer
-}
-
-func (r *recorder) Read(p []byte) (int, error) {
-	n, err := r.r.Read(p)
-	r.buf.Write(p[:n])
-	return n, err
-}
-
 // postClaim POSTs body to inst's /.berth/claim at addr with token, and
 // returns the answer's status and (the start of) its body.
 func (m *Manager) postClaim(ctx context.Context, id, addr, token string, body []byte) (int, []byte, error) {
@@ -81,16 +69,16 @@ func (m *Manager) postClaim(ctx context.Context, id, addr, token string, body []
 			c.SetDeadline(dl)
 		}
 		stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
-		rec := &recorder{r: c}
+		cr := &claimReader{r: c}
 		_, err := c.Write(req)
 		var resp *http.Response
 		if err == nil {
-			resp, err = http.ReadResponse(bufio.NewReader(rec), &http.Request{Method: http.MethodPost})
+			resp, err = http.ReadResponse(bufio.NewReader(cr), &http.Request{Method: http.MethodPost})
 		}
 		if err != nil {
 			stop()
 			c.Close()
-			if reused && rec.buf.Len() == 0 && ctx.Err() == nil {
+			if reused && cr.n == 0 && ctx.Err() == nil {
 				// The kept connection was closed by the backend while it
 				// waited (an idle timeout): nothing was answered, so ask
 				// again on a new one.
@@ -99,26 +87,27 @@ func (m *Manager) postClaim(ctx context.Context, id, addr, token string, body []
 			}
 			return 0, nil, err
 		}
-		msg, err := io.ReadAll(io.LimitReader(resp.Body, 512))
-		full := err == nil && resp.ContentLength >= 0 && int64(len(msg)) == resp.ContentLength ||
-			resp.StatusCode == http.StatusNoContent
+		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
 		resp.Body.Close()
-		if !stop() {
-			c.Close()
+		stopped := stop()
+		c.Close()
+		if !stopped {
 			return 0, nil, ctx.Err()
-		}
-		c.SetDeadline(time.Time{})
-		if keep := m.cfg.ReuseProbeConn; keep != nil && full && !resp.Close && resp.StatusCode/100 == 2 {
-			// Keep checks that what was read is exactly one whole answer
-			// after which the connection stays open.
-			br := bufio.NewReader(bytes.NewReader(rec.buf.Bytes()))
-			br.Peek(rec.buf.Len())
-			keep(addr, c, br)
-		} else {
-			c.Close()
 		}
 		return resp.StatusCode, msg, nil
 	}
+}
+
+// claimReader counts what is read through it.
+type claimReader struct {
+	r io.Reader
+	n int
+}
+
+func (r *claimReader) Read(p []byte) (int, error) {
+	n, err := r.r.Read(p)
+	r.n += n
+	return n, err
 }
 
 // claimError words a claim's refusal.
