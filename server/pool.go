@@ -291,15 +291,18 @@ func (ps *pools) startOne(p *pool) error {
 	ctx, cancel := m.writeContext()
 	_, _, err = m.cfg.Store.CreateBackend(ctx, b)
 	cancel()
-	m.mu.Lock()
-	delete(m.creating, b.ID)
-	m.mu.Unlock()
 	if err != nil {
+		m.mu.Lock()
+		delete(m.creating, b.ID)
+		m.mu.Unlock()
 		return fmt.Errorf("record backend: %w", err)
 	}
 	inst := newInstance(b, rt)
 	inst.Begin() // an unclaimed backend is never idle
 	m.mu.Lock()
+	// Forgotten as being created only once it is live here, in the same
+	// step: pickUp must never find it in neither.
+	delete(m.creating, b.ID)
 	if m.closing {
 		// Shutdown listed what to stop before this was adopted: it must
 		// not start now.
