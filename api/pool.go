@@ -15,6 +15,8 @@ type PoolRequest struct {
 	Spawn    *berth.SpawnConfig `json:"spawn"`
 	MinReady int                `json:"min_ready"`
 	Max      int                `json:"max,omitempty"`
+	// Schedule sets min_ready during daily UTC windows.
+	Schedule []berth.PoolWindow `json:"schedule,omitempty"`
 }
 
 // IntRange implements jsonbody.Ranger for the spawn template's fields.
@@ -29,15 +31,18 @@ func (*PoolRequest) IntRange(path string) (string, bool) {
 // the node that answers, how many of its backends are ready (unclaimed),
 // starting, and claimed (live, given a key).
 type Pool struct {
-	Name      string            `json:"name"`
-	Spawn     berth.SpawnConfig `json:"spawn"`
-	MinReady  int               `json:"min_ready"`
-	Max       int               `json:"max,omitempty"`
-	Ready     int               `json:"ready"`
-	Starting  int               `json:"starting"`
-	Claimed   int               `json:"claimed"`
-	CreatedAt time.Time         `json:"created_at"`
-	UpdatedAt time.Time         `json:"updated_at"`
+	Name     string             `json:"name"`
+	Spawn    berth.SpawnConfig  `json:"spawn"`
+	MinReady int                `json:"min_ready"`
+	Max      int                `json:"max,omitempty"`
+	Schedule []berth.PoolWindow `json:"schedule,omitempty"`
+	// MinReadyNow is min_ready as the schedule has it now.
+	MinReadyNow int       `json:"min_ready_now"`
+	Ready       int       `json:"ready"`
+	Starting    int       `json:"starting"`
+	Claimed     int       `json:"claimed"`
+	CreatedAt   time.Time `json:"created_at"`
+	UpdatedAt   time.Time `json:"updated_at"`
 }
 
 // PoolList is the answer to GET /v1/pools.

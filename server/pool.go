@@ -223,11 +223,21 @@ func (ps *pools) fill() {
 		p *pool
 		n int
 	}
-	var starts []start
+	var (
+		starts []start
+		stop   []*instance
+	)
 	now := time.Now()
 	ps.mu.Lock()
 	for _, p := range ps.byName {
-		n := p.def.MinReady - len(p.ready) - len(p.starting)
+		target := p.def.MinReadyAt(now)
+		if extra := len(p.ready) - target; extra > 0 {
+			// A lower min_ready (or the end of a schedule's window): the
+			// newest go, the oldest stay first in line for a claim.
+			stop = append(stop, p.ready[len(p.ready)-extra:]...)
+			p.ready = p.ready[:len(p.ready)-extra]
+		}
+		n := target - len(p.ready) - len(p.starting)
 		if p.def.Max > 0 {
 			n = min(n, p.def.Max-p.live())
 		}
@@ -236,6 +246,7 @@ func (ps *pools) fill() {
 		}
 	}
 	ps.mu.Unlock()
+	ps.stopUnclaimed(stop)
 	for _, s := range starts {
 		for range s.n {
 			if err := ps.startOne(s.p); err != nil {
@@ -582,8 +593,8 @@ func (m *Manager) PutPool(ctx context.Context, def *berth.Pool) (*api.Pool, erro
 }
 
 // apply makes def this node's definition of its pool: a new pool, or a
-// changed one, whose unclaimed backends of an old template stop, and whose
-// ready ones beyond a lowered min_ready stop.
+// changed one, whose unclaimed backends of an old template stop. Callers
+// kick the keeper, which stops ready ones beyond a lowered min_ready.
 func (ps *pools) apply(def *berth.Pool) *api.Pool {
 	var stop []*instance
 	ps.mu.Lock()
@@ -598,10 +609,8 @@ func (ps *pools) apply(def *berth.Pool) *api.Pool {
 				stop = append(stop, inst)
 			}
 			p.ready = nil
-		} else if extra := len(p.ready) - def.MinReady; extra > 0 {
-			stop = append(stop, p.ready[len(p.ready)-extra:]...)
-			p.ready = p.ready[:len(p.ready)-extra]
 		}
+		// A lower min_ready is the next fill's to act on.
 		p.def = *def
 		p.failures, p.retryAt = 0, time.Time{}
 	}
@@ -736,6 +745,7 @@ func (m *Manager) Pools(ctx context.Context) ([]api.Pool, error) {
 func (ps *pools) status(p *pool) *api.Pool {
 	return &api.Pool{
 		Name: p.def.Name, Spawn: p.def.Spawn, MinReady: p.def.MinReady, Max: p.def.Max,
+		Schedule: p.def.Schedule, MinReadyNow: p.def.MinReadyAt(time.Now()),
 		Ready: len(p.ready), Starting: len(p.starting), Claimed: len(p.claimed),
 		CreatedAt: p.def.CreatedAt, UpdatedAt: p.def.UpdatedAt,
 	}

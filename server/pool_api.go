@@ -58,7 +58,7 @@ func (a *apiServer) putPool(w http.ResponseWriter, r *http.Request) error {
 	if req.Spawn == nil {
 		return badRequest("spawn", "is required: the template of the pool's backends")
 	}
-	p, err := a.m.PutPool(r.Context(), &berth.Pool{Name: name, Spawn: *req.Spawn, MinReady: req.MinReady, Max: req.Max})
+	p, err := a.m.PutPool(r.Context(), &berth.Pool{Name: name, Spawn: *req.Spawn, MinReady: req.MinReady, Max: req.Max, Schedule: req.Schedule})
 	if err != nil {
 		return err
 	}

@@ -44,7 +44,7 @@ func readPoolsFile(path string) ([]berth.Pool, error) {
 			return nil, fmt.Errorf("--pools %s: pools[%d].name: %q is defined twice", path, i, e.Name)
 		}
 		seen[e.Name] = true
-		p := berth.Pool{Name: e.Name, Spawn: *e.Spawn, MinReady: e.MinReady, Max: e.Max}
+		p := berth.Pool{Name: e.Name, Spawn: *e.Spawn, MinReady: e.MinReady, Max: e.Max, Schedule: e.Schedule}
 		if err := p.Validate(); err != nil {
 			return nil, fmt.Errorf("--pools %s: pools[%d].%w", path, i, err)
 		}

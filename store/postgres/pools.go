@@ -15,7 +15,7 @@ import (
 
 var _ store.Pools = (*Store)(nil)
 
-const poolColumns = `name, spawn, min_ready, max, created_at, updated_at`
+const poolColumns = `name, spawn, min_ready, max, schedule, created_at, updated_at`
 
 // PutPool implements store.Pools.
 func (s *Store) PutPool(ctx context.Context, p *berth.Pool) error {
@@ -23,13 +23,17 @@ func (s *Store) PutPool(ctx context.Context, p *berth.Pool) error {
 	if err != nil {
 		return fmt.Errorf("postgres: put pool %s: %w", p.Name, err)
 	}
+	schedule, err := json.Marshal(windows(p.Schedule))
+	if err != nil {
+		return fmt.Errorf("postgres: put pool %s: %w", p.Name, err)
+	}
 	now := micros(time.Now())
 	var created time.Time
-	err = s.pool.QueryRow(ctx, `INSERT INTO berth_pools AS p (name, spawn, min_ready, max, created_at, updated_at)
-		VALUES ($1, $2, $3, $4, $5, $5)
+	err = s.pool.QueryRow(ctx, `INSERT INTO berth_pools AS p (name, spawn, min_ready, max, schedule, created_at, updated_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $6)
 		ON CONFLICT (name) DO UPDATE SET spawn = EXCLUDED.spawn, min_ready = EXCLUDED.min_ready,
-			max = EXCLUDED.max, updated_at = EXCLUDED.updated_at
-		RETURNING created_at`, p.Name, spawn, p.MinReady, p.Max, now).Scan(&created)
+			max = EXCLUDED.max, schedule = EXCLUDED.schedule, updated_at = EXCLUDED.updated_at
+		RETURNING created_at`, p.Name, spawn, p.MinReady, p.Max, schedule, now).Scan(&created)
 	if err != nil {
 		return fmt.Errorf("postgres: put pool %s: %w", p.Name, err)
 	}
@@ -39,10 +43,10 @@ func (s *Store) PutPool(ctx context.Context, p *berth.Pool) error {
 
 func scanPool(row pgx.Row) (*berth.Pool, error) {
 	var (
-		p     berth.Pool
-		spawn []byte
+		p               berth.Pool
+		spawn, schedule []byte
 	)
-	err := row.Scan(&p.Name, &spawn, &p.MinReady, &p.Max, &p.CreatedAt, &p.UpdatedAt)
+	err := row.Scan(&p.Name, &spawn, &p.MinReady, &p.Max, &schedule, &p.CreatedAt, &p.UpdatedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, berth.ErrNotFound
 	}
@@ -51,6 +55,12 @@ func scanPool(row pgx.Row) (*berth.Pool, error) {
 	}
 	if err := json.Unmarshal(spawn, &p.Spawn); err != nil {
 		return nil, fmt.Errorf("decode spawn config of pool %s: %w", p.Name, err)
+	}
+	if err := json.Unmarshal(schedule, &p.Schedule); err != nil {
+		return nil, fmt.Errorf("decode schedule of pool %s: %w", p.Name, err)
+	}
+	if len(p.Schedule) == 0 {
+		p.Schedule = nil
 	}
 	p.CreatedAt, p.UpdatedAt = p.CreatedAt.UTC(), p.UpdatedAt.UTC()
 	return &p, nil
@@ -132,4 +142,12 @@ func (s *Store) ClaimBackend(ctx context.Context, id, key, user string) (*berth.
 		return nil, false, fmt.Errorf("postgres: claim backend %s for key %q: %w", id, key, err)
 	}
 	return b, true, nil
+}
+
+// windows is a schedule as stored: never null.
+func windows(ws []berth.PoolWindow) []berth.PoolWindow {
+	if ws == nil {
+		return []berth.PoolWindow{}
+	}
+	return ws
 }

@@ -99,6 +99,7 @@ CREATE TABLE berth_pools (
 	spawn      json NOT NULL,
 	min_ready  integer NOT NULL,
 	max        integer NOT NULL DEFAULT 0,
+	schedule   json NOT NULL DEFAULT '[]',
 	created_at timestamptz NOT NULL,
 	updated_at timestamptz NOT NULL
 );

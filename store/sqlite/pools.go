@@ -20,15 +20,19 @@ func (s *Store) PutPool(ctx context.Context, p *berth.Pool) error {
 	if err != nil {
 		return fmt.Errorf("sqlite: put pool %s: %w", p.Name, err)
 	}
+	schedule, err := json.Marshal(windows(p.Schedule))
+	if err != nil {
+		return fmt.Errorf("sqlite: put pool %s: %w", p.Name, err)
+	}
 	now := time.Now().UTC().Truncate(time.Microsecond)
 	var created int64
 	err = s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
-		return tx.QueryRowContext(ctx, `INSERT INTO pools (name, spawn, min_ready, max, created_at, updated_at)
-			VALUES (?, ?, ?, ?, ?, ?)
+		return tx.QueryRowContext(ctx, `INSERT INTO pools (name, spawn, min_ready, max, schedule, created_at, updated_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?)
 			ON CONFLICT (name) DO UPDATE SET spawn = excluded.spawn, min_ready = excluded.min_ready,
-				max = excluded.max, updated_at = excluded.updated_at
+				max = excluded.max, schedule = excluded.schedule, updated_at = excluded.updated_at
 			RETURNING created_at`,
-			p.Name, string(spawn), p.MinReady, p.Max, now.UnixMicro(), now.UnixMicro()).Scan(&created)
+			p.Name, string(spawn), p.MinReady, p.Max, string(schedule), now.UnixMicro(), now.UnixMicro()).Scan(&created)
 	})
 	if err != nil {
 		return fmt.Errorf("sqlite: put pool %s: %w", p.Name, err)
@@ -37,15 +41,15 @@ func (s *Store) PutPool(ctx context.Context, p *berth.Pool) error {
 	return nil
 }
 
-const poolColumns = `name, spawn, min_ready, max, created_at, updated_at`
+const poolColumns = `name, spawn, min_ready, max, schedule, created_at, updated_at`
 
 func scanPool(row interface{ Scan(...any) error }) (*berth.Pool, error) {
 	var (
 		p                berth.Pool
-		spawn            []byte
+		spawn, schedule  []byte
 		created, updated int64
 	)
-	err := row.Scan(&p.Name, &spawn, &p.MinReady, &p.Max, &created, &updated)
+	err := row.Scan(&p.Name, &spawn, &p.MinReady, &p.Max, &schedule, &created, &updated)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, berth.ErrNotFound
 	}
@@ -54,6 +58,12 @@ func scanPool(row interface{ Scan(...any) error }) (*berth.Pool, error) {
 	}
 	if err := json.Unmarshal(spawn, &p.Spawn); err != nil {
 		return nil, fmt.Errorf("decode spawn config of pool %s: %w", p.Name, err)
+	}
+	if err := json.Unmarshal(schedule, &p.Schedule); err != nil {
+		return nil, fmt.Errorf("decode schedule of pool %s: %w", p.Name, err)
+	}
+	if len(p.Schedule) == 0 {
+		p.Schedule = nil
 	}
 	p.CreatedAt, p.UpdatedAt = fromMicros(created), fromMicros(updated)
 	return &p, nil
@@ -142,4 +152,12 @@ func (s *Store) ClaimBackend(ctx context.Context, id, key, user string) (*berth.
 		return holder, false, nil
 	}
 	return b, true, nil
+}
+
+// windows is a schedule as stored: never null.
+func windows(ws []berth.PoolWindow) []berth.PoolWindow {
+	if ws == nil {
+		return []berth.PoolWindow{}
+	}
+	return ws
 }

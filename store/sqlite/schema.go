@@ -89,7 +89,7 @@ CREATE TABLE nodes (
 CREATE INDEX backends_node_live ON backends (node) WHERE state <> 'terminated';
 `,
 	// Warm pools: their definitions, and which pool started a backend
-	// (store.Pools). spawn is JSON text.
+	// (store.Pools). spawn and schedule are JSON text.
 	`
 ALTER TABLE backends ADD COLUMN pool TEXT NOT NULL DEFAULT '';
 CREATE TABLE pools (
@@ -97,6 +97,7 @@ CREATE TABLE pools (
 	spawn      TEXT NOT NULL,
 	min_ready  INTEGER NOT NULL,
 	max        INTEGER NOT NULL DEFAULT 0,
+	schedule   TEXT NOT NULL DEFAULT '[]',
 	created_at BIGINT NOT NULL,
 	updated_at BIGINT NOT NULL
 );

@@ -3,6 +3,7 @@ package storetest
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -30,7 +31,8 @@ func testPools(t *testing.T, s store.Store) {
 	if err := ps.DeletePool(ctx, "web"); !errors.Is(err, berth.ErrNotFound) {
 		t.Errorf("DeletePool of none: err = %v; want ErrNotFound", err)
 	}
-	web := &berth.Pool{Name: "web", Spawn: newBackend("x", "").Spawn, MinReady: 3, Max: 10}
+	web := &berth.Pool{Name: "web", Spawn: newBackend("x", "").Spawn, MinReady: 3, Max: 10,
+		Schedule: []berth.PoolWindow{{Days: []string{"mon", "fri"}, From: "08:00", To: "18:30", MinReady: 8}, {From: "22:00", To: "02:00"}}}
 	web.Spawn.State.Mode = berth.StateModeBlob
 	if err := ps.PutPool(ctx, web); err != nil {
 		t.Fatal(err)
@@ -47,7 +49,7 @@ func testPools(t *testing.T, s store.Store) {
 		t.Fatal(err)
 	}
 	if got.Name != "web" || got.MinReady != 3 || got.Max != 10 || !berth.SameSpawn(&got.Spawn, &web.Spawn) ||
-		!got.CreatedAt.Equal(web.CreatedAt) {
+		!got.CreatedAt.Equal(web.CreatedAt) || !reflect.DeepEqual(got.Schedule, web.Schedule) {
 		t.Errorf("Pool(web) = %+v; want %+v", got, web)
 	}
 	// Replacing keeps the creation time and changes the rest.
@@ -58,6 +60,9 @@ func testPools(t *testing.T, s store.Store) {
 	}
 	if !web2.CreatedAt.Equal(created) || web2.UpdatedAt.Before(created) {
 		t.Errorf("replaced pool: created %v (want %v) updated %v", web2.CreatedAt, created, web2.UpdatedAt)
+	}
+	if got, _ := ps.Pool(ctx, "web"); got == nil || got.Schedule != nil {
+		t.Errorf("replaced pool without a schedule: %+v; want none", got)
 	}
 	all, err := ps.Pools(ctx)
 	if err != nil {
