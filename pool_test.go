@@ -30,9 +30,9 @@ func TestPool_MinReadyAt(t *testing.T) {
 		{"2026-12-07 23:30 UTC", 3}, // across midnight, before it
 		{"2026-12-08 01:59 UTC", 3}, // and after it
 		{"2026-12-08 02:00 UTC", 1},
-		{"2026-12-12 01:30 UTC", 3},  // the midnight window comes first
-		{"2026-12-12 03:00 UTC", 7},  // Saturday only
-		{"2026-12-13 03:00 UTC", 1},  // not Sunday
+		{"2026-12-12 01:30 UTC", 3}, // the midnight window comes first
+		{"2026-12-12 03:00 UTC", 7}, // Saturday only
+		{"2026-12-13 03:00 UTC", 1}, // not Sunday
 	} {
 		if got := p.MinReadyAt(at(tt.at)); got != tt.want {
 			t.Errorf("MinReadyAt(%s) = %d; want %d", tt.at, got, tt.want)
