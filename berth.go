@@ -82,11 +82,9 @@ type Backend struct {
 	Secret string `json:"-"`
 	// Handle is the runtime's opaque, persisted description of the running
 	// instance, so a restarted Berth can recover it.
-	Handle []byte `json:"-"`
-	Node   string `json:"node,omitempty"`
-	// Pool names the warm pool that started the backend, if one did; its
-	// Key is empty until a connect claims it (DESIGN.md, "Warm pools").
-	Pool         string     `json:"pool,omitempty"`
+	Handle       []byte     `json:"-"`
+	Node         string     `json:"node,omitempty"`
+	Pool         string     `json:"pool,omitempty"` // the warm pool that started it, if one did; no Key until claimed (DESIGN.md, "Warm pools")
 	CreatedAt    time.Time  `json:"created_at"`
 	ReadyAt      *time.Time `json:"ready_at,omitempty"`
 	TerminatedAt *time.Time `json:"terminated_at,omitempty"`

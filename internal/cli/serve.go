@@ -82,7 +82,7 @@ func (o *serverOptions) flags(fs *flag.FlagSet) {
 	fs.Int64Var(&o.MaxStateBytes, "max-state-bytes", 64<<20, "largest state a backend may save")
 	fs.IntVar(&o.History, "history", 10, "saves kept per key")
 	fs.StringVar(&o.TokenKey, "token-key", envOr("BERTH_TOKEN_KEY", ""), "secret for signing proxy tokens, 32+ bytes (BERTH_TOKEN_KEY; default: generated once into <data-dir>/token.key)")
-	fs.StringVar(&o.PoolsFile, "pools", envOr("BERTH_POOLS", ""), "a JSON file of warm pools to create or replace at start, {\"pools\": [{\"name\", \"spawn\", \"min_ready\", \"max\"}]} (BERTH_POOLS)")
+	fs.StringVar(&o.PoolsFile, "pools", envOr("BERTH_POOLS", ""), "a JSON file of warm pools to create or replace at start, {\"pools\": [{\"name\", \"spawn\", \"min_ready\", \"max\", \"schedule\"}]} (BERTH_POOLS)")
 	fs.StringVar(&o.LogLevel, "log-level", envOr("BERTH_LOG_LEVEL", "info"), "debug, info, warn or error (BERTH_LOG_LEVEL)")
 	fs.DurationVar(&o.ShutdownGrace, "shutdown-timeout", 60*time.Second, "how long a shutdown waits for backends to stop")
 	fs.StringVar(&o.NodeID, "node-id", envOr("BERTH_NODE_ID", ""), "this replica's name among those sharing a PostgreSQL store (BERTH_NODE_ID; default: generated once into <data-dir>/node-id)")
