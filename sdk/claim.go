@@ -82,7 +82,9 @@ func Claimed(ctx context.Context) (*Identity, error) {
 // error from load answers 500: Berth stops this backend and serves the
 // connect with another. load may be nil.
 //
-// A claim must carry "Authorization: Bearer $BERTH_CLAIM_TOKEN". A second
+// A claim whose sender went away before load returned is not taken:
+// Berth, restarted, sends it again. A claim must carry "Authorization:
+// Bearer $BERTH_CLAIM_TOKEN". A second
 // claim with the same key and fencing token (Berth repeats one it lost the
 // answer to) is answered 204 again without calling load; any other after
 // the first is refused with 409: a backend serves one key in its life.
@@ -127,6 +129,11 @@ func ClaimHandler(load func(ctx context.Context, id *Identity) error) http.Handl
 				http.Error(w, "claim: "+err.Error(), http.StatusInternalServerError)
 				return
 			}
+		}
+		if r.Context().Err() != nil {
+			// Berth went away before the answer: it does not know this
+			// claim happened, and repeats it when it comes back.
+			return
 		}
 		claim.id = &id
 		close(claim.done)
