@@ -69,6 +69,10 @@ func (p *pool) live() int { return len(p.ready) + len(p.starting) + len(p.claime
 // are what the pool is for.
 const refillDelay = 50 * time.Millisecond
 
+// reclaimWait bounds how long a restart waits for the repeated claims of
+// the claimed backends it re-adopted before it serves.
+const reclaimWait = 10 * time.Second
+
 // poolTick is how often the pools are checked without a reason to.
 const poolTick = time.Second
 
@@ -106,7 +110,18 @@ func (m *Manager) StartPools(ctx context.Context, defs []berth.Pool) error {
 		ps.byName[d.Name] = newPool(*d)
 	}
 	m.pools = ps
-	ps.readopt()
+	// The repeated claims are awaited (for a while) before Berth serves,
+	// so a key's first requests after a restart find a backend that
+	// knows its key.
+	reclaims := ps.readopt()
+	done := make(chan struct{})
+	go func() { reclaims.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(reclaimWait):
+		m.log.Warn("pool: repeated claims still under way; serving anyway", "after", reclaimWait)
+	case <-ctx.Done():
+	}
 	m.sweeper.Add(1)
 	go func() {
 		defer m.sweeper.Done()
@@ -122,7 +137,8 @@ func newPool(def berth.Pool) *pool {
 // readopt takes back the live backends of pools that Reconcile re-adopted:
 // unclaimed ones wait for a claim again (or stop, if their pool is gone or
 // its template changed), claimed ones count against their pool's max.
-func (ps *pools) readopt() {
+func (ps *pools) readopt() (reclaims *sync.WaitGroup) {
+	reclaims = new(sync.WaitGroup)
 	m := ps.m
 	m.mu.Lock()
 	var insts []*instance
@@ -143,8 +159,10 @@ func (ps *pools) readopt() {
 				p.claimed[inst.id] = inst
 			}
 			m.wg.Add(1)
+			reclaims.Add(1)
 			go func() {
 				defer m.wg.Done()
+				defer reclaims.Done()
 				ps.reclaim(inst)
 			}()
 		case p == nil || !berth.SameSpawn(&p.def.Spawn, &b.Spawn) || b.State == berth.StateTerminating:
@@ -164,6 +182,7 @@ func (ps *pools) readopt() {
 			}()
 		}
 	}
+	return reclaims
 }
 
 // reclaim repeats the claim of a claimed backend that a restarted Berth
