@@ -125,6 +125,10 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 	if err != nil {
 		return err
 	}
+	pools, err := readPoolsFile(o.PoolsFile) // a mistake in it stops the start at once
+	if err != nil {
+		return err
+	}
 	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
 		return fmt.Errorf("create data dir: %w", err)
 	}
@@ -261,13 +265,6 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 	if err := mgr.Reconcile(ctx); err != nil {
 		return err
 	}
-	pools, err := readPoolsFile(o.PoolsFile)
-	if err != nil {
-		return err
-	}
-	if err := mgr.StartPools(ctx, pools); err != nil {
-		return err
-	}
 
 	mux := http.NewServeMux()
 	states.Mount(mux)
@@ -293,9 +290,16 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 		states.SetBackendAPIURL("docker", u)
 		defer srv.Close()
 	}
+	// Pools start once every runtime's backends can reach the backend API
+	// (a claim hands them its state URL; a repeated claim may load from
+	// it), and before the control API and the proxy serve.
+	go func() { errC <- backendSrv.Serve(backendLn) }()
+	if err := mgr.StartPools(ctx, pools); err != nil {
+		backendSrv.Close()
+		return err
+	}
 	go func() { errC <- apiSrv.Serve(apiLn) }()
 	go func() { errC <- proxySrv.Serve(proxyLn) }()
-	go func() { errC <- backendSrv.Serve(backendLn) }()
 	log.Info("berth is up", "api", apiURL, "proxy", public, "data", o.DataDir, "runtimes", runtimeNames(runtimes))
 	if ready != nil {
 		ready(&runningServer{manager: mgr, apiURL: apiURL, public: public, runtime: runtimeNames(runtimes)})
