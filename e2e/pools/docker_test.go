@@ -85,7 +85,16 @@ func TestPool_Docker(t *testing.T) {
 	}
 	again := connect(t, s, api.ConnectRequest{Key: "notes", Pool: "box", Wait: true})
 	if again.BackendID != claimed.BackendID {
-		t.Errorf("notes after restart: %s; want %s", again.BackendID, claimed.BackendID)
+		t.Fatalf("notes after restart: %s; want %s", again.BackendID, claimed.BackendID)
+	}
+	get(t, again.URL+"identity", &id)
+	if id.Key != "notes" || !id.Claimed {
+		t.Errorf("re-adopted container says %+v; want claimed for notes", id)
+	}
+	put(t, again.URL+"state", "saved after the restart")
+	var buf strings.Builder
+	if err := s.Client.StateData(ctx, "notes", "", &buf); err != nil || buf.String() != "saved after the restart" {
+		t.Errorf("notes' state = %q, %v; want the re-adopted container's save", buf.String(), err)
 	}
 }
 
