@@ -598,7 +598,7 @@ func (m *Manager) deliverClaim(ctx context.Context, inst *instance) error {
 func (m *Manager) PutPool(ctx context.Context, def *berth.Pool) (*api.Pool, error) {
 	ps := m.pools
 	if ps == nil {
-		return nil, &HTTPError{Status: http.StatusNotImplemented, Code: api.CodeUnavailable, Message: "this server's store keeps no pools"}
+		return nil, &HTTPError{Status: http.StatusServiceUnavailable, Code: api.CodeUnavailable, Message: "this server keeps no pools (its store has none, or it is still starting)"}
 	}
 	if err := def.Validate(); err != nil {
 		return nil, err
