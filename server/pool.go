@@ -92,7 +92,6 @@ func (m *Manager) StartPools(ctx context.Context, defs []berth.Pool) error {
 		m: m, store: sp, kickC: make(chan struct{}, 1), byName: make(map[string]*pool),
 		conns: make(map[string]net.Conn), metrics: newPoolMetrics(),
 	}
-	ps.metrics.ps = ps
 	for i := range defs {
 		d := defs[i]
 		if err := d.Validate(); err != nil {

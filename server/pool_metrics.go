@@ -9,7 +9,6 @@ import (
 // poolMetrics counts what the pools do; the pool sizes are read when
 // scraped (PoolCollector).
 type poolMetrics struct {
-	ps       *pools
 	claims   *prometheus.CounterVec
 	failures *prometheus.CounterVec
 	colds    *prometheus.CounterVec
