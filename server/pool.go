@@ -428,18 +428,18 @@ func (ps *pools) putBack(p *pool, inst *instance) {
 
 // match returns the pool a connect claims from: the one it names, or the
 // one whose template equals its spawn config.
-func (ps *pools) match(req *api.ConnectRequest) *pool {
+func (ps *pools) match(req *api.ConnectRequest) (*pool, string) {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	if req.Pool != "" {
-		return ps.byName[req.Pool]
+		return ps.byName[req.Pool], req.Pool
 	}
-	for _, p := range ps.byName {
+	for name, p := range ps.byName {
 		if berth.SameSpawn(&p.def.Spawn, req.Spawn) {
-			return p
+			return p, name
 		}
 	}
-	return nil
+	return nil, ""
 }
 
 // resolvePool checks a connect's pool and gives it the pool's template as
@@ -484,11 +484,14 @@ func (m *Manager) claim(ctx context.Context, req *api.ConnectRequest) (h held, o
 	if ps == nil || req.Key == "" || req.Spawn == nil {
 		return held{}, false, nil
 	}
-	p := ps.match(req)
+	p, name := ps.match(req)
 	if p == nil {
 		return held{}, false, nil
 	}
-	name := p.def.Name
+	// The claim is shared by every connect for the key (getOrSpawn's
+	// pending): the first one's going away must not cut it short.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), maxClaimTime)
+	defer cancel()
 	for {
 		inst := ps.take(p)
 		if inst == nil {
@@ -558,6 +561,10 @@ func pooledEnv(env map[string]string, b *berth.Backend) {
 // maxClaimWait bounds a claim's POST: the backend answers once it loaded
 // its state.
 const maxClaimWait = 30 * time.Second
+
+// maxClaimTime bounds a connect's claims, the wait for failed ones to
+// give their key back included.
+const maxClaimTime = 2 * time.Minute
 
 // deliverClaim fences inst's new key, prepares its state URL and POSTs the
 // claim to the backend, whose 2xx says it has loaded its state.
