@@ -84,6 +84,7 @@ type Backend struct {
 	// instance, so a restarted Berth can recover it.
 	Handle       []byte     `json:"-"`
 	Node         string     `json:"node,omitempty"`
+	Pool         string     `json:"pool,omitempty"` // the warm pool that started it, if one did; no Key until claimed (DESIGN.md, "Warm pools")
 	CreatedAt    time.Time  `json:"created_at"`
 	ReadyAt      *time.Time `json:"ready_at,omitempty"`
 	TerminatedAt *time.Time `json:"terminated_at,omitempty"`

@@ -119,6 +119,7 @@ type Manager struct {
 	creating map[string]bool     // ids of backends this Manager is recording and will start
 
 	cluster *cluster // nil unless this Manager is a replica (Join)
+	pools   *pools   // nil until StartPools (pool.go)
 
 	lostStops chan struct{}        // a slot per stop of a lost backend's instance
 	sweeper   sync.WaitGroup       // sweepLoop and the late lists
@@ -166,6 +167,9 @@ type ConnectResult struct {
 // Connect gets the live backend for req.Key or spawns one. It validates the
 // request (errors are *berth.FieldError).
 func (m *Manager) Connect(ctx context.Context, req *api.ConnectRequest) (*api.ConnectResponse, error) {
+	if err := m.resolvePool(req); err != nil {
+		return nil, err
+	}
 	if err := validateConnect(req); err != nil {
 		return nil, err
 	}
@@ -229,6 +233,7 @@ func (m *Manager) Connect(ctx context.Context, req *api.ConnectRequest) (*api.Co
 		Token:        tok,
 		StatusURL:    m.cfg.APIURL + "/v1/backends/" + b.ID + "/events",
 		FencingToken: b.FencingToken,
+		Pool:         b.Pool,
 	}, nil
 }
 
@@ -381,6 +386,9 @@ func waitDone(ctx context.Context, inst *instance) error {
 // key's holder that the store knows and this Manager does not run: one
 // another node runs. created says which.
 func (m *Manager) spawn(ctx context.Context, req *api.ConnectRequest) (h held, created bool, err error) {
+	if h, ok, err := m.claim(ctx, req); ok || err != nil {
+		return h, ok, err // a warm pool's backend (pool.go)
+	}
 	rt, err := m.runtimeFor(req.Spawn)
 	if err != nil {
 		return held{}, false, err

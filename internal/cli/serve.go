@@ -64,6 +64,7 @@ type serverOptions struct {
 	Capacity       int
 	LeaseTTL       time.Duration
 	Edge           edgeOptions // TLS, hostnames, balancers, limits (edge.go)
+	PoolsFile      string
 	dev            bool
 }
 
@@ -82,6 +83,7 @@ func (o *serverOptions) flags(fs *flag.FlagSet) {
 	fs.Int64Var(&o.MaxStateBytes, "max-state-bytes", 64<<20, "largest state a backend may save")
 	fs.IntVar(&o.History, "history", 10, "saves kept per key")
 	fs.StringVar(&o.TokenKey, "token-key", envOr("BERTH_TOKEN_KEY", ""), "secret for signing proxy tokens, 32+ bytes (BERTH_TOKEN_KEY; default: generated once into <data-dir>/token.key)")
+	fs.StringVar(&o.PoolsFile, "pools", envOr("BERTH_POOLS", ""), "a JSON file of warm pools to create or replace at start, {\"pools\": [{\"name\", \"spawn\", \"min_ready\", \"max\", \"schedule\"}]} (BERTH_POOLS)")
 	fs.StringVar(&o.LogLevel, "log-level", envOr("BERTH_LOG_LEVEL", "info"), "debug, info, warn or error (BERTH_LOG_LEVEL)")
 	fs.DurationVar(&o.ShutdownGrace, "shutdown-timeout", 60*time.Second, "how long a shutdown waits for backends to stop")
 	fs.StringVar(&o.NodeID, "node-id", envOr("BERTH_NODE_ID", ""), "this replica's name among those sharing a PostgreSQL store (BERTH_NODE_ID; default: generated once into <data-dir>/node-id)")
@@ -126,6 +128,10 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 		return err
 	}
 	if err := o.Edge.validate(); err != nil {
+		return err
+	}
+	pools, err := readPoolsFile(o.PoolsFile) // a mistake in it stops the start at once
+	if err != nil {
 		return err
 	}
 	if err := os.MkdirAll(o.DataDir, 0o700); err != nil {
@@ -235,7 +241,7 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 	if err != nil {
 		return err
 	}
-	reg.MustRegister(mgr.Collector())
+	reg.MustRegister(mgr.Collector(), mgr.PoolCollector())
 	blobs, err := openBlobs(ctx, o, log)
 	if err != nil {
 		return err
@@ -305,9 +311,16 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 		states.SetBackendAPIURL("docker", u)
 		defer srv.Close()
 	}
+	// Pools start once every runtime's backends can reach the backend API
+	// (a claim hands them its state URL; a repeated claim may load from
+	// it), and before the control API and the proxy serve.
+	go func() { errC <- backendSrv.Serve(backendLn) }()
+	if err := mgr.StartPools(ctx, pools); err != nil {
+		backendSrv.Close()
+		return err
+	}
 	go func() { errC <- apiSrv.Serve(apiLn) }()
 	go func() { errC <- proxySrv.Serve(proxyLn) }()
-	go func() { errC <- backendSrv.Serve(backendLn) }()
 	var edgeRun *runningEdge
 	if o.Edge.enabled() {
 		if edgeRun, err = o.Edge.start(ctx, edgeLns, px, signer, blobs, reg, log, errC); err != nil {
