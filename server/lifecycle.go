@@ -90,12 +90,16 @@ func (m *Manager) start(ctx context.Context, inst *instance, b *berth.Backend, l
 	}
 	spec.Env["PORT"] = strconv.Itoa(spec.Port)
 	spec.Env["BERTH_BACKEND_ID"] = b.ID
-	spec.Env["BERTH_KEY"] = b.Key
-	spec.Env["BERTH_SECRET"] = b.Secret
-	spec.Env["BERTH_FENCING_TOKEN"] = strconv.FormatInt(b.FencingToken, 10)
+	if unclaimed(b) {
+		pooledEnv(spec.Env, b) // the rest comes with its claim (pool.go)
+	} else {
+		spec.Env["BERTH_KEY"] = b.Key
+		spec.Env["BERTH_SECRET"] = b.Secret
+		spec.Env["BERTH_FENCING_TOKEN"] = strconv.FormatInt(b.FencingToken, 10)
+	}
 	m.cfg.Logs.Open(b.ID)
 	spec.Logs = m.cfg.Logs.Writer(b.ID)
-	if m.cfg.State != nil {
+	if m.cfg.State != nil && !unclaimed(b) {
 		if err := m.cfg.State.Prepare(ctx, b, &spec); err != nil {
 			return nil, fmt.Errorf("prepare state: %w", err)
 		}
