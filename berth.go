@@ -84,6 +84,7 @@ type Backend struct {
 	// instance, so a restarted Berth can recover it.
 	Handle       []byte     `json:"-"`
 	Node         string     `json:"node,omitempty"`
+	Pool         string     `json:"pool,omitempty"` // the warm pool that started it, if one did; no Key until claimed (DESIGN.md, "Warm pools")
 	CreatedAt    time.Time  `json:"created_at"`
 	ReadyAt      *time.Time `json:"ready_at,omitempty"`
 	TerminatedAt *time.Time `json:"terminated_at,omitempty"`
@@ -132,6 +133,15 @@ func fieldErr(field, format string, args ...any) *FieldError {
 
 // MaxKeyLen is the longest key allowed.
 const MaxKeyLen = 128
+
+// ReservedKeyPrefix starts the blob keys Berth keeps for itself beside the
+// keys' states (the edge's certificates and ACME account, package edge).
+// The control API refuses keys that start with it: a backend's state must
+// never overwrite them, nor a state read return a private key.
+const ReservedKeyPrefix = "@berth/"
+
+// Reserved reports whether key is one of Berth's own (ReservedKeyPrefix).
+func Reserved(key string) bool { return strings.HasPrefix(key, ReservedKeyPrefix) }
 
 // ValidateKey checks a key against the alphabet [A-Za-z0-9._:/@-] and length 1–128.
 func ValidateKey(key string) error {

@@ -170,6 +170,8 @@ EOF
 
 # `if` keeps a caller's `set -e` from ending its shell before the message below.
 if _berth_services; then _berth_services_rc=0; else _berth_services_rc=$?; fi
+# Pebble, the ACME test server: built once here, started by each test (.ci/pebble.sh).
+. "$(dirname "${BASH_SOURCE[0]}")/pebble.sh" && { _berth_pebble || _berth_services_rc=1; } && unset -f _berth_pebble
 unset -f _berth_services say fail free_port pg_ready s3_ready
 if [ "$_berth_services_rc" -ne 0 ]; then
 	unset _berth_services_rc

@@ -16,6 +16,9 @@ type ConnectRequest struct {
 	User               string             `json:"user,omitempty"`
 	Wait               bool               `json:"wait,omitempty"`
 	WaitTimeoutSeconds int                `json:"wait_timeout_seconds,omitempty"`
+	// Pool names a warm pool to claim a backend from when the key has
+	// none; its template is the spawn config (spawn may be omitted).
+	Pool string `json:"pool,omitempty"`
 }
 
 // WaitTimeoutRange is what wait_timeout_seconds allows, in words.
@@ -47,6 +50,8 @@ type ConnectResponse struct {
 	StatusURL string       `json:"status_url"`
 	// FencingToken is the backend's fencing token (grows per key holder).
 	FencingToken int64 `json:"fencing_token"`
+	// Pool names the warm pool that started the backend, if one did.
+	Pool string `json:"pool,omitempty"`
 }
 
 // TerminateRequest is the body of POST /v1/backends/{id}/terminate.

@@ -61,6 +61,9 @@ type Config struct {
 	// Postgres is a PostgreSQL URL for the replica scenarios, which make
 	// (and drop) a schema of their own there; empty skips them.
 	Postgres string
+	// Kube is where the kubernetes scenario runs; without a kubeconfig it
+	// is skipped.
+	Kube KubeConfig
 }
 
 // Validate reports the first problem with the config.

@@ -73,6 +73,13 @@ type env struct {
 	nginx     *nginxServer
 	nginxErr  error
 
+	// Berth on Kubernetes (kubernetes.go), started on first use.
+	kubeOnce    sync.Once
+	kube        *kubeBench
+	kubeErr     error
+	kubeBerth   *berthServer
+	kubeBackend *exec.Cmd
+
 	// Replicas on PostgreSQL (replicas.go), started on first use.
 	repMu       sync.Mutex
 	replicas    []*berthServer
@@ -161,6 +168,7 @@ func (e *env) close() {
 		}
 	}
 	e.stopReplicas()
+	e.stopKube()
 	if e.cfg.KeepDir {
 		e.log("kept %s", e.dir)
 		return

@@ -177,7 +177,7 @@ func (e *env) coldVia(ctx context.Context, c *api.Client, key string, spawn *ber
 		err = fmt.Errorf("terminate: %w", terr)
 	}
 	if err == nil && ph != nil {
-		err = e.addPhases(ctx, ph, res.BackendID, start, start.Add(d))
+		err = e.addPhasesVia(ctx, c, ph, res.BackendID, start, start.Add(d))
 	}
 	return d, err
 }
@@ -972,8 +972,13 @@ type phases struct {
 // add records one backend's phases: client send at t0, client saw it ready
 // (a 200, or the connect answer) at t1.
 func (e *env) addPhases(ctx context.Context, p *phases, id string, t0, t1 time.Time) error {
+	return e.addPhasesVia(ctx, e.api, p, id, t0, t1)
+}
+
+// addPhasesVia is addPhases with the events of the Berth c reaches.
+func (e *env) addPhasesVia(ctx context.Context, c *api.Client, p *phases, id string, t0, t1 time.Time) error {
 	at := map[berth.State]time.Time{}
-	err := e.api.Events(ctx, id, func(ev api.StateEvent) error {
+	err := c.Events(ctx, id, func(ev api.StateEvent) error {
 		t, err := time.Parse(time.RFC3339Nano, ev.At)
 		if err != nil {
 			return fmt.Errorf("event time %q: %w", ev.At, err)

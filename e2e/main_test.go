@@ -10,6 +10,7 @@ import (
 	"github.com/berthhq/berth/api"
 	"github.com/berthhq/berth/api/apitest"
 	"github.com/berthhq/berth/internal/testbin"
+	"github.com/berthhq/berth/runtime/kubernetes/kubetest"
 )
 
 // bin holds the binaries TestMain builds once for every test.
@@ -19,7 +20,9 @@ var bin struct {
 }
 
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
+	code := run(m)
+	kubetest.StopShared() // the API server some tests started
+	os.Exit(code)
 }
 
 func run(m *testing.M) int {

@@ -1,5 +1,7 @@
 // Package proxy is Berth's public HTTP and WebSocket proxy: it turns
-// /<token>/<path…> into a request for <path…> on the backend the token names.
+// /<token>/<path…> into a request for <path…> on the backend the token names
+// (and, through Hosts, a request for <label>.<suffix> into one for the
+// backend the label names; see host.go).
 //
 // The proxy trusts nothing from the client beyond a valid token: it strips
 // every X-Berth-* header the client sent and the client's X-Forwarded-*
@@ -231,7 +233,12 @@ func (p *Proxy) serve(w http.ResponseWriter, r *http.Request) error {
 		w.WriteHeader(http.StatusPermanentRedirect)
 		return nil
 	}
+	return p.serveVerified(w, r, tok, claims, path, rawPath)
+}
 
+// serveVerified forwards r, whose token tok verified as claims, to the
+// backend as path (rawPath: its escaped form, if it differs).
+func (p *Proxy) serveVerified(w http.ResponseWriter, r *http.Request, tok string, claims token.Claims, path, rawPath string) error {
 	route, err := p.resolve(r.Context(), claims.BackendID, plain(r) && !p.noForwarder)
 	if err != nil {
 		return err

@@ -19,6 +19,11 @@ import (
 // longer exists.
 var ErrGone = errors.New("runtime: instance is gone")
 
+// ErrLost is wrapped by Exit.Err when the platform took the instance away
+// rather than the instance ending by itself: a Pod evicted by its node, or
+// whose node was lost. Berth records such a backend as lost, not crashed.
+var ErrLost = errors.New("runtime: the instance was lost")
+
 // ErrVolumeBusy is returned (wrapped) by Start when Spec.VolumeLock is held:
 // another instance, perhaps one a crashed Berth left, still has the volume.
 var ErrVolumeBusy = errors.New("runtime: the volume is in use by another instance")
@@ -38,6 +43,10 @@ type Spec struct {
 	Port int
 	// StateDir, when set, is a host directory the backend gets as
 	// BERTH_STATE_DIR (mode dir and volume). Container runtimes mount it.
+	// A runtime whose backends share no directory with Berth (kubernetes)
+	// maps mode volume to a volume of its own per Key instead (a
+	// PersistentVolumeClaim), mounted where BERTH_STATE_DIR then points,
+	// and refuses mode dir.
 	StateDir string
 	// VolumeLock, when set, makes StateDir the key's volume (mode volume),
 	// which one instance at a time may have: the instance holds the lock
@@ -111,6 +120,14 @@ type Lister interface {
 	// the backend's id and runtime durably before it calls Start, so a
 	// restarted Berth can match every instance List returns to a record.
 	List(ctx context.Context) ([]*Handle, error)
+}
+
+// PortChooser is implemented by runtimes that choose the port a backend
+// listens on (Spec.Port, and $PORT); Berth asks before each start. Without
+// it, Berth picks a free host port for the process runtime and 8080 (each
+// container has its own network namespace) for the others.
+type PortChooser interface {
+	ChoosePort() (int, error)
 }
 
 // LateStarter is implemented by runtimes whose instances another process

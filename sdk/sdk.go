@@ -3,6 +3,11 @@
 // Saver save it every few seconds when it changed, and save once more on
 // SIGTERM/SIGINT before exiting.
 //
+// A backend started by a warm pool (BERTH_POOL set) learns its key, secret
+// and state URL only when a connect claims it: mount ClaimHandler at
+// ClaimPath to load the key's state then; Claimed and FromEnv see the
+// claim's identity afterwards.
+//
 // It talks only to BERTH_STATE_URL with the backend's own secret; it never
 // sees the blob store's credentials. A save refused because another backend
 // now holds the key returns ErrFenced and is not retried.
@@ -40,9 +45,19 @@ type Client struct {
 	Retries int
 }
 
-// FromEnv returns a Client configured from BERTH_STATE_URL and BERTH_SECRET.
+// FromEnv returns a Client configured from BERTH_STATE_URL and BERTH_SECRET,
+// or, for a pooled backend, from its claim (ErrNotConfigured before it).
 func FromEnv() (*Client, error) {
 	u := os.Getenv("BERTH_STATE_URL")
+	if u == "" && Pooled() {
+		claim.mu.Lock()
+		id := claim.id
+		claim.mu.Unlock()
+		if id == nil {
+			return nil, ErrNotConfigured
+		}
+		return id.Client()
+	}
 	if u == "" {
 		return nil, ErrNotConfigured
 	}

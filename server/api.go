@@ -63,6 +63,7 @@ func NewAPI(cfg APIConfig) http.Handler {
 	mux.Handle("GET /{$}", http.RedirectHandler("/ui/", http.StatusFound))
 	a.mountSessions(mux, sessions{key: cfg.APIKey})
 	a.mountNodes(mux)
+	a.mountPools(mux)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		if err := a.m.Healthy(); err != nil {

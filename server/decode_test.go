@@ -159,7 +159,7 @@ func FuzzDecodeConnect(f *testing.F) {
 		}
 		err := validateConnect(&req)
 		if err == nil {
-			if req.Key != "" && berth.ValidateKey(req.Key) != nil {
+			if req.Key != "" && (berth.ValidateKey(req.Key) != nil || berth.Reserved(req.Key)) {
 				t.Fatalf("accepted invalid key %q", req.Key)
 			}
 			if req.Spawn != nil && len(req.Spawn.Command) == 0 && req.Spawn.Image == "" {
@@ -172,4 +172,16 @@ func FuzzDecodeConnect(f *testing.F) {
 			t.Fatalf("validation error %v does not name a field", err)
 		}
 	})
+}
+
+// TestValidateConnect_ReservedKey: keys under @berth/ hold Berth's own
+// blobs (the edge's certificates); no backend may take one.
+func TestValidateConnect_ReservedKey(t *testing.T) {
+	for key, ok := range map[string]bool{"@berth/acme-index": false, "@berth/acme/x": false, "@berth": true, "doc/@berth/x": true} {
+		err := validateConnect(&api.ConnectRequest{Key: key})
+		var fe *berth.FieldError
+		if ok != (err == nil) || (!ok && (!errors.As(err, &fe) || fe.Field != "key")) {
+			t.Errorf("key %q: %v, want accepted=%v (refused naming key)", key, err, ok)
+		}
+	}
 }

@@ -76,7 +76,13 @@ func (m *Manager) start(ctx context.Context, inst *instance, b *berth.Backend, l
 		spec.Env[k] = v
 	}
 	spec.Port = 8080 // containers each have their own network namespace
-	if inst.rt.Name() == "process" && m.cfg.FreePort != nil {
+	if pc, ok := inst.rt.(runtime.PortChooser); ok {
+		p, err := pc.ChoosePort()
+		if err != nil {
+			return nil, fmt.Errorf("pick a port: %w", err)
+		}
+		spec.Port = p
+	} else if inst.rt.Name() == "process" && m.cfg.FreePort != nil {
 		p, err := m.cfg.FreePort()
 		if err != nil {
 			return nil, fmt.Errorf("pick a port: %w", err)
@@ -85,12 +91,16 @@ func (m *Manager) start(ctx context.Context, inst *instance, b *berth.Backend, l
 	}
 	spec.Env["PORT"] = strconv.Itoa(spec.Port)
 	spec.Env["BERTH_BACKEND_ID"] = b.ID
-	spec.Env["BERTH_KEY"] = b.Key
-	spec.Env["BERTH_SECRET"] = b.Secret
-	spec.Env["BERTH_FENCING_TOKEN"] = strconv.FormatInt(b.FencingToken, 10)
+	if unclaimed(b) {
+		pooledEnv(spec.Env, b) // the rest comes with its claim (pool.go)
+	} else {
+		spec.Env["BERTH_KEY"] = b.Key
+		spec.Env["BERTH_SECRET"] = b.Secret
+		spec.Env["BERTH_FENCING_TOKEN"] = strconv.FormatInt(b.FencingToken, 10)
+	}
 	m.cfg.Logs.Open(b.ID)
 	spec.Logs = m.cfg.Logs.Writer(b.ID)
-	if m.cfg.State != nil {
+	if m.cfg.State != nil && !unclaimed(b) {
 		if err := m.cfg.State.Prepare(ctx, b, &spec); err != nil {
 			return nil, fmt.Errorf("prepare state: %w", err)
 		}
@@ -194,6 +204,9 @@ func (m *Manager) exited(inst *instance, h *runtime.Handle, e runtime.Exit, log 
 	why := berth.ReasonExited
 	if e.Code != 0 || e.Signal != "" || e.OOMKilled {
 		why = berth.ReasonCrashed
+	}
+	if errors.Is(e.Err, runtime.ErrLost) { // evicted, or its node was lost
+		why = berth.ReasonLost
 	}
 	msg := exitMessage(e)
 	log.Info("backend exited", "code", e.Code, "signal", e.Signal)

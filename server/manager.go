@@ -45,6 +45,9 @@ type Config struct {
 
 	// PublicURL is the proxy's base URL as browsers reach it.
 	PublicURL string
+	// URLFor, if set, makes the URL connect returns for backend id and
+	// its token (a hostname per backend); nil: PublicURL/<token>/.
+	URLFor func(id, tok string) string
 	// APIURL is the control API's base URL, for status_url.
 	APIURL string
 	// TokenTTL is how long a connect's token is valid (default one hour).
@@ -116,6 +119,7 @@ type Manager struct {
 	creating map[string]bool     // ids of backends this Manager is recording and will start
 
 	cluster *cluster // nil unless this Manager is a replica (Join)
+	pools   *pools   // nil until StartPools (pool.go)
 
 	lostStops chan struct{}        // a slot per stop of a lost backend's instance
 	sweeper   sync.WaitGroup       // sweepLoop and the late lists
@@ -163,6 +167,9 @@ type ConnectResult struct {
 // Connect gets the live backend for req.Key or spawns one. It validates the
 // request (errors are *berth.FieldError).
 func (m *Manager) Connect(ctx context.Context, req *api.ConnectRequest) (*api.ConnectResponse, error) {
+	if err := m.resolvePool(req); err != nil {
+		return nil, err
+	}
 	if err := validateConnect(req); err != nil {
 		return nil, err
 	}
@@ -223,17 +230,28 @@ func (m *Manager) Connect(ctx context.Context, req *api.ConnectRequest) (*api.Co
 		State:        b.State,
 		Reason:       b.Reason,
 		ExitCode:     b.ExitCode,
-		URL:          m.cfg.PublicURL + "/" + tok + "/",
+		URL:          m.backendURL(b.ID, tok),
 		Token:        tok,
 		StatusURL:    m.cfg.APIURL + "/v1/backends/" + b.ID + "/events",
 		FencingToken: b.FencingToken,
+		Pool:         b.Pool,
 	}, nil
+}
+
+func (m *Manager) backendURL(id, tok string) string {
+	if m.cfg.URLFor != nil {
+		return m.cfg.URLFor(id, tok)
+	}
+	return m.cfg.PublicURL + "/" + tok + "/"
 }
 
 func validateConnect(req *api.ConnectRequest) error {
 	if req.Key != "" {
 		if err := berth.ValidateKey(req.Key); err != nil {
 			return &berth.FieldError{Field: "key", Message: err.Error()}
+		}
+		if berth.Reserved(req.Key) {
+			return &berth.FieldError{Field: "key", Message: "keys starting with " + berth.ReservedKeyPrefix + " are Berth's own"}
 		}
 	}
 	if len(req.User) > 256 {
@@ -369,6 +387,9 @@ func waitDone(ctx context.Context, inst *instance) error {
 // key's holder that the store knows and this Manager does not run: one
 // another node runs. created says which.
 func (m *Manager) spawn(ctx context.Context, req *api.ConnectRequest) (h held, created bool, err error) {
+	if h, ok, err := m.claim(ctx, req); ok || err != nil {
+		return h, ok, err // a warm pool's backend (pool.go)
+	}
 	rt, err := m.runtimeFor(req.Spawn)
 	if err != nil {
 		return held{}, false, err

@@ -58,6 +58,12 @@ func (s *Service) caller(w http.ResponseWriter, r *http.Request) (*berth.Backend
 		writeErr(w, http.StatusConflict, api.CodeConflict, "", "backend "+id+" no longer holds its key: it has terminated")
 		return nil, false
 	}
+	if b.Key == "" {
+		// A pooled backend before its claim: it has no key whose state
+		// it could read or write (and does not know its secret yet).
+		writeErr(w, http.StatusConflict, api.CodeConflict, "", "backend "+id+" holds no key: a pooled backend may use the state API only once it has been claimed")
+		return nil, false
+	}
 	if b.Spawn.StateMode() != berth.StateModeBlob {
 		writeErr(w, http.StatusConflict, api.CodeConflict, "spawn.state.mode", "this backend's state mode is "+string(b.Spawn.StateMode())+", not blob")
 		return nil, false
@@ -148,6 +154,10 @@ func queryKey(w http.ResponseWriter, r *http.Request) (string, bool) {
 		writeErr(w, http.StatusBadRequest, api.CodeBadRequest, "key", "key: "+err.Error())
 		return "", false
 	}
+	if berth.Reserved(key) {
+		writeErr(w, http.StatusBadRequest, api.CodeBadRequest, "key", "key: keys starting with "+berth.ReservedKeyPrefix+" are Berth's own")
+		return "", false
+	}
 	return key, true
 }
 
@@ -217,6 +227,10 @@ func (s *Service) restore(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := berth.ValidateKey(req.Key); err != nil {
 		writeErr(w, http.StatusBadRequest, api.CodeBadRequest, "key", "key: "+err.Error())
+		return
+	}
+	if berth.Reserved(req.Key) {
+		writeErr(w, http.StatusBadRequest, api.CodeBadRequest, "key", "key: keys starting with "+berth.ReservedKeyPrefix+" are Berth's own")
 		return
 	}
 	if req.Version == "" {

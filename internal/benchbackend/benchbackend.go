@@ -19,6 +19,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 )
 
 var hello = []byte("hello\n")
@@ -29,6 +30,8 @@ var hello = []byte("hello\n")
 //	GET /port  the $PORT it listens on, so the bench can reach it directly
 //	GET /pid   its process ID as it sees it, so the bench can meter its CPU
 //	GET /ws    a WebSocket that echoes every frame back unchanged
+//	POST /.berth/claim  204: a pooled backend's claim, accepted at once (it
+//	           keeps no state to load)
 func Handler() http.Handler {
 	port := []byte(os.Getenv("PORT"))
 	pid := []byte(strconv.Itoa(os.Getpid()))
@@ -36,6 +39,8 @@ func Handler() http.Handler {
 		switch r.URL.Path {
 		case "/ws":
 			serveWS(w, r)
+		case "/.berth/claim":
+			w.WriteHeader(http.StatusNoContent)
 		case "/port":
 			w.Header()["Content-Type"] = []string{"text/plain"}
 			w.Write(port)
@@ -53,11 +58,16 @@ func Handler() http.Handler {
 
 // Main listens on $PORT on every interface (a container's port is reached
 // from outside it) and serves Handler until the process is killed; the Go
-// runtime's default SIGTERM handling is the stop.
+// runtime's default SIGTERM handling is the stop. BENCH_STARTUP_DELAY_MS=N
+// makes it wait N ms before it listens: a backend with a heavy start (the
+// pool-connect scenario).
 func Main() error {
 	port := os.Getenv("PORT")
 	if port == "" {
 		return errors.New("benchbackend: $PORT is not set")
+	}
+	if ms, err := strconv.Atoi(os.Getenv("BENCH_STARTUP_DELAY_MS")); err == nil && ms > 0 {
+		time.Sleep(time.Duration(ms) * time.Millisecond)
 	}
 	ln, err := net.Listen("tcp", ":"+port)
 	if err != nil {

@@ -38,6 +38,10 @@ func runBench(ctx context.Context, args []string, stdio Stdio) error {
 	verbose := fs.Bool("v", false, "log progress in detail")
 	goroutines := fs.Bool("proxy-goroutines", false, "serve the proxy with a goroutine per connection instead of its event loops (to compare the two)")
 	postgres := fs.String("postgres", envOr("BERTH_BENCH_POSTGRES", ""), "PostgreSQL `URL` for the replica scenarios, which make and drop a schema of their own there (BERTH_BENCH_POSTGRES; empty: they are skipped)")
+	var kube bench.KubeConfig
+	fs.StringVar(&kube.Kubeconfig, "kubeconfig", envOr("BERTH_BENCH_KUBECONFIG", ""), "kubeconfig `file` of a cluster with a kwok node, for the kubernetes scenario (BERTH_BENCH_KUBECONFIG; empty: it is skipped)")
+	fs.StringVar(&kube.Namespace, "kube-namespace", envOr("BERTH_BENCH_KUBE_NAMESPACE", "default"), "namespace of the kubernetes scenario's Pods (BERTH_BENCH_KUBE_NAMESPACE)")
+	fs.StringVar(&kube.NodeSelector, "kube-node-selector", envOr("BERTH_BENCH_KUBE_NODE_SELECTOR", "type=kwok"), "label=value of the kwok node (BERTH_BENCH_KUBE_NODE_SELECTOR)")
 	rest, err := fs.parse(args)
 	if err != nil {
 		return err
@@ -61,6 +65,7 @@ func runBench(ctx context.Context, args []string, stdio Stdio) error {
 		Command:         strings.TrimSpace("berth bench " + strings.Join(args, " ")),
 		Log:             stdio.Err,
 		Postgres:        *postgres,
+		Kube:            kube,
 		ProxyGoroutines: *goroutines,
 	}
 	if *backend != "" {

@@ -29,7 +29,7 @@ func TestCompletion_Bash(t *testing.T) {
 		line string // what is typed; completion is asked for its last word
 		want []string
 	}{
-		{"berth p", []string{"ps"}},
+		{"berth p", []string{"pool", "ps"}},
 		{"berth st", []string{"state"}},
 		{"berth ps --a", []string{"--all", "--api", "--api-key"}},
 		{"berth ps --output ", []string{"text", "json"}},

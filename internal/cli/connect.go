@@ -40,6 +40,7 @@ func runConnect(ctx context.Context, args []string, stdio Stdio) error {
 	fs.Var(&startup, "startup-timeout", "how long the backend may take to accept HTTP on $PORT, as a `duration` (default 60s)")
 	stateMode := fs.String("state-mode", "", "how state is kept between sessions: none, blob, dir or volume (`mode`)")
 	user := fs.String("user", "", "the `user` the returned URL is for")
+	pool := fs.String("pool", "", "claim a ready backend of this warm `pool` (berth pool ls) when the key has none")
 	noKey := fs.Bool("no-key", false, "spawn a new backend that holds no key (same as KEY -)")
 	wait := fs.Bool("wait", false, "show state changes until the backend is ready; fail if it terminates")
 	asJSON := fs.output()
@@ -75,7 +76,7 @@ func runConnect(ctx context.Context, args []string, stdio Stdio) error {
 		return usagef("--state-mode %q: use none, blob, dir or volume", *stateMode)
 	}
 
-	req := api.ConnectRequest{Key: key, User: *user, Wait: *wait && *asJSON}
+	req := api.ConnectRequest{Key: key, User: *user, Wait: *wait && *asJSON, Pool: *pool}
 	if *image != "" || len(command) > 0 {
 		req.Spawn = &berth.SpawnConfig{
 			Image:                 *image,
@@ -89,7 +90,7 @@ func runConnect(ctx context.Context, args []string, stdio Stdio) error {
 		}
 	} else if name := firstSet(fs.FlagSet, "env", "max-idle", "lifetime", "grace", "startup-timeout", "state-mode"); name != "" {
 		return usagef("--%s only applies to a new backend: give its command after -- or --image: %s", name, connectUsage)
-	} else if key == "" {
+	} else if key == "" && *pool == "" {
 		return usagef("a backend without a key is always new: give its command after -- or --image: %s", connectUsage)
 	}
 

@@ -24,6 +24,7 @@ import (
 	"github.com/berthhq/berth/logs"
 	"github.com/berthhq/berth/proxy"
 	"github.com/berthhq/berth/runtime"
+	"github.com/berthhq/berth/runtime/kubernetes"
 	"github.com/berthhq/berth/runtime/process"
 	"github.com/berthhq/berth/server"
 	"github.com/berthhq/berth/state"
@@ -63,6 +64,9 @@ type serverOptions struct {
 	PeerAddr       string
 	Capacity       int
 	LeaseTTL       time.Duration
+	Kube           kubeOptions // --runtime kubernetes
+	Edge           edgeOptions // TLS, hostnames, balancers, limits (edge.go)
+	PoolsFile      string
 	dev            bool
 }
 
@@ -72,7 +76,7 @@ func (o *serverOptions) flags(fs *flag.FlagSet) {
 	fs.StringVar(&o.BackendAPIAddr, "backend-api-addr", envOr("BERTH_BACKEND_API_ADDR", "127.0.0.1:7071"), "backend API listen address (BERTH_BACKEND_API_ADDR)")
 	fs.StringVar(&o.PublicURL, "public-url", envOr("BERTH_PUBLIC_URL", ""), "proxy base URL as browsers reach it (BERTH_PUBLIC_URL; default http://<proxy-addr>)")
 	fs.StringVar(&o.DataDir, "data-dir", envOr("BERTH_DATA_DIR", ".berth"), "where Berth keeps its records, logs and blobs (BERTH_DATA_DIR)")
-	fs.StringVar(&o.Runtime, "runtime", envOr("BERTH_RUNTIME", "auto"), "auto, process or docker (BERTH_RUNTIME); auto adds docker when an engine answers")
+	fs.StringVar(&o.Runtime, "runtime", envOr("BERTH_RUNTIME", "auto"), "auto, process, docker or kubernetes (BERTH_RUNTIME); auto adds docker when an engine answers")
 	fs.StringVar(&o.DockerNetwork, "docker-network", envOr("BERTH_DOCKER_NETWORK", "berth"), "the bridge network containers join, created if missing and removed at stop once empty (BERTH_DOCKER_NETWORK)")
 	fs.StringVar(&o.Store, "store", envOr("BERTH_STORE", ""), "records: sqlite:PATH or postgres://… (BERTH_STORE; default sqlite:<data-dir>/berth.db)")
 	fs.StringVar(&o.Blobs, "blobs", envOr("BERTH_BLOBS", ""), "saved state: file:DIR, s3://bucket/prefix?endpoint=…, postgres://… (BERTH_BLOBS; default file:<data-dir>/blobs)")
@@ -81,12 +85,15 @@ func (o *serverOptions) flags(fs *flag.FlagSet) {
 	fs.Int64Var(&o.MaxStateBytes, "max-state-bytes", 64<<20, "largest state a backend may save")
 	fs.IntVar(&o.History, "history", 10, "saves kept per key")
 	fs.StringVar(&o.TokenKey, "token-key", envOr("BERTH_TOKEN_KEY", ""), "secret for signing proxy tokens, 32+ bytes (BERTH_TOKEN_KEY; default: generated once into <data-dir>/token.key)")
+	fs.StringVar(&o.PoolsFile, "pools", envOr("BERTH_POOLS", ""), "a JSON file of warm pools to create or replace at start, {\"pools\": [{\"name\", \"spawn\", \"min_ready\", \"max\", \"schedule\"}]} (BERTH_POOLS)")
 	fs.StringVar(&o.LogLevel, "log-level", envOr("BERTH_LOG_LEVEL", "info"), "debug, info, warn or error (BERTH_LOG_LEVEL)")
 	fs.DurationVar(&o.ShutdownGrace, "shutdown-timeout", 60*time.Second, "how long a shutdown waits for backends to stop")
 	fs.StringVar(&o.NodeID, "node-id", envOr("BERTH_NODE_ID", ""), "this replica's name among those sharing a PostgreSQL store (BERTH_NODE_ID; default: generated once into <data-dir>/node-id)")
 	fs.StringVar(&o.PeerAddr, "peer-addr", envOr("BERTH_PEER_ADDR", ""), "host:port at which the other replicas reach this one's proxy (BERTH_PEER_ADDR; default: --proxy-addr, which must then name a host)")
 	fs.IntVar(&o.Capacity, "capacity", 0, "most live backends this replica runs; 0: no limit")
 	fs.DurationVar(&o.LeaseTTL, "lease-ttl", lease.TTL, "a replica's lease in the shared store: it stops its backends when cut off for 60% of it, and other replicas take its keys once it expired")
+	o.Kube.flags(fs)
+	o.Edge.flags(fs, o.dev)
 	fs.BoolVar(&o.ProxyGoroutine, "proxy-goroutines", envOr("BERTH_PROXY_GOROUTINES", "") == "1", "serve the proxy with a goroutine per connection instead of its event loops (BERTH_PROXY_GOROUTINES=1): to compare, or to rule the loops out")
 }
 
@@ -120,6 +127,13 @@ type runningServer struct {
 // ready, if set, is called once every listener is up.
 func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runningServer)) error {
 	log, err := newLogger(o.LogLevel, stdio.Err)
+	if err != nil {
+		return err
+	}
+	if err := o.Edge.validate(); err != nil {
+		return err
+	}
+	pools, err := readPoolsFile(o.PoolsFile) // a mistake in it stops the start at once
 	if err != nil {
 		return err
 	}
@@ -189,9 +203,24 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 		proxyLn.Close()
 		return fmt.Errorf("backend API: %w (use --backend-api-addr)", err)
 	}
+	edgeLns, err := o.Edge.listen()
+	if err != nil {
+		apiLn.Close()
+		proxyLn.Close()
+		backendLn.Close()
+		return err
+	}
+	defer edgeLns.close()
 	public := o.PublicURL
+	if public == "" && o.Edge.enabled() {
+		public = o.Edge.publicURL(edgeLns)
+	}
 	if public == "" {
 		public = "http://" + proxyLn.Addr().String()
+	}
+	urlFor, err := o.Edge.backendURL(signer, public)
+	if err != nil {
+		return err
 	}
 	apiURL := "http://" + apiLn.Addr().String()
 
@@ -207,6 +236,7 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 		Logger:    log,
 		Metrics:   metrics,
 		PublicURL: public,
+		URLFor:    urlFor,
 		APIURL:    apiURL,
 		FreePort:  process.FreePort,
 		Node:      node,
@@ -214,7 +244,7 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 	if err != nil {
 		return err
 	}
-	reg.MustRegister(mgr.Collector())
+	reg.MustRegister(mgr.Collector(), mgr.PoolCollector())
 	blobs, err := openBlobs(ctx, o, log)
 	if err != nil {
 		return err
@@ -277,16 +307,33 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 
 	backendSrv := &http.Server{Handler: states.BackendAPI(), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second}
 
-	errC := make(chan error, 4)
+	errC := make(chan error, 6)
 	if u, srv, err := dockerBackendAPI(runtimes, backendLn.Addr().(*net.TCPAddr).Port, states.BackendAPI(), errC); err != nil {
 		log.Warn("docker backends cannot reach the backend API; their state saves will fail", "err", err)
 	} else if srv != nil {
 		states.SetBackendAPIURL("docker", u)
 		defer srv.Close()
 	}
+	if runtimes[kubernetes.Name] != nil && o.Kube.BackendAPIURL != "" {
+		// Pods reach the backend API through a Service (deploy/kubernetes).
+		states.SetBackendAPIURL(kubernetes.Name, o.Kube.BackendAPIURL)
+	}
+	// Pools start once every runtime's backends can reach the backend API
+	// (a claim hands them its state URL; a repeated claim may load from
+	// it), and before the control API and the proxy serve.
+	go func() { errC <- backendSrv.Serve(backendLn) }()
+	if err := mgr.StartPools(ctx, pools); err != nil {
+		backendSrv.Close()
+		return err
+	}
 	go func() { errC <- apiSrv.Serve(apiLn) }()
 	go func() { errC <- proxySrv.Serve(proxyLn) }()
-	go func() { errC <- backendSrv.Serve(backendLn) }()
+	var edgeRun *runningEdge
+	if o.Edge.enabled() {
+		if edgeRun, err = o.Edge.start(ctx, edgeLns, px, signer, blobs, reg, log, errC); err != nil {
+			return err
+		}
+	}
 	log.Info("berth is up", "api", apiURL, "proxy", public, "data", o.DataDir, "runtimes", runtimeNames(runtimes))
 	if ready != nil {
 		ready(&runningServer{manager: mgr, apiURL: apiURL, public: public, runtime: runtimeNames(runtimes)})
@@ -304,6 +351,9 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 		log.Error("shutdown", "err", err)
 	}
 	px.Close()
+	if edgeRun != nil {
+		edgeRun.Shutdown(sctx)
+	}
 	apiSrv.Shutdown(sctx)
 	proxySrv.Shutdown(sctx)
 	backendSrv.Shutdown(sctx)
@@ -422,8 +472,14 @@ func openRuntimes(ctx context.Context, o *serverOptions, log *slog.Logger, reap 
 	rts := make(map[string]runtime.Runtime)
 	switch o.Runtime {
 	case "auto", "process", "docker":
+	case "kubernetes":
+		k, err := openKubernetes(ctx, o, log)
+		if err != nil {
+			return nil, err
+		}
+		return map[string]runtime.Runtime{kubernetes.Name: k}, nil
 	default:
-		return nil, usagef("--runtime %q: use auto, process or docker", o.Runtime)
+		return nil, usagef("--runtime %q: use auto, process, docker or kubernetes", o.Runtime)
 	}
 	if o.Runtime == "auto" || o.Runtime == "process" {
 		p, err := process.New(process.Config{Dir: filepath.Join(o.DataDir, "run"), CgroupDir: o.CgroupDir, Logger: log.With("runtime", "process"),

@@ -49,6 +49,8 @@
 //	                      TB_AUDIT_FILE, keep running, and take the lock when it
 //	                      frees, so a third holder is caught too
 //
+// Pooled backends: see claim.go.
+//
 // ${VAR} in TB_AUDIT_FILE and TB_LOCK_DIR is expanded from the environment,
 // so a container can name BERTH_STATE_DIR, which it only learns at start.
 package main
@@ -136,6 +138,7 @@ func main() {
 		})
 	}
 	time.Sleep(time.Duration(envInt("TB_READY_DELAY_MS")) * time.Millisecond)
+	preclaimProbe()
 
 	ln, err := net.Listen("tcp", ":"+os.Getenv("PORT"))
 	if err != nil {
@@ -231,6 +234,7 @@ func mux() *http.ServeMux {
 		defer cl.mu.Unlock()
 		writeJSON(w, cl.requests)
 	})
+	mountClaim(m)
 	m.HandleFunc("/sleep", func(w http.ResponseWriter, r *http.Request) {
 		ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
 		time.Sleep(time.Duration(ms) * time.Millisecond)

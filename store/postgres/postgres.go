@@ -130,7 +130,7 @@ func (s *Store) tx(ctx context.Context, fn func(pgx.Tx) error) error {
 
 // backendColumns is the column order of scanBackend and the insert.
 const backendColumns = `id, key, user_name, state, state_rank, reason, exit_code, fencing_token,
-	runtime, spawn, secret, handle, node, created_at, ready_at, terminated_at, last_active_at`
+	runtime, spawn, secret, handle, node, created_at, ready_at, terminated_at, last_active_at, pool`
 
 const (
 	// takeKey takes a free key, or takes nothing (no row) while a backend
@@ -150,7 +150,7 @@ const (
 			(SELECT lease_expires_at <= clock_timestamp() FROM berth_nodes WHERE id = berth_backends.node)
 		FROM berth_backends WHERE id = (SELECT holder FROM berth_keys WHERE key = $1)`
 	insertBackend = `INSERT INTO berth_backends (` + backendColumns + `)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)`
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)`
 	// insertEvent appends an event and announces it to every listener
 	// (at commit); it returns the event's seq and the void of pg_notify.
 	insertEvent = `WITH e AS (INSERT INTO berth_events (backend_id, state, reason, exit_code, message, at)
@@ -227,7 +227,7 @@ func (s *Store) createBackend(ctx context.Context, b *berth.Backend) (*berth.Bac
 		_, err := tx.Exec(ctx, insertBackend,
 			b.ID, b.Key, b.User, berth.StateScheduled, berth.StateScheduled.Rank(),
 			b.Reason, b.ExitCode, token, b.Runtime, spawn, b.Secret, nullBytes(b.Handle), b.Node,
-			created, nullTime(b.ReadyAt), nullTime(b.TerminatedAt), nullTime(b.LastActiveAt))
+			created, nullTime(b.ReadyAt), nullTime(b.TerminatedAt), nullTime(b.LastActiveAt), b.Pool)
 		if err != nil {
 			if isUniqueViolation(err, "berth_backends_pkey") {
 				err = berth.ErrConflict
@@ -526,7 +526,7 @@ func scanBackend(row pgx.Row, extra ...any) (*berth.Backend, error) {
 		spawn []byte
 	)
 	err := row.Scan(append([]any{&b.ID, &b.Key, &b.User, &b.State, &rank, &b.Reason, &b.ExitCode, &b.FencingToken,
-		&b.Runtime, &spawn, &b.Secret, &b.Handle, &b.Node, &b.CreatedAt, &b.ReadyAt, &b.TerminatedAt, &b.LastActiveAt},
+		&b.Runtime, &spawn, &b.Secret, &b.Handle, &b.Node, &b.CreatedAt, &b.ReadyAt, &b.TerminatedAt, &b.LastActiveAt, &b.Pool},
 		extra...)...)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, berth.ErrNotFound

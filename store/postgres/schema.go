@@ -90,6 +90,20 @@ CREATE TABLE berth_nodes (
 -- ExpireNodes and Backends(Filter{Node}).
 CREATE INDEX berth_backends_node_live ON berth_backends (node) WHERE state <> 'terminated';
 `,
+	// Warm pools: their definitions, and which pool started a backend
+	// (store.Pools).
+	`
+ALTER TABLE berth_backends ADD COLUMN pool text COLLATE "C" NOT NULL DEFAULT '';
+CREATE TABLE berth_pools (
+	name       text COLLATE "C" PRIMARY KEY,
+	spawn      json NOT NULL,
+	min_ready  integer NOT NULL,
+	max        integer NOT NULL DEFAULT 0,
+	schedule   json NOT NULL DEFAULT '[]',
+	created_at timestamptz NOT NULL,
+	updated_at timestamptz NOT NULL
+);
+`,
 }
 
 // migrateLock is the key of the transaction-level advisory lock that

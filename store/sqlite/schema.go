@@ -88,6 +88,20 @@ CREATE TABLE nodes (
 -- ExpireNodes and Backends(Filter{Node}).
 CREATE INDEX backends_node_live ON backends (node) WHERE state <> 'terminated';
 `,
+	// Warm pools: their definitions, and which pool started a backend
+	// (store.Pools). spawn and schedule are JSON text.
+	`
+ALTER TABLE backends ADD COLUMN pool TEXT NOT NULL DEFAULT '';
+CREATE TABLE pools (
+	name       TEXT PRIMARY KEY,
+	spawn      TEXT NOT NULL,
+	min_ready  INTEGER NOT NULL,
+	max        INTEGER NOT NULL DEFAULT 0,
+	schedule   TEXT NOT NULL DEFAULT '[]',
+	created_at BIGINT NOT NULL,
+	updated_at BIGINT NOT NULL
+);
+`,
 }
 
 // migrate brings the schema up to date in one transaction, so a crash halfway

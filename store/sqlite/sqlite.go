@@ -133,7 +133,7 @@ func open(path string) (_ *Store, err error) {
 			WHERE keys.holder IS NULL
 			RETURNING fencing`},
 		{w, &s.insertBackend, `INSERT INTO backends (` + backendColumns + `)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`},
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`},
 		{w, &s.insertEvent, `INSERT INTO events (backend_id, state, reason, exit_code, message, at)
 			VALUES (?, ?, ?, ?, ?, ?)`},
 		// Forward only, in the statement itself: a concurrent or stale
@@ -189,7 +189,7 @@ func (s *Store) Close() error {
 
 // backendColumns is the column order of scanBackend and insertBackend.
 const backendColumns = `id, key, user_name, state, state_rank, reason, exit_code, fencing_token,
-	runtime, spawn, secret, handle, node, created_at, ready_at, terminated_at, last_active_at`
+	runtime, spawn, secret, handle, node, created_at, ready_at, terminated_at, last_active_at, pool`
 
 // CreateBackend implements store.Store. On success it sets b.State,
 // b.FencingToken and b.CreatedAt (to UTC, in microseconds, as stored) and
@@ -233,7 +233,7 @@ func (s *Store) createBackend(ctx context.Context, b *berth.Backend) (*berth.Bac
 		_, err := tx.StmtContext(ctx, s.insertBackend).ExecContext(ctx,
 			b.ID, b.Key, b.User, berth.StateScheduled, berth.StateScheduled.Rank(),
 			b.Reason, nullInt(b.ExitCode), token, b.Runtime, string(spawn), b.Secret, b.Handle, b.Node,
-			created.UnixMicro(), nullTime(b.ReadyAt), nullTime(b.TerminatedAt), nullTime(b.LastActiveAt))
+			created.UnixMicro(), nullTime(b.ReadyAt), nullTime(b.TerminatedAt), nullTime(b.LastActiveAt), b.Pool)
 		if err != nil {
 			if isConstraint(err, sqlite3.SQLITE_CONSTRAINT_PRIMARYKEY) {
 				err = berth.ErrConflict
@@ -566,7 +566,7 @@ func scanBackend(row interface{ Scan(...any) error }, extra ...any) (*berth.Back
 		readyAt, terminatedAt, lastActive sql.NullInt64
 	)
 	err := row.Scan(append([]any{&b.ID, &b.Key, &b.User, &b.State, &rank, &b.Reason, &code, &b.FencingToken,
-		&b.Runtime, &spawn, &b.Secret, &b.Handle, &b.Node, &created, &readyAt, &terminatedAt, &lastActive}, extra...)...)
+		&b.Runtime, &spawn, &b.Secret, &b.Handle, &b.Node, &created, &readyAt, &terminatedAt, &lastActive, &b.Pool}, extra...)...)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, berth.ErrNotFound
 	}

@@ -50,6 +50,10 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"NodeRace", testNodeRace},
 		{"FilterNode", testFilterNode},
 		{"Watch", testWatch},
+		{"Pools", testPools},
+		{"ClaimBackend", testClaimBackend},
+		{"ConcurrentClaims", testConcurrentClaims},
+		{"PoolSurvivesRecords", testPoolColumn},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

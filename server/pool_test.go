@@ -1,0 +1,134 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/berthhq/berth"
+	"github.com/berthhq/berth/api"
+	"github.com/berthhq/berth/runtime/runtimetest"
+	"github.com/berthhq/berth/store"
+)
+
+func waitPoolReady(t *testing.T, m *Manager, name string, n int) *api.Pool {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		p, err := m.Pool(t.Context(), name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Ready == n && p.Starting == 0 {
+			return p
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pool %s: %+v; want %d ready", name, p, n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Concurrent connects for new keys (run with -race): each key gets its own
+// backend, at most the ready ones are claimed, the pool refills, and a
+// shutdown while it refills stops everything.
+func TestManager_PoolClaims(t *testing.T) {
+	bin := runtimetest.BuildTestBackend(t)
+	m := newProcessManager(t, nil)
+	tmpl := berth.SpawnConfig{Command: []string{bin}}
+	if err := m.StartPools(t.Context(), []berth.Pool{{Name: "p", Spawn: tmpl, MinReady: 2}}); err != nil {
+		t.Fatal(err)
+	}
+	waitPoolReady(t, m, "p", 2)
+
+	const n = 8
+	resps := make([]*api.ConnectResponse, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			spawn := tmpl // the template: a claim as by name
+			r, err := m.Connect(t.Context(), &api.ConnectRequest{Key: fmt.Sprintf("k%d", i), Spawn: &spawn, Wait: true})
+			if err != nil {
+				t.Errorf("connect k%d: %v", i, err)
+				return
+			}
+			resps[i] = r
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	ids, claimed := map[string]bool{}, 0
+	for i, r := range resps {
+		if ids[r.BackendID] || r.Key != fmt.Sprintf("k%d", i) || r.State != berth.StateReady {
+			t.Errorf("k%d: %+v; want a ready backend of its own", i, r)
+		}
+		ids[r.BackendID] = true
+		if r.Pool == "p" {
+			claimed++
+		}
+	}
+	if claimed < 2 {
+		t.Errorf("%d connects claimed a pooled backend; want at least the 2 that were ready", claimed)
+	}
+	for i, r := range resps {
+		b, err := m.Backend(t.Context(), r.BackendID)
+		if err != nil || b.Key != fmt.Sprintf("k%d", i) {
+			t.Errorf("record of %s: %+v, %v", r.BackendID, b, err)
+		}
+	}
+	p := waitPoolReady(t, m, "p", 2)
+	if p.Claimed != claimed {
+		t.Errorf("pool says %d claimed; connects %d", p.Claimed, claimed)
+	}
+	// Shut down while the pool is refilling after one more claim.
+	spawn := tmpl
+	if _, err := m.Connect(t.Context(), &api.ConnectRequest{Key: "last", Spawn: &spawn}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := m.Shutdown(ctx); err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	if n := m.LiveCount(); n != 0 {
+		t.Errorf("%d backends live after shutdown", n)
+	}
+}
+
+// A backend that refuses its claim is stopped, and the connect is served
+// by the next one or cold; the key ends up with exactly one live backend.
+func TestManager_PoolClaimRefused(t *testing.T) {
+	bin := runtimetest.BuildTestBackend(t)
+	m := newProcessManager(t, nil)
+	tmpl := berth.SpawnConfig{Command: []string{bin}, Env: map[string]string{"TB_CLAIM_FAIL": "1"}}
+	if err := m.StartPools(t.Context(), []berth.Pool{{Name: "bad", Spawn: tmpl, MinReady: 2}}); err != nil {
+		t.Fatal(err)
+	}
+	waitPoolReady(t, m, "bad", 2)
+	r, err := m.Connect(t.Context(), &api.ConnectRequest{Key: "k", Pool: "bad", Wait: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Pool != "" || r.State != berth.StateReady {
+		t.Errorf("connect = %+v; want a ready cold backend", r)
+	}
+	live, err := m.Backends(t.Context(), storeFilterKey("k"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, b := range live {
+		if b.State.Live() {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("key k has %d live backends; want 1", n)
+	}
+}
+
+func storeFilterKey(key string) store.Filter { return store.Filter{Key: key} }
