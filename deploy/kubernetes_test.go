@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	authorizationv1 "k8s.io/api/authorization/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -207,6 +208,10 @@ func TestKubernetes_rbac(t *testing.T) {
 		{"", "create", "namespaces", "", false},
 		{"", "list", "persistentvolumes", "", false},
 	}
+	// The authorizer learns of the Role and its binding through its own
+	// informers, a moment after they are stored: wait until the first
+	// permission it grants shows, then ask the rest.
+	waitAllowed(t, c, user, groups, authorizationv1.ResourceAttributes{Namespace: "berth", Verb: "create", Resource: "pods"})
 	for _, tt := range tests {
 		group := ""
 		switch tt.resource {
@@ -255,5 +260,27 @@ func TestKubernetes_rbac(t *testing.T) {
 	}
 	if _, err := as.CoreV1().Pods("berth").Create(ctx, pod, dry); err != nil {
 		t.Errorf("create a Pod in berth as the ServiceAccount (dry run): %v", err)
+	}
+}
+
+// waitAllowed asks the API server until it allows attrs to user, for up to
+// 30 s: RBAC objects take effect once the authorizer's caches have them.
+func waitAllowed(t *testing.T, c *kubetest.Cluster, user string, groups []string, attrs authorizationv1.ResourceAttributes) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		sar, err := c.Client.AuthorizationV1().SubjectAccessReviews().Create(context.Background(), &authorizationv1.SubjectAccessReview{Spec: authorizationv1.SubjectAccessReviewSpec{
+			User: user, Groups: groups, ResourceAttributes: &attrs,
+		}}, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sar.Status.Allowed {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s %s in %q is still not allowed to %s 30 s after the Role was applied (%s)", attrs.Verb, attrs.Resource, attrs.Namespace, user, sar.Status.Reason)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
