@@ -219,7 +219,7 @@ func (s *Server) serveTLS(ln net.Listener, srv *http.Server) error {
 		}
 		backoff = 0
 		s.m.conns.Inc()
-		ec := &conn{Conn: c, s: s, tls: true, own: true, q: q}
+		ec := &conn{Conn: proxy.RawConn(c), sock: c, s: s, tls: true, own: true, q: q}
 		go ec.serveTLS()
 	}
 }
@@ -669,6 +669,7 @@ type conn struct {
 	// connState; q is where net/http takes them.
 	own       bool
 	q         *connQueue
+	sock      net.Conn // the socket under Conn (a raw one), for SyscallConn
 	peer      netip.AddrPort // the client's address (unmapped), as addr
 	peerIP    string         // peer's address, for X-Forwarded-For
 	balancer  bool           // peer is a trusted balancer
@@ -719,6 +720,16 @@ func (c *conn) init() {
 			c.over = !c.s.conns.add(ip, c.s.cfg.Limits.ConnsPerIP)
 		}
 	})
+}
+
+// SyscallConn lets the proxy watch the socket under the TLS records for
+// the client going away (proxy.Server.ServeConn).
+func (c *conn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := c.sock.(syscall.Conn)
+	if !ok || c.br != nil && c.br.Buffered() > 0 {
+		return nil, errors.New("edge: no socket to watch")
+	}
+	return sc.SyscallConn()
 }
 
 func (c *conn) RemoteAddr() net.Addr {
