@@ -669,7 +669,7 @@ type conn struct {
 	// connState; q is where net/http takes them.
 	own       bool
 	q         *connQueue
-	sock      net.Conn // the socket under Conn (a raw one), for SyscallConn
+	sock      net.Conn       // the socket under Conn (a raw one), for SyscallConn
 	peer      netip.AddrPort // the client's address (unmapped), as addr
 	peerIP    string         // peer's address, for X-Forwarded-For
 	balancer  bool           // peer is a trusted balancer
