@@ -3,7 +3,9 @@
 // speaks HTTP/2 over ALPN and HTTP/1.1 (WebSocket upgrades), redirects
 // HTTP to HTTPS, learns the client's address from a trusted balancer
 // (X-Forwarded-For/-Proto, or the PROXY protocol) and enforces per-client
-// limits, then hands each request to the proxy's handler.
+// limits, then hands each request to the proxy's handler — or, for a TLS
+// connection that speaks HTTP/1.1, the connection to the proxy's own
+// HTTP/1.1 server (Config.H1), admitting each request it parses.
 //
 // The edge never routes, checks tokens or talks to backends: that is the
 // proxy's. It never trusts a forwarded header from a peer outside
@@ -134,10 +136,14 @@ type Server struct {
 	rate    *rateLimiter
 	handler http.Handler
 
-	mu      sync.Mutex
-	srvs    []*http.Server
-	lns     []net.Listener // Serve's own accept loops' (with H1)
-	closing bool
+	mu       sync.Mutex
+	srvs     []*http.Server
+	lns      []net.Listener // Serve's own accept loops' (with H1)
+	closing  bool
+	tlsConns sync.WaitGroup     // serveTLS's goroutines, one per connection
+	fast     map[*conn]struct{} // the H1 server's, for sweep
+	stop     chan struct{}      // stops sweep
+	epoch    time.Time
 }
 
 // New returns a Server for cfg.
@@ -155,7 +161,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, m: cfg.Metrics}
+	s := &Server{cfg: cfg, log: cfg.Logger, m: cfg.Metrics, fast: make(map[*conn]struct{}), stop: make(chan struct{}), epoch: time.Now()}
 	if cfg.Limits.RatePerIP > 0 {
 		s.rate = newRateLimiter(cfg.Limits.RatePerIP, cfg.Limits.Burst)
 	}
@@ -189,6 +195,10 @@ func (s *Server) serveTLS(ln net.Listener, srv *http.Server) error {
 		return http.ErrServerClosed
 	}
 	s.lns = append(s.lns, ln)
+	if len(s.lns) == 1 {
+		s.tlsConns.Add(1)
+		go func() { defer s.tlsConns.Done(); s.sweep(s.stop) }()
+	}
 	s.mu.Unlock()
 	// net/http's HTTP/2 set-up may adjust its TLS config: not the one the
 	// handshakes here read.
@@ -218,6 +228,14 @@ func (s *Server) serveTLS(ln net.Listener, srv *http.Server) error {
 			return err
 		}
 		backoff = 0
+		s.mu.Lock()
+		if s.closing { // Shutdown waits for tlsConns: no Add after it
+			s.mu.Unlock()
+			c.Close()
+			return http.ErrServerClosed
+		}
+		s.tlsConns.Add(1)
+		s.mu.Unlock()
 		s.m.conns.Inc()
 		ec := &conn{Conn: proxy.RawConn(c), sock: c, s: s, tls: true, own: true, q: q}
 		go ec.serveTLS()
@@ -228,6 +246,7 @@ func (s *Server) serveTLS(ln net.Listener, srv *http.Server) error {
 // server or to net/http.
 func (c *conn) serveTLS() {
 	s := c.s
+	defer s.tlsConns.Done()
 	c.init()
 	if c.err != nil {
 		c.Close()
@@ -253,22 +272,68 @@ func (c *conn) serveTLS() {
 		return
 	}
 	c.fast.Store(true)
+	s.mu.Lock()
+	s.fast[c] = struct{}{}
+	s.mu.Unlock()
 	s.cfg.H1.ServeConn(tc, c)
+	s.mu.Lock()
+	delete(s.fast, c)
+	s.mu.Unlock()
 }
 
 // Idle is for proxy.ConnHooks: the connection waits for a request head,
 // as long as IdleTimeout between requests, then HeaderTimeout from its
 // first byte (conn.Read); the first head must come within HeaderTimeout
-// of the handshake, as on net/http's path.
+// of the handshake, as on net/http's path. The sweeper enforces these
+// deadlines: three read deadlines set per request (a runtime timer each)
+// measured at several percent of the CPU a request costs.
 func (c *conn) Idle() {
 	l := &c.s.cfg.Limits
 	if c.state.Load() == stNew {
-		c.Conn.SetReadDeadline(time.Now().Add(l.HeaderTimeout))
+		c.setDeadline(l.HeaderTimeout)
 		return
 	}
 	c.read.Store(0)
 	c.state.Store(stIdle)
-	c.Conn.SetReadDeadline(time.Now().Add(l.IdleTimeout))
+	c.setDeadline(l.IdleTimeout)
+}
+
+// setDeadline gives the connection d from now to finish what it reads.
+func (c *conn) setDeadline(d time.Duration) { c.deadline.Store(c.s.mono() + int64(d)) }
+
+// mono is a monotonic clock in nanoseconds.
+func (s *Server) mono() int64 { return int64(time.Since(s.epoch)) }
+
+// sweep closes the H1 server's connections past their deadline, until
+// stop is closed.
+func (s *Server) sweep(stop <-chan struct{}) {
+	l := &s.cfg.Limits
+	t := time.NewTicker(max(10*time.Millisecond, min(time.Second, l.HeaderTimeout/4, l.IdleTimeout/4)))
+	defer t.Stop()
+	var late []*conn
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		now := s.mono()
+		s.mu.Lock()
+		for c := range s.fast {
+			if d := c.deadline.Load(); d > 0 && d < now && c.deadline.CompareAndSwap(d, -1) {
+				late = append(late, c)
+			}
+		}
+		s.mu.Unlock()
+		for i, c := range late {
+			if c.state.Load() == stNew || c.read.Load() > 0 {
+				c.slow.Store(true) // not an idle keep-alive connection
+			}
+			c.Close() // its reader fails, and the H1 server lets go
+			late[i] = nil
+		}
+		late = late[:0]
+	}
 }
 
 // Admit is for proxy.ConnHooks: the limits serveEdge applies, for a
@@ -277,7 +342,7 @@ func (c *conn) Admit(h proxy.Head) proxy.Admission {
 	s := c.s
 	l := &s.cfg.Limits
 	c.state.Store(stActive)
-	c.Conn.SetReadDeadline(time.Time{})
+	c.deadline.Store(0)
 	if h.TargetLen() > l.MaxURLBytes || h.HeaderBytes() > l.MaxHeaderBytes {
 		return proxy.Admission{HandOff: true} // net/http's path answers 414 or 431, and counts
 	}
@@ -301,7 +366,7 @@ func (c *conn) Admit(h proxy.Head) proxy.Admission {
 // now on.
 func (c *conn) HandOff(hc net.Conn) {
 	c.fast.Store(false)
-	c.Conn.SetReadDeadline(time.Time{})
+	c.deadline.Store(0)
 	if !c.q.put(hc) {
 		hc.Close()
 	}
@@ -346,6 +411,9 @@ func (s *Server) newHTTPServer(h http.Handler) *http.Server {
 // is done. Upgraded connections are the proxy's to close.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
+	if !s.closing {
+		close(s.stop)
+	}
 	s.closing = true
 	srvs := s.srvs
 	for _, ln := range s.lns {
@@ -361,6 +429,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if s.cfg.H1 != nil {
 		if err := s.cfg.H1.Shutdown(ctx); err != nil && first == nil {
 			first = err
+		}
+		// Handshakes still in flight end within HeaderTimeout; the H1
+		// server or net/http, both closed by now, close what they give.
+		done := make(chan struct{})
+		go func() { s.tlsConns.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			if first == nil {
+				first = ctx.Err()
+			}
 		}
 	}
 	return first
@@ -676,6 +755,9 @@ type conn struct {
 	tlsState  *tls.ConnectionState
 	handshook atomic.Bool
 	fast      atomic.Bool // the H1 server reads the connection
+	// deadline (Server.mono) for what the H1 server waits to read; 0:
+	// none, -1: passed, being closed.
+	deadline atomic.Int64
 
 	state  atomic.Int32
 	read   atomic.Int64 // bytes read since the connection went idle
@@ -753,7 +835,7 @@ func (c *conn) Read(b []byte) (int, error) {
 	if total := c.read.Add(int64(n)); n > 0 && total == int64(n) && c.fast.Load() && c.state.Load() == stIdle {
 		// The first bytes of a request head on the H1 server's path: the
 		// rest must follow within HeaderTimeout.
-		c.Conn.SetReadDeadline(time.Now().Add(c.s.cfg.Limits.HeaderTimeout))
+		c.setDeadline(c.s.cfg.Limits.HeaderTimeout)
 	}
 	if err != nil && c.state.Load() != stActive {
 		var ne net.Error

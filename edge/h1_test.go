@@ -357,6 +357,16 @@ func TestServer_H1Limits(t *testing.T) {
 		if got := testutil.ToFloat64(f.metrics.timeouts.WithLabelValues("header")); got != slow0+2 {
 			t.Errorf("slow clients counted %v, want %v", got, slow0+2)
 		}
+		// A handshake never finished.
+		raw, err := net.Dial("tcp", f.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer raw.Close()
+		raw.Write([]byte{0x16, 0x03, 0x01})
+		waitFor(t, "the slow handshake to be counted", func() bool {
+			return testutil.ToFloat64(f.metrics.timeouts.WithLabelValues("handshake")) == 1
+		})
 	})
 }
 
