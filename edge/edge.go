@@ -805,10 +805,11 @@ func (c *conn) init() {
 }
 
 // SyscallConn lets the proxy watch the socket under the TLS records for
-// the client going away (proxy.Server.ServeConn).
+// the client going away (proxy.Server.ServeConn); it only peeks, so what
+// the PROXY header's reader may hold does not matter.
 func (c *conn) SyscallConn() (syscall.RawConn, error) {
 	sc, ok := c.sock.(syscall.Conn)
-	if !ok || c.br != nil && c.br.Buffered() > 0 {
+	if !ok {
 		return nil, errors.New("edge: no socket to watch")
 	}
 	return sc.SyscallConn()

@@ -88,7 +88,8 @@ type h1Fixture struct {
 	*edgeFixture
 	h1     *countingH1
 	signer *token.Signer
-	tok    string // h1Backend's
+	tok    string        // h1Backend's
+	hung   chan struct{} // a request to /hang ended: its client went away
 }
 
 // startH1Edge serves a real proxy (routing by path, and by host under
@@ -96,7 +97,16 @@ type h1Fixture struct {
 // echoes what it got; WebSockets echo a message.
 func startH1Edge(t *testing.T, cfg Config) *h1Fixture {
 	t.Helper()
+	hung := make(chan struct{}, 1)
 	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/hang" {
+			select {
+			case <-r.Context().Done():
+				hung <- struct{}{}
+			case <-time.After(10 * time.Second):
+			}
+			return
+		}
 		if r.Header.Get("Upgrade") != "" {
 			c, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
 			if err != nil {
@@ -123,7 +133,7 @@ func startH1Edge(t *testing.T, cfg Config) *h1Fixture {
 	h1 := &countingH1{Server: px.NewServer(proxy.ServerConfig{NoEventLoop: true, HostSuffix: h1Suffix})}
 	cfg.Handler = px.Hosts(h1Suffix)
 	cfg.H1 = h1
-	f := &h1Fixture{edgeFixture: startEdge(t, cfg, true), h1: h1, signer: signer}
+	f := &h1Fixture{edgeFixture: startEdge(t, cfg, true), h1: h1, signer: signer, hung: hung}
 	f.tok = signer.Issue(h1Backend, "u", time.Now().Add(time.Hour))
 	return f
 }
@@ -225,6 +235,17 @@ func TestServer_H1(t *testing.T) {
 			t.Errorf("WebSocket echo: %q, %v", b, err)
 		}
 	})
+	t.Run("a client that goes away cuts its request short", func(t *testing.T) {
+		c, _ := f.dialTLS(t, nil)
+		io.WriteString(c, "GET /"+f.tok+"/hang HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+		time.Sleep(100 * time.Millisecond) // past the proxy's watchAfter
+		c.Close()
+		select {
+		case <-f.hung:
+		case <-time.After(5 * time.Second):
+			t.Error("the backend's request outlived its client")
+		}
+	})
 	t.Run("HTTP/2 stays on net/http", func(t *testing.T) {
 		a0 := f.h1.admits.Load()
 		res, body := get(t, f.client(true), "https://edge.test/"+f.tok+"/h2")
@@ -316,7 +337,9 @@ func TestServer_H1Limits(t *testing.T) {
 			t.Errorf("third connection: %d, want 429", res.StatusCode)
 		}
 		c1.Close()
-		waitFor(t, "the closed connection to be released", func() bool { return testutil.ToFloat64(f.metrics.conns) <= 2 })
+		// Only the second is left once the edge has closed the third and
+		// seen the first go.
+		waitFor(t, "the closed connections to be released", func() bool { return testutil.ToFloat64(f.metrics.conns) == 1 })
 		c, br = f.dialTLS(t, nil)
 		if res, _ := roundTrip(t, c, br, "GET /"+f.tok+"/ HTTP/1.1\r\nHost: edge.test\r\n\r\n"); res.StatusCode != 200 {
 			t.Errorf("after a release: %d, want 200", res.StatusCode)

@@ -608,10 +608,11 @@ func (cc *clientConn) disarmWatch() bool {
 func (cc *clientConn) watch() {
 	defer func() { cc.watchDone <- struct{}{} }()
 	sc, ok := cc.c.(syscall.Conn)
-	if tc, isTLS := cc.c.(*tls.Conn); isTLS {
-		// The socket under the records: a client that closes it is gone;
-		// one that sends a record (the next request, or close_notify
-		// before closing) is still there, as any bytes mean below.
+	tc, isTLS := cc.c.(*tls.Conn)
+	if isTLS {
+		// The socket under the records. A TLS client that leaves may send
+		// close_notify before its FIN, so bytes do not mean it stays: the
+		// watcher waits on until it sees the FIN or is disarmed.
 		sc, ok = tc.NetConn().(syscall.Conn)
 	}
 	if !ok {
@@ -629,6 +630,10 @@ func (cc *clientConn) watch() {
 		case err == unix.EAGAIN || err == unix.EINTR:
 			return false // nothing yet: wait for the socket
 		case err != nil || n == 0:
+			gone = true
+		case isTLS && !peerHungUp(fd):
+			return false // a record: the next request, or close_notify
+		case isTLS:
 			gone = true
 		}
 		return true
