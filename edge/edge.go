@@ -806,10 +806,11 @@ func (c *conn) init() {
 
 // SyscallConn lets the proxy watch the socket under the TLS records for
 // the client going away (proxy.Server.ServeConn); it only peeks, so what
-// the PROXY header's reader may hold does not matter.
+// the PROXY header's reader may hold does not matter. A plain-HTTP
+// connection offers none: a WebSocket tunnel must read it through Read.
 func (c *conn) SyscallConn() (syscall.RawConn, error) {
 	sc, ok := c.sock.(syscall.Conn)
-	if !ok {
+	if !ok || !c.own {
 		return nil, errors.New("edge: no socket to watch")
 	}
 	return sc.SyscallConn()

@@ -39,6 +39,10 @@ import (
 // the connection from then on. The fast path therefore never has to be
 // complete: it only has to recognise what it handles.
 //
+// ServeConn serves a connection accepted elsewhere the same way: the
+// edge's TLS connections that speak HTTP/1.1, whose requests the edge
+// admits (ConnHooks) and whose hand-off goes back to the edge's net/http.
+//
 // On Linux, event loops (loop_linux.go) serve the fast path instead of a
 // goroutine per connection: they save the read that finds nothing and the
 // goroutine parks the runtime's poller costs per request. A connection
