@@ -194,6 +194,21 @@ func TestServer_H1(t *testing.T) {
 			t.Errorf("fast path admitted %d, handed off %d; want 2, 0", a, h)
 		}
 	})
+	t.Run("no ALPN takes the fast path too", func(t *testing.T) {
+		a0 := f.h1.admits.Load()
+		tc, err := tls.Dial("tcp", f.addr, f.ca.clientTLS("edge.test")) // NextProtos unset
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer tc.Close()
+		if p := tc.ConnectionState().NegotiatedProtocol; p != "" {
+			t.Fatalf("negotiated %q", p)
+		}
+		res, body := roundTrip(t, tc, bufio.NewReader(tc), "GET /"+f.tok+"/n HTTP/1.1\r\nHost: edge.test\r\n\r\n")
+		if res.StatusCode != 200 || !strings.Contains(body, "xfp=https") || f.h1.admits.Load()-a0 != 1 {
+			t.Errorf("%d %q, admitted %d", res.StatusCode, body, f.h1.admits.Load()-a0)
+		}
+	})
 	t.Run("401 and 410", func(t *testing.T) {
 		c, br := f.dialTLS(t, nil)
 		if res, _ := roundTrip(t, c, br, "GET /nope/a HTTP/1.1\r\nHost: edge.test\r\n\r\n"); res.StatusCode != http.StatusUnauthorized {
