@@ -151,7 +151,12 @@ type runCtx struct {
 // cpuProfile records a CPU profile of the Berth server for d, in the
 // background, into the profile directory; only in the first run.
 func (r *runCtx) cpuProfile(e *env, name string, d time.Duration) {
-	if r.profile == "" || r.n != 1 {
+	r.cpuProfileOf(e, e.berth, name, d)
+}
+
+// cpuProfileOf is cpuProfile for the server b (a scenario's own).
+func (r *runCtx) cpuProfileOf(e *env, b *berthServer, name string, d time.Duration) {
+	if r.profile == "" || r.n != 1 || b == nil {
 		return
 	}
 	secs := max(1, int(d/time.Second))
@@ -159,7 +164,7 @@ func (r *runCtx) cpuProfile(e *env, name string, d time.Duration) {
 	go func() {
 		defer r.wg.Done()
 		path := filepath.Join(r.profile, name+".cpu.pprof")
-		if err := fetch(e, e.berth.Debug+"/debug/pprof/profile?seconds="+strconv.Itoa(secs), path); err != nil {
+		if err := fetch(e, b.Debug+"/debug/pprof/profile?seconds="+strconv.Itoa(secs), path); err != nil {
 			r.log("CPU profile %s: %v", name, err)
 			return
 		}

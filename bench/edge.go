@@ -179,6 +179,9 @@ func runHTTPS(ctx context.Context, e *env, r *runCtx) (*result, error) {
 				k = len(targets) - 1 - j
 			}
 			t := targets[k]
+			if i == 0 && k == 0 {
+				r.cpuProfileOf(e, srv, "https", block-time.Second/2)
+			}
 			m := meterCPU(t.pids...)
 			var mb *cpuMeter
 			if backendPID > 0 {

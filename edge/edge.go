@@ -3,7 +3,9 @@
 // speaks HTTP/2 over ALPN and HTTP/1.1 (WebSocket upgrades), redirects
 // HTTP to HTTPS, learns the client's address from a trusted balancer
 // (X-Forwarded-For/-Proto, or the PROXY protocol) and enforces per-client
-// limits, then hands each request to the proxy's handler.
+// limits, then hands each request to the proxy's handler — or, for a TLS
+// connection that speaks HTTP/1.1, the connection to the proxy's own
+// HTTP/1.1 server (Config.H1), admitting each request it parses.
 //
 // The edge never routes, checks tokens or talks to backends: that is the
 // proxy's. It never trusts a forwarded header from a peer outside
@@ -25,7 +27,10 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
+
+	"github.com/berthhq/berth/proxy"
 )
 
 // Limits are the per-client limits at the edge. Zero values mean the
@@ -89,9 +94,15 @@ type Config struct {
 	// connection from one of them may carry one.
 	ProxyProtocol bool
 	Limits        Limits
-	Metrics       *Metrics     // nil: unregistered
-	Logger        *slog.Logger // nil: discard
-	Now           func() time.Time
+	// H1, if set, serves the TLS connections that negotiate HTTP/1.1
+	// (or no ALPN) itself: the proxy's own HTTP/1.1 path
+	// (proxy.Server.ServeConn), which hands any connection it does not
+	// fully serve back to the edge's net/http server. Nil: net/http
+	// serves every connection. HTTP/2 is always net/http's.
+	H1      H1Server
+	Metrics *Metrics     // nil: unregistered
+	Logger  *slog.Logger // nil: discard
+	Now     func() time.Time
 }
 
 // Validate reports the first invalid field.
@@ -107,6 +118,15 @@ func (c *Config) Validate() error {
 	return nil
 }
 
+// H1Server serves HTTP/1.1 connections on a path of its own
+// (*proxy.Server).
+type H1Server interface {
+	ServeConn(c net.Conn, hooks proxy.ConnHooks)
+	Shutdown(ctx context.Context) error
+}
+
+var _ H1Server = (*proxy.Server)(nil)
+
 // Server serves the edge on listeners.
 type Server struct {
 	cfg     Config
@@ -116,8 +136,14 @@ type Server struct {
 	rate    *rateLimiter
 	handler http.Handler
 
-	mu   sync.Mutex
-	srvs []*http.Server
+	mu       sync.Mutex
+	srvs     []*http.Server
+	lns      []net.Listener // Serve's own accept loops' (with H1)
+	closing  bool
+	tlsConns sync.WaitGroup     // serveTLS's goroutines, one per connection
+	fast     map[*conn]struct{} // the H1 server's, for sweep
+	stop     chan struct{}      // stops sweep
+	epoch    time.Time
 }
 
 // New returns a Server for cfg.
@@ -135,7 +161,7 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, m: cfg.Metrics}
+	s := &Server{cfg: cfg, log: cfg.Logger, m: cfg.Metrics, fast: make(map[*conn]struct{}), stop: make(chan struct{}), epoch: time.Now()}
 	if cfg.Limits.RatePerIP > 0 {
 		s.rate = newRateLimiter(cfg.Limits.RatePerIP, cfg.Limits.Burst)
 	}
@@ -146,12 +172,204 @@ func New(cfg Config) (*Server, error) {
 // Serve serves ln with TLS (when configured) until Shutdown.
 func (s *Server) Serve(ln net.Listener) error {
 	srv := s.newHTTPServer(s.handler)
-	ln = &listener{Listener: ln, s: s, tls: s.cfg.TLS != nil}
-	if s.cfg.TLS != nil {
-		srv.TLSConfig = s.cfg.TLS
-		ln = tls.NewListener(ln, s.cfg.TLS)
+	if s.cfg.TLS == nil {
+		return srv.Serve(&listener{Listener: ln, s: s})
 	}
-	return srv.Serve(ln)
+	if s.cfg.H1 == nil {
+		srv.TLSConfig = s.cfg.TLS
+		return srv.Serve(tls.NewListener(&listener{Listener: ln, s: s, tls: true}, s.cfg.TLS))
+	}
+	return s.serveTLS(ln, srv)
+}
+
+// serveTLS accepts ln's connections and finishes each one's handshake in
+// a goroutine of its own; then HTTP/1.1 goes to the H1 server, anything
+// else (HTTP/2, a connection over its address's limit, a protocol the
+// H1 server does not speak) to srv, as does any connection H1 hands
+// back.
+func (s *Server) serveTLS(ln net.Listener, srv *http.Server) error {
+	s.mu.Lock()
+	if s.closing {
+		s.mu.Unlock()
+		ln.Close()
+		return http.ErrServerClosed
+	}
+	s.lns = append(s.lns, ln)
+	if len(s.lns) == 1 {
+		s.tlsConns.Add(1)
+		go func() { defer s.tlsConns.Done(); s.sweep(s.stop) }()
+	}
+	s.mu.Unlock()
+	// net/http's HTTP/2 set-up may adjust its TLS config: not the one the
+	// handshakes here read.
+	srv.TLSConfig = s.cfg.TLS.Clone()
+	q := newConnQueue(ln.Addr())
+	srvDone := make(chan error, 1)
+	go func() { srvDone <- srv.Serve(q) }()
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closing := s.closing
+			s.mu.Unlock()
+			if closing {
+				return http.ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Warn("edge: accept", "err", err, "retry_in", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			q.Close()
+			<-srvDone
+			return err
+		}
+		backoff = 0
+		s.mu.Lock()
+		if s.closing { // Shutdown waits for tlsConns: no Add after it
+			s.mu.Unlock()
+			c.Close()
+			return http.ErrServerClosed
+		}
+		s.tlsConns.Add(1)
+		s.mu.Unlock()
+		s.m.conns.Inc()
+		ec := &conn{Conn: proxy.RawConn(c), sock: c, s: s, tls: true, own: true, q: q}
+		go ec.serveTLS()
+	}
+}
+
+// serveTLS finishes the connection's handshake and gives it to the H1
+// server or to net/http.
+func (c *conn) serveTLS() {
+	s := c.s
+	defer s.tlsConns.Done()
+	c.init()
+	if c.err != nil {
+		c.Close()
+		return
+	}
+	tc := tls.Server(c, s.cfg.TLS)
+	c.Conn.SetDeadline(time.Now().Add(s.cfg.Limits.HeaderTimeout))
+	if err := tc.Handshake(); err != nil {
+		tc.Close()
+		return
+	}
+	c.Conn.SetDeadline(time.Time{})
+	st := tc.ConnectionState()
+	c.tlsState = &st
+	c.handshook.Store(true)
+	proto := alpnOf(&st)
+	s.m.handshakes.WithLabelValues(proto).Inc()
+	if proto != "http/1.1" || c.over {
+		// net/http answers 429 to a connection over its limit.
+		if !c.q.put(tc) {
+			tc.Close()
+		}
+		return
+	}
+	c.fast.Store(true)
+	s.mu.Lock()
+	s.fast[c] = struct{}{}
+	s.mu.Unlock()
+	s.cfg.H1.ServeConn(tc, c)
+	s.mu.Lock()
+	delete(s.fast, c)
+	s.mu.Unlock()
+}
+
+// Idle is for proxy.ConnHooks: the connection waits for a request head,
+// as long as IdleTimeout between requests, then HeaderTimeout from its
+// first byte (conn.Read); the first head must come within HeaderTimeout
+// of the handshake, as on net/http's path. The sweeper enforces these
+// deadlines: three read deadlines set per request (a runtime timer each)
+// measured at several percent of the CPU a request costs.
+func (c *conn) Idle() {
+	l := &c.s.cfg.Limits
+	if c.state.Load() == stNew {
+		c.setDeadline(l.HeaderTimeout)
+		return
+	}
+	c.read.Store(0)
+	c.state.Store(stIdle)
+	c.setDeadline(l.IdleTimeout)
+}
+
+// setDeadline gives the connection d from now to finish what it reads.
+func (c *conn) setDeadline(d time.Duration) { c.deadline.Store(c.s.mono() + int64(d)) }
+
+// mono is a monotonic clock in nanoseconds.
+func (s *Server) mono() int64 { return int64(time.Since(s.epoch)) }
+
+// sweep closes the H1 server's connections past their deadline, until
+// stop is closed.
+func (s *Server) sweep(stop <-chan struct{}) {
+	l := &s.cfg.Limits
+	t := time.NewTicker(max(10*time.Millisecond, min(time.Second, l.HeaderTimeout/4, l.IdleTimeout/4)))
+	defer t.Stop()
+	var late []*conn
+	for {
+		select {
+		case <-stop:
+			return
+		case <-t.C:
+		}
+		now := s.mono()
+		s.mu.Lock()
+		for c := range s.fast {
+			if d := c.deadline.Load(); d > 0 && d < now && c.deadline.CompareAndSwap(d, -1) {
+				late = append(late, c)
+			}
+		}
+		s.mu.Unlock()
+		for i, c := range late {
+			if c.state.Load() == stNew || c.read.Load() > 0 {
+				c.slow.Store(true) // not an idle keep-alive connection
+			}
+			c.Close() // its reader fails, and the H1 server lets go
+			late[i] = nil
+		}
+		late = late[:0]
+	}
+}
+
+// Admit is for proxy.ConnHooks: the limits serveEdge applies, for a
+// request on the H1 server's path.
+func (c *conn) Admit(h proxy.Head) proxy.Admission {
+	s := c.s
+	l := &s.cfg.Limits
+	c.state.Store(stActive)
+	c.deadline.Store(0)
+	if h.TargetLen() > l.MaxURLBytes || h.HeaderBytes() > l.MaxHeaderBytes {
+		return proxy.Admission{HandOff: true} // net/http's path answers 414 or 431, and counts
+	}
+	client, ip := c.peer, c.peerIP
+	if c.balancer {
+		if client = s.forwardedClient(h.Values("X-Forwarded-For"), c.peer); client != c.peer {
+			ip = client.Addr().String()
+		}
+	}
+	if s.rate != nil {
+		if ok, wait := s.rate.allow(client.Addr(), s.cfg.Now()); !ok {
+			s.m.rateLimit.Inc()
+			return proxy.Admission{Refuse: errorResponse(http.StatusTooManyRequests, "too many requests from one address", retryAfter(wait), h.IsHead())}
+		}
+	}
+	s.m.h1.Inc()
+	return proxy.Admission{ClientIP: ip, HTTPS: true}
+}
+
+// HandOff is for proxy.ConnHooks: net/http serves the connection from
+// now on.
+func (c *conn) HandOff(hc net.Conn) {
+	c.fast.Store(false)
+	c.deadline.Store(0)
+	if !c.q.put(hc) {
+		hc.Close()
+	}
 }
 
 // ServeHTTP serves ln in plain HTTP: with TLS configured it answers ACME
@@ -193,7 +411,14 @@ func (s *Server) newHTTPServer(h http.Handler) *http.Server {
 // is done. Upgraded connections are the proxy's to close.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
+	if !s.closing {
+		close(s.stop)
+	}
+	s.closing = true
 	srvs := s.srvs
+	for _, ln := range s.lns {
+		ln.Close()
+	}
 	s.mu.Unlock()
 	var first error
 	for _, srv := range srvs {
@@ -201,19 +426,47 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			first = err
 		}
 	}
+	if s.cfg.H1 != nil {
+		if err := s.cfg.H1.Shutdown(ctx); err != nil && first == nil {
+			first = err
+		}
+		// Handshakes still in flight end within HeaderTimeout; the H1
+		// server or net/http, both closed by now, close what they give.
+		done := make(chan struct{})
+		go func() { s.tlsConns.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			if first == nil {
+				first = ctx.Err()
+			}
+		}
+	}
 	return first
 }
 
 type connKey struct{}
 
-// conn returns the edge's connection under r.
+// connOf returns the edge's connection under r.
 func connOf(r *http.Request) *conn {
 	c, _ := r.Context().Value(connKey{}).(net.Conn)
-	if tc, ok := c.(*tls.Conn); ok {
-		c = tc.NetConn()
+	return edgeConn(c)
+}
+
+// edgeConn returns the edge's connection under c: c itself, or under its
+// TLS, or under the proxy's hand-off.
+func edgeConn(c net.Conn) *conn {
+	for c != nil {
+		switch x := c.(type) {
+		case *conn:
+			return x
+		case interface{ NetConn() net.Conn }:
+			c = x.NetConn()
+		default:
+			return nil
+		}
 	}
-	ec, _ := c.(*conn)
-	return ec
+	return nil
 }
 
 // serveHTTPPort serves the plain-HTTP listener.
@@ -265,7 +518,8 @@ func (s *Server) trusted(ip netip.Addr) bool {
 // serveEdge admits a request and passes it on.
 func (s *Server) serveEdge(w http.ResponseWriter, r *http.Request) {
 	l := &s.cfg.Limits
-	if c := connOf(r); c != nil && c.over {
+	c := connOf(r)
+	if c != nil && c.over {
 		s.m.connLimit.Inc()
 		w.Header().Set("Connection", "close")
 		writeError(w, http.StatusTooManyRequests, "too many connections from one address", "1")
@@ -287,9 +541,14 @@ func (s *Server) serveEdge(w http.ResponseWriter, r *http.Request) {
 	if s.rate != nil {
 		if ok, wait := s.rate.allow(client.Addr(), s.cfg.Now()); !ok {
 			s.m.rateLimit.Inc()
-			writeError(w, http.StatusTooManyRequests, "too many requests from one address", strconv.Itoa(int(max(time.Second, wait+time.Second-1)/time.Second)))
+			writeError(w, http.StatusTooManyRequests, "too many requests from one address", retryAfter(wait))
 			return
 		}
+	}
+	if r.TLS == nil && c != nil && c.tlsState != nil {
+		// A TLS connection the H1 server handed back: net/http sees it
+		// under the hand-off, not as a *tls.Conn.
+		r.TLS = c.tlsState
 	}
 	if r.TLS == nil && fromBalancer && forwardedProto(r) == "https" {
 		// The proxy tells the backend X-Forwarded-Proto: https, and the
@@ -319,7 +578,12 @@ func (s *Server) clientAddr(r *http.Request, fromBalancer bool) netip.AddrPort {
 	if !fromBalancer {
 		return peer
 	}
-	xff := r.Header.Values("X-Forwarded-For")
+	return s.forwardedClient(r.Header.Values("X-Forwarded-For"), peer)
+}
+
+// forwardedClient is the client a trusted balancer names in xff (the
+// X-Forwarded-For values), else the balancer, peer.
+func (s *Server) forwardedClient(xff []string, peer netip.AddrPort) netip.AddrPort {
 	var hops []string
 	for _, v := range xff {
 		hops = append(hops, strings.Split(v, ",")...)
@@ -367,12 +631,35 @@ func writeError(w http.ResponseWriter, status int, msg, retryAfter string) {
 		h.Set("Retry-After", retryAfter)
 	}
 	w.WriteHeader(status)
+	w.Write(errorBody(status, msg))
+}
+
+// errorResponse is writeError's answer as a whole HTTP/1.1 response.
+func errorResponse(status int, msg, retryAfter string, head bool) []byte {
+	body := errorBody(status, msg)
+	b := fmt.Appendf(nil, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nCache-Control: no-store\r\n", status, http.StatusText(status))
+	if retryAfter != "" {
+		b = append(b, "Retry-After: "+retryAfter+"\r\n"...)
+	}
+	b = fmt.Appendf(b, "Content-Length: %d\r\n\r\n", len(body))
+	if !head {
+		b = append(b, body...)
+	}
+	return b
+}
+
+func errorBody(status int, msg string) []byte {
 	code := "too_many_requests"
 	switch status {
 	case http.StatusRequestURITooLong, http.StatusRequestHeaderFieldsTooLarge:
 		code = "too_large"
 	}
-	fmt.Fprintf(w, "{\"error\":{\"code\":%q,\"message\":%q}}\n", code, msg)
+	return fmt.Appendf(nil, "{\"error\":{\"code\":%q,\"message\":%q}}\n", code, msg)
+}
+
+// retryAfter is Retry-After for a wait: whole seconds, at least one.
+func retryAfter(wait time.Duration) string {
+	return strconv.Itoa(int(max(time.Second, wait+time.Second-1) / time.Second))
 }
 
 // Connection states kept on a conn, from http.Server's ConnState.
@@ -384,27 +671,31 @@ const (
 
 // connState follows each connection for the gauge, the slow-client
 // count and TLS handshakes.
+// Serve's own connections (with H1) are counted by serveTLS and Close.
 func (s *Server) connState(nc net.Conn, st http.ConnState) {
 	tc, isTLS := nc.(*tls.Conn)
-	c, _ := nc.(*conn)
-	if isTLS {
-		c, _ = tc.NetConn().(*conn)
-	}
+	c := edgeConn(nc)
 	if c == nil {
 		return
 	}
 	switch st {
 	case http.StateNew:
-		s.m.conns.Inc()
+		if !c.own {
+			s.m.conns.Inc()
+		}
 	case http.StateActive:
-		if isTLS && c.state.Load() == stNew {
-			s.m.handshakes.WithLabelValues(alpn(tc)).Inc()
+		if isTLS && !c.own && c.state.Load() == stNew {
+			st := tc.ConnectionState()
+			s.m.handshakes.WithLabelValues(alpnOf(&st)).Inc()
 		}
 		c.state.Store(stActive)
 	case http.StateIdle:
 		c.read.Store(0)
 		c.state.Store(stIdle)
 	case http.StateHijacked, http.StateClosed:
+		if c.own {
+			return
+		}
 		s.m.conns.Dec()
 		if c.slow.Load() {
 			phase := "header"
@@ -416,8 +707,8 @@ func (s *Server) connState(nc net.Conn, st http.ConnState) {
 	}
 }
 
-func alpn(tc *tls.Conn) string {
-	if p := tc.ConnectionState().NegotiatedProtocol; p != "" {
+func alpnOf(st *tls.ConnectionState) string {
+	if p := st.NegotiatedProtocol; p != "" {
 		return p
 	}
 	return "http/1.1"
@@ -453,6 +744,21 @@ type conn struct {
 	ip   netip.Addr    // counted against the limit; invalid: not counted
 	over bool          // over the per-address connection limit
 
+	// Serve's own TLS connections (with H1): counted here, not by
+	// connState; q is where net/http takes them.
+	own       bool
+	q         *connQueue
+	sock      net.Conn       // the socket under Conn (a raw one), for SyscallConn
+	peer      netip.AddrPort // the client's address (unmapped), as addr
+	peerIP    string         // peer's address, for X-Forwarded-For
+	balancer  bool           // peer is a trusted balancer
+	tlsState  *tls.ConnectionState
+	handshook atomic.Bool
+	fast      atomic.Bool // the H1 server reads the connection
+	// deadline (Server.mono) for what the H1 server waits to read; 0:
+	// none, -1: passed, being closed.
+	deadline atomic.Int64
+
 	state  atomic.Int32
 	read   atomic.Int64 // bytes read since the connection went idle
 	slow   atomic.Bool  // closed for a request head not sent in time
@@ -484,6 +790,11 @@ func (c *conn) init() {
 				peer = ap
 			}
 		}
+		c.peer = netip.AddrPortFrom(peer.Addr().Unmap(), peer.Port())
+		if c.peer.Addr().IsValid() {
+			c.peerIP = c.peer.Addr().String()
+		}
+		c.balancer = c.s.trusted(c.peer.Addr())
 		// A trusted balancer's connections carry many clients: they are
 		// limited per request, by X-Forwarded-For, not here.
 		if ip := peer.Addr().Unmap(); ip.IsValid() && !c.s.trusted(ip) {
@@ -491,6 +802,18 @@ func (c *conn) init() {
 			c.over = !c.s.conns.add(ip, c.s.cfg.Limits.ConnsPerIP)
 		}
 	})
+}
+
+// SyscallConn lets the proxy watch the socket under the TLS records for
+// the client going away (proxy.Server.ServeConn); it only peeks, so what
+// the PROXY header's reader may hold does not matter. A plain-HTTP
+// connection offers none: a WebSocket tunnel must read it through Read.
+func (c *conn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := c.sock.(syscall.Conn)
+	if !ok || !c.own {
+		return nil, errors.New("edge: no socket to watch")
+	}
+	return sc.SyscallConn()
 }
 
 func (c *conn) RemoteAddr() net.Addr {
@@ -511,7 +834,11 @@ func (c *conn) Read(b []byte) (int, error) {
 		c.br = nil
 		n, err = c.Conn.Read(b)
 	}
-	c.read.Add(int64(n))
+	if total := c.read.Add(int64(n)); n > 0 && total == int64(n) && c.fast.Load() && c.state.Load() == stIdle {
+		// The first bytes of a request head on the H1 server's path: the
+		// rest must follow within HeaderTimeout.
+		c.setDeadline(c.s.cfg.Limits.HeaderTimeout)
+	}
 	if err != nil && c.state.Load() != stActive {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() && (c.state.Load() == stNew || c.read.Load() > 0) {
@@ -535,8 +862,58 @@ func (c *conn) slowClient() {
 }
 
 func (c *conn) Close() error {
-	if !c.closed.Swap(true) && c.ip.IsValid() {
-		c.s.conns.release(c.ip)
+	if !c.closed.Swap(true) {
+		if c.ip.IsValid() {
+			c.s.conns.release(c.ip)
+		}
+		if c.own {
+			c.s.m.conns.Dec()
+			if c.slow.Load() {
+				phase := "header"
+				if !c.handshook.Load() {
+					phase = "handshake"
+				}
+				c.s.m.timeouts.WithLabelValues(phase).Inc()
+			}
+		}
 	}
 	return c.Conn.Close()
 }
+
+// connQueue is a net.Listener whose connections serveTLS accepted.
+type connQueue struct {
+	addr net.Addr
+	c    chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newConnQueue(addr net.Addr) *connQueue {
+	return &connQueue{addr: addr, c: make(chan net.Conn), done: make(chan struct{})}
+}
+
+// put gives c to the queue's server, or reports false once it is closed.
+func (q *connQueue) put(c net.Conn) bool {
+	select {
+	case q.c <- c:
+		return true
+	case <-q.done:
+		return false
+	}
+}
+
+func (q *connQueue) Accept() (net.Conn, error) {
+	select {
+	case c := <-q.c:
+		return c, nil
+	case <-q.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (q *connQueue) Close() error {
+	q.once.Do(func() { close(q.done) })
+	return nil
+}
+
+func (q *connQueue) Addr() net.Addr { return q.addr }

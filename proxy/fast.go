@@ -66,7 +66,8 @@ var droppedRequestHeaders = [...]string{
 
 // writeFastRequest writes req to the backend as writeRequest does for a
 // net/http request.
-func writeFastRequest(bw h1.Writer, req *request, fw *forward, clientIP string) {
+// https says the client's connection is TLS (X-Forwarded-Proto).
+func writeFastRequest(bw h1.Writer, req *request, fw *forward, clientIP string, https bool) {
 	bw.Write(req.Method)
 	bw.WriteByte(' ')
 	if fw.route.Peer {
@@ -98,7 +99,11 @@ func writeFastRequest(bw h1.Writer, req *request, fw *forward, clientIP string) 
 	}
 	bw.WriteString("X-Forwarded-Host: ")
 	bw.Write(req.Host)
-	bw.WriteString("\r\nX-Forwarded-Proto: http\r\n")
+	if https {
+		bw.WriteString("\r\nX-Forwarded-Proto: https\r\n")
+	} else {
+		bw.WriteString("\r\nX-Forwarded-Proto: http\r\n")
+	}
 	if fw.route.Peer {
 		bw.WriteString("\r\n")
 		return

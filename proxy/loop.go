@@ -71,7 +71,7 @@ func (x *exchange) Begin(head []byte, out *h1.OutBuf) evloop.Next {
 }
 
 func (x *exchange) WriteRequest(out *h1.OutBuf) {
-	writeFastRequest(out, &x.req, &x.fw, x.clientIP)
+	writeFastRequest(out, &x.req, &x.fw, x.clientIP, false)
 }
 
 func (x *exchange) BadGateway(out *h1.OutBuf, err error) {

@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -38,6 +39,10 @@ import (
 // the connection from then on. The fast path therefore never has to be
 // complete: it only has to recognise what it handles.
 //
+// ServeConn serves a connection accepted elsewhere the same way: the
+// edge's TLS connections that speak HTTP/1.1, whose requests the edge
+// admits (ConnHooks) and whose hand-off goes back to the edge's net/http.
+//
 // On Linux, event loops (loop_linux.go) serve the fast path instead of a
 // goroutine per connection: they save the read that finds nothing and the
 // goroutine parks the runtime's poller costs per request. A connection
@@ -57,6 +62,7 @@ type Server struct {
 	sweeper *time.Ticker
 	loops   *evloop.Group // nil: a goroutine per connection
 	noLoops bool
+	hosts   hostRouter     // HostSuffix's: only its label matters here
 	wg      sync.WaitGroup // connection goroutines
 }
 
@@ -69,6 +75,10 @@ type ServerConfig struct {
 	// NoEventLoop serves every connection from a goroutine of its own, as
 	// on systems other than Linux, instead of from the event loops.
 	NoEventLoop bool
+	// HostSuffix is the edge's (Proxy.Hosts): ServeConn hands a request
+	// for <label>.<suffix> to its hooks' HandOff, since the fast path
+	// routes by path only.
+	HostSuffix string
 }
 
 const (
@@ -92,6 +102,7 @@ func (p *Proxy) NewServer(cfg ServerConfig) *Server {
 		idleTimeout: cfg.IdleTimeout,
 		handoff:     newConnQueue(),
 		noLoops:     cfg.NoEventLoop,
+		hosts:       *p.Hosts(cfg.HostSuffix).(*hostRouter),
 		conns:       make(map[*clientConn]struct{}),
 		lns:         make(map[net.Listener]struct{}),
 	}
@@ -274,6 +285,10 @@ type clientConn struct {
 	bc         atomic.Pointer[backendConn]
 	cancelWait atomic.Pointer[context.CancelFunc]
 
+	hooks ConnHooks // ServeConn's; nil for Serve's connections
+	https bool      // the request in flight's X-Forwarded-Proto
+	reqIP string    // the request in flight's X-Forwarded-For
+
 	// loopable: the last request's backend is one an event loop can
 	// reach, so the connection may go back to one (see rejoin).
 	loopable bool
@@ -317,6 +332,9 @@ func (cc *clientConn) serve() {
 	}
 	var req request
 	for {
+		if cc.hooks != nil {
+			cc.hooks.Idle()
+		}
 		n, err := cc.readHead()
 		if err != nil {
 			return // closed, idle too long, or the client went away
@@ -325,11 +343,30 @@ func (cc *clientConn) serve() {
 			return // the sweeper or Shutdown closed it
 		}
 		head, _ := cc.br.Peek(n)
-		if n == 0 || !req.parse(head) {
+		if n == 0 || !req.parse(head) || cc.hostRouted(&req) {
 			handedOff = cc.handOff()
 			return
 		}
-		keep := cc.forward(&req, n)
+		cc.reqIP, cc.https = cc.clientIP, false
+		var refuse []byte
+		if cc.hooks != nil {
+			adm := cc.hooks.Admit(Head{&req})
+			if adm.HandOff {
+				handedOff = cc.handOff()
+				return
+			}
+			refuse = adm.Refuse
+			cc.https = adm.HTTPS
+			if adm.ClientIP != "" {
+				cc.reqIP = adm.ClientIP
+			}
+		}
+		var keep bool
+		if refuse != nil {
+			keep = cc.refuse(refuse, &req, n)
+		} else {
+			keep = cc.forward(&req, n)
+		}
 		if !keep || s.closing.Load() {
 			return
 		}
@@ -368,10 +405,35 @@ func (cc *clientConn) handOff() bool {
 	cc.s.readers.Put(br)
 	cc.br = nil
 	hc := &handoffConn{Conn: cc.c, prefix: prefix}
+	if cc.hooks != nil {
+		cc.hooks.HandOff(hc)
+		return true
+	}
 	if !cc.s.handoff.put(hc) {
 		cc.c.Close()
 	}
 	return true
+}
+
+// hostRouted reports whether req is for a backend's host, which only
+// net/http's path (hostRouter) routes.
+func (cc *clientConn) hostRouted(req *request) bool {
+	if cc.hooks == nil || cc.s.hosts.dotSuffix == "" {
+		return false
+	}
+	_, ok := cc.s.hosts.label(string(req.Host))
+	return ok
+}
+
+// refuse answers the request whose head is the first n buffered bytes
+// with resp, a whole response from ConnHooks.Admit, and reports whether
+// the connection stays open.
+func (cc *clientConn) refuse(resp []byte, req *request, n int) bool {
+	cc.br.Discard(n)
+	bw := cc.writer()
+	defer cc.releaseWriter(bw)
+	bw.Write(resp)
+	return bw.Flush() == nil && !req.Close
 }
 
 // rejoin gives the connection, which has nothing buffered, to an event
@@ -471,7 +533,7 @@ func (cc *clientConn) forward(req *request, n int) (keep bool) {
 		if cc.gone.Load() {
 			bc.SetDeadline(aLongTimeAgo)
 		}
-		writeFastRequest(bc.bw, req, fw, cc.clientIP)
+		writeFastRequest(bc.bw, req, fw, cc.reqIP, cc.https)
 		err = bc.bw.Flush()
 		if err == nil {
 			_, err = bc.br.Peek(1)
@@ -550,6 +612,13 @@ func (cc *clientConn) disarmWatch() bool {
 func (cc *clientConn) watch() {
 	defer func() { cc.watchDone <- struct{}{} }()
 	sc, ok := cc.c.(syscall.Conn)
+	tc, isTLS := cc.c.(*tls.Conn)
+	if isTLS {
+		// The socket under the records. A TLS client that leaves may send
+		// close_notify before its FIN, so bytes do not mean it stays: the
+		// watcher waits on until it sees the FIN or is disarmed.
+		sc, ok = tc.NetConn().(syscall.Conn)
+	}
 	if !ok {
 		return
 	}
@@ -565,6 +634,10 @@ func (cc *clientConn) watch() {
 		case err == unix.EAGAIN || err == unix.EINTR:
 			return false // nothing yet: wait for the socket
 		case err != nil || n == 0:
+			gone = true
+		case isTLS && !peerHungUp(fd):
+			return false // a record: the next request, or close_notify
+		case isTLS:
 			gone = true
 		}
 		return true
@@ -743,6 +816,10 @@ func (c *handoffConn) Read(b []byte) (int, error) {
 	}
 	return c.Conn.Read(b)
 }
+
+// NetConn returns the connection under c (the edge finds its own
+// through it).
+func (c *handoffConn) NetConn() net.Conn { return c.Conn }
 
 // SyscallConn lets a WebSocket tunnel wait on the socket itself once
 // nothing is left in prefix.

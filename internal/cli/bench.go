@@ -32,7 +32,7 @@ func runBench(ctx context.Context, args []string, stdio Stdio) error {
 	quick := fs.Bool("quick", false, "tiny sizes, one run: checks every scenario works (CI); the figures mean little")
 	runs := fs.Int("runs", 0, "runs of each scenario; the table shows medians (default 3, or 1 with --quick)")
 	asJSON := fs.Bool("json", false, "print the report as JSON instead of a table")
-	profile := fs.String("profile", "", "write pprof profiles of the Berth server into `dir`, from the first run: CPU (throughput, latency, ws-latency, spawn-rate, warm-connect), block and mutex (spawn-rate), heap (idle-ws, connections open)")
+	profile := fs.String("profile", "", "write pprof profiles of the Berth server into `dir`, from the first run: CPU (throughput, latency, ws-latency, spawn-rate, warm-connect, https), block and mutex (spawn-rate), heap (idle-ws, connections open)")
 	backend := fs.String("backend", "", "backend `binary` to spawn (default: build internal/benchbackend/cmd/benchbackend, else this binary's bench-backend)")
 	keep := fs.Bool("keep", false, "keep the temporary directory (Berth's data, logs, nginx config)")
 	verbose := fs.Bool("v", false, "log progress in detail")

@@ -240,6 +240,11 @@ func (o *edgeOptions) start(ctx context.Context, l *edgeListeners, px *proxy.Pro
 			cfg.ACMEHTTP = m.HandleHTTPChallenge
 		}
 	}
+	if l.tls != nil {
+		// HTTPS over HTTP/1.1 takes the proxy's own path, as plain HTTP
+		// does on --proxy-addr (BENCHMARKS.md, "The public edge").
+		cfg.H1 = px.NewServer(proxy.ServerConfig{NoEventLoop: true, HostSuffix: o.HostSuffix})
+	}
 	srv, err := edge.New(cfg)
 	if err != nil {
 		if e.acme != nil {
