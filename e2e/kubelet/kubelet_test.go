@@ -15,7 +15,6 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/berthhq/berth"
@@ -23,6 +22,8 @@ import (
 	"github.com/berthhq/berth/internal/testbin"
 	"github.com/berthhq/berth/runtime/kubernetes"
 	"github.com/berthhq/berth/runtime/kubernetes/kubetest"
+	"github.com/coder/websocket"
+	"github.com/coder/websocket/wsjson"
 )
 
 const howToGet = "run it as root with Docker, Debian's containerd and runc (apt-get install containerd runc containernetworking-plugins), " +
@@ -43,7 +44,11 @@ func TestKubelet_backendLifecycle(t *testing.T) {
 	_, err := os.Stat(filepath.Join(tools, "kubelet"))
 	need(t, err == nil, "the kubelet is missing from "+tools, howToGet)
 	testbin.NeedDocker(t)
+	t0 := time.Now()
+	step := func(what string) { t.Logf("%5.1fs %s", time.Since(t0).Seconds(), what) }
+	t.Cleanup(func() { step("cleaned up") }) // runs last
 
+	step("building berth, testbackend and pause")
 	bins := t.TempDir()
 	bin, err := testbin.Build(bins)
 	if err != nil {
@@ -56,6 +61,7 @@ func TestKubelet_backendLifecycle(t *testing.T) {
 		t.Fatalf("build the pause program: %v %s", err, out)
 	}
 	t.Cleanup(testbin.RemoveImages)
+	step("building their FROM scratch images")
 	image, err := testbin.Image(bin.TestBackend, "berth.test/kubelet-testbackend")
 	if err != nil {
 		t.Fatal(err)
@@ -64,21 +70,30 @@ func TestKubelet_backendLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// berth itself, for its demo backend's WebSocket.
+	berthImage, err := testbin.Image(bin.Berth, "berth.test/kubelet-berth")
+	if err != nil {
+		t.Fatal(err)
+	}
 
+	step("starting etcd and kube-apiserver")
 	c, err := kubetest.Start(tools)
 	if err != nil {
 		t.Fatalf("start etcd and kube-apiserver: %v", err)
 	}
 	t.Cleanup(c.Stop)
-	n := startNode(t, c, tools, []string{image}, pauseImage)
+	step("starting containerd (importing the images) and the kubelet")
+	n := startNode(t, c, tools, []string{image, berthImage}, pauseImage)
 	ns := c.Namespace(t)
 	bindPods(t, c, ns)
 
+	step("Node ready; starting berth serve")
 	s := serve(t, bin.Berth, c, ns)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 
 	spawn := &berth.SpawnConfig{Image: image, PullPolicy: "never", GraceSeconds: new(5)}
+	step("connect")
 	cr, err := s.Connect(ctx, api.ConnectRequest{Key: "kubelet", Spawn: spawn, Wait: true, WaitTimeoutSeconds: 60})
 	if err != nil {
 		t.Fatalf("connect: %v", err)
@@ -87,6 +102,7 @@ func TestKubelet_backendLifecycle(t *testing.T) {
 		t.Fatalf("connect with wait: state %q reason %q, want ready", cr.State, cr.Reason)
 	}
 
+	step("backend ready")
 	// The Pod, as the API server has it from the kubelet.
 	pods := c.Client.CoreV1().Pods(ns)
 	list, err := pods.List(ctx, metav1.ListOptions{LabelSelector: kubernetes.LabelBackend + "=" + cr.BackendID})
@@ -127,39 +143,62 @@ func TestKubelet_backendLifecycle(t *testing.T) {
 			env["BERTH_BACKEND_ID"], env["PORT"], env["HOSTNAME"], cr.BackendID, pod.Name)
 	}
 
+	// A WebSocket through the proxy to a Pod: berth's own demo backend (the
+	// notepad) echoes an edit to every socket.
+	step("connect to the notepad")
+	np, err := s.Connect(ctx, api.ConnectRequest{Key: "notepad", Wait: true, WaitTimeoutSeconds: 60, Spawn: &berth.SpawnConfig{
+		Image: berthImage, Command: []string{"/berth", "demo-backend"}, PullPolicy: "never", GraceSeconds: new(5)}})
+	if err != nil || np.State != berth.StateReady {
+		t.Fatalf("connect to the notepad: %v (%+v)", err, np)
+	}
+	wsURL := "ws" + strings.TrimPrefix(np.URL, "http") + "ws"
+	conn, _, err := websocket.Dial(ctx, wsURL, nil)
+	if err != nil {
+		t.Fatalf("WebSocket %s through the proxy: %v", wsURL, err)
+	}
+	if err := wsjson.Write(ctx, conn, map[string]any{"seq": 1, "text": "written through a kubelet's Pod"}); err != nil {
+		t.Fatalf("WebSocket write: %v", err)
+	}
+	for {
+		var m struct{ Text string }
+		if err := wsjson.Read(ctx, conn, &m); err != nil {
+			t.Fatalf("WebSocket read: %v", err)
+		}
+		if m.Text == "written through a kubelet's Pod" {
+			break
+		}
+	}
+	conn.Close(websocket.StatusNormalClosure, "")
+	step("WebSocket round trip done")
+	if err := s.Terminate(ctx, np.BackendID, false); err != nil {
+		t.Fatalf("terminate the notepad: %v", err)
+	}
+
 	// Terminate: the kubelet stops the container (SIGTERM, on which the
 	// testbackend exits 0) and the Pod goes.
+	step("terminate")
 	if err := s.Terminate(ctx, cr.BackendID, false); err != nil {
 		t.Fatalf("terminate: %v", err)
 	}
-	var b *berth.Backend
-	for {
-		if b, err = s.Backend(ctx, cr.BackendID); err != nil {
-			t.Fatalf("GET backend: %v", err)
+	for _, id := range []string{cr.BackendID, np.BackendID} {
+		b := waitTerminated(t, ctx, s, id)
+		if b.Reason != berth.ReasonRequested || b.ExitCode == nil || *b.ExitCode != 0 {
+			t.Errorf("terminated backend %s: reason %q, exit code %v; want requested, 0", id, b.Reason, fmtCode(b.ExitCode))
 		}
-		if b.State == berth.StateTerminated {
+	}
+	step("backends terminated")
+	for {
+		list, err := pods.List(ctx, metav1.ListOptions{})
+		if err == nil && len(list.Items) == 0 {
 			break
 		}
 		select {
 		case <-ctx.Done():
-			t.Fatalf("the backend is %s after 2 minutes, want terminated", b.State)
+			t.Fatalf("Pods are still there after their backends terminated: %v %v", err, list)
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
-	if b.Reason != berth.ReasonRequested || b.ExitCode == nil || *b.ExitCode != 0 {
-		t.Errorf("terminated backend: reason %q, exit code %v; want requested, 0", b.Reason, fmtCode(b.ExitCode))
-	}
-	for {
-		_, err := pods.Get(ctx, pod.Name, metav1.GetOptions{})
-		if apierrors.IsNotFound(err) {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			t.Fatalf("the Pod is still there after the backend terminated: %v", err)
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
+	step("Pods deleted")
 	// The kubelet removes the backend's container from containerd; the
 	// sandbox, stopped, stays until the kubelet's garbage collection.
 	deadline := time.Now().Add(30 * time.Second)
@@ -173,6 +212,25 @@ func TestKubelet_backendLifecycle(t *testing.T) {
 			break
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+	step("no task left in containerd; cleaning up")
+}
+
+func waitTerminated(t *testing.T, ctx context.Context, s *api.Client, id string) *berth.Backend {
+	t.Helper()
+	for {
+		b, err := s.Backend(ctx, id)
+		if err != nil {
+			t.Fatalf("GET backend %s: %v", id, err)
+		}
+		if b.State == berth.StateTerminated {
+			return b
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the backend %s is %s after 2 minutes, want terminated", id, b.State)
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 }
 
