@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds, once, the Kubernetes tools that the kubernetes runtime's tests run
-# (a real kube-apiserver and etcd, and kwok to drive Pod lifecycles), from
+# (a real kube-apiserver and etcd, kwok to drive Pod lifecycles, and a real
+# kubelet for e2e/kubelet), from
 # source through the Go module proxy, and caches them outside the clone:
 #
 #   $BERTH_K8S_TOOLS (default /var/cache/berth-ci/k8s)/
@@ -17,7 +18,9 @@
 #   source .ci/k8s-tools.sh          # same, and export BERTH_K8S_TOOLS
 #
 # Builds run one after the other (the machine has 2 cores); a cold run takes
-# about 7 minutes, mostly kube-apiserver. Progress goes to stderr.
+# about 7 minutes for kube-apiserver, and a few more for the kubelet, which
+# shares most of its packages (built once, in the same module). Progress goes
+# to stderr.
 
 _berth_k8s_tools() {
 	local dir="${BERTH_K8S_TOOLS:-/var/cache/berth-ci/k8s}"
@@ -112,9 +115,9 @@ _berth_k8s_tools() {
 				CGO_ENABLED=0 nice -n 10 go build -trimpath -ldflags "$ldflags" -o "$dir/$c" "k8s.io/kubernetes/cmd/$c"
 				echo "$kube_version" >"$dir/$c.version"
 			done
-		) || { _k8s_log "$k8s_missing build failed (work dir $mod)"; return 1; }
+		) || { _k8s_log "${k8s_missing# } build failed (work dir $mod)"; return 1; }
 		rm -rf "$mod"
-		_k8s_log "$k8s_missing built in $((SECONDS - t))s"
+		_k8s_log "${k8s_missing# } built in $((SECONDS - t))s"
 	fi
 	rm -rf "$dir/.gobin"
 	export BERTH_K8S_TOOLS="$dir"
