@@ -55,7 +55,11 @@ func TestKubelet_backendLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	pause := filepath.Join(bins, "pause")
-	build := exec.Command("go", "build", "-o", pause, "./internal/pause")
+	gobin, err := exec.LookPath("go")
+	if err != nil {
+		gobin = filepath.Join(os.Getenv("GOROOT"), "bin", "go")
+	}
+	build := exec.Command(gobin, "build", "-o", pause, "./internal/pause")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build the pause program: %v %s", err, out)
