@@ -32,8 +32,9 @@ const howToGet = "run it as root with Docker, Debian's containerd and runc (apt-
 // TestKubelet_backendLifecycle: berth serve --runtime kubernetes runs a
 // backend as a Pod that a real kubelet runs in containerd, from a FROM
 // scratch image imported locally (pull_policy never); Berth's probe sees it
-// ready, its proxy reaches it over the CNI bridge, and a terminate deletes
-// the Pod and records how the container exited.
+// ready, its proxy reaches it over the CNI bridge (HTTP, and a WebSocket to
+// berth's demo notepad in a second Pod), its output comes through pods/log,
+// and a terminate deletes the Pod and records how the container exited.
 func TestKubelet_backendLifecycle(t *testing.T) {
 	need(t, os.Geteuid() == 0, "a kubelet needs root", howToGet)
 	for _, tool := range []string{"containerd", "ctr", "runc", "docker", "ip", "/usr/lib/cni/bridge", "/usr/lib/cni/host-local"} {
@@ -96,7 +97,7 @@ func TestKubelet_backendLifecycle(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 
-	spawn := &berth.SpawnConfig{Image: image, PullPolicy: "never", GraceSeconds: new(5)}
+	spawn := &berth.SpawnConfig{Image: image, PullPolicy: "never", GraceSeconds: new(5), Env: map[string]string{"TB_LOG_LINES": "1"}}
 	step("connect")
 	cr, err := s.Connect(ctx, api.ConnectRequest{Key: "kubelet", Spawn: spawn, Wait: true, WaitTimeoutSeconds: 60})
 	if err != nil {
@@ -146,6 +147,23 @@ func TestKubelet_backendLifecycle(t *testing.T) {
 		t.Errorf("the backend's environment has BERTH_BACKEND_ID %q, PORT %q, HOSTNAME %q; want %s, 8080, %s",
 			env["BERTH_BACKEND_ID"], env["PORT"], env["HOSTNAME"], cr.BackendID, pod.Name)
 	}
+
+	// Its output, which Berth reads through pods/log: the API server gets
+	// it from the kubelet (at the Node's InternalIP), the kubelet from
+	// containerd's log file.
+	var logs strings.Builder
+	for !strings.Contains(logs.String(), "tb stdout 1") {
+		logs.Reset()
+		if err := s.Logs(ctx, cr.BackendID, false, &logs); err != nil {
+			t.Fatalf("the backend's logs: %v", err)
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the backend's logs %q, want its start-up line \"tb stdout 1\"", logs.String())
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	step("logs read")
 
 	// A WebSocket through the proxy to a Pod: berth's own demo backend (the
 	// notepad) echoes an edit to every socket.
