@@ -280,10 +280,7 @@ serializeImagePulls: false
 		"--node-labels", nodeLabel,
 		"--v", "1")
 	proc := startProc(t, cmd, n.kubeletLog)
-	t.Cleanup(func() {
-		proc.stop(t)
-		// The Node object goes with the cluster.
-	})
+	t.Cleanup(func() { proc.stop(t) }) // its Node object goes with the cluster
 
 	ctx, cancel := context.WithTimeout(t.Context(), 60*time.Second)
 	defer cancel()
@@ -339,6 +336,8 @@ func bindPods(t *testing.T, c *kubetest.Cluster, ns string) {
 					if p.DeletionTimestamp != nil {
 						continue
 					}
+					// An error (the Pod was bound or deleted meanwhile)
+					// is settled by the next round.
 					c.Client.CoreV1().Pods(ns).Bind(ctx, &corev1.Binding{
 						ObjectMeta: metav1.ObjectMeta{Name: p.Name, UID: p.UID},
 						Target:     corev1.ObjectReference{Kind: "Node", Name: nodeName},
