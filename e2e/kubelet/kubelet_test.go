@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -284,6 +285,7 @@ func serve(t *testing.T, berthBin string, c *kubetest.Cluster, ns string) *api.C
 		"--kube-node-selector", nodeLabel)
 	cmd.Dir = dir
 	cmd.Env = testbin.CleanEnv()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL} // a killed test leaves no berth
 	out := &testbin.SyncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {

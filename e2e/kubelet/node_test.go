@@ -3,6 +3,7 @@ package kubelet
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -78,6 +79,12 @@ type node struct {
 func startNode(t *testing.T, c *kubetest.Cluster, tools string, images []string, pauseImage string) *node {
 	t.Helper()
 	lock(t)
+	if j, err := readJournal(); err == nil {
+		t.Logf("%s is there: a run was killed before its cleanup; undoing what it changed on the host", journalFile)
+		undo(t, j, true)
+	} else if !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
 	for _, p := range []string{"/sys/fs/cgroup/memory/kubepods", "/sys/fs/cgroup/cpu/kubepods"} {
 		if _, err := os.Stat(p); err == nil {
 			t.Fatalf("%s exists before the test: another kubelet runs on this machine, or one left it behind (remove it with rmdir, deepest first)", p)
@@ -86,37 +93,36 @@ func startNode(t *testing.T, c *kubetest.Cluster, tools string, images []string,
 	if _, err := net.InterfaceByName(bridge); err == nil {
 		t.Fatalf("the bridge %s exists before the test (left behind? ip link del %s)", bridge, bridge)
 	}
-	saveSysctls(t)
-	removeCreated(t, hostPaths)
 
 	dir, err := os.MkdirTemp("", "berth-kubelet-")
 	if err != nil {
 		t.Fatal(err)
 	}
+	j := &journal{Dir: dir, Sysctls: map[string]string{}}
+	for _, k := range kubeletSysctls {
+		b, err := os.ReadFile(sysctlPath(k))
+		if err != nil {
+			t.Fatalf("read sysctl %s: %v", k, err)
+		}
+		j.Sysctls[k] = strings.TrimSpace(string(b))
+	}
+	for _, p := range hostPaths {
+		if _, err := os.Lstat(p); errors.Is(err, os.ErrNotExist) {
+			j.Created = append(j.Created, p)
+		}
+	}
+	if err := j.write(); err != nil {
+		os.RemoveAll(dir)
+		t.Fatal(err)
+	}
 	n := &node{dir: dir, sock: filepath.Join(dir, "containerd", "containerd.sock"), ip: hostIP(t)}
 	t.Cleanup(func() {
-		// Registered first, so it runs last: after the processes are
-		// gone, what they mounted under dir, then dir.
-		unmountUnder(t, dir)
+		// Registered first, so it runs after the processes are gone.
 		if t.Failed() || os.Getenv("BERTH_KUBETEST_KEEP") != "" {
 			t.Logf("kubelet log (tail):\n%s", tailFile(n.kubeletLog, 60))
 			t.Logf("containerd log (tail):\n%s", tailFile(n.ctrdLog, 20))
 		}
-		if os.Getenv("BERTH_KUBETEST_KEEP") != "" {
-			t.Logf("the node's files are kept in %s", dir)
-			return
-		}
-		if err := os.RemoveAll(dir); err != nil {
-			t.Errorf("remove the node's files: %v", err)
-		}
-	})
-	t.Cleanup(func() { removeCgroups(t) })
-	t.Cleanup(func() {
-		if _, err := net.InterfaceByName(bridge); err == nil {
-			if out, err := exec.Command("ip", "link", "del", bridge).CombinedOutput(); err != nil {
-				t.Errorf("ip link del %s: %v %s", bridge, err, out)
-			}
-		}
+		undo(t, j, false)
 	})
 	for _, d := range []string{"containerd/root", "containerd/state", "containerd/opt", "cni/net.d", "cni/ipam", "kubelet/root", "kubelet/logs", "kubelet/plugins", "pki"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
@@ -435,48 +441,129 @@ func lock(t *testing.T) {
 	t.Cleanup(func() { f.Close() })
 }
 
-func saveSysctls(t *testing.T) {
-	t.Helper()
-	saved := map[string]string{}
-	for _, k := range kubeletSysctls {
-		b, err := os.ReadFile(sysctlPath(k))
-		if err != nil {
-			t.Fatalf("read sysctl %s: %v", k, err)
-		}
-		saved[k] = strings.TrimSpace(string(b))
-	}
-	t.Cleanup(func() {
-		for _, k := range kubeletSysctls {
-			p := sysctlPath(k)
-			if b, _ := os.ReadFile(p); strings.TrimSpace(string(b)) == saved[k] {
-				continue
-			}
-			if err := os.WriteFile(p, []byte(saved[k]), 0o644); err != nil {
-				t.Errorf("restore sysctl %s=%s: %v", k, saved[k], err)
-			}
-		}
-	})
-}
-
 func sysctlPath(k string) string {
 	return filepath.Join("/proc/sys", strings.ReplaceAll(k, ".", "/"))
 }
 
-// removeCreated removes, at the end, those of paths that do not exist now.
-func removeCreated(t *testing.T, paths []string) {
-	var ours []string
-	for _, p := range paths {
-		if _, err := os.Lstat(p); errors.Is(err, os.ErrNotExist) {
-			ours = append(ours, p)
+// journal is what a run is about to change on the host, written before it
+// changes it, so that the next run undoes what a killed one left (a test
+// binary killed by a timeout runs no cleanup; Pdeathsig stops only the
+// processes it started).
+type journal struct {
+	Dir     string            `json:"dir"`     // the run's files
+	Sysctls map[string]string `json:"sysctls"` // the values before
+	Created []string          `json:"created"` // hostPaths that did not exist
+}
+
+const journalFile = "/run/berth-e2e-kubelet.json"
+
+func readJournal() (*journal, error) {
+	b, err := os.ReadFile(journalFile)
+	if err != nil {
+		return nil, err
+	}
+	var j journal
+	if err := json.Unmarshal(b, &j); err != nil || j.Dir == "" {
+		return nil, fmt.Errorf("%s: %v (remove it once the host is clean)", journalFile, err)
+	}
+	return &j, nil
+}
+
+func (j *journal) write() error {
+	b, err := json.Marshal(j)
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(journalFile, b, 0o600)
+}
+
+// undo puts the host back as the journal found it: after a run's own
+// processes stopped (its cleanups), or, for a killed run (orphans), after
+// killing what it left running: shims and containers.
+func undo(t *testing.T, j *journal, orphans bool) {
+	t.Helper()
+	if orphans {
+		killLeftovers(t, j.Dir)
+	}
+	if _, err := net.InterfaceByName(bridge); err == nil {
+		if out, err := exec.Command("ip", "link", "del", bridge).CombinedOutput(); err != nil {
+			t.Errorf("ip link del %s: %v %s", bridge, err, out)
 		}
 	}
-	t.Cleanup(func() {
-		for _, p := range ours {
-			if err := os.RemoveAll(p); err != nil {
-				t.Errorf("remove %s: %v", p, err)
+	removeCgroups(t)
+	unmountUnder(t, j.Dir)
+	if os.Getenv("BERTH_KUBETEST_KEEP") != "" && !orphans {
+		t.Logf("the node's files are kept in %s", j.Dir)
+	} else if err := os.RemoveAll(j.Dir); err != nil {
+		t.Errorf("remove the node's files: %v", err)
+	}
+	for _, p := range j.Created {
+		if err := os.RemoveAll(p); err != nil {
+			t.Errorf("remove %s: %v", p, err)
+		}
+	}
+	for _, k := range kubeletSysctls {
+		want, ok := j.Sysctls[k]
+		if !ok {
+			continue
+		}
+		p := sysctlPath(k)
+		if b, _ := os.ReadFile(p); strings.TrimSpace(string(b)) == want {
+			continue
+		}
+		if err := os.WriteFile(p, []byte(want), 0o644); err != nil {
+			t.Errorf("restore sysctl %s=%s: %v", k, want, err)
+		}
+	}
+	if err := os.Remove(journalFile); err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("remove %s: %v", journalFile, err)
+	}
+}
+
+// killLeftovers SIGKILLs, by pid, what a killed run left running: any
+// process whose command line names its directory (containerd's shims, and
+// the kubelet or containerd should their death signal have missed), and
+// the processes in the kubepods cgroups (its Pods' containers), provided
+// no kubelet runs on the machine (the lock says it is not one of ours).
+func killLeftovers(t *testing.T, dir string) {
+	t.Helper()
+	entries, _ := os.ReadDir("/proc")
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		if strings.Contains(string(cmdline), dir) {
+			t.Logf("killing %d, left by the killed run: %s", pid, strings.ReplaceAll(string(cmdline), "\x00", " "))
+			syscall.Kill(pid, syscall.SIGKILL)
+		} else if exe, _ := os.Readlink(filepath.Join("/proc", e.Name(), "exe")); filepath.Base(exe) == "kubelet" {
+			t.Fatalf("a kubelet runs (pid %d, %s): the kubepods cgroups may be its own, so the test leaves them; stop it first", pid, exe)
+		}
+	}
+	roots, _ := filepath.Glob("/sys/fs/cgroup/*/kubepods")
+	var procs []string
+	for _, root := range roots {
+		filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+			if err == nil && d.Name() == "cgroup.procs" {
+				procs = append(procs, p)
+			}
+			return nil
+		})
+	}
+	for _, f := range procs {
+		b, _ := os.ReadFile(f)
+		for _, l := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(l); err == nil {
+				t.Logf("killing %d, in %s", pid, filepath.Dir(f))
+				syscall.Kill(pid, syscall.SIGKILL)
 			}
 		}
-	})
+	}
+	time.Sleep(500 * time.Millisecond) // for the cgroups to empty
 }
 
 // removeCgroups removes the kubepods trees the kubelet made in every
