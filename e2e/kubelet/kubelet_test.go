@@ -89,7 +89,7 @@ func TestKubelet_backendLifecycle(t *testing.T) {
 	}
 	t.Cleanup(c.Stop)
 	step("starting containerd (importing the images) and the kubelet")
-	n := startNode(t, c, tools, []string{image, berthImage}, pauseImage)
+	n := startNode(t, c, tools, []string{image, berthImage}, pauseImage, filepath.Dir(bins), c.Dir)
 	ns := c.Namespace(t)
 	bindPods(t, c, ns)
 

@@ -75,8 +75,10 @@ type node struct {
 }
 
 // startNode prepares the host and starts containerd and the kubelet, with
-// images imported; its cleanups undo everything, in reverse order.
-func startNode(t *testing.T, c *kubetest.Cluster, tools string, images []string, pauseImage string) *node {
+// images imported; its cleanups undo everything, in reverse order. also
+// are directories of the test's that the next run removes if this one is
+// killed.
+func startNode(t *testing.T, c *kubetest.Cluster, tools string, images []string, pauseImage string, also ...string) *node {
 	t.Helper()
 	lock(t)
 	if j, err := readJournal(); err == nil {
@@ -98,7 +100,7 @@ func startNode(t *testing.T, c *kubetest.Cluster, tools string, images []string,
 	if err != nil {
 		t.Fatal(err)
 	}
-	j := &journal{Dir: dir, Sysctls: map[string]string{}}
+	j := &journal{Dir: dir, Sysctls: map[string]string{}, Also: also}
 	for _, k := range kubeletSysctls {
 		b, err := os.ReadFile(sysctlPath(k))
 		if err != nil {
@@ -453,6 +455,9 @@ type journal struct {
 	Dir     string            `json:"dir"`     // the run's files
 	Sysctls map[string]string `json:"sysctls"` // the values before
 	Created []string          `json:"created"` // hostPaths that did not exist
+	// Also are the test's other directories (its binaries, the
+	// cluster's files), which only a killed run leaves.
+	Also []string `json:"also"`
 }
 
 const journalFile = "/run/berth-e2e-kubelet.json"
@@ -484,6 +489,10 @@ func undo(t *testing.T, j *journal, orphans bool) {
 	t.Helper()
 	if orphans {
 		killLeftovers(t, j.Dir)
+		for _, d := range j.Also {
+			unmountUnder(t, d)
+			os.RemoveAll(d)
+		}
 	}
 	if _, err := net.InterfaceByName(bridge); err == nil {
 		if out, err := exec.Command("ip", "link", "del", bridge).CombinedOutput(); err != nil {
@@ -554,14 +563,18 @@ func killLeftovers(t *testing.T, dir string) {
 			return nil
 		})
 	}
+	var pids []int
 	for _, f := range procs {
 		b, _ := os.ReadFile(f)
 		for _, l := range strings.Fields(string(b)) {
-			if pid, err := strconv.Atoi(l); err == nil {
-				t.Logf("killing %d, in %s", pid, filepath.Dir(f))
+			if pid, err := strconv.Atoi(l); err == nil && !slices.Contains(pids, pid) {
+				pids = append(pids, pid)
 				syscall.Kill(pid, syscall.SIGKILL)
 			}
 		}
+	}
+	if len(pids) > 0 {
+		t.Logf("killed %v, left in the kubepods cgroups", pids)
 	}
 	time.Sleep(500 * time.Millisecond) // for the cgroups to empty
 }
