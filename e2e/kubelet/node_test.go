@@ -96,6 +96,7 @@ func startNode(t *testing.T, c *kubetest.Cluster, tools string, images []string,
 		t.Fatalf("the bridge %s exists before the test (left behind? ip link del %s)", bridge, bridge)
 	}
 
+	ip := hostIP(t)
 	dir, err := os.MkdirTemp("", "berth-kubelet-")
 	if err != nil {
 		t.Fatal(err)
@@ -117,7 +118,7 @@ func startNode(t *testing.T, c *kubetest.Cluster, tools string, images []string,
 		os.RemoveAll(dir)
 		t.Fatal(err)
 	}
-	n := &node{dir: dir, sock: filepath.Join(dir, "containerd", "containerd.sock"), ip: hostIP(t)}
+	n := &node{dir: dir, sock: filepath.Join(dir, "containerd", "containerd.sock"), ip: ip}
 	t.Cleanup(func() {
 		// Registered first, so it runs after the processes are gone.
 		if t.Failed() || os.Getenv("BERTH_KUBETEST_KEEP") != "" {
