@@ -36,6 +36,12 @@ const (
 	// test's alone.
 	bridge = "berthkl0"
 	subnet = "10.88.79.0/24"
+	// nodeIface and nodeAddr are the Node's own address: an interface the
+	// test makes (a veth pair: this kernel may lack the dummy type), so that the kubelet (which refuses a loopback
+	// --node-ip) listens on an address of this test's and never on the
+	// machine's own network.
+	nodeIface = "berthkl1"
+	nodeAddr  = "10.88.78.1"
 	// lockFile serialises runs on one machine: two kubelets would share the
 	// kubepods cgroups and /var/lib/kubelet/device-plugins/kubelet.sock.
 	lockFile = "/run/berth-e2e-kubelet.lock"
@@ -96,7 +102,9 @@ func startNode(t *testing.T, c *kubetest.Cluster, tools string, images []string,
 		t.Fatalf("the bridge %s exists before the test (left behind? ip link del %s)", bridge, bridge)
 	}
 
-	ip := hostIP(t)
+	if _, err := net.InterfaceByName(nodeIface); err == nil {
+		t.Fatalf("the interface %s exists before the test (left behind? ip link del %s)", nodeIface, nodeIface)
+	}
 	dir, err := os.MkdirTemp("", "berth-kubelet-")
 	if err != nil {
 		t.Fatal(err)
@@ -118,6 +126,7 @@ func startNode(t *testing.T, c *kubetest.Cluster, tools string, images []string,
 		os.RemoveAll(dir)
 		t.Fatal(err)
 	}
+	ip := makeNodeIface(t) // after the journal, so a killed run's successor removes it
 	n := &node{dir: dir, sock: filepath.Join(dir, "containerd", "containerd.sock"), ip: ip}
 	t.Cleanup(func() {
 		// Registered first, so it runs after the processes are gone.
@@ -495,9 +504,11 @@ func undo(t *testing.T, j *journal, orphans bool) {
 			os.RemoveAll(d)
 		}
 	}
-	if _, err := net.InterfaceByName(bridge); err == nil {
-		if out, err := exec.Command("ip", "link", "del", bridge).CombinedOutput(); err != nil {
-			t.Errorf("ip link del %s: %v %s", bridge, err, out)
+	for _, ifc := range []string{bridge, nodeIface} {
+		if _, err := net.InterfaceByName(ifc); err == nil {
+			if out, err := exec.Command("ip", "link", "del", ifc).CombinedOutput(); err != nil {
+				t.Errorf("ip link del %s: %v %s", ifc, err, out)
+			}
 		}
 	}
 	removeCgroups(t)
@@ -637,29 +648,23 @@ func unmountUnder(t *testing.T, dir string) {
 	}
 }
 
-// hostIP is the Node's InternalIP: the kubelet refuses a loopback
-// --node-ip, so it is the first non-loopback IPv4 of an interface that is
-// up and not a bridge or veth of Docker or of this test.
-func hostIP(t *testing.T) net.IP {
+// makeNodeIface makes the interface (one end of a veth pair with nothing
+// at the other) that carries the Node's
+// InternalIP (nodeAddr), where the kubelet listens and the API server
+// calls it; the journal's undo deletes it.
+func makeNodeIface(t *testing.T) net.IP {
 	t.Helper()
-	ifs, err := net.Interfaces()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, ifc := range ifs {
-		if ifc.Flags&net.FlagUp == 0 || ifc.Flags&net.FlagLoopback != 0 || ifc.Name == bridge ||
-			strings.HasPrefix(ifc.Name, "docker") || strings.HasPrefix(ifc.Name, "br-") || strings.HasPrefix(ifc.Name, "veth") {
-			continue
-		}
-		addrs, _ := ifc.Addrs()
-		for _, a := range addrs {
-			if ipn, ok := a.(*net.IPNet); ok && ipn.IP.To4() != nil {
-				return ipn.IP.To4()
-			}
+	for _, args := range [][]string{
+		{"link", "add", nodeIface, "type", "veth", "peer", "name", nodeIface + "p"},
+		{"addr", "add", nodeAddr + "/32", "dev", nodeIface},
+		{"link", "set", nodeIface + "p", "up"},
+		{"link", "set", nodeIface, "up"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v %s", strings.Join(args, " "), err, out)
 		}
 	}
-	t.Fatal("no non-loopback IPv4 address for the Node")
-	return nil
+	return net.ParseIP(nodeAddr).To4()
 }
 
 func freePort(t *testing.T) int {
