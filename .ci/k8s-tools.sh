@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Builds, once, the Kubernetes tools that the kubernetes runtime's tests run
-# (a real kube-apiserver and etcd, and kwok to drive Pod lifecycles), from
+# (a real kube-apiserver and etcd, kwok to drive Pod lifecycles, and a real
+# kubelet for e2e/kubelet), from
 # source through the Go module proxy, and caches them outside the clone:
 #
 #   $BERTH_K8S_TOOLS (default /var/cache/berth-ci/k8s)/
 #     kube-apiserver   k8s.io/kubernetes v1.37.2
+#     kubelet          k8s.io/kubernetes v1.37.2 (e2e/kubelet runs it)
 #     etcd             go.etcd.io/etcd/server/v3 v3.7.3
 #     kwok             sigs.k8s.io/kwok v0.8.0
 #
@@ -16,7 +18,9 @@
 #   source .ci/k8s-tools.sh          # same, and export BERTH_K8S_TOOLS
 #
 # Builds run one after the other (the machine has 2 cores); a cold run takes
-# about 7 minutes, mostly kube-apiserver. Progress goes to stderr.
+# about 7 minutes for kube-apiserver, and a few more for the kubelet, which
+# shares most of its packages (built once, in the same module). Progress goes
+# to stderr.
 
 _berth_k8s_tools() {
 	local dir="${BERTH_K8S_TOOLS:-/var/cache/berth-ci/k8s}"
@@ -57,14 +61,21 @@ _berth_k8s_tools() {
 		_k8s_log "kwok built in $((SECONDS - t))s"
 	fi
 
-	if ! _k8s_have kube-apiserver "$kube_version"; then
+	# kube-apiserver and kubelet come from k8s.io/kubernetes: build the ones
+	# missing from one throwaway module, so the packages they share compile
+	# once. Each keeps its own stamp: a cached one is not rebuilt.
+	local k8s_missing="" c
+	for c in kube-apiserver kubelet; do
+		_k8s_have "$c" "$kube_version" || k8s_missing="$k8s_missing $c"
+	done
+	if [ -n "$k8s_missing" ]; then
 		# k8s.io/kubernetes is not meant to be a dependency: its go.mod
 		# requires the staging modules (k8s.io/api, k8s.io/apiserver, …) at
 		# v0.0.0 and replaces them with ./staging paths. In a throwaway main
 		# module those replaces are ignored, so require each staging module
 		# at its published release instead.
-		_k8s_log "building kube-apiserver $kube_version (about 5 minutes cold)"
-		local t=$SECONDS mod="$dir/.build-apiserver"
+		_k8s_log "building$k8s_missing $kube_version (about 5 minutes each, cold)"
+		local t=$SECONDS mod="$dir/.build-kubernetes"
 		rm -rf "$mod" && mkdir -p "$mod" || return 1
 		(
 			set -e
@@ -73,7 +84,7 @@ _berth_k8s_tools() {
 			gomod=$(go mod download -json "k8s.io/kubernetes@$kube_version" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')
 			[ -n "$gomod" ]
 			{
-				echo "module berthci/kubeapiserver"
+				echo "module berthci/kubernetes"
 				echo
 				echo "go $(go env GOVERSION | sed 's/^go//')"
 				echo
@@ -83,22 +94,30 @@ _berth_k8s_tools() {
 					awk -v v="$staging_version" '{print "\t" $1 " " v}'
 				echo ")"
 			} >go.mod
-			cat >tools.go <<-'EOF'
-			//go:build tools
-
-			package tools
-
-			import _ "k8s.io/kubernetes/cmd/kube-apiserver"
-			EOF
+			{
+				printf '//go:build tools\n\npackage tools\n\nimport (\n'
+				for c in $k8s_missing; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$c"; done
+				printf ')\n'
+			} >tools.go
 			go mod tidy -e >/dev/null 2>&1 || true
 			# tidy drops what the build tag hides; resolve the graph for
-			# the one package we build instead.
-			go get "k8s.io/kubernetes/cmd/kube-apiserver@$kube_version"
-			CGO_ENABLED=0 go build -trimpath -o "$dir/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver
-		) || { _k8s_log "kube-apiserver build failed (work dir $mod)"; return 1; }
-		echo "$kube_version" >"$dir/kube-apiserver.version"
+			# the packages we build instead.
+			pkgs=""
+			for c in $k8s_missing; do pkgs="$pkgs k8s.io/kubernetes/cmd/$c@$kube_version"; done
+			go get $pkgs
+			# Without these the binaries report v0.0.0-master+$Format:%H$,
+			# which kubectl cannot parse and a Node shows as its version.
+			v=k8s.io/component-base/version
+			minor=$(echo "$kube_version" | cut -d. -f2)
+			ldflags="-X $v.gitVersion=$kube_version -X $v.gitMajor=1 -X $v.gitMinor=$minor -X $v.gitTreeState=clean"
+			for c in $k8s_missing; do
+				_k8s_log "linking $c"
+				CGO_ENABLED=0 nice -n 10 go build -trimpath -ldflags "$ldflags" -o "$dir/$c" "k8s.io/kubernetes/cmd/$c"
+				echo "$kube_version" >"$dir/$c.version"
+			done
+		) || { _k8s_log "${k8s_missing# } build failed (work dir $mod)"; return 1; }
 		rm -rf "$mod"
-		_k8s_log "kube-apiserver built in $((SECONDS - t))s"
+		_k8s_log "${k8s_missing# } built in $((SECONDS - t))s"
 	fi
 	rm -rf "$dir/.gobin"
 	export BERTH_K8S_TOOLS="$dir"

@@ -328,7 +328,7 @@ func (c *Cluster) makeCA() error {
 
 // servingCert returns a certificate for 127.0.0.1 signed by the cluster's
 // CA, which kube-apiserver trusts for kubelets (--kubelet-certificate-authority).
-func (c *Cluster) servingCert() (tls.Certificate, error) {
+func (c *Cluster) servingCert(ips ...net.IP) (tls.Certificate, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return tls.Certificate{}, err
@@ -341,13 +341,37 @@ func (c *Cluster) servingCert() (tls.Certificate, error) {
 		NotAfter:     time.Now().Add(24 * time.Hour),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		IPAddresses:  append([]net.IP{net.IPv4(127, 0, 0, 1)}, ips...),
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.ca, &key.PublicKey, c.caKey)
 	if err != nil {
 		return tls.Certificate{}, err
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}
+
+// KubeletServingCert writes a serving certificate for 127.0.0.1 and ips,
+// signed by the CA kube-apiserver trusts for kubelets, and its key, as PEM
+// files in dir, and returns their paths: what a real kubelet's
+// tlsCertFile and tlsPrivateKeyFile name, so the API server reaches it
+// (pods/log) at its Node's InternalIP.
+func (c *Cluster) KubeletServingCert(dir string, ips ...net.IP) (certFile, keyFile string, err error) {
+	cert, err := c.servingCert(ips...)
+	if err != nil {
+		return "", "", err
+	}
+	der, err := x509.MarshalECPrivateKey(cert.PrivateKey.(*ecdsa.PrivateKey))
+	if err != nil {
+		return "", "", err
+	}
+	certFile, keyFile = filepath.Join(dir, "kubelet.crt"), filepath.Join(dir, "kubelet.key")
+	if err := os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}), 0o644); err != nil {
+		return "", "", err
+	}
+	if err := os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		return "", "", err
+	}
+	return certFile, keyFile, nil
 }
 
 // Impersonate returns a client that acts as user (e.g.
