@@ -19,10 +19,6 @@ type follower struct {
 // the stream once the Pod ended.
 const drainWait = 2 * time.Second
 
-// firstLogRequest is how long after Start the log stream is first asked
-// for (see copyLogs).
-const firstLogRequest = 50 * time.Millisecond
-
 // drain waits until the stream ended, or drainWait, or ctx. f may be nil.
 func (f *follower) drain(ctx context.Context) {
 	if f == nil {
@@ -57,17 +53,7 @@ func (r *Runtime) follow(pod string, w io.Writer) {
 // copyLogs streams the logs, retrying while the container has not started
 // (the kubelet answers 400 until it has) with a growing pause, for about
 // half a minute: a node without a kubelet API (kwok) never answers.
-//
-// The first request waits firstLogRequest: the stream starts from the
-// container's start, so nothing is lost, and the request does not take the
-// API server's CPU while the backend's readiness probe and first request
-// go through (on a small control plane that was measurable).
 func (r *Runtime) copyLogs(ctx context.Context, pod string, w io.Writer) {
-	select {
-	case <-ctx.Done():
-		return
-	case <-time.After(firstLogRequest):
-	}
 	pause := 50 * time.Millisecond
 	for waited := time.Duration(0); ; waited += pause {
 		req := r.cs.CoreV1().Pods(r.cfg.Namespace).GetLogs(pod, &corev1.PodLogOptions{Container: containerName, Follow: true})
