@@ -55,7 +55,7 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (*runtime.Handle
 		return nil, fmt.Errorf("kubernetes: start %s: the spawn has no image", id)
 	}
 	if spec.StateDir != "" && spec.VolumeLock == "" {
-		return nil, fmt.Errorf("kubernetes: start %s: a state directory on Berth's host cannot be mounted into a Pod", id)
+		return nil, fmt.Errorf("kubernetes: start %s: state mode dir needs the backend API's URL (--kube-backend-api-url): a Pod keeps its directory through it, as a directory on Berth's host cannot be mounted into a Pod", id)
 	}
 	if spec.Spawn.StateMode() == berth.StateModeDir {
 		switch {
