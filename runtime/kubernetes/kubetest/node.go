@@ -41,13 +41,18 @@ const StopSignalAnnotation = "berth.dev/stop-signal"
 // kubelet does (Running with a podIP, then terminated with the exit code,
 // OOMKilled, Evicted), honours graceful deletion (the stop signal, the
 // grace period, SIGKILL, then the final delete) and serves
-// /containerLogs/ to the API server, so `pods/log` works.
+// /containerLogs/ to the API server, so `pods/log` works. Init containers
+// run first, in order, as a kubelet runs them: each to its end (one that
+// fails fails the Pod), except sidecars (restartPolicy Always), which are
+// started and left running, then stopped after the main container ended
+// (SIGTERM, SIGKILL after the Pod's grace period) before the Pod's final
+// status is written.
 //
 // Pods share the host's network: their podIP is 127.0.0.1, so each must
 // listen on a port of its own. A volume from a PersistentVolumeClaim is a
-// directory per claim under the cluster's files; an env value that starts
-// with the volume's mountPath names that directory instead (there is no
-// mount namespace).
+// directory per claim under the cluster's files, an emptyDir one per Pod;
+// an env value that starts with the volume's mountPath names that
+// directory instead (there is no mount namespace).
 type Node struct {
 	Name   string
 	Labels map[string]string
