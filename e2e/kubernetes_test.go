@@ -20,7 +20,11 @@ import (
 	"github.com/berthhq/berth/runtime/kubernetes/kubetest"
 )
 
-const kubeImage = "berth.test/testbackend:1"
+const (
+	kubeImage = "berth.test/testbackend:1"
+	// kubeStateImage runs berth state-sync in the Pods of mode dir.
+	kubeStateImage = "berth.test/berth:1"
+)
 
 // kubeOpts starts Berth with the kubernetes runtime against the shared
 // test cluster, in namespace ns, on a node agent of its own that runs
@@ -30,7 +34,7 @@ func kubeOpts(t *testing.T, dir string) (opts, *kubetest.Cluster, string) {
 	c := kubetest.Shared(t)
 	ns := c.Namespace(t)
 	label := "e2e-" + strings.ToLower(ns)
-	node, err := c.NewNode(label, map[string]string{"berth.test/node": label}, map[string]string{kubeImage: bin.testbackend})
+	node, err := c.NewNode(label, map[string]string{"berth.test/node": label}, map[string]string{kubeImage: bin.testbackend, kubeStateImage: bin.berth})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,6 +45,7 @@ func kubeOpts(t *testing.T, dir string) (opts, *kubetest.Cluster, string) {
 		"--kube-node-selector", "berth.test/node=" + label,
 		// The node agent's Pods share this host's network.
 		"--kube-backend-port", "0",
+		"--kube-state-image", kubeStateImage,
 	}}, c, ns
 }
 
@@ -204,5 +209,63 @@ func TestKubernetes_stateVolume(t *testing.T) {
 	dir2 := tbEnv(t, second.URL)["BERTH_STATE_DIR"]
 	if b, err := os.ReadFile(filepath.Join(dir2, "doc")); err != nil || string(b) != "kept" {
 		t.Errorf("the second Pod reads %q, %v in %s, want what the first wrote", b, err, dir2)
+	}
+}
+
+// TestKubernetes_stateDir: in state mode dir a Pod's directory is an
+// emptyDir that an init container restores from the backend API and a
+// sidecar saves, once more after the backend's container ended (the save
+// interval is an hour: only that final save can carry the file); the
+// key's next Pod finds it, and a save with the first backend's
+// credentials, now stale, is refused and changes nothing.
+func TestKubernetes_stateDir(t *testing.T) {
+	t.Parallel()
+	o, c, ns := kubeOpts(t, t.TempDir())
+	o.backendAPI = testbin.FreeAddr(t)
+	o.extra = append(o.extra, "--kube-backend-api-url", "http://"+o.backendAPI)
+	s := start(t, o)
+	spawn := kubeSpawn()
+	spawn.State = berth.StateConfig{Mode: berth.StateModeDir, SaveIntervalSeconds: 3600}
+
+	first := s.spawnReady(t, "dir", spawn)
+	pod, err := c.Client.CoreV1().Pods(ns).Get(context.Background(), "berth-"+strings.ReplaceAll(strings.ToLower(first.BackendID), "_", "-"), metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(pod.Spec.InitContainers); n != 2 || pod.Spec.InitContainers[1].RestartPolicy == nil || *pod.Spec.InitContainers[1].RestartPolicy != corev1.ContainerRestartPolicyAlways {
+		t.Fatalf("the Pod's init containers %+v: want a restore and a native sidecar", pod.Spec.InitContainers)
+	}
+	env := tbEnv(t, first.URL)
+	dir := env["BERTH_STATE_DIR"]
+	if dir == "" || env["BERTH_STATE_URL"] != "" {
+		t.Fatalf("the backend's BERTH_STATE_DIR %q, BERTH_STATE_URL %q: want a directory and no URL", dir, env["BERTH_STATE_URL"])
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "sub"), 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "sub", "doc"), []byte("kept by the first Pod"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s.terminate(t, first.BackendID, false)
+	if end := s.waitTerminated(t, first.BackendID, 30*time.Second); end.Reason != berth.ReasonRequested {
+		t.Errorf("the first backend ended %s, want requested", end.Reason)
+	}
+
+	second := s.spawnReady(t, "dir", spawn)
+	dir2 := tbEnv(t, second.URL)["BERTH_STATE_DIR"]
+	if dir2 == dir {
+		t.Fatalf("the second Pod got the first's directory %s", dir)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir2, "sub", "doc")); err != nil || string(b) != "kept by the first Pod" {
+		t.Fatalf("the second Pod reads %q, %v in %s, want what the first wrote", b, err, dir2)
+	}
+
+	// The first backend's save, now stale, is refused.
+	stale := "http://" + o.backendAPI + "/v1/backends/" + first.BackendID + "/state"
+	if code, body := stateReq(t, http.MethodPut, stale, env["BERTH_SECRET"], strings.NewReader("stale"), -1); code != http.StatusConflict {
+		t.Errorf("PUT by the stale holder: %d %s, want 409", code, body)
+	}
+	if got := s.savedData(t, "dir"); len(got) < 2 || got[0] != 0x1f || got[1] != 0x8b {
+		t.Errorf("the key's saved state starts %x after the stale save; want the first Pod's archive (gzip)", got[:min(len(got), 4)])
 	}
 }

@@ -64,7 +64,7 @@ func (s *Service) caller(w http.ResponseWriter, r *http.Request) (*berth.Backend
 		writeErr(w, http.StatusConflict, api.CodeConflict, "", "backend "+id+" holds no key: a pooled backend may use the state API only once it has been claimed")
 		return nil, false
 	}
-	if b.Spawn.StateMode() != berth.StateModeBlob {
+	if m := b.Spawn.StateMode(); m != berth.StateModeBlob && !(m == berth.StateModeDir && s.dirSync(b.Runtime)) {
 		writeErr(w, http.StatusConflict, api.CodeConflict, "spawn.state.mode", "this backend's state mode is "+string(b.Spawn.StateMode())+", not blob")
 		return nil, false
 	}

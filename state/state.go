@@ -76,8 +76,11 @@ type Service struct {
 	// with, so that it takes as long as for a known one.
 	noSecret string
 
-	mu    sync.Mutex
-	dirs  map[string]*dirSaver // mode dir, by backend id
+	mu   sync.Mutex
+	dirs map[string]*dirSaver // mode dir, by backend id
+	// syncs are the runtimes whose backends keep their mode-dir
+	// directories themselves, through the backend API (DirSync).
+	syncs map[string]bool
 	ctx   context.Context
 	stop  context.CancelFunc
 	wg    sync.WaitGroup
@@ -129,6 +132,26 @@ func (s *Service) SetBackendAPIURL(rt, url string) {
 	s.cfg.BackendAPIURL[rt] = url
 }
 
+// SetDirSync says that backends of runtime rt share no directory with
+// Berth: in mode dir they get BERTH_STATE_URL, and the runtime runs a
+// DirSync beside them that restores and saves their directory through the
+// backend API (the kubernetes runtime: an init container and a sidecar).
+// Call before serving, after SetBackendAPIURL.
+func (s *Service) SetDirSync(rt string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.syncs == nil {
+		s.syncs = make(map[string]bool)
+	}
+	s.syncs[rt] = true
+}
+
+func (s *Service) dirSync(rt string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.syncs[rt]
+}
+
 // Close stops background work. Spooled states stay on disk for the next start.
 func (s *Service) Close() {
 	s.stop()
@@ -174,8 +197,8 @@ func (s *Service) Prepare(ctx context.Context, b *berth.Backend, spec *runtime.S
 	if err := s.cfg.Blobs.Fence(ctx, b.Key, b.FencingToken); err != nil {
 		return fmt.Errorf("fence key %q at %d: %w", b.Key, b.FencingToken, err)
 	}
-	switch mode {
-	case berth.StateModeBlob:
+	switch {
+	case mode == berth.StateModeBlob, mode == berth.StateModeDir && s.dirSync(b.Runtime):
 		s.mu.Lock()
 		base, ok := s.cfg.BackendAPIURL[b.Runtime]
 		s.mu.Unlock()
@@ -183,7 +206,7 @@ func (s *Service) Prepare(ctx context.Context, b *berth.Backend, spec *runtime.S
 			return fmt.Errorf("state: backends of runtime %s cannot reach the backend API", b.Runtime)
 		}
 		spec.Env["BERTH_STATE_URL"] = strings.TrimRight(base, "/") + "/v1/backends/" + b.ID + "/state"
-	case berth.StateModeDir:
+	case mode == berth.StateModeDir:
 		d, err := s.startDir(ctx, b)
 		if err != nil {
 			return err
@@ -236,8 +259,8 @@ func (s *Service) SaveFinal(ctx context.Context, b *berth.Backend) error {
 // Resume resumes periodic snapshots of a mode-dir backend that a
 // restarted Berth re-adopted.
 func (s *Service) Resume(ctx context.Context, b *berth.Backend) error {
-	if b.Spawn.StateMode() != berth.StateModeDir {
-		return nil
+	if b.Spawn.StateMode() != berth.StateModeDir || s.dirSync(b.Runtime) {
+		return nil // a DirSync beside the backend saves its directory
 	}
 	d := s.dirSaver(b)
 	if _, err := os.Stat(d.dir); err != nil {

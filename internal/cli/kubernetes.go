@@ -28,6 +28,7 @@ type kubeOptions struct {
 	RunAsUser     int64
 	PullSecrets   string
 	Port          int
+	StateImage    string
 }
 
 func (k *kubeOptions) flags(fs *flag.FlagSet) {
@@ -50,6 +51,7 @@ func (k *kubeOptions) flags(fs *flag.FlagSet) {
 	if v, err := strconv.ParseInt(envOr("BERTH_KUBE_RUN_AS_USER", "0"), 10, 64); err == nil && v > 0 {
 		k.RunAsUser = v
 	}
+	fs.StringVar(&k.StateImage, "kube-state-image", envOr("BERTH_KUBE_STATE_IMAGE", ""), "kubernetes runtime: the image (entrypoint berth) that runs berth state-sync in Pods of state mode dir (BERTH_KUBE_STATE_IMAGE; default: the image of the Pod Berth runs in, when it runs in one)")
 	fs.IntVar(&k.Port, "kube-backend-port", 8080, "kubernetes runtime: the port backends listen on ($PORT); 0 picks a free port of Berth's host for each, for test nodes whose Pods share one network")
 	fs.StringVar(&k.PullSecrets, "kube-image-pull-secrets", envOr("BERTH_KUBE_IMAGE_PULL_SECRETS", ""), "kubernetes runtime: name[,name…] of Secrets backend Pods pull images with (BERTH_KUBE_IMAGE_PULL_SECRETS)")
 }
@@ -62,6 +64,7 @@ func (k *kubeOptions) config(instance string, log *slog.Logger) (kubernetes.Conf
 		Instance:     instance,
 		StorageClass: k.StorageClass,
 		VolumeSize:   k.VolumeSize,
+		StateImage:   k.StateImage,
 		RunAsUser:    k.RunAsUser,
 		Port:         k.Port,
 		HostPorts:    k.Port == 0,

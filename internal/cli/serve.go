@@ -317,6 +317,8 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 	if runtimes[kubernetes.Name] != nil && o.Kube.BackendAPIURL != "" {
 		// Pods reach the backend API through a Service (deploy/kubernetes).
 		states.SetBackendAPIURL(kubernetes.Name, o.Kube.BackendAPIURL)
+		// Pods share no directory with Berth: mode dir syncs through it.
+		states.SetDirSync(kubernetes.Name)
 	}
 	// Pools start once every runtime's backends can reach the backend API
 	// (a claim hands them its state URL; a repeated claim may load from

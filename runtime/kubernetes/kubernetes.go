@@ -47,9 +47,15 @@
 // (Config.StorageClass, Config.VolumeSize), made on first use and reused by
 // the key's next backend, mounted at /berth/state; a start is refused
 // (runtime.ErrVolumeBusy) while any Pod that mounts the claim, of any Berth,
-// has not ended, so two live Pods never share it. Mode dir needs a
-// directory Berth and the backend share, which Pods on other nodes do not
-// have: Start refuses it.
+// has not ended, so two live Pods never share it. Mode dir is an emptyDir
+// at /berth/state that the init container "state-restore" fills from the
+// backend API before the backend starts, and that the native sidecar
+// "state-sync" (an init container with restartPolicy Always) saves every
+// save interval and once more when it is stopped, which the kubelet does
+// after the backend's container ended; both run `berth state-sync` from
+// Config.StateImage with the backend's secret, and Berth stores their saves
+// with the backend's fencing token. Wait reports the Pod's end only once
+// the sidecar ended too, so Berth's final save follows the sidecar's.
 //
 // Logs are read through pods/log from the container's start, at Start and
 // at Recover, so a recovered backend's logs repeat what an earlier Berth
@@ -64,6 +70,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"regexp"
 	"strings"
 	"sync"
@@ -104,6 +111,8 @@ const (
 
 const (
 	containerName    = "backend"
+	restoreName      = "state-restore"
+	syncName         = "state-sync"
 	stateMount       = "/berth/state"
 	defaultPort      = 8080
 	defaultInstance  = "default"
@@ -155,6 +164,10 @@ type Config struct {
 	// the cluster's default class, 1Gi).
 	StorageClass string
 	VolumeSize   string
+	// StateImage runs `berth state-sync` in the Pods of state mode dir
+	// (an image whose entrypoint is berth: Berth's own). Without it mode
+	// dir is refused.
+	StateImage string
 	// ImagePullSecrets name Secrets in Namespace that every Pod may pull
 	// with.
 	ImagePullSecrets []string
@@ -268,9 +281,19 @@ func New(ctx context.Context, cfg Config) (*Runtime, error) {
 	if rc.QPS == 0 {
 		rc.QPS, rc.Burst = 50, 100
 	}
+	// Protobuf, as Kubernetes' own controllers use: a Pod encodes and
+	// decodes several times faster than as JSON, in Berth and in the API
+	// server, for every create and every informer event on a start's path.
+	if rc.ContentType == "" {
+		rc.ContentType = "application/vnd.kubernetes.protobuf"
+		rc.AcceptContentTypes = "application/vnd.kubernetes.protobuf,application/json"
+	}
 	cs, err := kubernetes.NewForConfig(rc)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes: %w", err)
+	}
+	if cfg.StateImage == "" && cfg.REST == nil && cfg.Kubeconfig == "" {
+		cfg.StateImage = ownImage(ctx, cs, cfg.Logger)
 	}
 	r := &Runtime{cs: cs, cfg: cfg, log: cfg.Logger, changed: make(chan struct{}), exits: map[string]runtime.Exit{}, follows: map[string]*follower{}}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
@@ -366,4 +389,20 @@ func podName(id string) (string, error) {
 func keyHash(key string) string {
 	sum := sha256.Sum256([]byte(key))
 	return hex.EncodeToString(sum[:20])
+}
+
+// ownImage returns the image of the Pod this process runs in (its first
+// container: Berth's), for Config.StateImage; "" when that cannot be told.
+func ownImage(ctx context.Context, cs kubernetes.Interface, log *slog.Logger) string {
+	ns, err := os.ReadFile("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+	name, herr := os.Hostname()
+	if err != nil || herr != nil {
+		return ""
+	}
+	pod, err := cs.CoreV1().Pods(strings.TrimSpace(string(ns))).Get(ctx, name, metav1.GetOptions{})
+	if err != nil || len(pod.Spec.Containers) == 0 {
+		log.Info("the image of Berth's own Pod is unknown: state mode dir needs --kube-state-image", "err", err)
+		return ""
+	}
+	return pod.Spec.Containers[0].Image
 }

@@ -55,7 +55,15 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (*runtime.Handle
 		return nil, fmt.Errorf("kubernetes: start %s: the spawn has no image", id)
 	}
 	if spec.StateDir != "" && spec.VolumeLock == "" {
-		return nil, fmt.Errorf("kubernetes: start %s: state mode dir needs a directory that Berth and the backend share, which Pods do not have; use mode blob or volume", id)
+		return nil, fmt.Errorf("kubernetes: start %s: state mode dir needs the backend API's URL (--kube-backend-api-url): a Pod keeps its directory through it, as a directory on Berth's host cannot be mounted into a Pod", id)
+	}
+	if spec.Spawn.StateMode() == berth.StateModeDir {
+		switch {
+		case r.cfg.StateImage == "":
+			return nil, fmt.Errorf("kubernetes: start %s: state mode dir needs the image that runs berth state-sync in the Pod (--kube-state-image)", id)
+		case spec.Env["BERTH_STATE_URL"] == "":
+			return nil, fmt.Errorf("kubernetes: start %s: state mode dir needs the backend API's URL (--kube-backend-api-url)", id)
+		}
 	}
 	claim := ""
 	if spec.VolumeLock != "" {
@@ -132,9 +140,9 @@ func (r *Runtime) awaitRunning(ctx context.Context, created *corev1.Pod, timeout
 // startFailure returns Kubernetes' reason and message when the Pod's
 // container cannot start, else "".
 func startFailure(pod *corev1.Pod) string {
-	for _, cs := range pod.Status.ContainerStatuses {
+	for _, cs := range slices.Concat(pod.Status.InitContainerStatuses, pod.Status.ContainerStatuses) {
 		if w := cs.State.Waiting; w != nil && pullFailures[w.Reason] {
-			return fmt.Sprintf("%s: %s", w.Reason, w.Message)
+			return fmt.Sprintf("%s: %s: %s", cs.Name, w.Reason, w.Message)
 		}
 	}
 	return ""
@@ -176,6 +184,20 @@ func (r *Runtime) podFor(name string, spec runtime.Spec, claim string) (*corev1.
 	env["PORT"] = strconv.Itoa(port)
 	if claim != "" {
 		env["BERTH_STATE_DIR"] = stateMount
+	}
+	dirMode := sp.StateMode() == berth.StateModeDir
+	var syncEnv []corev1.EnvVar
+	if dirMode {
+		// The backend only sees its directory; the state URL is the
+		// sync containers'.
+		env["BERTH_STATE_DIR"] = stateMount
+		syncEnv = []corev1.EnvVar{
+			{Name: "BERTH_STATE_URL", Value: env["BERTH_STATE_URL"]},
+			{Name: "BERTH_SECRET", Value: env["BERTH_SECRET"]},
+			{Name: "BERTH_STATE_DIR", Value: stateMount},
+			{Name: "BERTH_SAVE_INTERVAL", Value: strconv.Itoa(int(sp.SaveInterval().Seconds()))},
+		}
+		delete(env, "BERTH_STATE_URL")
 	}
 	var envVars []corev1.EnvVar
 	for _, k := range slices.Sorted(maps.Keys(env)) {
@@ -257,6 +279,33 @@ func (r *Runtime) podFor(name string, spec runtime.Spec, claim string) (*corev1.
 			EmptyDir: &corev1.EmptyDirVolumeSource{Medium: corev1.StorageMediumMemory, SizeLimit: new(resource.MustParse("64Mi"))}}})
 		pod.Spec.Containers[0].VolumeMounts = append(pod.Spec.Containers[0].VolumeMounts, corev1.VolumeMount{Name: "tmp", MountPath: "/tmp"})
 	}
+	if dirMode {
+		pod.Spec.Volumes = append(pod.Spec.Volumes, corev1.Volume{Name: "state", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})
+		mount := []corev1.VolumeMount{{Name: "state", MountPath: stateMount}}
+		pod.Spec.Containers[0].VolumeMounts = append(pod.Spec.Containers[0].VolumeMounts, mount...)
+		small := corev1.ResourceList{
+			corev1.ResourceCPU:    *resource.NewMilliQuantity(100, resource.DecimalSI),
+			corev1.ResourceMemory: *resource.NewQuantity(64<<20, resource.BinarySI),
+		}
+		sync := func(name, verb string) corev1.Container {
+			c := corev1.Container{
+				Name:                     name,
+				Image:                    r.cfg.StateImage,
+				Args:                     []string{"state-sync", verb},
+				Env:                      syncEnv,
+				VolumeMounts:             mount,
+				Resources:                corev1.ResourceRequirements{Requests: small, Limits: small},
+				ImagePullPolicy:          corev1.PullIfNotPresent,
+				SecurityContext:          ctr.SecurityContext.DeepCopy(),
+				TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
+			}
+			c.SecurityContext.ReadOnlyRootFilesystem = new(true)
+			return c
+		}
+		sidecar := sync(syncName, "run")
+		sidecar.RestartPolicy = new(corev1.ContainerRestartPolicyAlways)
+		pod.Spec.InitContainers = []corev1.Container{sync(restoreName, "restore"), sidecar}
+	}
 	if claim != "" {
 		pod.Labels[LabelVolume] = claim
 		pod.Spec.Volumes = append(pod.Spec.Volumes, corev1.Volume{Name: "state", VolumeSource: corev1.VolumeSource{
@@ -285,13 +334,33 @@ func podExit(pod *corev1.Pod) (runtime.Exit, bool) {
 		}
 		return e, true
 	}
-	if t := terminated(pod); t != nil {
+	ended := pod.Status.Phase == corev1.PodFailed || pod.Status.Phase == corev1.PodSucceeded
+	if t := terminated(pod); t != nil && (ended || !syncing(pod)) {
 		return runtime.Exit{Code: int(t.ExitCode), OOMKilled: t.Reason == "OOMKilled", At: t.FinishedAt.Time}, true
+	}
+	for _, cs := range pod.Status.InitContainerStatuses {
+		if t := cs.State.Terminated; ended && cs.Name == restoreName && t != nil && t.ExitCode != 0 {
+			return runtime.Exit{Code: -1, At: t.FinishedAt.Time, Err: fmt.Errorf("the state directory could not be restored (%s exited with %d): %s", restoreName, t.ExitCode, t.Message)}, true
+		}
 	}
 	if pod.Status.Phase == corev1.PodFailed || pod.Status.Phase == corev1.PodSucceeded {
 		return runtime.Exit{Code: -1, At: time.Now(), Err: fmt.Errorf("%w: the Pod %s without a container status: %s %s", runtime.ErrLost, strings.ToLower(string(pod.Status.Phase)), pod.Status.Reason, pod.Status.Message)}, true
 	}
 	return runtime.Exit{}, false
+}
+
+// syncing reports whether the Pod's state-sync sidecar may still be
+// taking its final save: the Pod has ended only once it has.
+func syncing(pod *corev1.Pod) bool {
+	if !slices.ContainsFunc(pod.Spec.InitContainers, func(c corev1.Container) bool { return c.Name == syncName }) {
+		return false
+	}
+	for _, cs := range pod.Status.InitContainerStatuses {
+		if cs.Name == syncName && cs.State.Terminated != nil {
+			return false
+		}
+	}
+	return true
 }
 
 func terminated(pod *corev1.Pod) *corev1.ContainerStateTerminated {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -40,13 +41,18 @@ const StopSignalAnnotation = "berth.dev/stop-signal"
 // kubelet does (Running with a podIP, then terminated with the exit code,
 // OOMKilled, Evicted), honours graceful deletion (the stop signal, the
 // grace period, SIGKILL, then the final delete) and serves
-// /containerLogs/ to the API server, so `pods/log` works.
+// /containerLogs/ to the API server, so `pods/log` works. Init containers
+// run first, in order, as a kubelet runs them: each to its end (one that
+// fails fails the Pod), except sidecars (restartPolicy Always), which are
+// started and left running, then stopped after the main container ended
+// (SIGTERM, SIGKILL after the Pod's grace period) before the Pod's final
+// status is written.
 //
 // Pods share the host's network: their podIP is 127.0.0.1, so each must
 // listen on a port of its own. A volume from a PersistentVolumeClaim is a
-// directory per claim under the cluster's files; an env value that starts
-// with the volume's mountPath names that directory instead (there is no
-// mount namespace).
+// directory per claim under the cluster's files, an emptyDir one per Pod;
+// an env value that starts with the volume's mountPath names that
+// directory instead (there is no mount namespace).
 type Node struct {
 	Name   string
 	Labels map[string]string
@@ -68,6 +74,7 @@ type proc struct {
 	ns, name string
 	uid      types.UID
 	logs     *logBuf
+	initLogs map[string]*logBuf // init containers' and sidecars' output, by name
 	cmd      *exec.Cmd
 	exited   chan struct{}
 	stopping bool
@@ -181,7 +188,7 @@ func (n *Node) sync(pod *corev1.Pod) {
 			go n.kill(p, stopSignal(pod), grace)
 		}
 	case p == nil && pod.Status.Phase != corev1.PodSucceeded && pod.Status.Phase != corev1.PodFailed:
-		p = &proc{ns: pod.Namespace, name: pod.Name, uid: pod.UID, logs: newLogBuf(), exited: make(chan struct{})}
+		p = &proc{ns: pod.Namespace, name: pod.Name, uid: pod.UID, logs: newLogBuf(), initLogs: map[string]*logBuf{}, exited: make(chan struct{})}
 		n.pods[pod.UID] = p
 		n.wg.Add(1)
 		go n.run(p, pod.DeepCopy())
@@ -248,8 +255,7 @@ func (n *Node) kill(p *proc, sig syscall.Signal, grace time.Duration) {
 func (n *Node) run(p *proc, pod *corev1.Pod) {
 	defer n.wg.Done()
 	ctr := pod.Spec.Containers[0]
-	bin, ok := n.images[ctr.Image]
-	if !ok {
+	if _, ok := n.images[ctr.Image]; !ok {
 		reason, msg := "ErrImagePull", fmt.Sprintf("failed to pull and unpack image %q: failed to resolve reference %q: not found", ctr.Image, ctr.Image)
 		if ctr.ImagePullPolicy == corev1.PullNever {
 			reason, msg = "ErrImageNeverPull", fmt.Sprintf("Container image %q is not present with pull policy of Never", ctr.Image)
@@ -264,42 +270,68 @@ func (n *Node) run(p *proc, pod *corev1.Pod) {
 		close(p.exited)
 		return
 	}
-	mounts := map[string]string{}
-	for _, m := range ctr.VolumeMounts {
-		for _, v := range pod.Spec.Volumes {
-			if v.Name == m.Name && v.PersistentVolumeClaim != nil {
-				dir := filepath.Join(n.c.Dir, "volumes", pod.Namespace, v.PersistentVolumeClaim.ClaimName)
-				os.MkdirAll(dir, 0o777)
-				mounts[m.MountPath] = dir
+	// Init containers run first, in order, each to its end; one with
+	// restartPolicy Always is a sidecar, started and left running beside
+	// the main container, stopped after it.
+	var sidecars []*exec.Cmd
+	var initStatus []corev1.ContainerStatus
+	stopSidecars := func(grace time.Duration) {
+		for i := len(sidecars) - 1; i >= 0; i-- {
+			stopProcess(sidecars[i], grace)
+		}
+		for i, c := range pod.Spec.InitContainers {
+			if i < len(initStatus) && c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
+				initStatus[i].State = corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{Reason: "Completed", FinishedAt: metav1.Now()}}
 			}
 		}
 	}
-	var env []string
-	for _, e := range ctr.Env {
-		v := e.Value
-		for path, dir := range mounts {
-			if v == path || strings.HasPrefix(v, path+"/") {
-				v = dir + strings.TrimPrefix(v, path)
-			}
+	for _, ic := range pod.Spec.InitContainers {
+		logs := newLogBuf()
+		n.mu.Lock()
+		p.initLogs[ic.Name] = logs
+		n.mu.Unlock()
+		cmd, err := n.command(pod, ic, logs)
+		if err != nil {
+			n.finishInit(p, pod, initStatus, ic, 128, "StartError", err.Error())
+			stopSidecars(0)
+			return
 		}
-		env = append(env, e.Name+"="+v)
+		if ic.RestartPolicy != nil && *ic.RestartPolicy == corev1.ContainerRestartPolicyAlways {
+			if err := cmd.Start(); err != nil {
+				n.finishInit(p, pod, initStatus, ic, 128, "StartError", err.Error())
+				stopSidecars(0)
+				return
+			}
+			sidecars = append(sidecars, cmd)
+			initStatus = append(initStatus, corev1.ContainerStatus{Name: ic.Name, Image: ic.Image, Ready: true, Started: new(true),
+				State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: metav1.Now()}}})
+			continue
+		}
+		err = cmd.Run()
+		code := exitCode(err)
+		if err != nil && code == 0 {
+			code = 128
+		}
+		if code != 0 {
+			n.finishInit(p, pod, initStatus, ic, code, "Error", string(logs.tail()))
+			stopSidecars(0)
+			return
+		}
+		initStatus = append(initStatus, corev1.ContainerStatus{Name: ic.Name, Image: ic.Image,
+			State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{Reason: "Completed", FinishedAt: metav1.Now()}}})
 	}
-	args := ctr.Args
-	if len(ctr.Command) > 1 {
-		args = append(ctr.Command[1:], args...)
-	}
-	cmd := exec.Command(bin, args...)
-	cmd.Env = env
-	cmd.Stdout, cmd.Stderr = p.logs, p.logs
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	n.mu.Lock()
-	err := cmd.Start()
+	cmd, err := n.command(pod, ctr, p.logs)
 	if err == nil {
-		p.cmd = cmd
+		n.mu.Lock()
+		err = cmd.Start()
+		if err == nil {
+			p.cmd = cmd
+		}
+		n.mu.Unlock()
 	}
-	n.mu.Unlock()
 	if err != nil {
-		n.finish(p, ctr, 128, "StartError", err.Error(), time.Now())
+		stopSidecars(0)
+		n.finish(p, ctr, 128, "StartError", err.Error(), time.Now(), initStatus)
 		return
 	}
 	started := metav1.Now()
@@ -311,6 +343,7 @@ func (n *Node) run(p *proc, pod *corev1.Pod) {
 		s.Conditions = conditions(corev1.ConditionTrue)
 		s.ContainerStatuses = []corev1.ContainerStatus{{Name: ctr.Name, Image: ctr.Image, Ready: true, Started: new(true),
 			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: started}}}}
+		s.InitContainerStatuses = initStatus
 	})
 	// Once the Running status is written, a deletion may find the process.
 	n.mu.Lock()
@@ -324,16 +357,20 @@ func (n *Node) run(p *proc, pod *corev1.Pod) {
 		go n.kill(p, stopSignal(pod), grace)
 	}
 	n.mu.Unlock()
-	err = cmd.Wait()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		ws := ee.Sys().(syscall.WaitStatus)
-		code = ws.ExitStatus()
-		if ws.Signaled() {
-			code = 128 + int(ws.Signal())
-		}
-	}
+	code := exitCode(cmd.Wait())
 	p.logs.close()
+	if len(sidecars) > 0 {
+		// The kubelet stops sidecars once the main containers ended,
+		// within the Pod's grace period.
+		grace := time.Duration(0)
+		if pod.Spec.TerminationGracePeriodSeconds != nil {
+			grace = time.Duration(*pod.Spec.TerminationGracePeriodSeconds) * time.Second
+		}
+		if cur, err := n.c.Client.CoreV1().Pods(p.ns).Get(n.ctx, p.name, metav1.GetOptions{}); err == nil && cur.DeletionGracePeriodSeconds != nil {
+			grace = time.Duration(*cur.DeletionGracePeriodSeconds) * time.Second
+		}
+		stopSidecars(grace)
+	}
 	close(p.exited)
 	n.mu.Lock()
 	reason := p.reason
@@ -349,12 +386,111 @@ func (n *Node) run(p *proc, pod *corev1.Pod) {
 	if reason == "Evicted" {
 		msg = "The node was low on resource: memory."
 	}
-	n.finish(p, ctr, code, reason, msg, started.Time)
+	n.finish(p, ctr, code, reason, msg, started.Time, initStatus)
+}
+
+// command makes the process of container c of pod: the binary its image
+// maps to, with its env, where a value under one of its volumes' mount
+// paths names that volume's directory instead (there is no mount
+// namespace): a claim's directory under the cluster's files, or an
+// emptyDir's made for the Pod.
+func (n *Node) command(pod *corev1.Pod, c corev1.Container, out io.Writer) (*exec.Cmd, error) {
+	bin, ok := n.images[c.Image]
+	if !ok {
+		return nil, fmt.Errorf("image %q is not on this node", c.Image)
+	}
+	mounts := map[string]string{}
+	for _, m := range c.VolumeMounts {
+		for _, v := range pod.Spec.Volumes {
+			if v.Name != m.Name {
+				continue
+			}
+			var dir string
+			switch {
+			case v.PersistentVolumeClaim != nil:
+				dir = filepath.Join(n.c.Dir, "volumes", pod.Namespace, v.PersistentVolumeClaim.ClaimName)
+			case v.EmptyDir != nil:
+				dir = filepath.Join(n.c.Dir, "emptydir", string(pod.UID), v.Name)
+			default:
+				continue
+			}
+			os.MkdirAll(dir, 0o777)
+			mounts[m.MountPath] = dir
+		}
+	}
+	var env []string
+	for _, e := range c.Env {
+		v := e.Value
+		for path, dir := range mounts {
+			if v == path || strings.HasPrefix(v, path+"/") {
+				v = dir + strings.TrimPrefix(v, path)
+			}
+		}
+		env = append(env, e.Name+"="+v)
+	}
+	args := c.Args
+	if len(c.Command) > 1 {
+		args = append(c.Command[1:], args...)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Env = env
+	cmd.Stdout, cmd.Stderr = out, out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	return cmd, nil
+}
+
+// stopProcess sends SIGTERM to a running container's process group and
+// SIGKILL after grace, and waits for it.
+func stopProcess(cmd *exec.Cmd, grace time.Duration) {
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+	select {
+	case <-done:
+		return
+	case <-time.After(grace):
+	}
+	syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	<-done
+}
+
+func exitCode(err error) int {
+	if ee, ok := err.(*exec.ExitError); ok {
+		ws := ee.Sys().(syscall.WaitStatus)
+		if ws.Signaled() {
+			return 128 + int(ws.Signal())
+		}
+		return ws.ExitStatus()
+	}
+	return 0
+}
+
+// finishInit ends a Pod whose init container ic failed, as the kubelet does
+// with restartPolicy Never: phase Failed, the main container never started.
+func (n *Node) finishInit(p *proc, pod *corev1.Pod, done []corev1.ContainerStatus, ic corev1.Container, code int, reason, msg string) {
+	now := metav1.Now()
+	st := append(slices.Clone(done), corev1.ContainerStatus{Name: ic.Name, Image: ic.Image,
+		State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{ExitCode: int32(code), Reason: reason, Message: msg, FinishedAt: now}}})
+	n.status(p, func(s *corev1.PodStatus) {
+		s.Phase = corev1.PodFailed
+		s.Conditions = conditions(corev1.ConditionFalse)
+		s.InitContainerStatuses = st
+		s.ContainerStatuses = []corev1.ContainerStatus{{Name: pod.Spec.Containers[0].Name, Image: pod.Spec.Containers[0].Image,
+			State: corev1.ContainerState{Waiting: &corev1.ContainerStateWaiting{Reason: "PodInitializing"}}}}
+	})
+	n.mu.Lock()
+	p.done = true
+	stopping := p.stopping
+	n.mu.Unlock()
+	close(p.exited)
+	if cur, err := n.c.Client.CoreV1().Pods(p.ns).Get(n.ctx, p.name, metav1.GetOptions{}); err == nil && (cur.DeletionTimestamp != nil || stopping) && cur.UID == p.uid {
+		n.finalDelete(p.ns, p.name, p.uid)
+	}
 }
 
 // finish writes the terminated status and, when the Pod is being deleted,
 // deletes it.
-func (n *Node) finish(p *proc, ctr corev1.Container, code int, reason, msg string, started time.Time) {
+func (n *Node) finish(p *proc, ctr corev1.Container, code int, reason, msg string, started time.Time, initStatus []corev1.ContainerStatus) {
 	now := metav1.Now()
 	n.status(p, func(s *corev1.PodStatus) {
 		s.Phase = corev1.PodFailed
@@ -371,6 +507,7 @@ func (n *Node) finish(p *proc, ctr corev1.Container, code int, reason, msg strin
 			State: corev1.ContainerState{Terminated: &corev1.ContainerStateTerminated{
 				ExitCode: int32(code), Reason: ctrReason, StartedAt: metav1.NewTime(started), FinishedAt: now,
 			}}}}
+		s.InitContainerStatuses = initStatus
 	})
 	n.mu.Lock()
 	p.done = true
@@ -449,6 +586,13 @@ func (n *Node) serveLogs(w http.ResponseWriter, r *http.Request) {
 			p = q
 		}
 	}
+	var logs *logBuf
+	if p != nil {
+		logs = p.logs
+		if len(parts) > 2 && p.initLogs[parts[2]] != nil {
+			logs = p.initLogs[parts[2]]
+		}
+	}
 	n.mu.Unlock()
 	if p == nil {
 		http.Error(w, "no such container", http.StatusNotFound)
@@ -460,7 +604,7 @@ func (n *Node) serveLogs(w http.ResponseWriter, r *http.Request) {
 	fl, _ := w.(http.Flusher)
 	off := 0
 	for {
-		chunk, more, wait := p.logs.read(off)
+		chunk, more, wait := logs.read(off)
 		if len(chunk) > 0 {
 			if _, err := w.Write(chunk); err != nil {
 				return
@@ -510,6 +654,13 @@ func (l *logBuf) close() {
 	l.closed = true
 	close(l.wake)
 	l.wake = make(chan struct{})
+}
+
+// tail returns the last KiB written.
+func (l *logBuf) tail() []byte {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]byte(nil), l.b[max(0, len(l.b)-1024):]...)
 }
 
 // read returns what follows off, whether more may come, and a channel
