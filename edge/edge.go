@@ -30,6 +30,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/berthhq/berth/internal/connqueue"
 	"github.com/berthhq/berth/proxy"
 )
 
@@ -203,7 +204,7 @@ func (s *Server) serveTLS(ln net.Listener, srv *http.Server) error {
 	// net/http's HTTP/2 set-up may adjust its TLS config: not the one the
 	// handshakes here read.
 	srv.TLSConfig = s.cfg.TLS.Clone()
-	q := newConnQueue(ln.Addr())
+	q := connqueue.New(ln.Addr())
 	srvDone := make(chan error, 1)
 	go func() { srvDone <- srv.Serve(q) }()
 	var backoff time.Duration
@@ -266,7 +267,7 @@ func (c *conn) serveTLS() {
 	s.m.handshakes.WithLabelValues(proto).Inc()
 	if proto != "http/1.1" || c.over {
 		// net/http answers 429 to a connection over its limit.
-		if !c.q.put(tc) {
+		if !c.q.Put(tc) {
 			tc.Close()
 		}
 		return
@@ -367,7 +368,7 @@ func (c *conn) Admit(h proxy.Head) proxy.Admission {
 func (c *conn) HandOff(hc net.Conn) {
 	c.fast.Store(false)
 	c.deadline.Store(0)
-	if !c.q.put(hc) {
+	if !c.q.Put(hc) {
 		hc.Close()
 	}
 }
@@ -747,7 +748,7 @@ type conn struct {
 	// Serve's own TLS connections (with H1): counted here, not by
 	// connState; q is where net/http takes them.
 	own       bool
-	q         *connQueue
+	q         *connqueue.Queue
 	sock      net.Conn       // the socket under Conn (a raw one), for SyscallConn
 	peer      netip.AddrPort // the client's address (unmapped), as addr
 	peerIP    string         // peer's address, for X-Forwarded-For
@@ -879,41 +880,3 @@ func (c *conn) Close() error {
 	}
 	return c.Conn.Close()
 }
-
-// connQueue is a net.Listener whose connections serveTLS accepted.
-type connQueue struct {
-	addr net.Addr
-	c    chan net.Conn
-	done chan struct{}
-	once sync.Once
-}
-
-func newConnQueue(addr net.Addr) *connQueue {
-	return &connQueue{addr: addr, c: make(chan net.Conn), done: make(chan struct{})}
-}
-
-// put gives c to the queue's server, or reports false once it is closed.
-func (q *connQueue) put(c net.Conn) bool {
-	select {
-	case q.c <- c:
-		return true
-	case <-q.done:
-		return false
-	}
-}
-
-func (q *connQueue) Accept() (net.Conn, error) {
-	select {
-	case c := <-q.c:
-		return c, nil
-	case <-q.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (q *connQueue) Close() error {
-	q.once.Do(func() { close(q.done) })
-	return nil
-}
-
-func (q *connQueue) Addr() net.Addr { return q.addr }

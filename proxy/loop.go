@@ -24,7 +24,7 @@ func (h loopHandler) HandOff(c net.Conn, prefix []byte, parsed bool) {
 	}
 	// Not in the loop's goroutine: net/http may take its time to accept.
 	go func() {
-		if !h.s.handoff.put(hc) {
+		if !h.s.handoff.Put(hc) {
 			hc.Close()
 		}
 	}()

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"github.com/berthhq/berth/internal/connqueue"
 	"github.com/berthhq/berth/proxy/internal/evloop"
 
 	"github.com/berthhq/berth/proxy/internal/h1"
@@ -51,7 +52,7 @@ type Server struct {
 	p           *Proxy
 	idleTimeout time.Duration
 	fallback    *http.Server
-	handoff     *connQueue
+	handoff     *connqueue.Queue
 	readers     sync.Pool // *bufio.Reader, clientReadSize
 	writers     sync.Pool // *bufio.Writer, clientWriteSize
 
@@ -100,7 +101,7 @@ func (p *Proxy) NewServer(cfg ServerConfig) *Server {
 	s := &Server{
 		p:           p,
 		idleTimeout: cfg.IdleTimeout,
-		handoff:     newConnQueue(),
+		handoff:     connqueue.New(handoffAddr{}),
 		noLoops:     cfg.NoEventLoop,
 		hosts:       *p.Hosts(cfg.HostSuffix).(*hostRouter),
 		conns:       make(map[*clientConn]struct{}),
@@ -409,7 +410,7 @@ func (cc *clientConn) handOff() bool {
 		cc.hooks.HandOff(hc)
 		return true
 	}
-	if !cc.s.handoff.put(hc) {
+	if !cc.s.handoff.Put(hc) {
 		cc.c.Close()
 	}
 	return true
@@ -756,42 +757,6 @@ func writeRedirect(bw h1.Writer, req *request) {
 	}
 	bw.WriteString("\r\n")
 }
-
-// connQueue is a net.Listener whose connections come from handOff.
-type connQueue struct {
-	c    chan net.Conn
-	done chan struct{}
-	once sync.Once
-}
-
-func newConnQueue() *connQueue {
-	return &connQueue{c: make(chan net.Conn), done: make(chan struct{})}
-}
-
-func (q *connQueue) put(c net.Conn) bool {
-	select {
-	case q.c <- c:
-		return true
-	case <-q.done:
-		return false
-	}
-}
-
-func (q *connQueue) Accept() (net.Conn, error) {
-	select {
-	case c := <-q.c:
-		return c, nil
-	case <-q.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (q *connQueue) Close() error {
-	q.once.Do(func() { close(q.done) })
-	return nil
-}
-
-func (q *connQueue) Addr() net.Addr { return handoffAddr{} }
 
 type handoffAddr struct{}
 
