@@ -17,13 +17,11 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/berthhq/berth"
@@ -363,17 +361,10 @@ http {
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		return nil, err
 	}
-	version := "nginx"
-	if out, err := exec.Command(bin, "-v").CombinedOutput(); err == nil {
-		version = strings.TrimPrefix(strings.TrimSpace(string(out)), "nginx version: ")
+	n, err := runNginx(bin, dir, confPath, addr)
+	if err != nil {
+		return nil, err
 	}
-	cmd := exec.Command(bin, "-p", dir, "-c", confPath, "-e", filepath.Join(dir, "error.log"))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start nginx: %w", err)
-	}
-	n := &nginxServer{addr: addr, version: version, cmd: cmd, done: make(chan struct{})}
-	go func() { cmd.Wait(); close(n.done) }()
 	c := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}, Timeout: 2 * time.Second}
 	defer c.CloseIdleConnections()
 	deadline := time.Now().Add(10 * time.Second)

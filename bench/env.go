@@ -638,17 +638,10 @@ func (e *env) startNginx(ctx context.Context, lb *liveBackend) (*nginxServer, er
 	if err := os.WriteFile(conf, []byte(nginxConfig(dir, addr, lb.direct, lb.id)), 0o644); err != nil {
 		return nil, err
 	}
-	version := "nginx"
-	if out, err := exec.Command(bin, "-v").CombinedOutput(); err == nil {
-		version = strings.TrimPrefix(strings.TrimSpace(string(out)), "nginx version: ")
+	n, err := runNginx(bin, dir, conf, addr)
+	if err != nil {
+		return nil, err
 	}
-	cmd := exec.Command(bin, "-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log"))
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start nginx: %w", err)
-	}
-	n := &nginxServer{addr: addr, version: version, cmd: cmd, done: make(chan struct{})}
-	go func() { cmd.Wait(); close(n.done) }()
 	// Up when it answers through to the backend.
 	rc := newRawClient(addr, getRequest(addr, "/"))
 	defer rc.Close()
@@ -671,7 +664,7 @@ func (e *env) startNginx(ctx context.Context, lb *liveBackend) (*nginxServer, er
 			return nil, fmt.Errorf("nginx did not answer within 10s (last: %d %v):\n%s", st, err, tail(filepath.Join(dir, "error.log"), 2000))
 		}
 	}
-	e.verbose("nginx (%s) on %s → %s", version, addr, lb.direct)
+	e.verbose("nginx (%s) on %s → %s", n.version, addr, lb.direct)
 	return n, nil
 }
 
@@ -848,4 +841,22 @@ func (n *nginxServer) pids() []int {
 		}
 	}
 	return pids
+}
+
+// runNginx starts nginx (bin) with the configuration at conf, its prefix
+// and error log in dir, in a process group of its own; addr is where the
+// configuration has it listen.
+func runNginx(bin, dir, conf, addr string) (*nginxServer, error) {
+	version := "nginx"
+	if out, err := exec.Command(bin, "-v").CombinedOutput(); err == nil {
+		version = strings.TrimPrefix(strings.TrimSpace(string(out)), "nginx version: ")
+	}
+	cmd := exec.Command(bin, "-p", dir, "-c", conf, "-e", filepath.Join(dir, "error.log"))
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start nginx: %w", err)
+	}
+	n := &nginxServer{addr: addr, version: version, cmd: cmd, done: make(chan struct{})}
+	go func() { cmd.Wait(); close(n.done) }()
+	return n, nil
 }
