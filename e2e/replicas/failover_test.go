@@ -139,6 +139,7 @@ func TestReplicas_NodeKilled(t *testing.T) {
 		t.Errorf("connect via the restarted node: %v, %v; want the new holder %s", got, err, moved.BackendID)
 	}
 	c.checkNoViolations()
+	c.checkAudit()
 }
 
 // A replica killed with SIGKILL takes its backends' whole process groups

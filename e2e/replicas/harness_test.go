@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -127,8 +129,15 @@ func (nd *node) launch(apiAddr, backendAPI string) {
 		"--api-addr", apiAddr, "--proxy-addr", nd.proxyAt, "--backend-api-addr", backendAPI,
 		"--data-dir", nd.dataDir, "--runtime", cmp.Or(c.runtime, "process"), "--log-level", "debug",
 		"--api-key", c.apiKey, "--token-key", c.tokenKey,
-		"--store", nd.store, "--blobs", c.blobs,
+		"--blobs", c.blobs,
 		"--node-id", nd.id, "--lease-ttl", leaseTTL.String(),
+	}
+	// The second replica finds its store in BERTH_STORE, as a deployment
+	// that configures replicas through the environment does; the others
+	// take --store.
+	storeEnv := nd.id == "n2"
+	if !storeEnv {
+		args = append(args, "--store", nd.store)
 	}
 	args = append(args, nd.extra...)
 	nd.mu.Lock()
@@ -139,6 +148,9 @@ func (nd *node) launch(apiAddr, backendAPI string) {
 	nd.cmd = exec.Command(bin.Berth, args...)
 	nd.cmd.Dir = nd.dataDir
 	nd.cmd.Env = testbin.CleanEnv()
+	if storeEnv {
+		nd.cmd.Env = append(nd.cmd.Env, "BERTH_STORE="+nd.store)
+	}
 	nd.cmd.Stdout, nd.cmd.Stderr = nd.out, nd.out
 	if err := nd.cmd.Start(); err != nil {
 		c.t.Fatalf("start %s: %v", nd.id, err)
@@ -317,6 +329,95 @@ func (c *cluster) checkNoViolations() {
 	if v := c.violations(); len(v) > 0 {
 		c.t.Errorf("two live holders of a key at once:\n%s", strings.Join(v, "\n"))
 	}
+}
+
+// auditLine is one line a test backend appended to the cluster's audit
+// file: "tb-audit EVENT key=K backend=ID fence=N pid=P [more] at=NS".
+type auditLine struct {
+	event, key, backend string
+	fence               int64
+	late                bool // a lock taken only once another holder let go
+	at                  time.Time
+}
+
+func (c *cluster) audit() []auditLine {
+	c.t.Helper()
+	f, err := os.Open(filepath.Join(c.shared, "audit.log"))
+	if err != nil {
+		c.t.Fatalf("the backends' audit: %v", err)
+	}
+	defer f.Close()
+	var out []auditLine
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fs := strings.Fields(sc.Text())
+		if len(fs) < 2 || fs[0] != "tb-audit" {
+			continue
+		}
+		l := auditLine{event: fs[1]}
+		for _, kv := range fs[2:] {
+			k, v, _ := strings.Cut(kv, "=")
+			switch k {
+			case "key":
+				l.key = v
+			case "backend":
+				l.backend = v
+			case "fence":
+				l.fence, _ = strconv.ParseInt(v, 10, 64)
+			case "late":
+				l.late = v == "1"
+			case "at":
+				ns, _ := strconv.ParseInt(v, 10, 64)
+				l.at = time.Unix(0, ns)
+			}
+		}
+		if l.at.IsZero() {
+			c.t.Fatalf("audit line without a time: %q", sc.Text())
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+// checkAudit checks, from what the backends themselves recorded (their
+// fencing tokens, and the times they started and ended by this host's
+// clock), that no key ever had two live holders: per key, in the order
+// they started, each holder carries a larger fencing token than the one
+// before, and the one before had ended by then (its own last line, a
+// stop or an exit, came before; or, killed without a word, the kernel had
+// released its lock: the next took it without waiting). It returns each
+// key's holders' start lines in that order.
+func (c *cluster) checkAudit() map[string][]auditLine {
+	c.t.Helper()
+	starts := map[string][]auditLine{}
+	last := map[string]auditLine{} // each backend's last stop or exit
+	for _, l := range c.audit() {
+		switch l.event {
+		case "start":
+			starts[l.key] = append(starts[l.key], l)
+		case "stop", "exit":
+			last[l.backend] = l
+		case "VIOLATION":
+			c.t.Errorf("backend %s of key %s started while another held the key (fence %d)", l.backend, l.key, l.fence)
+		case "locked":
+			if l.late {
+				c.t.Errorf("backend %s of key %s waited for another holder's lock", l.backend, l.key)
+			}
+		}
+	}
+	for key, ss := range starts {
+		slices.SortFunc(ss, func(a, b auditLine) int { return a.at.Compare(b.at) })
+		for i := 1; i < len(ss); i++ {
+			prev, next := ss[i-1], ss[i]
+			if next.fence <= prev.fence {
+				c.t.Errorf("key %s: backend %s started after %s with fencing token %d, not more than its %d", key, next.backend, prev.backend, next.fence, prev.fence)
+			}
+			if end, ok := last[prev.backend]; ok && end.at.After(next.at) {
+				c.t.Errorf("key %s: backend %s started at %s, before %s ended at %s", key, next.backend, next.at.Format(time.StampMicro), prev.backend, end.at.Format(time.StampMicro))
+			}
+		}
+	}
+	return starts
 }
 
 // backendProcs returns the pids of running test backends of backend id.

@@ -27,13 +27,14 @@ func TestReplicas_OneBackendPerKey(t *testing.T) {
 	var wg sync.WaitGroup
 	errs := make(chan error, connects)
 	ctx := testCtx(t, 2*time.Minute)
-	sem := make(chan struct{}, 64)
+	// All at once: each caller has its own connection (the transport
+	// keeps only a few idle ones per replica) and waits for the others.
+	start := make(chan struct{})
 	for i := range connects {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			sem <- struct{}{}
-			defer func() { <-sem }()
+			<-start
 			k := i % keys
 			nd := c.nodes[(i/keys)%len(c.nodes)]
 			res, err := nd.Client.Connect(ctx, api.ConnectRequest{Key: fmt.Sprintf("doc-%d", k), Spawn: spawn, User: "u"})
@@ -46,6 +47,7 @@ func TestReplicas_OneBackendPerKey(t *testing.T) {
 			mu.Unlock()
 		}()
 	}
+	close(start)
 	wg.Wait()
 	close(errs)
 	for err := range errs {
@@ -83,6 +85,17 @@ func TestReplicas_OneBackendPerKey(t *testing.T) {
 		}
 	}
 	c.checkNoViolations()
+	// The backends' own word: ten started, one per key, each with the
+	// key's first fencing token.
+	starts := c.checkAudit()
+	if len(starts) != keys {
+		t.Errorf("the backends recorded starts for %d keys, want %d", len(starts), keys)
+	}
+	for k, ss := range starts {
+		if len(ss) != 1 || ss[0].fence != 1 {
+			t.Errorf("key %s: the backends recorded %d starts %+v, want one, with fencing token 1", k, len(ss), ss)
+		}
+	}
 }
 
 // A token minted by one replica serves HTTP and WebSocket through the proxy

@@ -36,7 +36,8 @@
 //	TB_AUDIT_FILE=PATH    append one line per event of this backend's life to
 //	                      PATH, each in a single O_APPEND write, so lines of
 //	                      many backends never interleave:
-//	                      "tb-audit EVENT key=K backend=ID fence=N pid=P [more]"
+//	                      "tb-audit EVENT key=K backend=ID fence=N pid=P [more] at=NS"
+//	                      (at: the host's clock, Unix nanoseconds)
 //	                      EVENT is start, locked (late=1 when it had to wait),
 //	                      VIOLATION (holder="…" names the other holder),
 //	                      ready (listening), stop (signal=…) or exit (code=…:
@@ -347,6 +348,9 @@ func audit(event, extra string) {
 	if extra != "" {
 		line += " " + extra
 	}
+	// When, by this host's clock: every backend of a test runs on one
+	// kernel (containers too), so the lines of different backends order.
+	line += " at=" + strconv.FormatInt(time.Now().UnixNano(), 10)
 	f, err := os.OpenFile(os.ExpandEnv(path), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o666)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "testbackend: audit: %v\n", err)
