@@ -12,6 +12,8 @@ import (
 	"github.com/berthhq/berth"
 	"github.com/berthhq/berth/api"
 	"github.com/berthhq/berth/internal/testbin"
+	"github.com/coder/websocket"
+	"github.com/coder/websocket/wsjson"
 )
 
 // berthCLI runs the berth CLI against nd.
@@ -150,6 +152,55 @@ func TestReplicas_IdleCountsEveryProxy(t *testing.T) {
 	}
 }
 
+// A WebSocket held open, silent, through the proxy of a replica that does
+// not run the backend keeps it from going idle; once it closes, the
+// backend stops about max_idle_seconds later.
+func TestReplicas_IdleCountsOpenConnectionsEveryProxy(t *testing.T) {
+	c := newCluster(t, 2)
+	a, far := c.nodes[0], c.nodes[1]
+	ctx := testCtx(t, time.Minute)
+	idle, grace := 3, 2
+	notepad := &berth.SpawnConfig{Command: []string{bin.Berth, "demo-backend"}, GraceSeconds: &grace, MaxIdleSeconds: &idle}
+	res, err := far.Client.Connect(ctx, api.ConnectRequest{Key: "pad", Spawn: notepad, Wait: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec, err := a.Client.Backend(ctx, res.BackendID); err != nil || rec.Node != far.id {
+		t.Fatalf("backend %s on %v (%v), want %s", res.BackendID, rec, err, far.id)
+	}
+	conn := dialPad(t, a, res)
+	var s notepadState
+	if err := wsjson.Read(ctx, conn, &s); err != nil {
+		t.Fatal(err)
+	}
+	// Nothing crosses the connection for three idle periods.
+	time.Sleep(3 * time.Duration(idle) * time.Second)
+	if b, err := a.Client.Backend(ctx, res.BackendID); err != nil || b.State != berth.StateReady {
+		t.Fatalf("with a WebSocket open through %s, the backend is %+v (%v); want ready", a.id, b, err)
+	}
+	conn.Close(websocket.StatusNormalClosure, "")
+	closed := time.Now()
+	var ended time.Time
+	eventually(t, 15*time.Second, "the backend to stop once idle", func() bool {
+		b, err := a.Client.Backend(ctx, res.BackendID)
+		if err == nil && !b.State.Live() {
+			ended = time.Now()
+			return true
+		}
+		return false
+	})
+	if b, _ := a.Client.Backend(ctx, res.BackendID); b.Reason != berth.ReasonIdle {
+		t.Errorf("backend ended with reason %q, want idle", b.Reason)
+	}
+	// ended is when the record said terminated: the graceful stop (up to
+	// grace_seconds) comes after the idle deadline.
+	after := ended.Sub(closed)
+	t.Logf("stopped %s after the WebSocket closed (max_idle_seconds %d)", after.Round(10*time.Millisecond), idle)
+	if want := time.Duration(idle) * time.Second; after < want || after > want+time.Duration(grace)*time.Second+3*time.Second {
+		t.Errorf("stopped %s after the WebSocket through another replica closed, want within a couple of seconds of %s", after, want)
+	}
+}
+
 // Restarting the replicas one at a time never leaves a key without a
 // backend it can reach or restart, and never with two.
 func TestReplicas_RollingRestart(t *testing.T) {
@@ -178,4 +229,5 @@ func TestReplicas_RollingRestart(t *testing.T) {
 		nd.restart()
 	}
 	c.checkNoViolations()
+	c.checkAudit()
 }
