@@ -41,6 +41,9 @@ func TestReplicas_CutOff(t *testing.T) {
 	if v := cut.metric(t, `berth_backends{state="ready"}`); v != "1" {
 		t.Errorf(`berth_backends{state="ready"} = %q, want 1`, v)
 	}
+	if v := cut.metric(t, `berth_lease_renew_seconds_count{result="ok"}`); v == "" || v == "0" {
+		t.Errorf(`berth_lease_renew_seconds_count{result="ok"} = %q before the partition, want renewals counted`, v)
+	}
 	cutAt := time.Now()
 	r.partition()
 	eventually(t, leaseTTL, "the cut-off replica's backend to stop", func() bool { return len(backendProcs(first.BackendID)) == 0 })
@@ -57,6 +60,9 @@ func TestReplicas_CutOff(t *testing.T) {
 
 	if v := cut.metric(t, "berth_lease_held"); v != "0" {
 		t.Errorf("berth_lease_held = %q once cut off, want 0", v)
+	}
+	if v := cut.metric(t, `berth_lease_renew_seconds_count{result="error"}`); v == "" || v == "0" {
+		t.Errorf(`berth_lease_renew_seconds_count{result="error"} = %q once cut off, want the failed renewals counted`, v)
 	}
 	var moved *api.ConnectResponse
 	eventually(t, 4*leaseTTL, "the key to move to a live replica", func() bool {
