@@ -1,10 +1,12 @@
 package replicas
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"net/http"
 	"os/exec"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -230,4 +232,64 @@ func TestReplicas_RollingRestart(t *testing.T) {
 	}
 	c.checkNoViolations()
 	c.checkAudit()
+}
+
+// GET /v1/events on one replica streams the records of backends another
+// replica runs, as they change: the stream is fed by the store's feed.
+func TestReplicas_EventsStreamAnyReplica(t *testing.T) {
+	c := newCluster(t, 2)
+	a, far := c.nodes[0], c.nodes[1]
+	ctx := testCtx(t, time.Minute)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, a.API+"/v1/events", nil)
+	req.Header.Set("Authorization", "Bearer "+c.apiKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET /v1/events on %s: %d", a.id, resp.StatusCode)
+	}
+	seen := make(chan berth.Backend, 64)
+	go func() {
+		defer close(seen)
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			data, ok := strings.CutPrefix(sc.Text(), "data: ")
+			if !ok {
+				continue
+			}
+			var b berth.Backend
+			if json.Unmarshal([]byte(data), &b) == nil {
+				seen <- b
+			}
+		}
+	}()
+	res, err := far.Client.Connect(ctx, api.ConnectRequest{Key: "doc", Spawn: c.spawn(), Wait: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := far.Client.Terminate(ctx, res.BackendID, false); err != nil {
+		t.Fatal(err)
+	}
+	var states []berth.State
+	for b := range seen {
+		if b.ID != res.BackendID {
+			continue
+		}
+		if b.Node != far.id {
+			t.Errorf("the stream on %s says backend %s runs on %q, want %s", a.id, b.ID, b.Node, far.id)
+		}
+		if len(states) == 0 || states[len(states)-1] != b.State {
+			states = append(states, b.State)
+		}
+		if b.State == berth.StateTerminated {
+			break
+		}
+	}
+	t.Logf("the stream on %s saw backend %s (on %s) go %v", a.id, res.BackendID, far.id, states)
+	if !slices.Contains(states, berth.StateReady) || len(states) == 0 || states[len(states)-1] != berth.StateTerminated {
+		t.Errorf("the stream on %s saw states %v of a backend %s runs, want ready and then terminated", a.id, states, far.id)
+	}
 }
