@@ -51,7 +51,16 @@ func TestReplicas_NodeKilled(t *testing.T) {
 	}
 	edit(t, dead, first, "never saved")
 
-	// Load on the other replicas all along: connects for keys of their own.
+	// More keys held by the node about to die, and load on the other
+	// replicas all along: connects for those keys and for keys of their own.
+	var deadHeld []*api.ConnectResponse
+	for k := range 4 {
+		res, err := dead.Client.Connect(ctx, api.ConnectRequest{Key: fmt.Sprintf("load-%d", k), Spawn: c.spawn(), Wait: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		deadHeld = append(deadHeld, res)
+	}
 	stopLoad := make(chan struct{})
 	loadDone := make(chan error, 1)
 	go func() {
@@ -80,7 +89,14 @@ func TestReplicas_NodeKilled(t *testing.T) {
 	}
 	killed := time.Now()
 	dead.kill()
-	eventually(t, 5*time.Second, "the dead replica's backend to die with it", func() bool { return len(backendProcs(first.BackendID)) == 0 })
+	eventually(t, 5*time.Second, "the dead replica's backends to die with it", func() bool {
+		for _, res := range deadHeld {
+			if len(backendProcs(res.BackendID)) > 0 {
+				return false
+			}
+		}
+		return len(backendProcs(first.BackendID)) == 0
+	})
 
 	// Within the lease the key is still the dead node's.
 	res, err := a.Client.Connect(ctx, api.ConnectRequest{Key: "doc", Spawn: notepad})
@@ -126,6 +142,29 @@ func TestReplicas_NodeKilled(t *testing.T) {
 	old, err := a.Client.Backend(ctx, first.BackendID)
 	if err != nil || old.State != berth.StateTerminated || old.Reason != berth.ReasonLost {
 		t.Fatalf("the dead node's backend: %v %s/%s; want terminated, lost", err, old.State, old.Reason)
+	}
+
+	// The dead node's other keys moved too, each to a new backend on a
+	// live node with a larger fencing token; nothing of the old ones runs.
+	for _, held := range deadHeld {
+		var now *api.ConnectResponse
+		eventually(t, 4*leaseTTL, "key "+held.Key+" to move to a live replica", func() bool {
+			res, err := a.Client.Connect(ctx, api.ConnectRequest{Key: held.Key, Spawn: c.spawn(), Wait: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			now = res
+			return res.BackendID != held.BackendID
+		})
+		if now.FencingToken <= held.FencingToken || now.State != berth.StateReady {
+			t.Errorf("key %s: new backend %s, fencing token %d (old %d); want ready, larger", held.Key, now.State, now.FencingToken, held.FencingToken)
+		}
+		if rec, err := a.Client.Backend(ctx, now.BackendID); err != nil || rec.Node == dead.id {
+			t.Errorf("key %s: new backend on %v (%v), want a live node", held.Key, rec, err)
+		}
+		if pids := backendProcs(held.BackendID); len(pids) > 0 {
+			t.Errorf("key %s: the dead node's backend %s still runs: pids %v", held.Key, held.BackendID, pids)
+		}
 	}
 
 	dead.restart()
