@@ -38,6 +38,9 @@ func init() {
 // the containers of Berth's instance: well before the lease can expire.
 // A Berth that starts again on the data dir first stops the reaper its
 // predecessor left (its pid file), so it re-adopts the containers instead.
+// A Berth that stopped gracefully, its backends stopped, says so last: the
+// reaper then ends with it (killing any group still named, which should be
+// none) instead of outliving it to remove containers that are gone.
 
 const reaperPidFile = "reaper.pid"
 
@@ -68,6 +71,19 @@ func (r *reaper) group(pgid int, running bool) {
 // docker tells the reaper to remove the containers of the docker runtime's
 // instance too.
 func (r *reaper) docker(instance string) { r.say("docker " + instance) }
+
+// stopped tells the reaper that Berth stopped every backend and is about
+// to exit, and closes the pipe: the reaper ends now. Nothing may be said
+// after it.
+func (r *reaper) stopped() {
+	if r == nil {
+		return
+	}
+	r.say("stopped")
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.w.Close()
+}
 
 // groupHook is what a process runtime calls on each group (nil without a
 // reaper).
@@ -153,6 +169,7 @@ func runReaper(ctx context.Context, args []string, stdio Stdio) error {
 	var mu sync.Mutex
 	groups := map[int]bool{}
 	instance := "" // the docker runtime's, once Berth names it
+	graceful := false
 	last := time.Now()
 	closed := make(chan struct{})
 	go func() {
@@ -164,6 +181,8 @@ func runReaper(ctx context.Context, args []string, stdio Stdio) error {
 			switch {
 			case line == "renewed":
 				last = time.Now()
+			case line == "stopped":
+				graceful = true
 			case strings.HasPrefix(line, "docker "):
 				instance = strings.TrimPrefix(line, "docker ")
 			case len(line) > 1 && (line[0] == '+' || line[0] == '-'):
@@ -188,13 +207,14 @@ func runReaper(ctx context.Context, args []string, stdio Stdio) error {
 		syscall.Kill(-pgid, syscall.SIGKILL) // never 0 or -1: pgid > 1
 	}
 	if n := len(groups); n > 0 {
-		fmt.Fprintf(stdio.Err, "reaper: killed %d process groups, whose Berth died\n", n)
+		fmt.Fprintf(stdio.Err, "reaper: killed %d process groups, whose Berth ended\n", n)
 	}
 	deadline := last.Add(*after)
 	docker := instance
+	stopped := graceful
 	mu.Unlock()
-	if docker == "" {
-		return nil
+	if docker == "" || stopped {
+		return nil // a Berth that stopped gracefully removed its containers itself
 	}
 	select {
 	case <-term:

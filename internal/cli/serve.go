@@ -351,6 +351,8 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 	defer cancel()
 	if err := mgr.Shutdown(sctx); err != nil {
 		log.Error("shutdown", "err", err)
+	} else {
+		reap.stopped() // every backend stopped: the reaper has nothing left to do
 	}
 	px.Close()
 	if edgeRun != nil {
