@@ -30,7 +30,9 @@ func reap(t *testing.T, after string, lines ...string) time.Duration {
 	pr, pw := io.Pipe()
 	var stderr bytes.Buffer
 	done := make(chan error, 1)
-	go func() { done <- runReaper(context.Background(), []string{"--after", after}, Stdio{In: pr, Out: io.Discard, Err: &stderr}) }()
+	go func() {
+		done <- runReaper(context.Background(), []string{"--after", after}, Stdio{In: pr, Out: io.Discard, Err: &stderr})
+	}()
 	for _, l := range lines {
 		io.WriteString(pw, l+"\n")
 	}
