@@ -49,7 +49,7 @@ func TestManager_place(t *testing.T) {
 			nodes: []*store.Node{{ID: "a", Runtimes: proc}, {ID: "b", Runtimes: proc}, {ID: "c", Runtimes: both}}, want: []string{"c"}},
 		{name: "full here (by its own count): one under its capacity", self: "a", runtime: "process", here: 1,
 			nodes: []*store.Node{{ID: "a", Runtimes: proc, Capacity: 1, Live: 0}, {ID: "b", Runtimes: proc, Capacity: 2, Live: 2}, {ID: "c", Runtimes: proc, Capacity: 3, Live: 1}},
-			want: []string{"c"}},
+			want:  []string{"c"}},
 		{name: "cut off here: another", self: "a", runtime: "process", cutOff: true,
 			nodes: []*store.Node{{ID: "a", Runtimes: proc}, {ID: "b", Runtimes: proc}}, want: []string{"b"}},
 		{name: "never a node whose heartbeat stopped", self: "a", runtime: "docker", stale: []string{"b"},
