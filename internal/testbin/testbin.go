@@ -94,8 +94,9 @@ func Image(bin, prefix string) (string, error) {
 func RemoveImages() {
 	images.Lock()
 	defer images.Unlock()
-	for _, name := range images.built {
+	for bin, name := range images.built {
 		exec.Command("docker", "rmi", name).Run()
+		delete(images.built, bin) // built again if a later test asks
 	}
 }
 
