@@ -518,8 +518,19 @@ func (m *Manager) claim(ctx context.Context, req *api.ConnectRequest) (h held, o
 			return held{}, false, fmt.Errorf("claim pooled backend: %w", err)
 		case !claimed:
 			// Another node holds the key: the cold path answers as it
-			// would (it finds that holder).
+			// would (it finds that holder). The backend learned nothing
+			// (its claim was cut off) and waits for the next, on a new
+			// connection.
 			ps.putBack(p, inst)
+			m.mu.Lock()
+			if !m.closing {
+				m.wg.Add(1)
+				go func() {
+					defer m.wg.Done()
+					ps.predial(inst)
+				}()
+			}
+			m.mu.Unlock()
 			return held{}, false, nil
 		}
 		inst.mu.Lock()

@@ -205,3 +205,56 @@ func TestManager_PoolClaimNotRecorded(t *testing.T) {
 	}
 	waitPoolReady(t, m, "p", 1)
 }
+
+// A claim the store refuses because another node's backend holds the key
+// goes back to the pool unclaimed, with a new connection for its next
+// claim (the one its cut-off claim used is gone).
+func TestManager_PoolClaimKeyHeldElsewhere(t *testing.T) {
+	bin := runtimetest.BuildTestBackend(t)
+	m := newProcessManager(t, nil)
+	audit := filepath.Join(t.TempDir(), "audit.log")
+	tmpl := berth.SpawnConfig{Command: []string{bin}, Env: map[string]string{"TB_AUDIT_FILE": audit}}
+	if err := m.StartPools(t.Context(), []berth.Pool{{Name: "p", Spawn: tmpl, MinReady: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	waitPoolReady(t, m, "p", 1)
+	other := &berth.Backend{ID: "bk_other", Key: "k", Node: "other", Runtime: "process", Secret: "x", Spawn: tmpl, CreatedAt: time.Now()}
+	if _, created, err := m.cfg.Store.CreateBackend(t.Context(), other); err != nil || !created {
+		t.Fatalf("record another node's holder: %v, %v", created, err)
+	}
+	m.pools.mu.Lock()
+	pooled := m.pools.byName["p"].ready[0]
+	first := m.pools.conns[pooled.id]
+	m.pools.mu.Unlock()
+	if first == nil {
+		t.Fatal("a ready pooled backend has no connection kept for its claim")
+	}
+
+	// One node alone refuses a key another node holds; the claim was
+	// tried first.
+	if _, err := m.Connect(t.Context(), &api.ConnectRequest{Key: "k", Pool: "p"}); err == nil {
+		t.Fatalf("connect for a key another node holds succeeded")
+	}
+	if p := waitPoolReady(t, m, "p", 1); p.Claimed != 0 {
+		t.Errorf("pool: %+v; want the backend back, unclaimed", p)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		m.pools.mu.Lock()
+		c := m.pools.conns[pooled.id]
+		m.pools.mu.Unlock()
+		if c != nil && c != first {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no connection kept for the put-back backend's next claim")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if b := pooled.snapshot(); b.Key != "" || b.State != berth.StateReady {
+		t.Errorf("the put-back backend: key %q, %s; want none, ready", b.Key, b.State)
+	}
+	if data, _ := os.ReadFile(audit); strings.Contains(string(data), "claimed") {
+		t.Errorf("the backend took a claim the store refused:\n%s", data)
+	}
+}
