@@ -466,6 +466,24 @@ func (p *Proxy) Keep(addr string, c net.Conn, br *bufio.Reader) {
 	p.fwd.put(newBackendConn(c, addr))
 }
 
+// KeepIdle takes over c, a connection to the backend at addr on which
+// every response has been read whole and which the backend keeps open,
+// for the next request to addr: the event loops', where a request to a
+// ready backend goes, when they run, else the goroutine path's. It never
+// waits for the network.
+//
+// A pooled backend's claim hands its connection over this way, so the
+// first request of the key's users goes out without a dial.
+func (s *Server) KeepIdle(addr string, c net.Conn) {
+	s.mu.Lock()
+	loops := s.loops
+	s.mu.Unlock()
+	if loops.AdoptBackend(addr, c) {
+		return
+	}
+	s.p.fwd.put(newBackendConn(c, addr))
+}
+
 // completeResponse reports whether br holds exactly one whole response
 // to a GET, after which the backend keeps the connection open.
 func completeResponse(br *bufio.Reader) bool {

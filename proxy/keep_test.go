@@ -208,3 +208,55 @@ func TestProxy_PooledHint(t *testing.T) {
 		t.Errorf("Pooled per waiting request: %v; want one true (the GET) of three", f.resolver.pooled)
 	}
 }
+
+// A connection handed to KeepIdle (a pooled backend's claim, answered)
+// carries the next request to its backend, on the event loops and on the
+// goroutine path alike: the backend accepts no second connection.
+func TestServer_KeepIdle(t *testing.T) {
+	for _, noLoops := range []bool{false, true} {
+		t.Run(fmt.Sprintf("NoEventLoop=%v", noLoops), func(t *testing.T) {
+			be := newKeepBackend(t, "HTTP/1.1 204 No Content\r\n\r\n")
+			f := newFixture(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, r.URL.Path) }))
+			f.resolver.mu.Lock()
+			f.resolver.routes["bk_k"] = Route{BackendID: "bk_k", Addr: be.addr}
+			f.resolver.mu.Unlock()
+			srv, addr, _ := f.ownServer(t, ServerConfig{NoEventLoop: noLoops})
+			defer srv.Shutdown(t.Context())
+			// One request first: the loops start with the first Serve.
+			get := func(path string) string {
+				c, br := dialRaw(t, addr)
+				defer c.Close()
+				io.WriteString(c, "GET "+path+" HTTP/1.1\r\nHost: x\r\n\r\n")
+				res, body := readResponse(t, br, "GET")
+				if res.StatusCode != http.StatusOK {
+					t.Fatalf("GET %s: %d %q", path, res.StatusCode, body)
+				}
+				return body
+			}
+			get("/" + f.token("bk_1") + "/warm")
+
+			// The claim: one request on a connection of its own, its
+			// answer read whole.
+			c, err := net.Dial("tcp", be.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.WriteString(c, "GET / HTTP/1.1\r\nHost: "+be.addr+"\r\n\r\n")
+			res, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err != nil || res.StatusCode != http.StatusNoContent {
+				t.Fatalf("claim: %v, %v", res, err)
+			}
+			srv.KeepIdle(be.addr, c)
+
+			if body := get("/" + f.token("bk_k") + "/first"); body != "/first" {
+				t.Fatalf("the first request got %q, want /first", body)
+			}
+			if n := be.conns(); n != 1 {
+				t.Errorf("the backend accepted %d connections, want 1", n)
+			}
+			if got := be.conn(0).requests(); !equal(got, []string{"/", "/first"}) {
+				t.Errorf("the kept connection carried %q, want the claim and the first request", got)
+			}
+		})
+	}
+}

@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -61,6 +62,11 @@ type Config struct {
 	// starting backend first answered its readiness probe, so the proxy
 	// can send the first request on it (proxy.Proxy.Keep).
 	ReuseProbeConn ProbeConnReuser
+	// KeepClaimConn, if set, takes over the connection on which a pooled
+	// backend answered its claim 2xx (its response read whole, the
+	// connection kept open by the backend), so the proxy can send the
+	// key's first request on it (proxy.Server.KeepIdle).
+	KeepClaimConn func(addr string, c net.Conn)
 	// Node names this Berth in records.
 	Node string
 }
@@ -744,3 +750,7 @@ func (m *Manager) SetStateLayer(s StateLayer) { m.cfg.State = s }
 // SetReuseProbeConn sets Config.ReuseProbeConn. Call it before Reconcile
 // and serving.
 func (m *Manager) SetReuseProbeConn(f ProbeConnReuser) { m.cfg.ReuseProbeConn = f }
+
+// SetKeepClaimConn sets Config.KeepClaimConn. Call it before StartPools
+// and serving.
+func (m *Manager) SetKeepClaimConn(f func(addr string, c net.Conn)) { m.cfg.KeepClaimConn = f }

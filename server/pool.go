@@ -198,7 +198,7 @@ func (ps *pools) reclaim(inst *instance) {
 	if inst.state() != berth.StateReady {
 		return
 	}
-	if err := ps.m.deliverClaim(ps.m.ctx, inst); err != nil {
+	if err := ps.m.deliverClaim(ps.m.ctx, inst, nil); err != nil {
 		ps.m.log.Warn("pool: repeated claim of a re-adopted backend failed; stopping it", "backend", inst.id, "err", err)
 		ps.m.recordEvent(inst, "repeated claim after a restart failed: "+err.Error())
 		inst.requestStop(berth.ReasonSpawnFailed, false)
@@ -498,17 +498,39 @@ func (m *Manager) claim(ctx context.Context, req *api.ConnectRequest) (h held, o
 			ps.metrics.cold(name)
 			return held{}, false, nil
 		}
+		// The claim's head goes out before the store's write, the key
+		// only after it (pool_claim.go).
+		call := m.openClaim(inst, req.Key, req.User)
 		b, claimed, err := ps.store.ClaimBackend(ctx, inst.id, req.Key, req.User)
+		if err != nil || !claimed {
+			call.abort()
+		}
 		switch {
 		case errors.Is(err, berth.ErrInvalidTransition):
 			continue // it is stopping: its watch forgets it
 		case err != nil:
-			ps.putBack(p, inst)
+			// Whether the write took effect may be unknown (a commit
+			// whose answer was lost): the backend, which learned
+			// nothing, is stopped, which also frees the key if it did.
+			ps.metrics.failed(name)
+			m.recordEvent(inst, "claim not recorded: "+err.Error())
+			inst.requestStop(berth.ReasonSpawnFailed, false)
 			return held{}, false, fmt.Errorf("claim pooled backend: %w", err)
 		case !claimed:
 			// Another node holds the key: the cold path answers as it
-			// would (it finds that holder).
+			// would (it finds that holder). The backend learned nothing
+			// (its claim was cut off) and waits for the next, on a new
+			// connection.
 			ps.putBack(p, inst)
+			m.mu.Lock()
+			if !m.closing {
+				m.wg.Add(1)
+				go func() {
+					defer m.wg.Done()
+					ps.predial(inst)
+				}()
+			}
+			m.mu.Unlock()
 			return held{}, false, nil
 		}
 		inst.mu.Lock()
@@ -516,7 +538,7 @@ func (m *Manager) claim(ctx context.Context, req *api.ConnectRequest) (h held, o
 		inst.mu.Unlock()
 		m.publish(inst.id)
 		started := time.Now()
-		if err := m.deliverClaim(ctx, inst); err != nil {
+		if err := m.deliverClaim(ctx, inst, call); err != nil {
 			m.log.Warn("pool: claim failed; stopping the backend", "pool", name, "backend", inst.id, "key", req.Key, "err", err)
 			m.recordEvent(inst, "claim failed: "+err.Error())
 			ps.metrics.failed(name)
@@ -567,8 +589,9 @@ const maxClaimWait = 30 * time.Second
 const maxClaimTime = 2 * time.Minute
 
 // deliverClaim fences inst's new key, prepares its state URL and POSTs the
-// claim to the backend, whose 2xx says it has loaded its state.
-func (m *Manager) deliverClaim(ctx context.Context, inst *instance) error {
+// claim to the backend, whose 2xx says it has loaded its state: the rest
+// of call when openClaim began it (nil: the whole claim).
+func (m *Manager) deliverClaim(ctx context.Context, inst *instance, call *claimCall) error {
 	b := inst.snapshot()
 	req := api.ClaimRequest{BackendID: b.ID, Pool: b.Pool, Key: b.Key, User: b.User, FencingToken: b.FencingToken, Secret: b.Secret}
 	if m.cfg.State != nil {
@@ -578,6 +601,7 @@ func (m *Manager) deliverClaim(ctx context.Context, inst *instance) error {
 		// only carries what Prepare adds.
 		spec := runtime.Spec{BackendID: b.ID, Key: b.Key, Spawn: b.Spawn, Env: make(map[string]string)}
 		if err := m.cfg.State.Prepare(ctx, b, &spec); err != nil {
+			call.abort()
 			return fmt.Errorf("prepare state: %w", err)
 		}
 		req.StateURL = spec.Env["BERTH_STATE_URL"]
@@ -588,7 +612,16 @@ func (m *Manager) deliverClaim(ctx context.Context, inst *instance) error {
 	inst.mu.Unlock()
 	cctx, cancel := context.WithTimeout(ctx, min(b.Spawn.StartupTimeout(), maxClaimWait))
 	defer cancel()
-	status, msg, err := m.postClaim(cctx, b.ID, addr, claimToken(b.Secret), body)
+	var (
+		status int
+		msg    []byte
+		err    error
+	)
+	if call != nil {
+		status, msg, err = m.finishClaim(cctx, call, addr, claimToken(b.Secret), body)
+	} else {
+		status, msg, err = m.postClaim(cctx, addr, claimToken(b.Secret), body, m.pools.takeConn(b.ID))
+	}
 	if err != nil {
 		return fmt.Errorf("POST /.berth/claim: %w", err)
 	}

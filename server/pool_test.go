@@ -2,8 +2,13 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -11,6 +16,7 @@ import (
 	"github.com/berthhq/berth/api"
 	"github.com/berthhq/berth/runtime/runtimetest"
 	"github.com/berthhq/berth/store"
+	"github.com/berthhq/berth/store/sqlite"
 )
 
 func waitPoolReady(t *testing.T, m *Manager, name string, n int) *api.Pool {
@@ -132,3 +138,123 @@ func TestManager_PoolClaimRefused(t *testing.T) {
 }
 
 func storeFilterKey(key string) store.Filter { return store.Filter{Key: key} }
+
+// failingClaims is a store whose claims fail, as a commit that errs: the
+// claim's head has gone out to the backend by then.
+type failingClaims struct {
+	*sqlite.Store
+	calls atomic.Int32
+}
+
+func (s *failingClaims) ClaimBackend(ctx context.Context, id, key, user string) (*berth.Backend, bool, error) {
+	s.calls.Add(1)
+	time.Sleep(50 * time.Millisecond) // the backend reads the claim's start meanwhile
+	return nil, false, errors.New("disk I/O error")
+}
+
+// A claim whose store write fails stops the backend, which never learned
+// the key (its claim was cut off before it), and the pool refills.
+func TestManager_PoolClaimNotRecorded(t *testing.T) {
+	bin := runtimetest.BuildTestBackend(t)
+	var st *failingClaims
+	m := newProcessManager(t, func(s store.Store) store.Store {
+		st = &failingClaims{Store: s.(*sqlite.Store)}
+		return st
+	})
+	audit := filepath.Join(t.TempDir(), "audit.log")
+	tmpl := berth.SpawnConfig{Command: []string{bin}, Env: map[string]string{"TB_AUDIT_FILE": audit}}
+	if err := m.StartPools(t.Context(), []berth.Pool{{Name: "p", Spawn: tmpl, MinReady: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	waitPoolReady(t, m, "p", 1)
+	before, err := m.Backends(t.Context(), store.Filter{Live: true})
+	if err != nil || len(before) != 1 {
+		t.Fatalf("live backends: %v, %v; want the pooled one", before, err)
+	}
+	taken := before[0].ID
+
+	if _, err := m.Connect(t.Context(), &api.ConnectRequest{Key: "k", Pool: "p"}); err == nil {
+		t.Fatal("connect succeeded with a store that cannot record a claim")
+	}
+	if st.calls.Load() != 1 {
+		t.Fatalf("%d claims tried; want 1", st.calls.Load())
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		b, err := m.Backend(t.Context(), taken)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b.State == berth.StateTerminated {
+			if b.Key != "" {
+				t.Errorf("the stopped backend has key %q; want none", b.Key)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the backend whose claim was not recorded is %s 30 s later; want terminated", b.State)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	data, err := os.ReadFile(audit)
+	if err != nil || !strings.Contains(string(data), "tb-audit stop") {
+		t.Fatalf("the backend's audit: %q, %v; want its start and stop", data, err)
+	}
+	if strings.Contains(string(data), "claimed") {
+		t.Errorf("a backend took a claim that was not recorded:\n%s", data)
+	}
+	waitPoolReady(t, m, "p", 1)
+}
+
+// A claim the store refuses because another node's backend holds the key
+// goes back to the pool unclaimed, with a new connection for its next
+// claim (the one its cut-off claim used is gone).
+func TestManager_PoolClaimKeyHeldElsewhere(t *testing.T) {
+	bin := runtimetest.BuildTestBackend(t)
+	m := newProcessManager(t, nil)
+	audit := filepath.Join(t.TempDir(), "audit.log")
+	tmpl := berth.SpawnConfig{Command: []string{bin}, Env: map[string]string{"TB_AUDIT_FILE": audit}}
+	if err := m.StartPools(t.Context(), []berth.Pool{{Name: "p", Spawn: tmpl, MinReady: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	waitPoolReady(t, m, "p", 1)
+	other := &berth.Backend{ID: "bk_other", Key: "k", Node: "other", Runtime: "process", Secret: "x", Spawn: tmpl, CreatedAt: time.Now()}
+	if _, created, err := m.cfg.Store.CreateBackend(t.Context(), other); err != nil || !created {
+		t.Fatalf("record another node's holder: %v, %v", created, err)
+	}
+	m.pools.mu.Lock()
+	pooled := m.pools.byName["p"].ready[0]
+	first := m.pools.conns[pooled.id]
+	m.pools.mu.Unlock()
+	if first == nil {
+		t.Fatal("a ready pooled backend has no connection kept for its claim")
+	}
+
+	// One node alone refuses a key another node holds; the claim was
+	// tried first.
+	if _, err := m.Connect(t.Context(), &api.ConnectRequest{Key: "k", Pool: "p"}); err == nil {
+		t.Fatalf("connect for a key another node holds succeeded")
+	}
+	if p := waitPoolReady(t, m, "p", 1); p.Claimed != 0 {
+		t.Errorf("pool: %+v; want the backend back, unclaimed", p)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		m.pools.mu.Lock()
+		c := m.pools.conns[pooled.id]
+		m.pools.mu.Unlock()
+		if c != nil && c != first {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no connection kept for the put-back backend's next claim")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if b := pooled.snapshot(); b.Key != "" || b.State != berth.StateReady {
+		t.Errorf("the put-back backend: key %q, %s; want none, ready", b.Key, b.State)
+	}
+	if data, _ := os.ReadFile(audit); strings.Contains(string(data), "claimed") {
+		t.Errorf("the backend took a claim the store refused:\n%s", data)
+	}
+}

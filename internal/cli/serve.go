@@ -304,6 +304,7 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 		IdleTimeout: 60 * time.Second,
 	}
 	proxySrv := px.NewServer(proxy.ServerConfig{IdleTimeout: 30 * time.Second, NoEventLoop: o.ProxyGoroutine})
+	mgr.SetKeepClaimConn(proxySrv.KeepIdle)
 
 	backendSrv := &http.Server{Handler: states.BackendAPI(), ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 60 * time.Second}
 

@@ -115,7 +115,7 @@ func (s *Store) ClaimBackend(ctx context.Context, id, key, user string) (*berth.
 	)
 	err := s.wr.do(ctx, func(ctx context.Context, tx *sql.Tx) error {
 		holder, b, changes = nil, nil, nil
-		cur, err := scanBackend(tx.QueryRowContext(ctx, `SELECT `+backendColumns+` FROM backends WHERE id = ?`, id))
+		cur, err := scanBackend(tx.StmtContext(ctx, s.backendInTx).QueryRowContext(ctx, id))
 		if err != nil {
 			return err
 		}
@@ -130,10 +130,13 @@ func (s *Store) ClaimBackend(ctx context.Context, id, key, user string) (*berth.
 		if holder != nil {
 			return nil // as CreateBackend: a lost holder's end is kept
 		}
-		if b, err = scanBackend(tx.QueryRowContext(ctx, `UPDATE backends SET key = ?, user_name = ?, fencing_token = ?
-			WHERE id = ? RETURNING `+backendColumns, key, user, token, id)); err != nil {
+		// The row read above is the row written here (one writer, in one
+		// transaction): it is not read back.
+		if _, err := tx.StmtContext(ctx, s.claimKey).ExecContext(ctx, key, user, token, id); err != nil {
 			return fmt.Errorf("update: %w", err)
 		}
+		b = cur
+		b.Key, b.User, b.FencingToken = key, user, token
 		res, err := tx.StmtContext(ctx, s.insertEvent).ExecContext(ctx,
 			id, b.State, "", nil, fmt.Sprintf("claimed from pool %s for key %s (fencing token %d)", b.Pool, key, token),
 			time.Now().UnixMicro())

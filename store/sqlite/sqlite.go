@@ -44,7 +44,7 @@ type Store struct {
 	// Prepared once: a spawn runs CreateBackend and four Transitions.
 	// Statements on w are used inside the writer's transactions only.
 	takeKey, insertBackend, insertEvent, transition, releaseKey *sql.Stmt
-	stateOf, holderInTx                                         *sql.Stmt
+	stateOf, holderInTx, backendInTx, claimKey                  *sql.Stmt
 	backend, keyHolder, events                                  *sql.Stmt
 }
 
@@ -152,6 +152,10 @@ func open(path string) (_ *Store, err error) {
 		{w, &s.holderInTx, `SELECT ` + backendColumns + `,
 				(SELECT lease_expires_at FROM nodes WHERE nodes.id = backends.node)
 			FROM backends WHERE id = (SELECT holder FROM keys WHERE key = ?)`},
+		// A claim (ClaimBackend) is on a connect's path: its statements
+		// are prepared once, as a spawn's are.
+		{w, &s.backendInTx, `SELECT ` + backendColumns + ` FROM backends WHERE id = ?`},
+		{w, &s.claimKey, `UPDATE backends SET key = ?, user_name = ?, fencing_token = ? WHERE id = ?`},
 		{s.r, &s.backend, `SELECT ` + backendColumns + ` FROM backends WHERE id = ?`},
 		{s.r, &s.keyHolder, `SELECT ` + backendColumns + ` FROM backends
 			WHERE id = (SELECT holder FROM keys WHERE key = ?) AND state <> 'terminated'`},

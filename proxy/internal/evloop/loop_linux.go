@@ -76,6 +76,7 @@ type loop struct {
 type adopted struct {
 	fd       int
 	clientIP string
+	backend  string // the address of a backend connection (AdoptBackend); "" for a client's
 }
 
 // fdOwner is what a descriptor registered with a loop belongs to.
@@ -219,19 +220,8 @@ func (g *Group) Adopt(c net.Conn) bool {
 	if g == nil {
 		return false
 	}
-	tc, ok := c.(*net.TCPConn)
+	fd, ok := dupFD(c)
 	if !ok {
-		return false
-	}
-	rc, err := tc.SyscallConn()
-	if err != nil {
-		return false
-	}
-	fd := -1
-	cerr := rc.Control(func(s uintptr) {
-		fd, err = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0)
-	})
-	if cerr != nil || err != nil {
 		return false
 	}
 	a := adopted{fd: fd}
@@ -241,7 +231,51 @@ func (g *Group) Adopt(c net.Conn) bool {
 	// The next loop that still runs takes it; a loop stops early only
 	// after an epoll error, and then the others (or the goroutine path,
 	// with c untouched) serve in its stead.
-	first := int(g.next.Add(1))
+	return g.give(int(g.next.Add(1)), c, a)
+}
+
+// AdoptBackend takes c, an idle connection to the backend at addr (an IP
+// literal) on which nothing is left to read, out of Go's netpoller and
+// puts it in the idle connections of the loop that the next client
+// connection goes to, which then sends its first request to that backend
+// without a dial. It reports false, leaving c as it was, when c is not a
+// TCP socket, addr not an IP literal, or no loop runs.
+func (g *Group) AdoptBackend(addr string, c net.Conn) bool {
+	if g == nil || !CanDial(addr) {
+		return false
+	}
+	fd, ok := dupFD(c)
+	if !ok {
+		return false
+	}
+	return g.give(int(g.next.Load()+1), c, adopted{fd: fd, backend: addr})
+}
+
+// dupFD duplicates c's descriptor, for a loop to own.
+func dupFD(c net.Conn) (int, bool) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return -1, false
+	}
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return -1, false
+	}
+	fd := -1
+	cerr := rc.Control(func(s uintptr) {
+		fd, err = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0)
+	})
+	if cerr != nil || err != nil {
+		return -1, false
+	}
+	return fd, true
+}
+
+// give queues a, whose descriptor duplicates c's, to the first loop from
+// first on that still runs, and closes c; or closes the duplicate and
+// reports false when none does.
+func (g *Group) give(first int, c net.Conn, a adopted) bool {
+	fd := a.fd
 	for i := range g.loops {
 		l := g.loops[(first+i)%len(g.loops)]
 		l.mu.Lock()
@@ -404,6 +438,18 @@ func (l *loop) takeIncoming() {
 	l.incoming = nil
 	l.mu.Unlock()
 	for _, a := range incoming {
+		if a.backend != "" {
+			// Connected and idle: writable, as a dialled one is once
+			// epoll has said so.
+			b := &lbackend{fd: a.fd, addr: a.backend, writable: true}
+			if err := l.register(a.fd, fdOwner{b: b}); err != nil {
+				l.g.cfg.Log.Warn("proxy: event loop: register", "err", err)
+				unix.Close(a.fd)
+				continue
+			}
+			l.putIdle(b)
+			continue
+		}
 		c := &lconn{fd: a.fd, x: l.g.cfg.Handler.NewExchange(a.clientIP), idleSince: l.now}
 		if err := l.register(a.fd, fdOwner{c: c}); err != nil {
 			l.g.cfg.Log.Warn("proxy: event loop: register", "err", err)

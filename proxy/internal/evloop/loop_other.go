@@ -13,8 +13,9 @@ type Group struct{}
 
 func Start(Config) (*Group, error) { return nil, errors.New("event loops need Linux") }
 
-func CanDial(string) bool          { return false }
-func (*Group) Adopt(net.Conn) bool { return false }
-func (*Group) Shutdown()           {}
-func (*Group) Abort()              {}
-func (*Group) Wait()               {}
+func CanDial(string) bool                         { return false }
+func (*Group) Adopt(net.Conn) bool                { return false }
+func (*Group) AdoptBackend(string, net.Conn) bool { return false }
+func (*Group) Shutdown()                          {}
+func (*Group) Abort()                             {}
+func (*Group) Wait()                              {}
