@@ -28,7 +28,7 @@ func TestDashboard(t *testing.T) {
 
 	t.Run("SignIn", func(t *testing.T) {
 		br.watch(t)
-		br.do(t, "open /ui/", chromedp.Navigate(b.API+"/ui/"), chromedp.WaitVisible(chromedp.ID("login-form")))
+		br.do(t, "open /ui/", chromedp.Navigate(b.UI+"/ui/"), chromedp.WaitVisible(chromedp.ID("login-form")))
 		if got := eval[bool](t, br, `document.querySelector("#view-list").hidden`); !got {
 			t.Errorf("the backend list shows before sign-in")
 		}
