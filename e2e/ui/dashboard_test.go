@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -53,8 +54,13 @@ func TestDashboard(t *testing.T) {
 		if got := eval[int](t, br, `fetch("/v1/backends").then(r => r.status)`); got != http.StatusOK {
 			t.Errorf("GET /v1/backends from the signed-in page: %d, want 200", got)
 		}
-		if got := eval[int](t, br, `fetch("/v1/backends/bk_none/terminate", {method: "POST"}).then(r => r.status)`); got != http.StatusForbidden {
-			t.Errorf("POST terminate by cookie without X-Berth-UI: %d, want 403", got)
+		// Every operation of the document that is not a read, so each
+		// must list that 403 (the answers pass through the checking proxy).
+		for _, op := range writeOps(t) {
+			js := fmt.Sprintf(`fetch(%q, {method: %q}).then(r => r.status)`, op.path, op.method)
+			if got := eval[int](t, br, js); got != http.StatusForbidden {
+				t.Errorf("%s %s by cookie without X-Berth-UI: %d, want 403", op.method, op.path, got)
+			}
 		}
 	})
 	if t.Failed() {
@@ -272,6 +278,32 @@ func TestDashboard(t *testing.T) {
 			t.Errorf("GET /v1/backends after sign-out: %d, want 401", got)
 		}
 	})
+}
+
+// writeOps are the operations of api/openapi.json other than GET and
+// HEAD, with each path parameter filled in.
+func writeOps(t *testing.T) []struct{ method, path string } {
+	t.Helper()
+	var doc struct {
+		Paths map[string]map[string]json.RawMessage `json:"paths"`
+	}
+	if err := json.Unmarshal(api.OpenAPI, &doc); err != nil {
+		t.Fatalf("api/openapi.json: %v", err)
+	}
+	var ops []struct{ method, path string }
+	param := regexp.MustCompile(`\{[^}]*\}`)
+	for path, item := range doc.Paths {
+		for method := range item {
+			switch m := strings.ToUpper(method); m {
+			case http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
+				ops = append(ops, struct{ method, path string }{m, param.ReplaceAllString(path, "none")})
+			}
+		}
+	}
+	if len(ops) < 5 {
+		t.Fatalf("api/openapi.json has %d operations that change state; want the connect, terminate, restore, drain and pool ones at least", len(ops))
+	}
+	return ops
 }
 
 // waitNoneLive waits until the server runs no backend.
