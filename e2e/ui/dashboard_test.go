@@ -271,6 +271,29 @@ func TestDashboard(t *testing.T) {
 		}
 	})
 
+	t.Run("EveryControlNamed", func(t *testing.T) {
+		br.watch(t)
+		// Every view has been drawn by now (list, backend, state history):
+		// each form control has a label and each button or link a name a
+		// screen reader can say.
+		type named struct {
+			Checked int      `json:"checked"`
+			Unnamed []string `json:"unnamed"`
+		}
+		got := eval[named](t, br, `(() => {
+			const all = [...document.querySelectorAll("input, select, textarea, button, a[href]")].filter((e) => e.type !== "hidden");
+			const unnamed = all.filter((e) => (e.labels?.length ?? 0) === 0 && !e.getAttribute("aria-label") &&
+				!e.getAttribute("aria-labelledby") && !e.textContent.trim() && !e.title);
+			return {checked: all.length, unnamed: unnamed.map((e) => e.outerHTML.slice(0, 120))};
+		})()`)
+		if got.Checked < 15 {
+			t.Errorf("only %d controls on the page; the views were not all drawn", got.Checked)
+		}
+		for _, e := range got.Unnamed {
+			t.Errorf("a control without an accessible name: %s", e)
+		}
+	})
+
 	t.Run("SignOut", func(t *testing.T) {
 		br.watch(t)
 		br.do(t, "sign out", chromedp.Click(chromedp.ID("logout")), chromedp.WaitVisible(chromedp.ID("login-form")))
