@@ -70,6 +70,7 @@ func TestDashboard(t *testing.T) {
 	t.Run("ListIsLive", func(t *testing.T) {
 		br.watch(t)
 		br.do(t, "mark the document", chromedp.Evaluate[chromedp.Void](`window.sameDocument = true`))
+		before := len(b.calls())
 		resp := connect(t, b, "live-1", tb(nil), false)
 		row := fmt.Sprintf(`document.querySelector('tr[data-id=%q]')`, resp.BackendID)
 		br.waitFor(t, "the new backend in the list", row+` !== null`)
@@ -80,6 +81,13 @@ func TestDashboard(t *testing.T) {
 		br.waitFor(t, "the backend terminated in the list", row+`?.dataset.state === "terminated"`)
 		if !eval[bool](t, br, `window.sameDocument === true`) {
 			t.Errorf("the page reloaded; changes must arrive in the same document")
+		}
+		// Pushed over the open event stream, not polled: the page asked
+		// nothing while the backend came and went, nor in the 3 s after
+		// (a poll every few seconds would show there).
+		time.Sleep(3 * time.Second)
+		if calls := b.calls(); len(calls) != before {
+			t.Errorf("the page made requests while the list followed a backend: %q; changes must come over /v1/events", calls[before:])
 		}
 		if got := eval[string](t, br, row+`.textContent`); !strings.Contains(got, "live-1") || !strings.Contains(got, "requested") {
 			t.Errorf("row %q lacks its key or its reason (requested)", got)

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -90,6 +91,14 @@ type server struct {
 
 	mu         sync.Mutex
 	mismatches []error
+	pageCalls  []string // "METHOD /path" of each request the page made through UI
+}
+
+// calls returns how many requests the page has made, and the last ones.
+func (b *server) calls() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.pageCalls)
 }
 
 func (b *server) mismatch(err error) {
@@ -116,7 +125,12 @@ func startBerth(t *testing.T) *server {
 	}
 	rp := httputil.NewSingleHostReverseProxy(u) // through http.DefaultTransport, checked
 	rp.FlushInterval = -1                       // event streams and followed logs as they come
-	ui := httptest.NewServer(rp)
+	ui := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b.mu.Lock()
+		b.pageCalls = append(b.pageCalls, r.Method+" "+r.URL.Path)
+		b.mu.Unlock()
+		rp.ServeHTTP(w, r)
+	}))
 	b.UI = ui.URL
 	t.Cleanup(func() {
 		// Registered before the stop below, so it runs after it: every
