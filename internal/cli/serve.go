@@ -216,7 +216,12 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 		public = o.Edge.publicURL(edgeLns)
 	}
 	if public == "" {
-		public = "http://" + proxyLn.Addr().String()
+		var wildcard bool
+		public, wildcard = defaultPublicURL(proxyLn.Addr())
+		if wildcard {
+			log.Warn("no --public-url: connect URLs name "+public+", which only this machine reaches; set --public-url (BERTH_PUBLIC_URL) to the proxy's address as browsers reach it",
+				"proxy_addr", proxyLn.Addr().String())
+		}
 	}
 	urlFor, err := o.Edge.backendURL(signer, public)
 	if err != nil {
@@ -521,4 +526,15 @@ func newLogger(level string, w io.Writer) (*slog.Logger, error) {
 		return nil, usagef("--log-level %q: use debug, info, warn or error", level)
 	}
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+// defaultPublicURL is the proxy's URL when --public-url is not given: its
+// listening address, or, when that is a wildcard (0.0.0.0, ::) that no
+// browser can dial, localhost on its port, with wildcard true.
+func defaultPublicURL(addr net.Addr) (string, bool) {
+	host, port, err := net.SplitHostPort(addr.String())
+	if err != nil || !net.ParseIP(host).IsUnspecified() {
+		return "http://" + addr.String(), false
+	}
+	return "http://" + net.JoinHostPort("localhost", port), true
 }
