@@ -8,10 +8,13 @@
 # (the CA bundle lets Berth reach an S3 endpoint over TLS; dist/data becomes
 # /data, owned by Berth's user). Run it:
 #
-#   docker run -e BERTH_API_KEY=… -p 7070:7070 -p 7080:7080 -v berth-data:/data berth
+#   docker run -e BERTH_API_KEY=… -e BERTH_PUBLIC_URL=http://127.0.0.1:7080 -p 7070:7070 -p 7080:7080 -v berth-data:/data berth
 #
-# See README.md ("Deploying Berth") for the docker runtime from inside a
-# container, PostgreSQL and S3 (docker-compose.yml), and systemd.
+# (BERTH_PUBLIC_URL: the proxy as browsers reach it, which connect URLs name.)
+#
+# See README.md ("Deploying Berth") for the backends it can run (process
+# backends from its own filesystem), PostgreSQL and S3 (docker-compose.yml),
+# and systemd.
 FROM scratch
 COPY berth /berth
 COPY ca-certificates.crt /etc/ssl/certs/ca-certificates.crt

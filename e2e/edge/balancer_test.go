@@ -28,7 +28,7 @@ func startPlainEdge(t *testing.T, extra ...string) (b *edgeBerth) {
 	dir := t.TempDir()
 	apiAddr, proxyAddr, backendAddr, httpAddr := testbin.FreeAddr(t), testbin.FreeAddr(t), testbin.FreeAddr(t), testbin.FreeAddr(t)
 	b = &edgeBerth{API: "http://" + apiAddr, HTTPAddr: httpAddr, Key: "edge-test-key"}
-	b.Client = api.NewClient(b.API, b.Key, nil)
+	b.Client = newClient(t, b.API, b.Key)
 	args := append([]string{"serve",
 		"--api-addr", apiAddr, "--proxy-addr", proxyAddr, "--backend-api-addr", backendAddr,
 		"--data-dir", dir, "--runtime", "process", "--api-key", b.Key, "--log-level", "debug",

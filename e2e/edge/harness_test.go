@@ -12,12 +12,14 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/berthhq/berth"
 	"github.com/berthhq/berth/api"
+	"github.com/berthhq/berth/api/apitest"
 	"github.com/berthhq/berth/internal/pebbletest"
 	"github.com/berthhq/berth/internal/testbin"
 )
@@ -33,6 +35,8 @@ func TestMain(m *testing.M) {
 	}
 	code := 1
 	if bins, err := testbin.Build(dir); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e/edge:", err)
+	} else if openAPI, err = apitest.Load(context.Background(), api.OpenAPI); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e/edge:", err)
 	} else if err := buildApp(dir); err != nil {
 		fmt.Fprintln(os.Stderr, "e2e/edge:", err)
@@ -64,6 +68,33 @@ func need(t *testing.T, what, howto string) {
 }
 
 const suffix = "berth.test"
+
+// openAPI is api.OpenAPI, loaded by TestMain.
+var openAPI *apitest.Doc
+
+// newClient is a client of the control API at base whose every answer is
+// checked against api/openapi.json; t fails, after the Berth stopped, for
+// each answer the document does not describe. Call it before registering
+// the Berth's stop.
+func newClient(t *testing.T, base, key string) *api.Client {
+	var mu sync.Mutex
+	var mismatches []error
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, err := range mismatches {
+			t.Errorf("control API answer does not match api/openapi.json: %v", err)
+		}
+	})
+	hc := &http.Client{Transport: &apitest.Transport{Doc: openAPI, For: func(*http.Request) func(error) {
+		return func(err error) {
+			mu.Lock()
+			defer mu.Unlock()
+			mismatches = append(mismatches, err)
+		}
+	}}}
+	return api.NewClient(base, key, hc)
+}
 
 // edgeBerth is one `berth serve` with its edge on HTTPS, certificates from
 // a Pebble started for it.
@@ -112,7 +143,7 @@ esac
 		t.Fatal(err)
 	}
 	b := &edgeBerth{API: "http://" + apiAddr, TLSAddr: tlsAddr, HTTPAddr: httpAddr, Key: "edge-test-key", Pebble: p}
-	b.Client = api.NewClient(b.API, b.Key, nil)
+	b.Client = newClient(t, b.API, b.Key)
 	args := []string{"serve",
 		"--api-addr", apiAddr, "--proxy-addr", proxyAddr, "--backend-api-addr", backendAddr,
 		"--data-dir", dir, "--runtime", "process", "--api-key", b.Key, "--log-level", "debug",

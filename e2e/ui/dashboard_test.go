@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -28,7 +29,7 @@ func TestDashboard(t *testing.T) {
 
 	t.Run("SignIn", func(t *testing.T) {
 		br.watch(t)
-		br.do(t, "open /ui/", chromedp.Navigate(b.API+"/ui/"), chromedp.WaitVisible(chromedp.ID("login-form")))
+		br.do(t, "open /ui/", chromedp.Navigate(b.UI+"/ui/"), chromedp.WaitVisible(chromedp.ID("login-form")))
 		if got := eval[bool](t, br, `document.querySelector("#view-list").hidden`); !got {
 			t.Errorf("the backend list shows before sign-in")
 		}
@@ -53,8 +54,13 @@ func TestDashboard(t *testing.T) {
 		if got := eval[int](t, br, `fetch("/v1/backends").then(r => r.status)`); got != http.StatusOK {
 			t.Errorf("GET /v1/backends from the signed-in page: %d, want 200", got)
 		}
-		if got := eval[int](t, br, `fetch("/v1/backends/bk_none/terminate", {method: "POST"}).then(r => r.status)`); got != http.StatusForbidden {
-			t.Errorf("POST terminate by cookie without X-Berth-UI: %d, want 403", got)
+		// Every operation of the document that is not a read, so each
+		// must list that 403 (the answers pass through the checking proxy).
+		for _, op := range writeOps(t) {
+			js := fmt.Sprintf(`fetch(%q, {method: %q}).then(r => r.status)`, op.path, op.method)
+			if got := eval[int](t, br, js); got != http.StatusForbidden {
+				t.Errorf("%s %s by cookie without X-Berth-UI: %d, want 403", op.method, op.path, got)
+			}
 		}
 	})
 	if t.Failed() {
@@ -64,6 +70,7 @@ func TestDashboard(t *testing.T) {
 	t.Run("ListIsLive", func(t *testing.T) {
 		br.watch(t)
 		br.do(t, "mark the document", chromedp.Evaluate[chromedp.Void](`window.sameDocument = true`))
+		before := len(b.calls())
 		resp := connect(t, b, "live-1", tb(nil), false)
 		row := fmt.Sprintf(`document.querySelector('tr[data-id=%q]')`, resp.BackendID)
 		br.waitFor(t, "the new backend in the list", row+` !== null`)
@@ -74,6 +81,13 @@ func TestDashboard(t *testing.T) {
 		br.waitFor(t, "the backend terminated in the list", row+`?.dataset.state === "terminated"`)
 		if !eval[bool](t, br, `window.sameDocument === true`) {
 			t.Errorf("the page reloaded; changes must arrive in the same document")
+		}
+		// Pushed over the open event stream, not polled: the page asked
+		// nothing while the backend came and went, nor in the 3 s after
+		// (a poll every few seconds would show there).
+		time.Sleep(3 * time.Second)
+		if calls := b.calls(); len(calls) != before {
+			t.Errorf("the page made requests while the list followed a backend: %q; changes must come over /v1/events", calls[before:])
 		}
 		if got := eval[string](t, br, row+`.textContent`); !strings.Contains(got, "live-1") || !strings.Contains(got, "requested") {
 			t.Errorf("row %q lacks its key or its reason (requested)", got)
@@ -265,6 +279,29 @@ func TestDashboard(t *testing.T) {
 		}
 	})
 
+	t.Run("EveryControlNamed", func(t *testing.T) {
+		br.watch(t)
+		// Every view has been drawn by now (list, backend, state history):
+		// each form control has a label and each button or link a name a
+		// screen reader can say.
+		type named struct {
+			Checked int      `json:"checked"`
+			Unnamed []string `json:"unnamed"`
+		}
+		got := eval[named](t, br, `(() => {
+			const all = [...document.querySelectorAll("input, select, textarea, button, a[href]")].filter((e) => e.type !== "hidden");
+			const unnamed = all.filter((e) => (e.labels?.length ?? 0) === 0 && !e.getAttribute("aria-label") &&
+				!e.getAttribute("aria-labelledby") && !e.textContent.trim() && !e.title);
+			return {checked: all.length, unnamed: unnamed.map((e) => e.outerHTML.slice(0, 120))};
+		})()`)
+		if got.Checked < 15 {
+			t.Errorf("only %d controls on the page; the views were not all drawn", got.Checked)
+		}
+		for _, e := range got.Unnamed {
+			t.Errorf("a control without an accessible name: %s", e)
+		}
+	})
+
 	t.Run("SignOut", func(t *testing.T) {
 		br.watch(t)
 		br.do(t, "sign out", chromedp.Click(chromedp.ID("logout")), chromedp.WaitVisible(chromedp.ID("login-form")))
@@ -272,6 +309,32 @@ func TestDashboard(t *testing.T) {
 			t.Errorf("GET /v1/backends after sign-out: %d, want 401", got)
 		}
 	})
+}
+
+// writeOps are the operations of api/openapi.json other than GET and
+// HEAD, with each path parameter filled in.
+func writeOps(t *testing.T) []struct{ method, path string } {
+	t.Helper()
+	var doc struct {
+		Paths map[string]map[string]json.RawMessage `json:"paths"`
+	}
+	if err := json.Unmarshal(api.OpenAPI, &doc); err != nil {
+		t.Fatalf("api/openapi.json: %v", err)
+	}
+	var ops []struct{ method, path string }
+	param := regexp.MustCompile(`\{[^}]*\}`)
+	for path, item := range doc.Paths {
+		for method := range item {
+			switch m := strings.ToUpper(method); m {
+			case http.MethodPost, http.MethodPut, http.MethodPatch, http.MethodDelete:
+				ops = append(ops, struct{ method, path string }{m, param.ReplaceAllString(path, "none")})
+			}
+		}
+	}
+	if len(ops) < 5 {
+		t.Fatalf("api/openapi.json has %d operations that change state; want the connect, terminate, restore, drain and pool ones at least", len(ops))
+	}
+	return ops
 }
 
 // waitNoneLive waits until the server runs no backend.

@@ -4,10 +4,14 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -15,6 +19,7 @@ import (
 	"time"
 
 	"github.com/berthhq/berth/api"
+	"github.com/berthhq/berth/api/apitest"
 	"github.com/berthhq/berth/internal/testbin"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
@@ -23,6 +28,13 @@ import (
 // bin holds the binaries TestMain builds once.
 var bin struct{ berth, testbackend string }
 
+// servers are the running Berths by control API host:port, so each answer
+// the OpenAPI document does not describe fails the test that started it.
+var servers = struct {
+	sync.Mutex
+	m map[string]*server
+}{m: map[string]*server{}}
+
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "berth-ui-bin-")
 	if err != nil {
@@ -30,10 +42,26 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := 1
-	if bins, err := testbin.Build(dir); err != nil {
+	bins, err := testbin.Build(dir)
+	var doc *apitest.Doc
+	if err == nil {
+		doc, err = apitest.Load(context.Background(), api.OpenAPI)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2e/ui:", err)
 	} else {
 		bin.berth, bin.testbackend = bins.Berth, bins.TestBackend
+		// Every answer of a control API this suite started is checked
+		// against api/openapi.json: the test's own calls, and the page's
+		// through the proxy each server puts in front of its API (UI).
+		http.DefaultTransport = &apitest.Transport{Base: http.DefaultTransport, Doc: doc, For: func(req *http.Request) func(error) {
+			servers.Lock()
+			defer servers.Unlock()
+			if s := servers.m[req.URL.Host]; s != nil {
+				return s.mismatch
+			}
+			return nil
+		}}
 		code = m.Run()
 	}
 	os.RemoveAll(dir)
@@ -53,9 +81,30 @@ func need(t *testing.T, what, howto string) {
 // server is one running `berth serve` with an API key.
 type server struct {
 	API, Proxy string
-	Key        string
-	Client     *api.Client
-	out        testbin.SyncBuffer
+	// UI is the address the browser opens: a reverse proxy to API whose
+	// answers are checked against the OpenAPI document, so the dashboard's
+	// requests (its event streams and followed logs included) are too.
+	UI     string
+	Key    string
+	Client *api.Client
+	out    testbin.SyncBuffer
+
+	mu         sync.Mutex
+	mismatches []error
+	pageCalls  []string // "METHOD /path" of each request the page made through UI
+}
+
+// calls returns how many requests the page has made, and the last ones.
+func (b *server) calls() []string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.pageCalls)
+}
+
+func (b *server) mismatch(err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.mismatches = append(b.mismatches, err)
 }
 
 // startBerth runs berth serve (process runtime) on free loopback ports and
@@ -67,6 +116,35 @@ func startBerth(t *testing.T) *server {
 	apiAddr, proxyAddr, backendAddr := testbin.FreeAddr(t), testbin.FreeAddr(t), testbin.FreeAddr(t)
 	b := &server{API: "http://" + apiAddr, Proxy: "http://" + proxyAddr, Key: "ui-test-key-" + filepath.Base(dir)}
 	b.Client = api.NewClient(b.API, b.Key, nil)
+	servers.Lock()
+	servers.m[apiAddr] = b
+	servers.Unlock()
+	u, err := url.Parse(b.API)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rp := httputil.NewSingleHostReverseProxy(u) // through http.DefaultTransport, checked
+	rp.FlushInterval = -1                       // event streams and followed logs as they come
+	ui := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b.mu.Lock()
+		b.pageCalls = append(b.pageCalls, r.Method+" "+r.URL.Path)
+		b.mu.Unlock()
+		rp.ServeHTTP(w, r)
+	}))
+	b.UI = ui.URL
+	t.Cleanup(func() {
+		// Registered before the stop below, so it runs after it: every
+		// stream has ended and every answer has been checked.
+		ui.Close()
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		for _, err := range b.mismatches {
+			t.Errorf("control API answer does not match api/openapi.json: %v", err)
+		}
+		servers.Lock()
+		delete(servers.m, apiAddr)
+		servers.Unlock()
+	})
 	cmd := exec.Command(bin.berth, "serve",
 		"--api-addr", apiAddr, "--proxy-addr", proxyAddr, "--backend-api-addr", backendAddr,
 		"--data-dir", dir, "--runtime", "process", "--api-key", b.Key, "--log-level", "debug")

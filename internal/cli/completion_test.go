@@ -85,9 +85,24 @@ func TestCompletion_Zsh(t *testing.T) {
 			}
 		}
 	}
-	if zsh, err := exec.LookPath("zsh"); err == nil {
-		if out, err := exec.Command(zsh, "-n", "-c", script).CombinedOutput(); err != nil {
-			t.Errorf("zsh -n: %v\n%s", err, out)
+	// A real zsh parses it, and its completion system takes it as berth's.
+	zsh, err := exec.LookPath("zsh")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("zsh is missing (CI is set, so this fails instead of skipping); install it with: apt-get install -y zsh")
 		}
+		t.Skip("zsh is missing; install it with: apt-get install -y zsh")
+	}
+	path := filepath.Join(t.TempDir(), "_berth")
+	if err := os.WriteFile(path, []byte(script), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(zsh, "-n", path).CombinedOutput(); err != nil {
+		t.Errorf("zsh -n: %v\n%s", err, out)
+	}
+	load := `autoload -U compinit && compinit -u -D && source "$1" && print -r -- "${_comps[berth]} $(whence -w _berth)"`
+	out, err := exec.Command(zsh, "-f", "-c", load, "zsh", path).CombinedOutput()
+	if got, want := strings.TrimSpace(string(out)), "_berth _berth: function"; err != nil || got != want {
+		t.Errorf("zsh, after compinit and source <(berth completion zsh): %q %v; want %q", got, err, want)
 	}
 }

@@ -74,7 +74,7 @@ func (o *serverOptions) flags(fs *flag.FlagSet) {
 	fs.StringVar(&o.APIAddr, "api-addr", envOr("BERTH_API_ADDR", "127.0.0.1:7070"), "control API listen address (BERTH_API_ADDR)")
 	fs.StringVar(&o.ProxyAddr, "proxy-addr", envOr("BERTH_PROXY_ADDR", "127.0.0.1:7080"), "public proxy listen address (BERTH_PROXY_ADDR)")
 	fs.StringVar(&o.BackendAPIAddr, "backend-api-addr", envOr("BERTH_BACKEND_API_ADDR", "127.0.0.1:7071"), "backend API listen address (BERTH_BACKEND_API_ADDR)")
-	fs.StringVar(&o.PublicURL, "public-url", envOr("BERTH_PUBLIC_URL", ""), "proxy base URL as browsers reach it (BERTH_PUBLIC_URL; default http://<proxy-addr>)")
+	fs.StringVar(&o.PublicURL, "public-url", envOr("BERTH_PUBLIC_URL", ""), "proxy base URL as browsers reach it (BERTH_PUBLIC_URL; default http://<proxy-addr>, localhost for 0.0.0.0 or ::)")
 	fs.StringVar(&o.DataDir, "data-dir", envOr("BERTH_DATA_DIR", ".berth"), "where Berth keeps its records, logs and blobs (BERTH_DATA_DIR)")
 	fs.StringVar(&o.Runtime, "runtime", envOr("BERTH_RUNTIME", "auto"), "auto, process, docker or kubernetes (BERTH_RUNTIME); auto adds docker when an engine answers")
 	fs.StringVar(&o.DockerNetwork, "docker-network", envOr("BERTH_DOCKER_NETWORK", "berth"), "the bridge network containers join, created if missing and removed at stop once empty (BERTH_DOCKER_NETWORK)")
@@ -216,7 +216,12 @@ func serve(ctx context.Context, o *serverOptions, stdio Stdio, ready func(*runni
 		public = o.Edge.publicURL(edgeLns)
 	}
 	if public == "" {
-		public = "http://" + proxyLn.Addr().String()
+		var wildcard bool
+		public, wildcard = defaultPublicURL(proxyLn.Addr())
+		if wildcard {
+			log.Warn("no --public-url: connect URLs name "+public+", which only this machine reaches; set --public-url (BERTH_PUBLIC_URL) to the proxy's address as browsers reach it",
+				"proxy_addr", proxyLn.Addr().String())
+		}
 	}
 	urlFor, err := o.Edge.backendURL(signer, public)
 	if err != nil {
@@ -524,4 +529,15 @@ func newLogger(level string, w io.Writer) (*slog.Logger, error) {
 		return nil, usagef("--log-level %q: use debug, info, warn or error", level)
 	}
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+// defaultPublicURL is the proxy's URL when --public-url is not given: its
+// listening address, or, when that is a wildcard (0.0.0.0, ::) that no
+// browser can dial, localhost on its port, with wildcard true.
+func defaultPublicURL(addr net.Addr) (string, bool) {
+	host, port, err := net.SplitHostPort(addr.String())
+	if err != nil || !net.ParseIP(host).IsUnspecified() {
+		return "http://" + addr.String(), false
+	}
+	return "http://" + net.JoinHostPort("localhost", port), true
 }
