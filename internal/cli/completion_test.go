@@ -37,7 +37,7 @@ func TestCompletion_Bash(t *testing.T) {
 		{"berth connect --st", []string{"--startup-timeout", "--state-mode"}},
 		{"berth connect --state-mode b", []string{"blob"}},
 		{"berth connect --w", []string{"--wait"}},
-		{"berth logs -", []string{"--api", "--api-key", "-f"}},
+		{"berth logs -", []string{"--api", "--api-key", "-f", "--json", "--output"}},
 		{"berth state ", []string{"ls", "get", "restore"}},
 		{"berth completion ", []string{"bash", "zsh"}},
 		{"berth dev --runtime d", []string{"docker"}},
