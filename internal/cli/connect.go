@@ -124,7 +124,9 @@ func runConnect(ctx context.Context, args []string, stdio Stdio) error {
 		}
 	}
 	if err := terminatedErr(resp.BackendID, last.State, last.Reason, last.ExitCode, last.Message); err != nil {
-		printOutputTail(ctx, c, resp.BackendID, stdio.Err)
+		if last.Reason != berth.ReasonStartupTimeout { // its message carries the tail
+			printOutputTail(ctx, c, resp.BackendID, stdio.Err)
+		}
 		return err
 	}
 	verb := "Connected to"

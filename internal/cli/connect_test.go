@@ -181,6 +181,24 @@ func TestConnect_WaitTerminated(t *testing.T) {
 	}
 }
 
+// A startup timeout's message already ends with the output's tail (the
+// server adds it): the CLI must not print it a second time.
+func TestConnect_WaitStartupTimeoutTailOnce(t *testing.T) {
+	var got api.ConnectRequest
+	url := connectAPI(t, &got, spawned,
+		`{"state":"scheduled","at":"2025-03-01T10:00:00Z"}`,
+		`{"state":"starting","at":"2025-03-01T10:00:00.1Z"}`,
+		`{"state":"terminated","reason":"startup_timeout","message":"nothing answered HTTP on $PORT (8080, probed at 127.0.0.1:8080) within 1s: the program must serve HTTP on the port Berth passes in $PORT; its last output:\nImportError: no module named app","at":"2025-03-01T10:00:01Z"}`,
+	)
+	code, _, stderr := runCLI(t, "connect", "--api", url, "--wait", "doc-42", "--", "./server")
+	if code != 1 {
+		t.Errorf("exit %d, want 1", code)
+	}
+	if n := strings.Count(stderr, "ImportError: no module named app"); n != 1 {
+		t.Errorf("the output's tail is printed %d times, want once:\n%s", n, stderr)
+	}
+}
+
 func TestConnect_JSONWaitTerminated(t *testing.T) {
 	var got api.ConnectRequest
 	dead := api.ConnectResponse{BackendID: "bk_1", Spawned: true, State: berth.StateTerminated, Reason: berth.ReasonStartupTimeout}
