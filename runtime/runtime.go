@@ -89,6 +89,9 @@ type Exit struct {
 type Runtime interface {
 	// Name is the runtime's name as it appears in records ("process", "docker").
 	Name() string
+	// Caps says which spawns it can run (see Caps.Accepts): Berth asks
+	// before it records a spawn, and Start may assume they hold.
+	Caps() Caps
 	// Start launches the backend and returns as soon as it is running (not
 	// necessarily ready). On error nothing is left running.
 	Start(ctx context.Context, spec Spec) (*Handle, error)
