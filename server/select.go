@@ -38,8 +38,10 @@ func chooseRuntime(sc *berth.SpawnConfig, local map[string]runtime.Caps, elsewhe
 		}
 		return sc.Runtime, nil
 	}
-	var refusal *berth.FieldError // the first refusal of a runtime that runs sc's kind
-	for _, pass := range []bool{true, false} { // this node's runtimes first
+	// The first refusal of a runtime that runs sc's kind; this node's
+	// runtimes come first (pass), then those only other nodes run.
+	var refusal *berth.FieldError
+	for _, pass := range []bool{true, false} {
 		for _, name := range berth.RuntimeNames {
 			c, ok := local[name]
 			if !pass {
