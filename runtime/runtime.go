@@ -46,7 +46,8 @@ type Spec struct {
 	// A runtime whose backends share no directory with Berth (kubernetes)
 	// maps mode volume to a volume of its own per Key instead (a
 	// PersistentVolumeClaim), mounted where BERTH_STATE_DIR then points,
-	// and refuses mode dir.
+	// keeps mode dir in a directory of the instance's own synced through
+	// the backend API (StateDir then unset), and refuses a StateDir.
 	StateDir string
 	// VolumeLock, when set, makes StateDir the key's volume (mode volume),
 	// which one instance at a time may have: the instance holds the lock
