@@ -97,7 +97,7 @@ func (m *Manager) StartPools(ctx context.Context, defs []berth.Pool) error {
 		if err := d.Validate(); err != nil {
 			return fmt.Errorf("pools: pool %q: %w", d.Name, err)
 		}
-		if _, _, err := m.runtimeFor(&d.Spawn); err != nil {
+		if _, _, err := m.runtimeFor(forPool(&d.Spawn)); err != nil {
 			return fmt.Errorf("pools: pool %q: %w", d.Name, err)
 		}
 		if err := sp.PutPool(ctx, &d); err != nil {
@@ -252,7 +252,7 @@ func (ps *pools) fill() {
 	caps := ps.m.runtimeCaps()
 	ps.mu.Lock()
 	for _, p := range ps.byName {
-		if _, err := chooseRuntime(&p.def.Spawn, caps, nil); err != nil {
+		if _, err := chooseRuntime(forPool(&p.def.Spawn), caps, nil); err != nil {
 			// A replica without the template's runtime keeps none of
 			// the pool warm: its connects spawn cold, placed on a node
 			// that runs it.
@@ -286,6 +286,15 @@ func (ps *pools) fill() {
 	}
 }
 
+// forPool is a pool's template as its runtime is chosen: freezing asked
+// of a runtime that cannot is no reason to refuse a pool (its claimed
+// backends then stop when idle: docs/DESIGN.md, "Frozen backends").
+func forPool(sc *berth.SpawnConfig) *berth.SpawnConfig {
+	c := *sc
+	c.IdleAction = ""
+	return &c
+}
+
 // failed delays a pool's next start, doubling up to 30 s per failure in a
 // row.
 func (ps *pools) failed(p *pool) {
@@ -307,7 +316,7 @@ func (ps *pools) startOne(p *pool) error {
 	}
 	// Pools are per node: this node keeps its own warm, so it needs the
 	// runtime itself (PutPool made sure some node runs it).
-	name, err := chooseRuntime(&def.Spawn, m.runtimeCaps(), nil)
+	name, err := chooseRuntime(forPool(&def.Spawn), m.runtimeCaps(), nil)
 	if err != nil {
 		return err
 	}
@@ -624,7 +633,7 @@ func (m *Manager) PutPool(ctx context.Context, def *berth.Pool) (*api.Pool, erro
 	}
 	// As a connect would choose: a template no node can run is refused
 	// now rather than failing every start.
-	if _, _, err := m.runtimeFor(&def.Spawn); err != nil {
+	if _, _, err := m.runtimeFor(forPool(&def.Spawn)); err != nil {
 		return nil, err
 	}
 	if err := ps.store.PutPool(ctx, def); err != nil {

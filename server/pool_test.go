@@ -167,4 +167,14 @@ func TestManager_PoolRuntimeRefused(t *testing.T) {
 			}
 		})
 	}
+	// Freezing on a runtime that cannot is not refused for a pool: its
+	// claimed backends stop when idle instead (DESIGN.md, "Frozen backends").
+	m = newProcessManager(t, nil)
+	m.cfg.Runtimes["process"] = noFreezer{m.cfg.Runtimes["process"]} // before the pools' keeper reads it
+	if err := m.StartPools(t.Context(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.PutPool(t.Context(), &berth.Pool{Name: "fz", Spawn: berth.SpawnConfig{Command: []string{"x"}, IdleAction: berth.IdleFreeze}}); err != nil {
+		t.Errorf("PutPool of a template asking a runtime that cannot freeze to freeze: %v; want it accepted", err)
+	}
 }
