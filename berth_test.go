@@ -120,6 +120,9 @@ func TestSpawnConfig_Validate(t *testing.T) {
 		{"bad signal", SpawnConfig{Command: []string{"x"}, StopSignal: "SIGFOO"}, "spawn.stop_signal"},
 		{"bad mode", SpawnConfig{Command: []string{"x"}, State: StateConfig{Mode: "tape"}}, "spawn.state.mode"},
 		{"bad pull", SpawnConfig{Image: "a", PullPolicy: "sometimes"}, "spawn.pull_policy"},
+		{"named runtime", SpawnConfig{Image: "a", Runtime: "kubernetes"}, ""},
+		{"unknown runtime", SpawnConfig{Image: "a", Runtime: "podman"}, "spawn.runtime"},
+		{"runtime in capitals", SpawnConfig{Command: []string{"x"}, Runtime: "Process"}, "spawn.runtime"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

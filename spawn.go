@@ -2,6 +2,7 @@ package berth
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 )
@@ -25,7 +26,18 @@ type SpawnConfig struct {
 	// default) or "freeze" (see freeze.go).
 	IdleAction       IdleAction `json:"idle_action,omitempty"`
 	MaxFrozenSeconds int        `json:"max_frozen_seconds,omitempty"`
+	// Runtime names the runtime that must run the backend (one of
+	// RuntimeNames); empty lets Berth choose by what the spawn needs
+	// (docs/DESIGN.md, "Choosing a runtime").
+	Runtime string `json:"runtime,omitempty"`
 }
+
+// RuntimeNames are the runtimes a spawn may name, in the order Berth tries
+// them for a spawn that names none: the first one this server (or, with
+// replicas, some node) runs that can run the spawn is chosen. Docker comes
+// before kubernetes so that a host with both keeps images local, and
+// neither runs a command without an image, which only process does.
+var RuntimeNames = []string{"docker", "kubernetes", "process"}
 
 // Resources are per-backend limits. Zero means the runtime's default.
 type Resources struct {
@@ -202,6 +214,9 @@ func (c *SpawnConfig) Validate(prefix string) error {
 	}
 	if err := c.IdleAction.validate(f("idle_action")); err != nil {
 		return err
+	}
+	if c.Runtime != "" && !slices.Contains(RuntimeNames, c.Runtime) {
+		return fieldErr(f("runtime"), "%q is not a runtime; use process, docker or kubernetes (or leave it out to let Berth choose)", c.Runtime)
 	}
 	switch c.PullPolicy {
 	case "", "if_not_present", "always", "never":

@@ -60,6 +60,10 @@ func TestBadInput(t *testing.T) {
 			{"duplicate key", `{"key":"a","key":"b","spawn":{"command":` + cmd + `}}`, 400, "key"},
 			{"duplicate env var", spawn(`"env":{"A":"1","A":"2"}`), 400, "spawn.env.A"},
 			{"duplicate spawn field", spawn(`"max_idle_seconds":5,"max_idle_seconds":6`), 400, "spawn.max_idle_seconds"},
+			{"unknown runtime", spawn(`"runtime":"podman"`), 400, "spawn.runtime"},
+			{"runtime this server does not run", spawn(`"runtime":"docker"`), 400, "spawn.runtime"},
+			{"runtime that cannot run the spawn", `{"key":"k","spawn":{"image":"app:1","runtime":"process"}}`, 400, "spawn.runtime"},
+			{"image and no container runtime", `{"key":"k","spawn":{"image":"app:1"}}`, 400, "spawn.image"},
 			// Valid keys up to the limit pass validation: not held and no
 			// spawn config is 404, proving the key itself was accepted.
 			{"key of 128 chars, not held", `{"key":"` + strings.Repeat("k", 128) + `"}`, 404, ""},
@@ -88,6 +92,8 @@ func TestBadInput(t *testing.T) {
 			{"memory_mb no int holds", spawn(`"resources":{"memory_mb":1e20}`), "spawn.resources.memory_mb", "between 0 and 1048576"},
 			{"duplicate key", `{"key":"a","key":"b"}`, "key", "more than once"},
 			{"null env value", spawn(`"env":{"A":null}`), "spawn.env.A", "not null"},
+			{"runtime this server does not run", spawn(`"runtime":"kubernetes"`), "spawn.runtime", "this server runs process"},
+			{"runtime that cannot run the spawn", `{"key":"k","spawn":{"image":"app:1","runtime":"process"}}`, "spawn.runtime", "runs commands, not images"},
 		} {
 			t.Run("message/"+tt.name, func(t *testing.T) {
 				resp, body := s.do(t, http.MethodPost, "/v1/connect", tt.body)

@@ -269,3 +269,39 @@ func TestKubernetes_stateDir(t *testing.T) {
 		t.Errorf("the key's saved state starts %x after the stale save; want the first Pod's archive (gzip)", got[:min(len(got), 4)])
 	}
 }
+
+// TestKubernetes_runtimeChoice: on a server that runs only kubernetes, a
+// spawn naming it runs as a Pod; what kubernetes cannot do is refused
+// before anything is recorded: freezing (400 on spawn.idle_action), a
+// command alone (spawn.command) and the process runtime by name
+// (spawn.runtime, saying what the server runs).
+func TestKubernetes_runtimeChoice(t *testing.T) {
+	t.Parallel()
+	o, _, _ := kubeOpts(t, t.TempDir())
+	s := start(t, o)
+	sc := kubeSpawn()
+	sc.Runtime = kubernetes.Name
+	c := s.spawnReady(t, "named", sc)
+	if b := s.backend(t, c.BackendID); b.Runtime != kubernetes.Name {
+		t.Fatalf("runtime %q, want kubernetes", b.Runtime)
+	}
+	for _, tt := range []struct {
+		name         string
+		spawn        *berth.SpawnConfig
+		field, words string
+	}{
+		{"freeze", &berth.SpawnConfig{Image: kubeImage, IdleAction: berth.IdleFreeze}, "spawn.idle_action", "the kubernetes runtime cannot freeze"},
+		{"command alone", &berth.SpawnConfig{Command: []string{bin.testbackend}}, "spawn.command", "this server runs kubernetes"},
+		{"process named", &berth.SpawnConfig{Command: []string{bin.testbackend}, Runtime: "process"}, "spawn.runtime", "this server runs kubernetes"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := s.do(t, http.MethodPost, "/v1/connect", connectJSON(t, api.ConnectRequest{Key: "refused", Spawn: tt.spawn}))
+			if resp.StatusCode != http.StatusBadRequest {
+				t.Fatalf("status %d, want 400; body %s", resp.StatusCode, body)
+			}
+			if e := apiError(t, body); e.Field != tt.field || !strings.Contains(e.Message, tt.words) {
+				t.Errorf("error %+v; want one on %s saying %q", e, tt.field, tt.words)
+			}
+		})
+	}
+}

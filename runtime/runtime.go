@@ -46,7 +46,8 @@ type Spec struct {
 	// A runtime whose backends share no directory with Berth (kubernetes)
 	// maps mode volume to a volume of its own per Key instead (a
 	// PersistentVolumeClaim), mounted where BERTH_STATE_DIR then points,
-	// and refuses mode dir.
+	// keeps mode dir in a directory of the instance's own synced through
+	// the backend API (StateDir then unset), and refuses a StateDir.
 	StateDir string
 	// VolumeLock, when set, makes StateDir the key's volume (mode volume),
 	// which one instance at a time may have: the instance holds the lock
@@ -89,6 +90,9 @@ type Exit struct {
 type Runtime interface {
 	// Name is the runtime's name as it appears in records ("process", "docker").
 	Name() string
+	// Caps says which spawns it can run (see Caps.Accepts): Berth asks
+	// before it records a spawn, and Start may assume they hold.
+	Caps() Caps
 	// Start launches the backend and returns as soon as it is running (not
 	// necessarily ready). On error nothing is left running.
 	Start(ctx context.Context, spec Spec) (*Handle, error)

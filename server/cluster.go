@@ -335,10 +335,11 @@ func (m *Manager) SetDrained(ctx context.Context, id string, drained bool) error
 }
 
 // place chooses the node for a new backend that needs runtime: this one
-// while it can take it, else the less loaded of two live nodes drawn at
-// random among those that can (the "power of two choices": close to the
-// least loaded, without every replica herding onto the same one).
-func (m *Manager) place(runtime string) (string, error) {
+// while it can take it (and runs it: here says so), else the less loaded
+// of two live nodes drawn at random among those that can (the "power of
+// two choices": close to the least loaded, without every replica herding
+// onto the same one).
+func (m *Manager) place(runtime string, here bool) (string, error) {
 	cl := m.cluster
 	live := m.LiveCount() // m.mu before cl.mu, never the other way
 	cl.mu.Lock()
@@ -354,7 +355,7 @@ func (m *Manager) place(runtime string) (string, error) {
 		s.Live = live // this node knows its own count better than its last read
 		self = &s
 	}
-	if !cl.cutOff.Load() && (fits(self) || self == nil) {
+	if here && !cl.cutOff.Load() && (fits(self) || self == nil) {
 		m.cfg.Metrics.placed("local")
 		return m.cfg.Node, nil
 	}
@@ -378,6 +379,27 @@ func (m *Manager) place(runtime string) (string, error) {
 }
 
 var errNoNode = errors.New("no node available")
+
+// runtimes names the runtimes that live nodes other than self run, as
+// they registered them: a spawn that this node cannot run may be placed
+// on one of them. A drained or full node still counts (it may take the
+// spawn later; place says why it cannot now), a dead one does not.
+func (cl *cluster) runtimes(self string) []string {
+	cl.mu.Lock()
+	defer cl.mu.Unlock()
+	var names []string
+	for _, n := range cl.nodes {
+		if n.ID == self || time.Duration(monoNow()-cl.beats[n.ID].seen) >= cl.timing.TTL {
+			continue
+		}
+		for _, r := range n.Runtimes {
+			if !slices.Contains(names, r) {
+				names = append(names, r)
+			}
+		}
+	}
+	return names
+}
 
 // follow reads the store's feed: it wakes waiters and event streams for
 // every backend, picks up backends placed here, and stops the ones whose

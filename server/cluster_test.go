@@ -3,6 +3,7 @@ package server
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -70,7 +71,7 @@ func TestManager_place(t *testing.T) {
 				for i := range tt.here {
 					m.live[fmt.Sprint("bk_", i)] = &instance{}
 				}
-				got, err := m.place(tt.runtime)
+				got, err := m.place(tt.runtime, runsHere(tt.nodes, tt.self, tt.runtime))
 				if len(tt.want) == 0 {
 					if !errors.Is(err, errNoNode) {
 						t.Fatalf("place = %q, %v; want errNoNode", got, err)
@@ -95,7 +96,7 @@ func TestManager_placePowerOfTwo(t *testing.T) {
 	for range n {
 		m := placer("a", []*store.Node{{ID: "a", Runtimes: proc, Drained: true},
 			{ID: "idle", Runtimes: proc, Live: 0}, {ID: "busy", Runtimes: proc, Live: 50}})
-		got, err := m.place("process")
+		got, err := m.place("process", true)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -106,4 +107,15 @@ func TestManager_placePowerOfTwo(t *testing.T) {
 	if busy == 0 || busy > n/2 {
 		t.Errorf("the busier node was chosen %d times of %d, want about a quarter", busy, n)
 	}
+}
+
+// runsHere says whether node self, among nodes, runs runtime (what the
+// Manager knows from its own runtimes).
+func runsHere(nodes []*store.Node, self, runtime string) bool {
+	for _, n := range nodes {
+		if n.ID == self {
+			return slices.Contains(n.Runtimes, runtime)
+		}
+	}
+	return false
 }

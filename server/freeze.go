@@ -111,19 +111,6 @@ type frozenEnd struct {
 	exit   *runtime.Exit
 }
 
-// checkFreeze refuses a spawn that asks for freeze on a runtime that
-// cannot freeze: silently stopping instead would lose the memory the
-// caller asked Berth to keep.
-func checkFreeze(rt runtime.Runtime, sc *berth.SpawnConfig) error {
-	if !sc.Freezes() {
-		return nil
-	}
-	if _, ok := rt.(runtime.Freezer); !ok {
-		return &berth.FieldError{Field: "spawn.idle_action", Message: fmt.Sprintf("the %s runtime cannot freeze backends; use stop", rt.Name())}
-	}
-	return nil
-}
-
 // freezeIdle freezes an idle backend and holds it frozen until a thaw is
 // asked for, a stop is requested, max_frozen_seconds pass, its lifetime
 // ends, or it exits. It runs in the backend's lifecycle goroutine, which

@@ -396,16 +396,13 @@ func (m *Manager) spawn(ctx context.Context, req *api.ConnectRequest) (h held, c
 	if h, ok, err := m.claim(ctx, req); ok || err != nil {
 		return h, ok, err // a warm pool's backend (pool.go)
 	}
-	rt, err := m.runtimeFor(req.Spawn)
+	rtName, rt, err := m.runtimeFor(req.Spawn)
 	if err != nil {
-		return held{}, false, err
-	}
-	if err := checkFreeze(rt, req.Spawn); err != nil {
 		return held{}, false, err
 	}
 	node := m.cfg.Node
 	if m.cluster != nil {
-		if node, err = m.place(rt.Name()); err != nil {
+		if node, err = m.place(rtName, rt != nil); err != nil {
 			return held{}, false, err
 		}
 	}
@@ -415,7 +412,7 @@ func (m *Manager) spawn(ctx context.Context, req *api.ConnectRequest) (h held, c
 		Key:       req.Key,
 		User:      req.User,
 		State:     berth.StateScheduled,
-		Runtime:   rt.Name(),
+		Runtime:   rtName,
 		Spawn:     *req.Spawn,
 		Secret:    newSecret(),
 		Node:      node,
@@ -475,22 +472,6 @@ func (m *Manager) remoteHolder(ctx context.Context, key string) (held, error) {
 		return held{}, err
 	}
 	return held{}, fmt.Errorf("key %q is not held by a live backend and the request has no spawn config: %w", key, berth.ErrNotFound)
-}
-
-func (m *Manager) runtimeFor(sc *berth.SpawnConfig) (runtime.Runtime, error) {
-	if sc.Image != "" {
-		if rt := m.cfg.Runtimes["docker"]; rt != nil {
-			return rt, nil
-		}
-		if rt := m.cfg.Runtimes["kubernetes"]; rt != nil {
-			return rt, nil
-		}
-		return nil, &berth.FieldError{Field: "spawn.image", Message: "no container runtime is available on this server (is Docker running?); give spawn.command to run a local process instead"}
-	}
-	if rt := m.cfg.Runtimes["process"]; rt != nil {
-		return rt, nil
-	}
-	return nil, &berth.FieldError{Field: "spawn.command", Message: "this server has no process runtime; give spawn.image"}
 }
 
 // Backend returns a backend's record, with live activity folded in.

@@ -97,6 +97,9 @@ func (m *Manager) StartPools(ctx context.Context, defs []berth.Pool) error {
 		if err := d.Validate(); err != nil {
 			return fmt.Errorf("pools: pool %q: %w", d.Name, err)
 		}
+		if _, _, err := m.runtimeFor(forPool(&d.Spawn)); err != nil {
+			return fmt.Errorf("pools: pool %q: %w", d.Name, err)
+		}
 		if err := sp.PutPool(ctx, &d); err != nil {
 			return fmt.Errorf("pools: %w", err)
 		}
@@ -246,8 +249,15 @@ func (ps *pools) fill() {
 		stop   []*instance
 	)
 	now := time.Now()
+	caps := ps.m.runtimeCaps()
 	ps.mu.Lock()
 	for _, p := range ps.byName {
+		if _, err := chooseRuntime(forPool(&p.def.Spawn), caps, nil); err != nil {
+			// A replica without the template's runtime keeps none of
+			// the pool warm: its connects spawn cold, placed on a node
+			// that runs it.
+			continue
+		}
 		target := p.def.MinReadyAt(now)
 		if extra := len(p.ready) - target; extra > 0 {
 			// A lower min_ready (or the end of a schedule's window): the
@@ -276,6 +286,15 @@ func (ps *pools) fill() {
 	}
 }
 
+// forPool is a pool's template as its runtime is chosen: freezing asked
+// of a runtime that cannot is no reason to refuse a pool (its claimed
+// backends then stop when idle: docs/DESIGN.md, "Frozen backends").
+func forPool(sc *berth.SpawnConfig) *berth.SpawnConfig {
+	c := *sc
+	c.IdleAction = ""
+	return &c
+}
+
 // failed delays a pool's next start, doubling up to 30 s per failure in a
 // row.
 func (ps *pools) failed(p *pool) {
@@ -295,10 +314,13 @@ func (ps *pools) startOne(p *pool) error {
 	if !current {
 		return nil // deleted or replaced meanwhile
 	}
-	rt, err := m.runtimeFor(&def.Spawn)
+	// Pools are per node: this node keeps its own warm, so it needs the
+	// runtime itself (PutPool made sure some node runs it).
+	name, err := chooseRuntime(forPool(&def.Spawn), m.runtimeCaps(), nil)
 	if err != nil {
 		return err
 	}
+	rt := m.cfg.Runtimes[name]
 	b := &berth.Backend{
 		ID:        newID(),
 		User:      "",
@@ -640,6 +662,11 @@ func (m *Manager) PutPool(ctx context.Context, def *berth.Pool) (*api.Pool, erro
 		return nil, &HTTPError{Status: http.StatusServiceUnavailable, Code: api.CodeUnavailable, Message: "this server keeps no pools (its store has none, or it is still starting)"}
 	}
 	if err := def.Validate(); err != nil {
+		return nil, err
+	}
+	// As a connect would choose: a template no node can run is refused
+	// now rather than failing every start.
+	if _, _, err := m.runtimeFor(forPool(&def.Spawn)); err != nil {
 		return nil, err
 	}
 	if err := ps.store.PutPool(ctx, def); err != nil {

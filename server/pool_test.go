@@ -258,3 +258,47 @@ func TestManager_PoolClaimKeyHeldElsewhere(t *testing.T) {
 		t.Errorf("the backend took a claim the store refused:\n%s", data)
 	}
 }
+
+// A pool's template is chosen a runtime as a connect's spawn is: one this
+// server cannot run is refused when put, naming the field, and is never
+// stored; at start (--pools) it fails the start.
+func TestManager_PoolRuntimeRefused(t *testing.T) {
+	m := newProcessManager(t, nil)
+	if err := m.StartPools(t.Context(), []berth.Pool{{Name: "img", Spawn: berth.SpawnConfig{Image: "app:1"}, MinReady: 1}}); err == nil {
+		t.Fatal("StartPools with a template no runtime here runs: no error")
+	} else if !strings.Contains(err.Error(), `pool "img"`) {
+		t.Errorf("StartPools: %v; want it to name the pool", err)
+	}
+	if err := m.StartPools(t.Context(), nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name  string
+		spawn berth.SpawnConfig
+		field string
+	}{
+		{"image without a container runtime", berth.SpawnConfig{Image: "app:1"}, "spawn.image"},
+		{"named runtime not run here", berth.SpawnConfig{Command: []string{"x"}, Runtime: "docker"}, "spawn.runtime"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := m.PutPool(t.Context(), &berth.Pool{Name: "p", Spawn: tt.spawn, MinReady: 1})
+			var fe *berth.FieldError
+			if !errors.As(err, &fe) || fe.Field != tt.field {
+				t.Fatalf("PutPool: %v; want a FieldError on %s", err, tt.field)
+			}
+			if _, err := m.Pool(t.Context(), "p"); !errors.Is(err, berth.ErrNotFound) {
+				t.Errorf("the refused pool: %v; want not found", err)
+			}
+		})
+	}
+	// Freezing on a runtime that cannot is not refused for a pool: its
+	// claimed backends stop when idle instead (DESIGN.md, "Frozen backends").
+	m = newProcessManager(t, nil)
+	m.cfg.Runtimes["process"] = noFreezer{m.cfg.Runtimes["process"]} // before the pools' keeper reads it
+	if err := m.StartPools(t.Context(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.PutPool(t.Context(), &berth.Pool{Name: "fz", Spawn: berth.SpawnConfig{Command: []string{"x"}, IdleAction: berth.IdleFreeze}}); err != nil {
+		t.Errorf("PutPool of a template asking a runtime that cannot freeze to freeze: %v; want it accepted", err)
+	}
+}

@@ -36,6 +36,10 @@ var (
 )
 
 func (r *listedRuntime) Name() string { return "process" }
+func (r *listedRuntime) Caps() runtime.Caps {
+	c, _ := runtime.Known("process")
+	return c
+}
 func (r *listedRuntime) Start(context.Context, runtime.Spec) (*runtime.Handle, error) {
 	return nil, errors.New("listedRuntime: no starts")
 }

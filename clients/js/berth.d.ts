@@ -26,6 +26,8 @@ export interface SpawnConfig {
   idle_action?: 'stop' | 'freeze';
   /** How long a frozen backend is kept before it is stopped (0: 3600). */
   max_frozen_seconds?: number;
+  /** The runtime that must run it; without it Berth chooses (an image: docker, else kubernetes; a command alone: process). */
+  runtime?: 'process' | 'docker' | 'kubernetes';
 }
 
 export interface ConnectRequest {

@@ -80,8 +80,9 @@ var flagValues = map[string][]string{
 	"output":     {"text", "json"},
 	"state":      {"scheduled", "starting", "ready", "terminating", "terminated"},
 	"state-mode": {"none", "blob", "dir", "volume"},
-	"runtime":    {"auto", "process", "docker"},
-	"log-level":  {"debug", "info", "warn", "error"},
+	// serve's --runtime and connect's share the name; auto is serve's only.
+	"runtime":   {"auto", "process", "docker", "kubernetes"},
+	"log-level": {"debug", "info", "warn", "error"},
 }
 
 // fileFlags take a file or directory.

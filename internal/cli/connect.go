@@ -39,6 +39,7 @@ func runConnect(ctx context.Context, args []string, stdio Stdio) error {
 	fs.Var(&grace, "grace", "how long a stop waits after the stop signal before killing, as a `duration` (default 10s)")
 	fs.Var(&startup, "startup-timeout", "how long the backend may take to accept HTTP on $PORT, as a `duration` (default 60s)")
 	stateMode := fs.String("state-mode", "", "how state is kept between sessions: none, blob, dir or volume (`mode`)")
+	rtName := fs.String("runtime", "", "the `runtime` that must run it: process, docker or kubernetes (default: chosen by the server: an image on docker, else kubernetes; a command alone as a process)")
 	user := fs.String("user", "", "the `user` the returned URL is for")
 	pool := fs.String("pool", "", "claim a ready backend of this warm `pool` (berth pool ls) when the key has none")
 	noKey := fs.Bool("no-key", false, "spawn a new backend that holds no key (same as KEY -)")
@@ -75,6 +76,9 @@ func runConnect(ctx context.Context, args []string, stdio Stdio) error {
 	default:
 		return usagef("--state-mode %q: use none, blob, dir or volume", *stateMode)
 	}
+	if *rtName != "" && !slices.Contains(berth.RuntimeNames, *rtName) {
+		return usagef("--runtime %q: use process, docker or kubernetes, or leave it out to let the server choose", *rtName)
+	}
 
 	req := api.ConnectRequest{Key: key, User: *user, Wait: *wait && *asJSON, Pool: *pool}
 	if *image != "" || len(command) > 0 {
@@ -87,8 +91,9 @@ func runConnect(ctx context.Context, args []string, stdio Stdio) error {
 			GraceSeconds:          grace.ptr(),
 			StartupTimeoutSeconds: startup.n,
 			State:                 berth.StateConfig{Mode: berth.StateMode(*stateMode)},
+			Runtime:               *rtName,
 		}
-	} else if name := firstSet(fs.FlagSet, "env", "max-idle", "lifetime", "grace", "startup-timeout", "state-mode"); name != "" {
+	} else if name := firstSet(fs.FlagSet, "env", "max-idle", "lifetime", "grace", "startup-timeout", "state-mode", "runtime"); name != "" {
 		return usagef("--%s only applies to a new backend: give its command after -- or --image: %s", name, connectUsage)
 	} else if key == "" && *pool == "" {
 		return usagef("a backend without a key is always new: give its command after -- or --image: %s", connectUsage)

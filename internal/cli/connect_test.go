@@ -66,6 +66,11 @@ func TestConnect_Request(t *testing.T) {
 			want: api.ConnectRequest{Key: "doc-42", Spawn: &berth.SpawnConfig{Image: "myapp:1"}},
 		},
 		{
+			name: "runtime",
+			args: []string{"--image", "myapp:1", "--runtime", "kubernetes", "doc-42"},
+			want: api.ConnectRequest{Key: "doc-42", Spawn: &berth.SpawnConfig{Image: "myapp:1", Runtime: "kubernetes"}},
+		},
+		{
 			name: "existing only",
 			args: []string{"doc-42"},
 			want: api.ConnectRequest{Key: "doc-42"},
@@ -237,6 +242,8 @@ func TestConnect_Usage(t *testing.T) {
 		{[]string{"--grace", "1.5s", "doc", "--", "x"}, "whole seconds"},
 		{[]string{"--lifetime", "-1", "doc", "--", "x"}, "must not be negative"},
 		{[]string{"--state-mode", "disk", "doc", "--", "x"}, `--state-mode "disk"`},
+		{[]string{"--runtime", "podman", "doc", "--", "x"}, `--runtime "podman": use process, docker or kubernetes`},
+		{[]string{"--runtime", "docker", "doc"}, "--runtime only applies to a new backend"},
 	}
 	for _, tt := range tests {
 		code, _, stderr := runCLI(t, append([]string{"connect", "--api", "http://127.0.0.1:1"}, tt.args...)...)

@@ -74,6 +74,7 @@ import (
 	"github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/client"
 
+	"github.com/berthhq/berth"
 	"github.com/berthhq/berth/runtime"
 )
 
@@ -342,6 +343,14 @@ func (r *Runtime) renewNetwork(ctx context.Context) bool {
 
 // Name returns "docker".
 func (r *Runtime) Name() string { return Name }
+
+// Caps implements runtime.Runtime: images (a command replaces the
+// entrypoint), freezing, and every state mode (dir and volume are bind
+// mounts of Berth's host).
+func (r *Runtime) Caps() runtime.Caps {
+	return runtime.Caps{Images: true, Freeze: true,
+		StateModes: []berth.StateMode{berth.StateModeBlob, berth.StateModeDir, berth.StateModeVolume}}
+}
 
 // StartSettle implements runtime.LateStarter: the engine finishes a create
 // it received even when the Berth that asked is gone; within seconds, unless

@@ -87,6 +87,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/berthhq/berth"
 	"github.com/berthhq/berth/runtime"
 )
 
@@ -331,6 +332,17 @@ func (r *Runtime) Close() error {
 
 // Name returns "kubernetes".
 func (r *Runtime) Name() string { return Name }
+
+// Caps implements runtime.Runtime: images, no freezing (a Pod has no pause
+// in the Kubernetes API), and state modes blob, volume (a claim per key)
+// and, with a StateImage to sync it, dir.
+func (r *Runtime) Caps() runtime.Caps {
+	modes := []berth.StateMode{berth.StateModeBlob, berth.StateModeVolume}
+	if r.cfg.StateImage != "" {
+		modes = append(modes, berth.StateModeDir)
+	}
+	return runtime.Caps{Images: true, StateModes: modes}
+}
 
 // StartSettle implements runtime.LateStarter: the API server persists a
 // create it accepted even if the Berth that sent it died; the informer of

@@ -214,6 +214,13 @@ func New(cfg Config) (*Runtime, error) {
 // Name returns "process".
 func (r *Runtime) Name() string { return Name }
 
+// Caps implements runtime.Runtime: commands, never images (a spawn with an
+// image goes to a container runtime), freezing, and every state mode.
+func (r *Runtime) Caps() runtime.Caps {
+	return runtime.Caps{Commands: true, Freeze: true,
+		StateModes: []berth.StateMode{berth.StateModeBlob, berth.StateModeDir, berth.StateModeVolume}}
+}
+
 // StartSettle implements runtime.LateStarter. A child that a Berth killed
 // meanwhile had forked but that had not yet reached its chdir to work/
 // carries nothing of its backend (see find.go); on a loaded machine it may

@@ -82,6 +82,7 @@ func Run(t *testing.T, h Harness) {
 		{"GroupKill", s.testGroupKill},
 		{"Cleanup", s.testCleanup},
 		{"List", s.testList},
+		{"Caps", s.testCaps},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -465,5 +466,32 @@ func (l *logBuffer) waitFor(t *testing.T, s string) {
 			t.Fatalf("logs lack %q after %s:\n%s", s, patience, l)
 		}
 		time.Sleep(d)
+	}
+}
+
+// testCaps checks what the runtime says it runs: within what its name
+// stands for to a replica that does not run it (runtime.Known), freezing
+// exactly when it is a Freezer, and the suite's own spawn among it.
+func (s *suite) testCaps(t *testing.T) {
+	rt := s.h.New(t)
+	c := rt.Caps()
+	k, ok := runtime.Known(rt.Name())
+	if !ok {
+		t.Fatalf("runtime.Known(%q) knows no such runtime: add it (and to berth.RuntimeNames)", rt.Name())
+	}
+	if c.Commands && !k.Commands || c.Images && !k.Images || c.Freeze && !k.Freeze {
+		t.Errorf("Caps() = %+v claims more than runtime.Known(%q) = %+v", c, rt.Name(), k)
+	}
+	for _, m := range c.StateModes {
+		if !slices.Contains(k.StateModes, m) {
+			t.Errorf("Caps() keeps state mode %s, which runtime.Known(%q) does not", m, rt.Name())
+		}
+	}
+	if _, freezer := rt.(runtime.Freezer); c.Freeze != freezer {
+		t.Errorf("Caps().Freeze = %v, but the runtime is a Freezer: %v", c.Freeze, freezer)
+	}
+	spec := s.h.Spec(t, "bk_rttcaps", nil)
+	if err := c.Accepts(&spec.Spawn); err != nil {
+		t.Errorf("Caps().Accepts(the suite's spawn): %v", err)
 	}
 }

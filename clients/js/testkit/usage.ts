@@ -9,7 +9,7 @@ export async function appServer(): Promise<string> {
   const berth = new BerthClient({ url: 'http://127.0.0.1:7070', apiKey: 'k' });
   const c = await berth.connect({
     key: 'doc-42',
-    spawn: { command: ['./server'], env: { A: '1' }, state: { mode: 'blob' }, resources: { memory_mb: 256 } },
+    spawn: { command: ['./server'], runtime: 'process', env: { A: '1' }, state: { mode: 'blob' }, resources: { memory_mb: 256 } },
     user: 'alice',
     wait: true,
   });
