@@ -95,7 +95,7 @@ type h1Fixture struct {
 // startH1Edge serves a real proxy (routing by path, and by host under
 // edge.test) through an edge with cfg and TLS, in front of a backend that
 // echoes what it got; WebSockets echo a message.
-func startH1Edge(t *testing.T, cfg Config) *h1Fixture {
+func startH1Edge(t testing.TB, cfg Config) *h1Fixture {
 	t.Helper()
 	hung := make(chan struct{}, 1)
 	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
