@@ -458,3 +458,49 @@ func TestServer_H1Balancers(t *testing.T) {
 		}
 	})
 }
+
+// countingConn counts the bytes read from it once counting is set.
+type countingConn struct {
+	net.Conn
+	counting atomic.Bool
+	n        atomic.Int64
+}
+
+func (c *countingConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if c.counting.Load() {
+		c.n.Add(int64(n))
+	}
+	return n, err
+}
+
+func TestServer_H1ClientCloses(t *testing.T) {
+	f := startH1Edge(t, Config{})
+	raw, err := net.Dial("tcp", f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := &countingConn{Conn: raw}
+	cfg := f.ca.clientTLS("edge.test")
+	cfg.NextProtos = []string{"http/1.1"}
+	tc := tls.Client(cc, cfg)
+	defer tc.Close()
+	tc.SetDeadline(time.Now().Add(10 * time.Second))
+	// A request first, so that the session ticket is read.
+	if res, _ := roundTrip(t, tc, bufio.NewReader(tc), "GET /"+f.tok+"/a HTTP/1.1\r\nHost: edge.test\r\n\r\n"); res.StatusCode != 200 {
+		t.Fatalf("GET: %d", res.StatusCode)
+	}
+	cc.counting.Store(true)
+	if err := tc.CloseWrite(); err != nil { // close_notify
+		t.Fatal(err)
+	}
+	if n, err := tc.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("read after close_notify: %d, %v; want the connection closed", n, err)
+	}
+	// The edge closed the connection without a close_notify of its own
+	// (a TLS record, 24 bytes here), as nginx does.
+	if n := cc.n.Load(); n != 0 {
+		t.Errorf("the edge sent %d bytes after the client's close_notify, want 0", n)
+	}
+	waitFor(t, "the connection to be released", func() bool { return testutil.ToFloat64(f.metrics.conns) == 0 })
+}
