@@ -504,3 +504,40 @@ func TestServer_H1ClientCloses(t *testing.T) {
 	}
 	waitFor(t, "the connection to be released", func() bool { return testutil.ToFloat64(f.metrics.conns) == 0 })
 }
+
+// The goroutines that handshake TLS connections serve the next one when
+// done, up to maxIdleHandshakers of them, and Shutdown ends them.
+func TestServer_Handshakers(t *testing.T) {
+	f := startH1Edge(t, Config{})
+	const open = maxIdleHandshakers + 16
+	var conns []*tls.Conn
+	for range open {
+		c, _ := f.dialTLS(t, nil)
+		conns = append(conns, c)
+	}
+	if n := f.srv.idleHandshakers.Load(); n != 0 {
+		t.Errorf("%d idle handshakers with every connection open, want 0", n)
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	waitFor(t, "the handshakers to go idle", func() bool { return f.srv.idleHandshakers.Load() == maxIdleHandshakers })
+	// An idle one serves the next connection.
+	c, br := f.dialTLS(t, nil)
+	if n := f.srv.idleHandshakers.Load(); n != maxIdleHandshakers-1 {
+		t.Errorf("%d idle handshakers while a connection is served, want %d", n, maxIdleHandshakers-1)
+	}
+	if res, _ := roundTrip(t, c, br, "GET /"+f.tok+"/a HTTP/1.1\r\nHost: edge.test\r\n\r\n"); res.StatusCode != 200 {
+		t.Errorf("GET: %d", res.StatusCode)
+	}
+	c.Close()
+	waitFor(t, "the handshaker to go idle again", func() bool { return f.srv.idleHandshakers.Load() == maxIdleHandshakers })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := f.srv.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if n := f.srv.idleHandshakers.Load(); n != 0 {
+		t.Errorf("%d idle handshakers after Shutdown, want 0", n)
+	}
+}
