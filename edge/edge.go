@@ -185,8 +185,9 @@ func (s *Server) Serve(ln net.Listener) error {
 	return s.serveTLS(ln, srv)
 }
 
-// serveTLS accepts ln's connections and finishes each one's handshake in
-// a goroutine of its own; then HTTP/1.1 goes to the H1 server, anything
+// serveTLS accepts ln's connections and finishes each one's handshake on
+// a goroutine of its own while the connection lasts (a handshaker); then
+// HTTP/1.1 goes to the H1 server, anything
 // else (HTTP/2, a connection over its address's limit, a protocol the
 // H1 server does not speak) to srv, as does any connection H1 hands
 // back.
