@@ -14,7 +14,7 @@ import (
 // the server (-cpuprofile, then pprof -focus 'edge|tls.\(\*Conn\).serverHandshake')
 // show what the edge adds to crypto/tls's own.
 func BenchmarkServer_TLSHandshake(b *testing.B) {
-	f := startH1Edge(b, Config{Limits: Limits{ConnsPerIP: 0}})
+	f := startH1Edge(b, Config{})
 	cfg := f.ca.clientTLS("edge.test")
 	cfg.CurvePreferences = []tls.CurveID{tls.X25519}
 	cfg.NextProtos = []string{"http/1.1"}
