@@ -187,10 +187,9 @@ func (s *Server) Serve(ln net.Listener) error {
 
 // serveTLS accepts ln's connections and finishes each one's handshake on
 // a goroutine of its own while the connection lasts (a handshaker); then
-// HTTP/1.1 goes to the H1 server, anything
-// else (HTTP/2, a connection over its address's limit, a protocol the
-// H1 server does not speak) to srv, as does any connection H1 hands
-// back.
+// HTTP/1.1 goes to the H1 server, anything else (HTTP/2, a connection
+// over its address's limit, a protocol the H1 server does not speak) to
+// srv, as does any connection H1 hands back.
 func (s *Server) serveTLS(ln net.Listener, srv *http.Server) error {
 	s.mu.Lock()
 	if s.closing {
@@ -260,9 +259,9 @@ const maxIdleHandshakers = 64
 
 // handshaker serves c, then waits for the next connection from work, for
 // as long as the server runs and no more than maxIdleHandshakers others
-// wait. A goroutine per connection grew its stack through crypto/tls's
-// handshake every time (copystack, about 6 % of the edge's CPU per
-// handshake, against 2 % for the wake-up of a waiting one).
+// wait. A new goroutine per connection grew its stack through
+// crypto/tls's handshake every time: newproc and copystack were 8 % of
+// the edge's CPU per handshake in a profile (BENCHMARKS.md).
 func (s *Server) handshaker(c *conn, work <-chan *conn) {
 	defer s.tlsConns.Done()
 	for {
@@ -803,7 +802,8 @@ func (c *conn) init() {
 		c.addr = c.Conn.RemoteAddr()
 		var peer netip.AddrPort
 		if ta, ok := c.addr.(*net.TCPAddr); ok {
-			peer = ta.AddrPort()
+			ap := ta.AddrPort()
+			peer = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 		} else {
 			peer, _ = netip.ParseAddrPort(c.addr.String())
 		}
