@@ -509,29 +509,42 @@ func TestServer_H1ClientCloses(t *testing.T) {
 // done, up to maxIdleHandshakers of them, and Shutdown ends them.
 func TestServer_Handshakers(t *testing.T) {
 	f := startH1Edge(t, Config{})
-	const open = maxIdleHandshakers + 16
-	var conns []*tls.Conn
-	for range open {
-		c, _ := f.dialTLS(t, nil)
-		conns = append(conns, c)
+	openAll := func(n int) []*tls.Conn {
+		var conns []*tls.Conn
+		for range n {
+			c, _ := f.dialTLS(t, nil)
+			conns = append(conns, c)
+		}
+		if idle := f.srv.idleHandshakers.Load(); idle != 0 {
+			t.Errorf("%d idle handshakers with every connection open, want 0", idle)
+		}
+		return conns
 	}
-	if n := f.srv.idleHandshakers.Load(); n != 0 {
-		t.Errorf("%d idle handshakers with every connection open, want 0", n)
-	}
-	for _, c := range conns {
+
+	// Fewer than the cap: every handshaker waits once its connection
+	// ends, and the next connection goes to one of them (a new one
+	// would leave the count where it was).
+	const few = 8
+	for _, c := range openAll(few) {
 		c.Close()
 	}
-	waitFor(t, "the handshakers to go idle", func() bool { return f.srv.idleHandshakers.Load() == maxIdleHandshakers })
-	// An idle one serves the next connection.
+	waitFor(t, "the handshakers to go idle", func() bool { return f.srv.idleHandshakers.Load() == few })
 	c, br := f.dialTLS(t, nil)
-	if n := f.srv.idleHandshakers.Load(); n != maxIdleHandshakers-1 {
-		t.Errorf("%d idle handshakers while a connection is served, want %d", n, maxIdleHandshakers-1)
+	if n := f.srv.idleHandshakers.Load(); n != few-1 {
+		t.Errorf("%d idle handshakers while a connection is served, want %d", n, few-1)
 	}
 	if res, _ := roundTrip(t, c, br, "GET /"+f.tok+"/a HTTP/1.1\r\nHost: edge.test\r\n\r\n"); res.StatusCode != 200 {
 		t.Errorf("GET: %d", res.StatusCode)
 	}
 	c.Close()
-	waitFor(t, "the handshaker to go idle again", func() bool { return f.srv.idleHandshakers.Load() == maxIdleHandshakers })
+	waitFor(t, "the handshaker to go idle again", func() bool { return f.srv.idleHandshakers.Load() == few })
+
+	// More than the cap: the others exit.
+	for _, c := range openAll(maxIdleHandshakers + 16) {
+		c.Close()
+	}
+	waitFor(t, "the handshakers to go idle", func() bool { return f.srv.idleHandshakers.Load() == maxIdleHandshakers })
+
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := f.srv.Shutdown(ctx); err != nil {
