@@ -209,6 +209,9 @@ func runHTTPS(ctx context.Context, e *env, r *runCtx) (*result, error) {
 				k = len(targets) - 1 - j
 			}
 			t := targets[k]
+			if i == 0 && k == 0 {
+				r.cpuProfileOf(e, srv, "https-handshakes", block-time.Second/2)
+			}
 			m := meterCPU(t.pids...)
 			n, err := handshakes(ctx, t.addr, 16, block)
 			used, _ := m.stop()

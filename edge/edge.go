@@ -141,10 +141,12 @@ type Server struct {
 	srvs     []*http.Server
 	lns      []net.Listener // Serve's own accept loops' (with H1)
 	closing  bool
-	tlsConns sync.WaitGroup     // serveTLS's goroutines, one per connection
+	tlsConns sync.WaitGroup     // serveTLS's handshakers
 	fast     map[*conn]struct{} // the H1 server's, for sweep
-	stop     chan struct{}      // stops sweep
+	stop     chan struct{}      // stops sweep and the idle handshakers
 	epoch    time.Time
+
+	idleHandshakers atomic.Int32 // serveTLS's, waiting for a connection
 }
 
 // New returns a Server for cfg.
@@ -183,11 +185,11 @@ func (s *Server) Serve(ln net.Listener) error {
 	return s.serveTLS(ln, srv)
 }
 
-// serveTLS accepts ln's connections and finishes each one's handshake in
-// a goroutine of its own; then HTTP/1.1 goes to the H1 server, anything
-// else (HTTP/2, a connection over its address's limit, a protocol the
-// H1 server does not speak) to srv, as does any connection H1 hands
-// back.
+// serveTLS accepts ln's connections and finishes each one's handshake on
+// a goroutine of its own while the connection lasts (a handshaker); then
+// HTTP/1.1 goes to the H1 server, anything else (HTTP/2, a connection
+// over its address's limit, a protocol the H1 server does not speak) to
+// srv, as does any connection H1 hands back.
 func (s *Server) serveTLS(ln net.Listener, srv *http.Server) error {
 	s.mu.Lock()
 	if s.closing {
@@ -207,6 +209,9 @@ func (s *Server) serveTLS(ln net.Listener, srv *http.Server) error {
 	q := connqueue.New(ln.Addr())
 	srvDone := make(chan error, 1)
 	go func() { srvDone <- srv.Serve(q) }()
+	// Connections go to an idle handshaker if one waits, else to a new
+	// one; see handshaker.
+	work := make(chan *conn)
 	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
@@ -229,17 +234,49 @@ func (s *Server) serveTLS(ln net.Listener, srv *http.Server) error {
 			return err
 		}
 		backoff = 0
+		s.m.conns.Inc()
+		ec := &conn{Conn: proxy.RawConn(c), sock: c, s: s, tls: true, own: true, q: q}
+		select {
+		case work <- ec:
+			continue
+		default:
+		}
 		s.mu.Lock()
 		if s.closing { // Shutdown waits for tlsConns: no Add after it
 			s.mu.Unlock()
-			c.Close()
+			ec.Close()
 			return http.ErrServerClosed
 		}
 		s.tlsConns.Add(1)
 		s.mu.Unlock()
-		s.m.conns.Inc()
-		ec := &conn{Conn: proxy.RawConn(c), sock: c, s: s, tls: true, own: true, q: q}
-		go ec.serveTLS()
+		go s.handshaker(ec, work)
+	}
+}
+
+// maxIdleHandshakers bounds the goroutines that wait for a connection
+// after serving one: each keeps a stack grown for a handshake.
+const maxIdleHandshakers = 64
+
+// handshaker serves c, then waits for the next connection from work, for
+// as long as the server runs and no more than maxIdleHandshakers others
+// wait. A new goroutine per connection grew its stack through
+// crypto/tls's handshake every time: newproc and copystack were 8 % of
+// the edge's CPU per handshake in a profile (BENCHMARKS.md).
+func (s *Server) handshaker(c *conn, work <-chan *conn) {
+	defer s.tlsConns.Done()
+	for {
+		c.serveTLS()
+		if s.idleHandshakers.Add(1) > maxIdleHandshakers {
+			s.idleHandshakers.Add(-1)
+			return
+		}
+		select {
+		case c = <-work:
+			s.idleHandshakers.Add(-1)
+		case <-s.stop:
+			s.idleHandshakers.Add(-1)
+			return
+		}
 	}
 }
 
@@ -247,7 +284,6 @@ func (s *Server) serveTLS(ln net.Listener, srv *http.Server) error {
 // server or to net/http.
 func (c *conn) serveTLS() {
 	s := c.s
-	defer s.tlsConns.Done()
 	c.init()
 	if c.err != nil {
 		c.Close()
@@ -260,12 +296,11 @@ func (c *conn) serveTLS() {
 		return
 	}
 	c.Conn.SetDeadline(time.Time{})
-	st := tc.ConnectionState()
-	c.tlsState = &st
+	c.tc = tc
 	c.handshook.Store(true)
-	proto := alpnOf(&st)
-	s.m.handshakes.WithLabelValues(proto).Inc()
-	if proto != "http/1.1" || c.over {
+	proto := tc.ConnectionState().NegotiatedProtocol
+	s.m.handshake(proto)
+	if proto != "" && proto != "http/1.1" || c.over {
 		// net/http answers 429 to a connection over its limit.
 		if !c.q.Put(tc) {
 			tc.Close()
@@ -368,6 +403,8 @@ func (c *conn) Admit(h proxy.Head) proxy.Admission {
 func (c *conn) HandOff(hc net.Conn) {
 	c.fast.Store(false)
 	c.deadline.Store(0)
+	st := c.tc.ConnectionState()
+	c.tlsState = &st
 	if !c.q.Put(hc) {
 		hc.Close()
 	}
@@ -687,7 +724,7 @@ func (s *Server) connState(nc net.Conn, st http.ConnState) {
 	case http.StateActive:
 		if isTLS && !c.own && c.state.Load() == stNew {
 			st := tc.ConnectionState()
-			s.m.handshakes.WithLabelValues(alpnOf(&st)).Inc()
+			s.m.handshake(st.NegotiatedProtocol)
 		}
 		c.state.Store(stActive)
 	case http.StateIdle:
@@ -706,13 +743,6 @@ func (s *Server) connState(nc net.Conn, st http.ConnState) {
 			s.m.timeouts.WithLabelValues(phase).Inc()
 		}
 	}
-}
-
-func alpnOf(st *tls.ConnectionState) string {
-	if p := st.NegotiatedProtocol; p != "" {
-		return p
-	}
-	return "http/1.1"
 }
 
 // listener wraps each accepted connection in a conn.
@@ -749,11 +779,12 @@ type conn struct {
 	// connState; q is where net/http takes them.
 	own       bool
 	q         *connqueue.Queue
-	sock      net.Conn       // the socket under Conn (a raw one), for SyscallConn
-	peer      netip.AddrPort // the client's address (unmapped), as addr
-	peerIP    string         // peer's address, for X-Forwarded-For
-	balancer  bool           // peer is a trusted balancer
-	tlsState  *tls.ConnectionState
+	sock      net.Conn             // the socket under Conn (a raw one), for SyscallConn
+	peer      netip.AddrPort       // the client's address (unmapped), as addr
+	peerIP    string               // peer's address, for X-Forwarded-For
+	balancer  bool                 // peer is a trusted balancer
+	tc        *tls.Conn            // the TLS connection over this one, once handshaken
+	tlsState  *tls.ConnectionState // tc's, for net/http once handed off
 	handshook atomic.Bool
 	fast      atomic.Bool // the H1 server reads the connection
 	// deadline (Server.mono) for what the H1 server waits to read; 0:
@@ -769,7 +800,13 @@ type conn struct {
 func (c *conn) init() {
 	c.once.Do(func() {
 		c.addr = c.Conn.RemoteAddr()
-		peer, _ := netip.ParseAddrPort(c.addr.String())
+		var peer netip.AddrPort
+		if ta, ok := c.addr.(*net.TCPAddr); ok {
+			ap := ta.AddrPort()
+			peer = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		} else {
+			peer, _ = netip.ParseAddrPort(c.addr.String())
+		}
 		if c.s.cfg.ProxyProtocol {
 			if len(c.s.cfg.TrustedProxies) > 0 && !c.s.trusted(peer.Addr()) {
 				c.err = fmt.Errorf("proxy protocol: peer %s is not a trusted proxy", peer.Addr())
@@ -798,7 +835,8 @@ func (c *conn) init() {
 		c.balancer = c.s.trusted(c.peer.Addr())
 		// A trusted balancer's connections carry many clients: they are
 		// limited per request, by X-Forwarded-For, not here.
-		if ip := peer.Addr().Unmap(); ip.IsValid() && !c.s.trusted(ip) {
+		// Without a limit nothing is counted.
+		if ip := peer.Addr().Unmap(); ip.IsValid() && !c.balancer && c.s.cfg.Limits.ConnsPerIP > 0 {
 			c.ip = ip
 			c.over = !c.s.conns.add(ip, c.s.cfg.Limits.ConnsPerIP)
 		}

@@ -41,7 +41,7 @@ type edgeFixture struct {
 
 // startEdge serves echo through an edge with cfg (TLS: when withTLS, a
 // certificate for edge.test from a test CA).
-func startEdge(t *testing.T, cfg Config, withTLS bool) *edgeFixture {
+func startEdge(t testing.TB, cfg Config, withTLS bool) *edgeFixture {
 	t.Helper()
 	f := &edgeFixture{ca: newTestCA(t)}
 	if cfg.Handler == nil {

@@ -95,7 +95,7 @@ type h1Fixture struct {
 // startH1Edge serves a real proxy (routing by path, and by host under
 // edge.test) through an edge with cfg and TLS, in front of a backend that
 // echoes what it got; WebSockets echo a message.
-func startH1Edge(t *testing.T, cfg Config) *h1Fixture {
+func startH1Edge(t testing.TB, cfg Config) *h1Fixture {
 	t.Helper()
 	hung := make(chan struct{}, 1)
 	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -457,4 +457,100 @@ func TestServer_H1Balancers(t *testing.T) {
 			t.Error("a handshake without a PROXY header succeeded")
 		}
 	})
+}
+
+// countingConn counts the bytes read from it once counting is set.
+type countingConn struct {
+	net.Conn
+	counting atomic.Bool
+	n        atomic.Int64
+}
+
+func (c *countingConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if c.counting.Load() {
+		c.n.Add(int64(n))
+	}
+	return n, err
+}
+
+func TestServer_H1ClientCloses(t *testing.T) {
+	f := startH1Edge(t, Config{})
+	raw, err := net.Dial("tcp", f.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc := &countingConn{Conn: raw}
+	cfg := f.ca.clientTLS("edge.test")
+	cfg.NextProtos = []string{"http/1.1"}
+	tc := tls.Client(cc, cfg)
+	defer tc.Close()
+	tc.SetDeadline(time.Now().Add(10 * time.Second))
+	// A request first, so that the session ticket is read.
+	if res, _ := roundTrip(t, tc, bufio.NewReader(tc), "GET /"+f.tok+"/a HTTP/1.1\r\nHost: edge.test\r\n\r\n"); res.StatusCode != 200 {
+		t.Fatalf("GET: %d", res.StatusCode)
+	}
+	cc.counting.Store(true)
+	if err := tc.CloseWrite(); err != nil { // close_notify
+		t.Fatal(err)
+	}
+	if n, err := tc.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("read after close_notify: %d, %v; want the connection closed", n, err)
+	}
+	// The edge closed the connection without a close_notify of its own
+	// (a TLS record, 24 bytes here), as nginx does.
+	if n := cc.n.Load(); n != 0 {
+		t.Errorf("the edge sent %d bytes after the client's close_notify, want 0", n)
+	}
+	waitFor(t, "the connection to be released", func() bool { return testutil.ToFloat64(f.metrics.conns) == 0 })
+}
+
+// The goroutines that handshake TLS connections serve the next one when
+// done, up to maxIdleHandshakers of them, and Shutdown ends them.
+func TestServer_Handshakers(t *testing.T) {
+	f := startH1Edge(t, Config{})
+	openAll := func(n int) []*tls.Conn {
+		var conns []*tls.Conn
+		for range n {
+			c, _ := f.dialTLS(t, nil)
+			conns = append(conns, c)
+		}
+		if idle := f.srv.idleHandshakers.Load(); idle != 0 {
+			t.Errorf("%d idle handshakers with every connection open, want 0", idle)
+		}
+		return conns
+	}
+
+	// Fewer than the cap: every handshaker waits once its connection
+	// ends, and the next connection goes to one of them (a new one
+	// would leave the count where it was).
+	const few = 8
+	for _, c := range openAll(few) {
+		c.Close()
+	}
+	waitFor(t, "the handshakers to go idle", func() bool { return f.srv.idleHandshakers.Load() == few })
+	c, br := f.dialTLS(t, nil)
+	if n := f.srv.idleHandshakers.Load(); n != few-1 {
+		t.Errorf("%d idle handshakers while a connection is served, want %d", n, few-1)
+	}
+	if res, _ := roundTrip(t, c, br, "GET /"+f.tok+"/a HTTP/1.1\r\nHost: edge.test\r\n\r\n"); res.StatusCode != 200 {
+		t.Errorf("GET: %d", res.StatusCode)
+	}
+	c.Close()
+	waitFor(t, "the handshaker to go idle again", func() bool { return f.srv.idleHandshakers.Load() == few })
+
+	// More than the cap: the others exit.
+	for _, c := range openAll(maxIdleHandshakers + 16) {
+		c.Close()
+	}
+	waitFor(t, "the handshakers to go idle", func() bool { return f.srv.idleHandshakers.Load() == maxIdleHandshakers })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := f.srv.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if n := f.srv.idleHandshakers.Load(); n != 0 {
+		t.Errorf("%d idle handshakers after Shutdown, want 0", n)
+	}
 }

@@ -13,6 +13,7 @@ type Metrics struct {
 
 	connLimit, rateLimit, headerSize, urlSize prometheus.Counter
 	h1, h2                                    prometheus.Counter
+	hsH1, hsH2                                prometheus.Counter
 }
 
 // NewMetrics registers the edge's collectors with reg (nil: unregistered).
@@ -44,8 +45,22 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	m.headerSize = m.rejected.WithLabelValues("header_size")
 	m.urlSize = m.rejected.WithLabelValues("url_size")
 	m.h1, m.h2 = m.requests.WithLabelValues("1"), m.requests.WithLabelValues("2")
+	m.hsH1, m.hsH2 = m.handshakes.WithLabelValues("http/1.1"), m.handshakes.WithLabelValues("h2")
 	if reg != nil {
 		reg.MustRegister(m.rejected, m.timeouts, m.conns, m.proxyErrors, m.handshakes, m.requests)
 	}
 	return m
+}
+
+// handshake counts a TLS handshake that negotiated alpn ("": none, which
+// is HTTP/1.1).
+func (m *Metrics) handshake(alpn string) {
+	switch alpn {
+	case "", "http/1.1":
+		m.hsH1.Inc()
+	case "h2":
+		m.hsH2.Inc()
+	default:
+		m.handshakes.WithLabelValues(alpn).Inc()
+	}
 }

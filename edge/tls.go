@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -31,19 +32,21 @@ func TLSConfig(getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error)) *tl
 
 // CertFiles serves a certificate and key from PEM files, and loads them
 // again when either file changes (a renewal by certbot or cert-manager),
-// looking at most every few seconds.
+// looking at most every few seconds. A handshake takes the certificate
+// without a lock: the one that finds the files due for a look makes it.
 type CertFiles struct {
 	cert, key string
+	every     time.Duration // between looks at the files
 
-	mu      sync.Mutex
-	cur     *tls.Certificate
-	mod     [2]time.Time
-	checked time.Time
+	cur  atomic.Pointer[tls.Certificate]
+	next atomic.Int64 // when the files are due for a look (unix ns)
+	mu   sync.Mutex   // held by the handshake that looks; guards mod
+	mod  [2]time.Time
 }
 
 // LoadCertFiles loads the pair once, so a bad pair fails at startup.
 func LoadCertFiles(certFile, keyFile string) (*CertFiles, error) {
-	c := &CertFiles{cert: certFile, key: keyFile}
+	c := &CertFiles{cert: certFile, key: keyFile, every: certCheckEvery}
 	if err := c.load(); err != nil {
 		return nil, err
 	}
@@ -60,7 +63,8 @@ func (c *CertFiles) load() error {
 	if err != nil {
 		return fmt.Errorf("edge: certificate %s and key %s: %w", c.cert, c.key, err)
 	}
-	c.cur, c.mod = &pair, [2]time.Time{m0.ModTime(), m1.ModTime()}
+	c.cur.Store(&pair)
+	c.mod = [2]time.Time{m0.ModTime(), m1.ModTime()}
 	return nil
 }
 
@@ -68,19 +72,20 @@ const certCheckEvery = 5 * time.Second
 
 // GetCertificate is for tls.Config.GetCertificate.
 func (c *CertFiles) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if now := time.Now(); now.Sub(c.checked) >= certCheckEvery {
-		c.checked = now
-		m0, err0 := os.Stat(c.cert)
-		m1, err1 := os.Stat(c.key)
-		if err0 == nil && err1 == nil && (!m0.ModTime().Equal(c.mod[0]) || !m1.ModTime().Equal(c.mod[1])) {
-			// A pair caught half written fails to load: keep serving the
-			// old one and try again at the next check.
-			_ = c.load()
+	if now := time.Now().UnixNano(); now >= c.next.Load() && c.mu.TryLock() {
+		if now >= c.next.Load() {
+			c.next.Store(now + int64(c.every))
+			m0, err0 := os.Stat(c.cert)
+			m1, err1 := os.Stat(c.key)
+			if err0 == nil && err1 == nil && (!m0.ModTime().Equal(c.mod[0]) || !m1.ModTime().Equal(c.mod[1])) {
+				// A pair caught half written fails to load: keep serving
+				// the old one and try again at the next look.
+				_ = c.load()
+			}
 		}
+		c.mu.Unlock()
 	}
-	return c.cur, nil
+	return c.cur.Load(), nil
 }
 
 func firstErr(errs ...error) error {

@@ -12,6 +12,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -297,6 +298,21 @@ type clientConn struct {
 	relay    h1.Relay // its response's
 }
 
+// close closes the connection when serve is done with it. A TLS client
+// that closed its side between requests (a close_notify, or the end of
+// the stream at a record boundary: io.EOF) gets no close_notify back: it
+// reads nothing more, and the alert would cost a record's encryption, a
+// write into a closed socket and two write deadlines, a measurable part
+// of a connection that only made a handshake. nginx does the same
+// (OpenSSL's SSL_ERROR_ZERO_RETURN sets no_send_shutdown).
+func (cc *clientConn) close(peerClosed bool) {
+	if tc, ok := cc.c.(*tls.Conn); ok && peerClosed {
+		tc.NetConn().Close()
+		return
+	}
+	cc.c.Close()
+}
+
 func (cc *clientConn) closeIfIdle() {
 	if cc.state.CompareAndSwap(connIdle, connClosed) {
 		cc.c.Close()
@@ -305,13 +321,13 @@ func (cc *clientConn) closeIfIdle() {
 
 func (cc *clientConn) serve() {
 	s := cc.s
-	handedOff := false
+	handedOff, peerClosed := false, false
 	defer func() {
 		s.mu.Lock()
 		delete(s.conns, cc)
 		s.mu.Unlock()
 		if !handedOff {
-			cc.c.Close()
+			cc.close(peerClosed)
 			if cc.br != nil {
 				cc.br.Reset(nil)
 				s.readers.Put(cc.br)
@@ -338,6 +354,7 @@ func (cc *clientConn) serve() {
 		}
 		n, err := cc.readHead()
 		if err != nil {
+			peerClosed = err == io.EOF
 			return // closed, idle too long, or the client went away
 		}
 		if !cc.state.CompareAndSwap(connIdle, connActive) {

@@ -123,12 +123,12 @@ func (o *edgeOptions) listen() (*edgeListeners, error) {
 	var l edgeListeners
 	var err error
 	if o.TLSAddr != "" {
-		if l.tls, err = net.Listen("tcp", o.TLSAddr); err != nil {
+		if l.tls, err = edge.Listen(context.Background(), o.TLSAddr); err != nil {
 			return nil, fmt.Errorf("edge: %w (use --proxy-tls-addr)", err)
 		}
 	}
 	if o.HTTPAddr != "" {
-		if l.http, err = net.Listen("tcp", o.HTTPAddr); err != nil {
+		if l.http, err = edge.Listen(context.Background(), o.HTTPAddr); err != nil {
 			l.close()
 			return nil, fmt.Errorf("edge: %w (use --proxy-http-addr)", err)
 		}
