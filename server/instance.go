@@ -97,6 +97,13 @@ func (i *instance) terminating() bool {
 	return s == berth.StateTerminating || s == berth.StateTerminated
 }
 
+// setAddr sets where the backend listens, before its route can open.
+func (i *instance) setAddr(addr string) {
+	i.mu.Lock()
+	i.addr = addr
+	i.mu.Unlock()
+}
+
 // markAnswered lets the proxy send traffic to the backend.
 func (i *instance) markAnswered() { i.answerOnce.Do(func() { close(i.answered) }) }
 

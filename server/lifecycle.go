@@ -27,22 +27,23 @@ func (m *Manager) run(inst *instance, rec *recovery) {
 	log := m.log.With("backend", b.ID, "key", b.Key)
 	defer m.finish(inst)
 
-	var h *runtime.Handle
+	var (
+		h  *runtime.Handle
+		rd *readiness // a fresh start's probe, already running
+	)
 	if rec != nil {
 		h = rec.handle
 		m.thawRecovered(inst, h, log)
+		inst.setAddr(h.Addr)
 	} else {
 		var err error
-		h, err = m.start(ctx, inst, b, log)
+		h, rd, err = m.start(ctx, inst, b, log)
 		if err != nil {
 			log.Warn("spawn failed", "err", err)
 			m.terminate(inst, berth.ReasonSpawnFailed, nil, err.Error())
 			return
 		}
 	}
-	inst.mu.Lock()
-	inst.addr = h.Addr
-	inst.mu.Unlock()
 
 	exitC := make(chan runtime.Exit, 1)
 	go func() {
@@ -55,7 +56,10 @@ func (m *Manager) run(inst *instance, rec *recovery) {
 	}()
 
 	if inst.state() != berth.StateReady {
-		if !m.awaitReady(ctx, inst, b, h, exitC, log) {
+		if rd == nil {
+			rd = m.probeReady(ctx, inst, b, h, closedGate)
+		}
+		if !m.awaitReady(ctx, inst, b, h, rd, exitC, log) {
 			return
 		}
 	} else {
@@ -64,8 +68,11 @@ func (m *Manager) run(inst *instance, rec *recovery) {
 	m.supervise(ctx, inst, b, h, exitC, log)
 }
 
-// start builds the runtime spec and starts the backend.
-func (m *Manager) start(ctx context.Context, inst *instance, b *berth.Backend, log *slog.Logger) (*runtime.Handle, error) {
+// start builds the runtime spec, starts the backend, records the start
+// with its handle, and returns the handle with the backend's readiness
+// probe, which it starts as soon as the runtime has given an address: the
+// probe runs while the start is recorded, and opens the route only after.
+func (m *Manager) start(ctx context.Context, inst *instance, b *berth.Backend, log *slog.Logger) (*runtime.Handle, *readiness, error) {
 	spec := runtime.Spec{
 		BackendID: b.ID,
 		Key:       b.Key,
@@ -79,13 +86,13 @@ func (m *Manager) start(ctx context.Context, inst *instance, b *berth.Backend, l
 	if pc, ok := inst.rt.(runtime.PortChooser); ok {
 		p, err := pc.ChoosePort()
 		if err != nil {
-			return nil, fmt.Errorf("pick a port: %w", err)
+			return nil, nil, fmt.Errorf("pick a port: %w", err)
 		}
 		spec.Port = p
 	} else if inst.rt.Name() == "process" && m.cfg.FreePort != nil {
 		p, err := m.cfg.FreePort()
 		if err != nil {
-			return nil, fmt.Errorf("pick a port: %w", err)
+			return nil, nil, fmt.Errorf("pick a port: %w", err)
 		}
 		spec.Port = p
 	}
@@ -102,7 +109,7 @@ func (m *Manager) start(ctx context.Context, inst *instance, b *berth.Backend, l
 	spec.Logs = m.cfg.Logs.Writer(b.ID)
 	if m.cfg.State != nil && !unclaimed(b) {
 		if err := m.cfg.State.Prepare(ctx, b, &spec); err != nil {
-			return nil, fmt.Errorf("prepare state: %w", err)
+			return nil, nil, fmt.Errorf("prepare state: %w", err)
 		}
 	}
 	// starting is recorded together with the runtime handle, in one write
@@ -117,17 +124,24 @@ func (m *Manager) start(ctx context.Context, inst *instance, b *berth.Backend, l
 	if err != nil {
 		// The history still reads scheduled, starting, terminated.
 		m.transition(inst, store.Transition{To: berth.StateStarting, At: at})
-		return nil, err
+		return nil, nil, err
 	}
+	inst.setAddr(h.Addr)
+	recorded := make(chan struct{})
+	rd := m.probeReady(ctx, inst, b, h, recorded)
 	if err := m.record(inst, store.Transition{To: berth.StateStarting, At: at, Handle: encodeHandle(h)}); err != nil {
 		// Without a persisted handle a restarted Berth could not find this
-		// backend again, so do not let it run.
+		// backend again, so do not let it run (nor route to it: the probe
+		// ends without opening the route).
+		rd.cancel()
+		<-rd.done
 		inst.rt.Stop(context.Background(), h, "", 0)
 		inst.rt.Cleanup(context.Background(), h)
-		return nil, fmt.Errorf("record the start and runtime handle: %w", err)
+		return nil, nil, fmt.Errorf("record the start and runtime handle: %w", err)
 	}
+	close(recorded)
 	log.Debug("started", "addr", h.Addr)
-	return h, nil
+	return h, rd, nil
 }
 
 // supervise watches a ready backend until it exits or must stop.

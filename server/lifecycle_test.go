@@ -3,6 +3,7 @@ package server
 import (
 	"bytes"
 	"context"
+	"errors"
 	"path/filepath"
 	"testing"
 	"time"
@@ -121,4 +122,91 @@ func TestNewSecret_Length(t *testing.T) {
 	if s := newSecret(); len(s) != 48 {
 		t.Errorf("len(newSecret()) = %d, want 48 (change bench.secretLen with it)", len(s))
 	}
+}
+
+// A fresh start's readiness probe runs while the start and its handle are
+// being recorded, but the route opens only once that record is made; when
+// the record fails, the route never opens and the backend is stopped.
+func TestManager_ProbeWhileStartIsRecorded(t *testing.T) {
+	bin := runtimetest.BuildTestBackend(t)
+	for _, fail := range []bool{false, true} {
+		t.Run(map[bool]string{false: "recorded", true: "record fails"}[fail], func(t *testing.T) {
+			gate := &startGate{entered: make(chan struct{}), release: make(chan struct{})}
+			if fail {
+				gate.err = errors.New("disk full")
+			}
+			m := newProcessManager(t, func(s store.Store) store.Store { gate.Store = s; return gate })
+			answered := make(chan *instance, 1)
+			testHookAnswered = func(inst *instance) { answered <- inst }
+			t.Cleanup(func() { testHookAnswered = nil })
+
+			res, err := m.Connect(t.Context(), &api.ConnectRequest{Key: "probe-early", Spawn: &berth.SpawnConfig{Command: []string{bin}}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			<-gate.entered
+			var inst *instance
+			select {
+			case inst = <-answered:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the backend was not probed while its start was being recorded")
+			}
+			time.Sleep(20 * time.Millisecond) // room for a route opened too soon
+			if _, ok := m.ResolveReady(res.BackendID); ok {
+				t.Fatal("the route opened before the start was recorded")
+			}
+			select {
+			case <-inst.answered:
+				t.Fatal("the backend was marked answered before its start was recorded")
+			default:
+			}
+			close(gate.release)
+
+			if fail {
+				// Until the backend is terminated (when its route is
+				// closed for good), no route may open.
+				for {
+					if _, ok := m.ResolveReady(res.BackendID); ok {
+						t.Fatal("the route opened for a start that was never recorded")
+					}
+					if inst.state() == berth.StateTerminated {
+						break
+					}
+					time.Sleep(100 * time.Microsecond)
+				}
+				b := waitTerminated(t, m, res.BackendID)
+				if b.Reason != berth.ReasonSpawnFailed {
+					t.Errorf("reason %q, want %q", b.Reason, berth.ReasonSpawnFailed)
+				}
+				return
+			}
+			select {
+			case <-inst.answered:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the route did not open once the start was recorded")
+			}
+			if r, ok := m.ResolveReady(res.BackendID); !ok || r.Addr == "" {
+				t.Errorf("after the record: route %+v, %v; want the backend's address", r, ok)
+			}
+		})
+	}
+}
+
+// startGate holds the record of a backend's start (starting with its
+// handle) until release is closed, then makes it, or fails with err.
+type startGate struct {
+	store.Store
+	entered, release chan struct{}
+	err              error
+}
+
+func (s *startGate) Transition(ctx context.Context, id string, t store.Transition) (*berth.Backend, error) {
+	if t.To == berth.StateStarting && t.Handle != nil {
+		close(s.entered)
+		<-s.release
+		if s.err != nil {
+			return nil, s.err
+		}
+	}
+	return s.Store.Transition(ctx, id, t)
 }

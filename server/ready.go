@@ -192,20 +192,47 @@ func connectNow(ap netip.AddrPort) (net.Conn, error) {
 	return c, err
 }
 
-// awaitReady waits for the backend to answer HTTP. It returns false when the
-// backend ended instead (already driven to terminated).
-func (m *Manager) awaitReady(ctx context.Context, inst *instance, b *berth.Backend, h *runtime.Handle, exitC chan runtime.Exit, log *slog.Logger) bool {
-	started := time.Now()
+// readiness is a readiness probe in flight: pollReady in a goroutine of its
+// own, which opens the route to the backend once it answers (see
+// probeReady).
+type readiness struct {
+	done    chan error // the probe's outcome, once
+	cancel  context.CancelFunc
+	started time.Time
+	readyAt time.Time // when the backend answered; set before done gets nil
+}
+
+// closedGate is a gate that is open: for probes with nothing to wait for.
+var closedGate = func() <-chan struct{} { c := make(chan struct{}); close(c); return c }()
+
+// probeReady starts polling h.Addr for inst within the spawn's startup
+// timeout. The route to the backend opens once the backend has answered
+// and recorded is closed: a fresh start's probe runs while its start and
+// handle are being written, but no traffic reaches a backend whose start
+// is not durable (lifecycle.go, start). A probe cancelled before recorded
+// closes ends with ctx's error and hands no connection to the proxy.
+func (m *Manager) probeReady(ctx context.Context, inst *instance, b *berth.Backend, h *runtime.Handle, recorded <-chan struct{}) *readiness {
 	rctx, cancel := context.WithTimeout(ctx, b.Spawn.StartupTimeout())
-	defer cancel()
-	readyC := make(chan error, 1)
-	var readyAt time.Time
+	r := &readiness{done: make(chan error, 1), cancel: cancel, started: time.Now()}
 	m.starting.Add(1)
 	go func() {
 		defer m.starting.Add(-1)
-		err := pollReady(rctx, h.Addr, m.pollInterval, m.probeConnReuser(inst))
+		err := pollReady(rctx, h.Addr, m.pollInterval, m.probeConnReuser(rctx, inst, recorded))
 		if err == nil && testHookAnswered != nil {
 			testHookAnswered(inst)
+		}
+		if err == nil {
+			// A probe cancelled after the record (a stop, an exit) still
+			// opens the route: the history records ready before the stop.
+			select {
+			case <-recorded:
+			default:
+				select {
+				case <-recorded:
+				case <-rctx.Done():
+					err = rctx.Err()
+				}
+			}
 		}
 		if err == nil {
 			// The backend answers: route to it at once, from here, and let
@@ -214,18 +241,25 @@ func (m *Manager) awaitReady(ctx context.Context, inst *instance, b *berth.Backe
 			// ready is recorded after; a crash in between leaves the
 			// backend starting with a live handle, which Reconcile
 			// re-adopts and polls again.
-			readyAt = time.Now().UTC()
+			r.readyAt = time.Now().UTC()
 			inst.lastActive.Store(monoNow())
 			inst.markAnswered()
 			goruntime.Gosched()
 		}
-		readyC <- err
+		r.done <- err
 	}()
+	return r
+}
 
+// awaitReady waits for the probe rd to find the backend answering HTTP. It
+// returns false when the backend ended instead (already driven to
+// terminated).
+func (m *Manager) awaitReady(ctx context.Context, inst *instance, b *berth.Backend, h *runtime.Handle, rd *readiness, exitC chan runtime.Exit, log *slog.Logger) bool {
+	defer rd.cancel()
 	ready := func() {
-		m.transition(inst, store.Transition{To: berth.StateReady, At: readyAt})
+		m.transition(inst, store.Transition{To: berth.StateReady, At: rd.readyAt})
 		inst.markReadyRecorded()
-		m.cfg.Metrics.startup.Observe(time.Since(started).Seconds())
+		m.cfg.Metrics.startup.Observe(time.Since(rd.started).Seconds())
 	}
 	// A backend the probe found answering may already be routed to, have
 	// served requests and been told to stop by a client that saw them.
@@ -233,12 +267,12 @@ func (m *Manager) awaitReady(ctx context.Context, inst *instance, b *berth.Backe
 	// cancelled it comes at once) and a yes is recorded as ready first:
 	// the history never skips ready.
 	readyIfAnswered := func() {
-		if <-readyC == nil {
+		if <-rd.done == nil {
 			ready()
 		}
 	}
 	select {
-	case err := <-readyC:
+	case err := <-rd.done:
 		if err != nil {
 			if ctx.Err() != nil {
 				return true // shutting down; supervise sees the stop
@@ -251,12 +285,12 @@ func (m *Manager) awaitReady(ctx context.Context, inst *instance, b *berth.Backe
 		ready()
 		return true
 	case e := <-exitC:
-		cancel()
+		rd.cancel()
 		readyIfAnswered()
 		m.exited(inst, h, e, log)
 		return false
 	case <-inst.stopC:
-		cancel()
+		rd.cancel()
 		readyIfAnswered()
 		why, hard := inst.stopRequest()
 		m.stopAndTerminate(inst, h, exitC, why, hard, "", log)
@@ -284,19 +318,27 @@ func startupTimeoutMessage(addr string, timeout time.Duration, output string) st
 }
 
 // testHookAnswered, when set by a test, runs once a starting backend has
-// answered its probe, before the route opens.
+// answered its probe, before the route opens (and, for a fresh start,
+// perhaps before the start is recorded).
 var testHookAnswered func(*instance)
 
 // probeConnReuser returns what takes inst's readiness probe's connection: the proxy gets
 // the answered connection only while a request it can carry (a plain GET
 // or HEAD, proxy.Pooled) waits for the backend, so a backend that no such
-// request waits for leaves no idle connection behind.
-func (m *Manager) probeConnReuser(inst *instance) ProbeConnReuser {
+// request waits for leaves no idle connection behind; and only once
+// recorded is closed (see probeReady), never when ctx ends first.
+func (m *Manager) probeConnReuser(ctx context.Context, inst *instance, recorded <-chan struct{}) ProbeConnReuser {
 	keep := m.cfg.ReuseProbeConn
 	if keep == nil {
 		return nil
 	}
 	return func(addr string, c net.Conn, br *bufio.Reader) {
+		select {
+		case <-recorded:
+		case <-ctx.Done():
+			c.Close()
+			return
+		}
 		if inst.waiting.Load() == 0 {
 			c.Close()
 			return

@@ -216,7 +216,7 @@ func TestManager_KeepFor(t *testing.T) {
 	for _, waiting := range []int64{0, 1} {
 		inst.waiting.Store(waiting)
 		here, there := net.Pipe()
-		m.probeConnReuser(inst)("127.0.0.1:1", here, bufio.NewReader(here))
+		m.probeConnReuser(t.Context(), inst, closedGate)("127.0.0.1:1", here, bufio.NewReader(here))
 		there.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
 		_, err := there.Read(make([]byte, 1))
 		closed := errors.Is(err, io.EOF)
@@ -225,7 +225,42 @@ func TestManager_KeepFor(t *testing.T) {
 		}
 		here.Close()
 	}
-	if (&Manager{}).probeConnReuser(inst) != nil {
+	if (&Manager{}).probeConnReuser(t.Context(), inst, closedGate) != nil {
 		t.Error("without Config.ReuseProbeConn the probe got a keeper")
+	}
+
+	// A probe that answered while the start was being recorded hands its
+	// connection over only once the record is made, and never when it is
+	// cancelled first (the record failed).
+	kept = nil
+	inst.waiting.Store(1)
+	recorded := make(chan struct{})
+	here, there := net.Pipe()
+	handed := make(chan struct{})
+	go func() {
+		m.probeConnReuser(t.Context(), inst, recorded)("127.0.0.1:1", here, bufio.NewReader(here))
+		close(handed)
+	}()
+	select {
+	case <-handed:
+		t.Fatal("the connection was handed over before the start was recorded")
+	case <-time.After(20 * time.Millisecond):
+	}
+	close(recorded)
+	<-handed
+	if len(kept) != 1 {
+		t.Errorf("after the record: kept %d connections, want 1", len(kept))
+	}
+	here.Close()
+	there.Close()
+
+	kept = nil
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	here, there = net.Pipe()
+	m.probeConnReuser(ctx, inst, make(chan struct{}))("127.0.0.1:1", here, bufio.NewReader(here))
+	there.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if _, err := there.Read(make([]byte, 1)); !errors.Is(err, io.EOF) || len(kept) != 0 {
+		t.Errorf("cancelled before the record: read %v, kept %d; want the connection closed, none kept", err, len(kept))
 	}
 }
