@@ -42,15 +42,7 @@ func TestReplicas_NodeKilledDocker(t *testing.T) {
 	eventually(t, 2*leaseTTL, "the dead replica's container to be removed", func() bool { return len(containersOf(t, first.BackendID)) == 0 })
 	gone := time.Since(killed)
 
-	var moved *api.ConnectResponse
-	eventually(t, 4*leaseTTL, "the key to move to the live replica", func() bool {
-		res, err := a.Client.Connect(ctx, api.ConnectRequest{Key: "doc", Spawn: spawn, Wait: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		moved = res
-		return res.BackendID != first.BackendID
-	})
+	moved := awaitMoved(ctx, t, a.Client, "doc", spawn, first)
 	took := time.Since(killed)
 	t.Logf("container removed %s after the kill, key moved %s after it (lease %s)", gone.Round(time.Millisecond), took.Round(time.Millisecond), leaseTTL)
 	if gone >= took {

@@ -2,6 +2,7 @@ package replicas
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -108,15 +109,7 @@ func TestReplicas_NodeKilled(t *testing.T) {
 			time.Since(killed).Round(time.Millisecond), res.BackendID, first.BackendID)
 	}
 
-	var moved *api.ConnectResponse
-	eventually(t, 4*leaseTTL, "the key to move to a live replica", func() bool {
-		res, err := a.Client.Connect(ctx, api.ConnectRequest{Key: "doc", Spawn: notepad, Wait: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		moved = res
-		return res.BackendID != first.BackendID
-	})
+	moved := awaitMoved(ctx, t, a.Client, "doc", notepad, first)
 	if got := read(t, a, moved); got != "saved before the kill" {
 		t.Errorf("the new backend loaded %q, want the last saved text", got)
 	}
@@ -212,4 +205,21 @@ func TestReplicas_NodeKilledTakesProcessGroups(t *testing.T) {
 	eventually(t, leaseTTL, "every process of the dead replica's backend to end", func() bool {
 		return len(backendProcs(res.BackendID)) == 0
 	})
+}
+
+// awaitMoved connects to key through c until the key's backend is no
+// longer first's (its node is gone or cut off, and the lease expired),
+// and returns the new one.
+func awaitMoved(ctx context.Context, t *testing.T, c *api.Client, key string, spawn *berth.SpawnConfig, first *api.ConnectResponse) *api.ConnectResponse {
+	t.Helper()
+	var moved *api.ConnectResponse
+	eventually(t, 4*leaseTTL, "key "+key+" to move to a live replica", func() bool {
+		res, err := c.Connect(ctx, api.ConnectRequest{Key: key, Spawn: spawn, Wait: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		moved = res
+		return res.BackendID != first.BackendID
+	})
+	return moved
 }

@@ -107,15 +107,7 @@ func TestReplicas_NetworkPartition(t *testing.T) {
 		t.Errorf("the cut-off replica never tried the database through its other network; the test cut nothing")
 	}
 
-	var moved *api.ConnectResponse
-	eventually(t, 4*leaseTTL, "the key to move to a live replica", func() bool {
-		res, err := a.Client.Connect(ctx, api.ConnectRequest{Key: "pad", Spawn: notepad, Wait: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		moved = res
-		return res.BackendID != first.BackendID
-	})
+	moved := awaitMoved(ctx, t, a.Client, "pad", notepad, first)
 	nodes, err := a.Client.Nodes(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -67,15 +67,7 @@ func TestReplicas_CutOff(t *testing.T) {
 	if v := cut.metric(t, `berth_lease_renew_seconds_count{result="error"}`); v == "" || v == "0" {
 		t.Errorf(`berth_lease_renew_seconds_count{result="error"} = %q once cut off, want the failed renewals counted`, v)
 	}
-	var moved *api.ConnectResponse
-	eventually(t, 4*leaseTTL, "the key to move to a live replica", func() bool {
-		res, err := a.Client.Connect(ctx, api.ConnectRequest{Key: "pad", Spawn: notepad, Wait: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		moved = res
-		return res.BackendID != first.BackendID
-	})
+	moved := awaitMoved(ctx, t, a.Client, "pad", notepad, first)
 	nodes, err := a.Client.Nodes(ctx)
 	if err != nil {
 		t.Fatal(err)
