@@ -367,9 +367,11 @@ func (r *Runtime) Wait(ctx context.Context, h *runtime.Handle) (runtime.Exit, er
 	r.exitState(ctx, cid, &e)
 	// The engine learns of an OOM kill from an event of its own, which can
 	// come after the exit: a SIGKILL nobody here sent gets a second look,
-	// for up to a second (200 ms was seen too short on a loaded machine).
+	// for up to 3 s (200 ms, then 1 s, were seen too short on a loaded
+	// machine, the second with the engine busy making and removing
+	// networks). Berth's own kills are not delayed.
 	_, stopped := r.stopped.Load(cid)
-	for i := 0; i < 25 && e.Code == 128+9 && !e.OOMKilled && !stopped; i++ {
+	for i := 0; i < 75 && e.Code == 128+9 && !e.OOMKilled && !stopped; i++ {
 		time.Sleep(40 * time.Millisecond)
 		r.exitState(ctx, cid, &e)
 	}
