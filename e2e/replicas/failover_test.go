@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -222,4 +223,26 @@ func awaitMoved(ctx context.Context, t *testing.T, c *api.Client, key string, sp
 		return res.BackendID != first.BackendID
 	})
 	return moved
+}
+
+// awaitRejoined waits until the replica whose API is at apiURL, cut off and
+// connected again, is healthy, then checks that the backend it ran (first)
+// is recorded lost (seen through other) and that it routes the key to the
+// new holder (moved).
+func awaitRejoined(ctx context.Context, t *testing.T, within time.Duration, apiURL string, rejoined, other *api.Client, first, moved *api.ConnectResponse) {
+	t.Helper()
+	eventually(t, within, "the reconnected replica to be healthy again", func() bool {
+		resp, err := http.Get(apiURL + "/healthz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	if old, err := other.Backend(ctx, first.BackendID); err != nil || old.State != berth.StateTerminated || old.Reason != berth.ReasonLost {
+		t.Errorf("the cut-off node's backend: %+v, %v; want terminated, lost", old, err)
+	}
+	if got, err := rejoined.Connect(ctx, api.ConnectRequest{Key: first.Key}); err != nil || got.BackendID != moved.BackendID {
+		t.Errorf("connect via the rejoined node: %+v, %v; want the new holder %s", got, err, moved.BackendID)
+	}
 }

@@ -125,20 +125,7 @@ func TestReplicas_NetworkPartition(t *testing.T) {
 	}
 
 	dockerRun(t, "network", "connect", "--ip", cut.dbIP, db.name, cut.name)
-	eventually(t, 20*time.Second, "the reconnected replica to be healthy again", func() bool {
-		resp, err := http.Get(cut.API + "/healthz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
-	if old, err := a.Client.Backend(ctx, first.BackendID); err != nil || old.State != berth.StateTerminated || old.Reason != berth.ReasonLost {
-		t.Errorf("the cut-off node's backend: %+v, %v; want terminated, lost", old, err)
-	}
-	if got, err := cut.Client.Connect(ctx, api.ConnectRequest{Key: "pad"}); err != nil || got.BackendID != moved.BackendID {
-		t.Errorf("connect via the rejoined node: %+v, %v; want the new holder %s", got, err, moved.BackendID)
-	}
+	awaitRejoined(ctx, t, 20*time.Second, cut.API, cut.Client, a.Client, first, moved)
 	if pids := backendProcs(first.BackendID); len(pids) > 0 {
 		t.Errorf("the old backend runs again after the rejoin: pids %v", pids)
 	}

@@ -85,20 +85,7 @@ func TestReplicas_CutOff(t *testing.T) {
 	}
 
 	r.heal()
-	eventually(t, 15*time.Second, "the reconnected replica to be healthy again", func() bool {
-		resp, err := http.Get(cut.API + "/healthz")
-		if err != nil {
-			return false
-		}
-		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
-	})
-	if old, err := a.Client.Backend(ctx, first.BackendID); err != nil || old.State != berth.StateTerminated || old.Reason != berth.ReasonLost {
-		t.Errorf("the cut-off node's backend: %v, %v; want terminated, lost", old, err)
-	}
-	if got, err := cut.Client.Connect(ctx, api.ConnectRequest{Key: "pad"}); err != nil || got.BackendID != moved.BackendID {
-		t.Errorf("connect via the rejoined node: %v, %v; want the new holder %s", got, err, moved.BackendID)
-	}
+	awaitRejoined(ctx, t, 15*time.Second, cut.API, cut.Client, a.Client, first, moved)
 }
 
 type notepadState struct {
