@@ -5,6 +5,7 @@ import (
 	"net"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -21,6 +22,7 @@ func TestListen_KeepAlive(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
+	c.Write([]byte("x")) // the listener defers Accept until the first bytes
 	a, err := ln.Accept()
 	if err != nil {
 		t.Fatal(err)
@@ -46,5 +48,40 @@ func TestListen_KeepAlive(t *testing.T) {
 		if gerr != nil || got != o.want {
 			t.Errorf("accepted socket's %s = %d (%v), want %d", o.name, got, gerr, o.want)
 		}
+	}
+}
+
+// The listener hands out a connection once its client has sent something,
+// not at the end of the TCP handshake (TCP_DEFER_ACCEPT).
+func TestListen_DeferAccept(t *testing.T) {
+	ln, err := Listen(context.Background(), "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	tl := ln.(*net.TCPListener)
+	tl.SetDeadline(time.Now().Add(300 * time.Millisecond))
+	if a, err := tl.Accept(); err == nil {
+		a.Close()
+		t.Fatal("accepted a connection that had sent nothing")
+	}
+	if _, err := c.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	tl.SetDeadline(time.Now().Add(10 * time.Second))
+	a, err := tl.Accept()
+	if err != nil {
+		t.Fatalf("accept after the client spoke: %v", err)
+	}
+	defer a.Close()
+	buf := make([]byte, 5)
+	a.SetReadDeadline(time.Now().Add(time.Second))
+	if n, err := a.Read(buf); err != nil || string(buf[:n]) != "hello" {
+		t.Fatalf("first read = %q, %v; want the bytes already there", buf[:n], err)
 	}
 }
