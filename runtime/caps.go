@@ -23,6 +23,9 @@ type Caps struct {
 	Freeze bool
 	// StateModes are the state modes besides none the runtime can keep.
 	StateModes []berth.StateMode
+	// StateHelp says what would let the runtime keep the modes it lacks
+	// (its configuration), for the refusal of a spawn that asks for one.
+	StateHelp string
 }
 
 // Known returns the capabilities of the runtime called name in the
@@ -59,7 +62,11 @@ func (c Caps) Accepts(sc *berth.SpawnConfig) error {
 		return &berth.FieldError{Field: "spawn.idle_action", Message: "cannot freeze backends; use stop"}
 	}
 	if m := sc.StateMode(); m != berth.StateModeNone && !slices.Contains(c.StateModes, m) {
-		return &berth.FieldError{Field: "spawn.state.mode", Message: fmt.Sprintf("cannot keep state mode %s", m)}
+		msg := fmt.Sprintf("cannot keep state mode %s", m)
+		if c.StateHelp != "" {
+			msg += " as configured (" + c.StateHelp + ")"
+		}
+		return &berth.FieldError{Field: "spawn.state.mode", Message: msg}
 	}
 	return nil
 }

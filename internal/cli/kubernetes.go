@@ -65,6 +65,7 @@ func (k *kubeOptions) config(instance string, log *slog.Logger) (kubernetes.Conf
 		StorageClass: k.StorageClass,
 		VolumeSize:   k.VolumeSize,
 		StateImage:   k.StateImage,
+		BackendAPI:   k.BackendAPIURL != "",
 		RunAsUser:    k.RunAsUser,
 		Port:         k.Port,
 		HostPorts:    k.Port == 0,

@@ -169,6 +169,10 @@ type Config struct {
 	// (an image whose entrypoint is berth: Berth's own). Without it mode
 	// dir is refused.
 	StateImage string
+	// BackendAPI says that Pods can reach Berth's backend API (a Service
+	// in front of the Berth replicas, given to the state layer): modes
+	// blob and dir save through it, and are refused without it.
+	BackendAPI bool
 	// ImagePullSecrets name Secrets in Namespace that every Pod may pull
 	// with.
 	ImagePullSecrets []string
@@ -334,14 +338,21 @@ func (r *Runtime) Close() error {
 func (r *Runtime) Name() string { return Name }
 
 // Caps implements runtime.Runtime: images, no freezing (a Pod has no pause
-// in the Kubernetes API), and state modes blob, volume (a claim per key)
-// and, with a StateImage to sync it, dir.
+// in the Kubernetes API), and state modes volume (a claim per key), blob
+// when Pods reach the backend API, and dir when they also have a
+// StateImage to sync it.
 func (r *Runtime) Caps() runtime.Caps {
-	modes := []berth.StateMode{berth.StateModeBlob, berth.StateModeVolume}
-	if r.cfg.StateImage != "" {
-		modes = append(modes, berth.StateModeDir)
+	modes := []berth.StateMode{berth.StateModeVolume}
+	help := "blob and dir need --kube-backend-api-url (the Service in front of Berth's backend API), dir also --kube-state-image"
+	if r.cfg.BackendAPI {
+		modes = append(modes, berth.StateModeBlob)
+		help = "dir needs --kube-state-image"
+		if r.cfg.StateImage != "" {
+			modes = append(modes, berth.StateModeDir)
+			help = ""
+		}
 	}
-	return runtime.Caps{Images: true, StateModes: modes}
+	return runtime.Caps{Images: true, StateModes: modes, StateHelp: help}
 }
 
 // StartSettle implements runtime.LateStarter: the API server persists a
