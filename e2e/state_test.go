@@ -181,6 +181,9 @@ func (s *server) versions(t *testing.T, key string) []api.StateVersion {
 	return vs
 }
 
+// saveWait bounds the wait for a periodic save of mode dir.
+const saveWait = 45 * time.Second
+
 // waitVersions polls the key's history until it has at least n saves.
 func (s *server) waitVersions(t *testing.T, key string, n int, timeout time.Duration) []api.StateVersion {
 	t.Helper()
@@ -368,15 +371,17 @@ set +e
 		}
 
 		// save_interval_seconds 1: a snapshot of the files it wrote comes
-		// while it runs, and another once something changes.
-		vs := s.waitVersions(t, key, 1, 10*time.Second)
+		// while it runs, and another once something changes. Each save
+		// fsyncs its spool file and directory, which on a machine busy
+		// writing (a CI run beside builds) has taken over 10 s.
+		vs := s.waitVersions(t, key, 1, saveWait)
 		if got := s.savedData(t, key); len(got) < 2 || got[0] != 0x1f || got[1] != 0x8b {
 			t.Errorf("the saved snapshot starts %x; want a gzip stream", got[:min(len(got), 4)])
 		}
 		if err := os.WriteFile(filepath.Join(dirA, "late.txt"), []byte("changed while running"), 0o644); err != nil {
 			t.Fatal(err)
 		}
-		s.waitVersions(t, key, len(vs)+1, 10*time.Second)
+		s.waitVersions(t, key, len(vs)+1, saveWait)
 
 		s.terminate(t, a.BackendID, false)
 		end := s.waitTerminated(t, a.BackendID, 20*time.Second)
