@@ -43,6 +43,12 @@ type edgeFixture struct {
 // certificate for edge.test from a test CA).
 func startEdge(t testing.TB, cfg Config, withTLS bool) *edgeFixture {
 	t.Helper()
+	return startEdgeOn(t, cfg, withTLS, func() (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") })
+}
+
+// startEdgeOn is startEdge with the TLS listener from listen.
+func startEdgeOn(t testing.TB, cfg Config, withTLS bool, listen func() (net.Listener, error)) *edgeFixture {
+	t.Helper()
 	f := &edgeFixture{ca: newTestCA(t)}
 	if cfg.Handler == nil {
 		cfg.Handler = echo
@@ -62,7 +68,7 @@ func startEdge(t testing.TB, cfg Config, withTLS bool) *edgeFixture {
 		t.Fatal(err)
 	}
 	f.srv = srv
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := listen()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -97,6 +97,12 @@ type h1Fixture struct {
 // echoes what it got; WebSockets echo a message.
 func startH1Edge(t testing.TB, cfg Config) *h1Fixture {
 	t.Helper()
+	return startH1EdgeOn(t, cfg, func() (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") })
+}
+
+// startH1EdgeOn is startH1Edge with the TLS listener from listen.
+func startH1EdgeOn(t testing.TB, cfg Config, listen func() (net.Listener, error)) *h1Fixture {
+	t.Helper()
 	hung := make(chan struct{}, 1)
 	be := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/hang" {
@@ -133,7 +139,7 @@ func startH1Edge(t testing.TB, cfg Config) *h1Fixture {
 	h1 := &countingH1{Server: px.NewServer(proxy.ServerConfig{NoEventLoop: true, HostSuffix: h1Suffix})}
 	cfg.Handler = px.Hosts(h1Suffix)
 	cfg.H1 = h1
-	f := &h1Fixture{edgeFixture: startEdge(t, cfg, true), h1: h1, signer: signer, hung: hung}
+	f := &h1Fixture{edgeFixture: startEdgeOn(t, cfg, true, listen), h1: h1, signer: signer, hung: hung}
 	f.tok = signer.Issue(h1Backend, "u", time.Now().Add(time.Hour))
 	return f
 }

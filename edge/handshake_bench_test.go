@@ -1,7 +1,9 @@
 package edge
 
 import (
+	"context"
 	"crypto/tls"
+	"net"
 	"sync"
 	"testing"
 )
@@ -13,8 +15,24 @@ import (
 // is the same in every build, so allocs/op and a CPU profile focused on
 // the server (-cpuprofile, then pprof -focus 'edge|tls.\(\*Conn\).serverHandshake')
 // show what the edge adds to crypto/tls's own.
+//
+// Its two sub-benchmarks differ only in the listener: net.Listen's, and
+// Listen's (TCP_DEFER_ACCEPT and keep-alive set on the listening socket),
+// which berth serve uses; run them in one command to compare.
 func BenchmarkServer_TLSHandshake(b *testing.B) {
-	f := startH1Edge(b, Config{})
+	for _, l := range []struct {
+		name   string
+		listen func() (net.Listener, error)
+	}{
+		{"listen=net", func() (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") }},
+		{"listen=edge", func() (net.Listener, error) { return Listen(context.Background(), "127.0.0.1:0") }},
+	} {
+		b.Run(l.name, func(b *testing.B) { benchHandshakes(b, l.listen) })
+	}
+}
+
+func benchHandshakes(b *testing.B, listen func() (net.Listener, error)) {
+	f := startH1EdgeOn(b, Config{}, listen)
 	cfg := f.ca.clientTLS("edge.test")
 	cfg.CurvePreferences = []tls.CurveID{tls.X25519}
 	cfg.NextProtos = []string{"http/1.1"}
