@@ -10,18 +10,26 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Accepted connections inherit the listening socket's keep-alive.
-func TestListen_KeepAlive(t *testing.T) {
+// listenAndDial opens a listener with Listen and a connection to it,
+// both closed when t ends.
+func listenAndDial(t *testing.T) (net.Listener, net.Conn) {
+	t.Helper()
 	ln, err := Listen(context.Background(), "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
 	c, err := net.Dial("tcp", ln.Addr().String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
+	return ln, c
+}
+
+// Accepted connections inherit the listening socket's keep-alive.
+func TestListen_KeepAlive(t *testing.T) {
+	ln, c := listenAndDial(t)
 	c.Write([]byte("x")) // the listener defers Accept until the first bytes
 	a, err := ln.Accept()
 	if err != nil {
@@ -54,16 +62,7 @@ func TestListen_KeepAlive(t *testing.T) {
 // The listener hands out a connection once its client has sent something,
 // not at the end of the TCP handshake (TCP_DEFER_ACCEPT).
 func TestListen_DeferAccept(t *testing.T) {
-	ln, err := Listen(context.Background(), "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	ln, c := listenAndDial(t)
 	tl := ln.(*net.TCPListener)
 	tl.SetDeadline(time.Now().Add(300 * time.Millisecond))
 	if a, err := tl.Accept(); err == nil {
