@@ -73,17 +73,19 @@ func (r *request) parseTarget() bool {
 }
 
 // parseHostTarget splits <path>?<query> for a request on a backend's host.
-// It leaves to net/http (hostRouter) a path it would clean, and a first
-// segment that may be a token: hostRouter verifies it and answers the
-// first request of a session with its cookie.
+// A first segment that may be a token (token.Plausible) goes in token:
+// the first request of a session, if it verifies. It leaves to net/http
+// (hostRouter) a path it would clean.
 func (r *request) parseHostTarget() bool {
 	t := r.Target
 	r.token, r.rest, r.hasRest, r.query, r.hasQuery = nil, t, true, nil, false
 	if q := bytes.IndexByte(t, '?'); q >= 0 {
 		r.rest, r.query, r.hasQuery = t[:q], t[q+1:], true
 	}
-	first, _, _ := bytes.Cut(r.rest[1:], []byte{'/'})
-	return !(r.OddPath && oddPath(r.rest)) && !token.Plausible(first)
+	if first, _, _ := bytes.Cut(r.rest[1:], []byte{'/'}); token.Plausible(first) {
+		r.token = first
+	}
+	return !(r.OddPath && oddPath(r.rest))
 }
 
 // dropRequestHeaderBytes is dropRequestHeader for a name in any case.

@@ -220,7 +220,12 @@ func (h *hostRouter) cookieToken(r *http.Request, id string, now time.Time) (str
 }
 
 func setTokenCookie(w http.ResponseWriter, tok string, expires, now time.Time) {
-	http.SetCookie(w, &http.Cookie{
+	http.SetCookie(w, tokenCookie(tok, expires, now))
+}
+
+// tokenCookie is the cookie that carries tok on its backend's host.
+func tokenCookie(tok string, expires, now time.Time) *http.Cookie {
+	return &http.Cookie{
 		Name:     CookieName,
 		Value:    tok,
 		Path:     "/",
@@ -228,7 +233,32 @@ func setTokenCookie(w http.ResponseWriter, tok string, expires, now time.Time) {
 		Secure:   true,
 		HttpOnly: true,
 		SameSite: http.SameSiteLaxMode,
-	})
+	}
+}
+
+// writeHostRedirect answers the first request of a session on a
+// backend's host, whose path starts with tok, as hostRouter does: a
+// redirect to the same URL without the token, and the cookie.
+func writeHostRedirect(bw h1.Writer, req *request, tok string, expires, now time.Time) {
+	bw.WriteString("HTTP/1.1 303 See Other\r\nCache-Control: no-store\r\nLocation: ")
+	if rest := req.rest[1+len(req.token):]; len(rest) > 0 {
+		bw.Write(rest)
+	} else {
+		bw.WriteByte('/')
+	}
+	if len(req.query) > 0 {
+		bw.WriteByte('?')
+		bw.Write(req.query)
+	}
+	bw.WriteString("\r\n")
+	h1.WriteHeader(bw, "Set-Cookie", tokenCookie(tok, expires, now).String())
+	if !req.Head {
+		bw.WriteString("Content-Length: 0\r\n") // net/http says nothing to a HEAD
+	}
+	if req.Close {
+		bw.WriteString("Connection: close\r\n")
+	}
+	bw.WriteString("\r\n")
 }
 
 // dropTokenCookie removes Berth's cookie from r: the backend gets only its

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"bufio"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -10,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/berthhq/berth/proxy/internal/h1"
 	"github.com/berthhq/berth/token"
 )
 
@@ -130,8 +133,15 @@ func TestServer_HostRoutedLikeNetHTTP(t *testing.T) {
 		{"expired", "GET /p HTTP/1.1\r\nHost: " + label(hostA) + "\r\nCookie: " + CookieName + "=" + expired + "\r\n\r\n", true},
 		{"forged token", "GET /p HTTP/1.1\r\nHost: " + label(hostA) + "\r\nCookie: " + CookieName + "=" + forgedTok + "\r\n\r\n", true},
 		{"garbage", "GET /p HTTP/1.1\r\nHost: " + label(hostA) + "\r\nCookie: " + CookieName + "=a\\b; " + CookieName + "= " + tokA + "\r\n\r\n", true},
-		{"a token-like first segment that is not one", "GET /" + strings.Repeat("A", 80) + "/x HTTP/1.1\r\nHost: " + label(hostA) + "\r\nCookie: " + ck + "\r\n\r\n", false},
-		{"the first URL", "GET /" + tokA + "/x?y=1 HTTP/1.1\r\nHost: " + label(hostA) + "\r\n\r\n", false},
+		{"a token-like first segment that is not one", "GET /" + strings.Repeat("A", 80) + "/x HTTP/1.1\r\nHost: " + label(hostA) + "\r\nCookie: " + ck + "\r\n\r\n", true},
+		{"an expired token first", "GET /" + expired + "/x HTTP/1.1\r\nHost: " + label(hostA) + "\r\nCookie: " + ck + "\r\n\r\n", true},
+		{"the first URL", "GET /" + tokA + "/x?y=1 HTTP/1.1\r\nHost: " + label(hostA) + "\r\n\r\n", true},
+		{"the first URL, HEAD", "HEAD /" + tokA + "/ HTTP/1.1\r\nHost: " + label(hostA) + "\r\nCookie: " + CookieName + "=" + tokB + "\r\n\r\n", true},
+		{"the first URL, no slash", "GET /" + tokA + "?y HTTP/1.1\r\nHost: " + label(hostA) + "\r\nConnection: close\r\n\r\n", true},
+		{"the first URL, empty query", "GET /" + tokA + "/a/b? HTTP/1.1\r\nHost: " + label(hostA) + "\r\n\r\n", true},
+		{"the first URL of a terminated backend", "GET /" + tokGone + "/x HTTP/1.1\r\nHost: " + label(hostGone) + "\r\n\r\n", true},
+		{"another backend's first URL", "GET /" + tokB + "/x HTTP/1.1\r\nHost: " + label(hostA) + "\r\nCookie: " + ck + "\r\n\r\n", true},
+		{"the first URL, odd", "GET /" + tokA + "/a/./b HTTP/1.1\r\nHost: " + label(hostA) + "\r\n\r\n", false},
 		{"an odd path", "GET /a//b/./c HTTP/1.1\r\nHost: " + label(hostA) + "\r\nCookie: " + ck + "\r\n\r\n", false},
 		{"a climbing path", "GET /a/../../etc HTTP/1.1\r\nHost: " + label(hostA) + "\r\nCookie: " + ck + "\r\n\r\n", false},
 		{"a body", "POST /form HTTP/1.1\r\nHost: " + label(hostA) + "\r\nCookie: " + ck + "\r\nContent-Length: 2\r\n\r\nhi", false},
@@ -154,7 +164,7 @@ func TestServer_HostRoutedLikeNetHTTP(t *testing.T) {
 			if gotRes.StatusCode != wantRes.StatusCode || got != want {
 				t.Errorf("fast path: %d %q\nnet/http:  %d %q", gotRes.StatusCode, got, wantRes.StatusCode, want)
 			}
-			for _, k := range []string{"Content-Type", "Cache-Control", "Location", "Set-Cookie", "Retry-After", "X-Seen-Cookie"} {
+			for _, k := range []string{"Content-Type", "Content-Length", "Cache-Control", "Location", "Set-Cookie", "Retry-After", "X-Seen-Cookie", "Connection"} {
 				if g, w := gotRes.Header.Values(k), wantRes.Header.Values(k); strings.Join(g, "\n") != strings.Join(w, "\n") {
 					t.Errorf("%s: fast path %q, net/http %q", k, g, w)
 				}
@@ -175,5 +185,130 @@ func TestServer_HostRoutedLikeNetHTTP(t *testing.T) {
 	}
 	if handOffs.Load() != h0 {
 		t.Error("a keep-alive connection was handed off")
+	}
+}
+
+// The fast path reads and rewrites Cookie headers as net/http's path
+// does: the same token found (or the same error), the same headers left
+// for the backend, and never Berth's cookie among them.
+func FuzzCookieHeaders(f *testing.F) {
+	signer, err := token.NewSigner(testKey)
+	if err != nil {
+		f.Fatal(err)
+	}
+	tokA := signer.Issue(hostA, "alice", now.Add(time.Hour))
+	tokB := signer.Issue(hostB, "bob", now.Add(time.Hour))
+	p := New(Config{Resolver: &resolver{}, Signer: signer, Now: func() time.Time { return now }})
+	f.Cleanup(func() { p.Close() })
+	h := p.Hosts(hostSuffix).(*hostRouter)
+	f.Add("a=1; "+CookieName+"=A", "", "")
+	f.Add(CookieName+"=A", CookieName+"X=A; b=2", ";;"+CookieName+"=B;")
+	f.Add(" "+CookieName+" = A ", "\""+CookieName+"=A\"", CookieName+"=\"A\"")
+	f.Add(CookieName+"=B; "+CookieName+"=A", "x", CookieName)
+	f.Add(CookieName+"=nope;"+CookieName+"=A\t;c", "\t", "a=b;\t"+CookieName+"=\tA")
+	f.Add(strings.Repeat("x;", maxCookies)+CookieName+"=A", "", "") // over net/http's limit: no cookies
+	f.Fuzz(func(t *testing.T, v1, v2, v3 string) {
+		var vv []string
+		for _, v := range []string{v1, v2, v3} {
+			v = strings.ReplaceAll(strings.ReplaceAll(v, "A", tokA), "B", tokB)
+			v = strings.Trim(v, " \t") // as both servers read a header value
+			if v != "" && h1.ValidHeaderValue(v) {
+				vv = append(vv, v)
+			}
+		}
+		if len(vv) == 0 {
+			return
+		}
+		head := "GET /p HTTP/1.1\r\nHost: x\r\n"
+		r := &http.Request{Header: http.Header{}}
+		for _, v := range vv {
+			head += "Cookie: " + v + "\r\n"
+			r.Header.Add("Cookie", v)
+		}
+		var req request
+		if !req.parse([]byte(head + "\r\n")) {
+			t.Fatalf("not parsed: %q", head)
+		}
+
+		_, wantClaims, wantErr := h.cookieToken(r, hostA, now)
+		var v verified
+		gotClaims, gotErr := p.cookieToken(&req, hostA, &v)
+		if gotClaims != wantClaims || errorBody(gotErr) != errorBody(wantErr) {
+			t.Errorf("cookieToken(%q) = %+v, %v; net/http's path: %+v, %v", vv, gotClaims, gotErr, wantClaims, wantErr)
+		}
+		if gotErr == nil && string(req.token) != tokA {
+			t.Errorf("token = %q, want A's", req.token)
+		}
+
+		dropTokenCookie(r)
+		var want []string
+		for _, v := range r.Header["Cookie"] {
+			want = append(want, "Cookie: "+v+"\r\n")
+		}
+		var got []string
+		for _, x := range req.Headers {
+			if strings.EqualFold(string(x.Name), "Cookie") {
+				var out h1.OutBuf
+				writeCookieHeader(&out, x.Name, x.Value)
+				if len(out.B) > 0 {
+					got = append(got, string(out.B))
+				}
+			}
+		}
+		if strings.Join(got, "") != strings.Join(want, "") {
+			t.Errorf("Cookie headers %q: fast path left %q, net/http's path %q", vv, got, want)
+		}
+		if c := r.CookiesNamed(CookieName); len(c) > 0 {
+			t.Errorf("Cookie headers %q: Berth's cookie left for the backend: %q", vv, r.Header["Cookie"])
+		}
+	})
+}
+
+func errorBody(err error) string {
+	if err == nil {
+		return ""
+	}
+	he := asHTTPError(err)
+	return fmt.Sprint(he.status, " ", string(he.body()))
+}
+
+// On the fast path as on net/http's (TestHosts_PeerGetsTokenPath), a
+// backend another replica runs gets the request with the cookie's token
+// back in its path, and without Berth's cookie.
+func TestServer_HostRoutedToPeer(t *testing.T) {
+	signer, err := token.NewSigner(testKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := make(chan string, 1)
+	peer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.URL.RequestURI() + " cookie=" + r.Header.Get("Cookie") + " backend=" + r.Header.Get(HeaderBackend)
+	}))
+	t.Cleanup(peer.Close)
+	const remote = "bk_rrrrrrrrrrrrrrrr"
+	p := New(Config{Resolver: &resolver{
+		routes:   map[string]Route{remote: {BackendID: remote, Addr: peer.Listener.Addr().String(), Peer: true}},
+		errs:     map[string]error{},
+		starting: map[string]chan struct{}{},
+	}, Signer: signer, Now: func() time.Time { return now }})
+	t.Cleanup(func() { p.Close() })
+	srv := p.NewServer(ServerConfig{NoEventLoop: true, HostSuffix: hostSuffix})
+	client, server := net.Pipe()
+	t.Cleanup(func() { client.Close() })
+	var handOffs atomic.Int32
+	go srv.ServeConn(server, hostHooks{h: p.Hosts(hostSuffix), handOffs: &handOffs})
+
+	tok := signer.Issue(remote, "alice", now.Add(time.Hour))
+	label, _ := signer.HostLabel(remote)
+	client.SetDeadline(time.Now().Add(10 * time.Second))
+	go io.WriteString(client, "GET /abs/x?q=1 HTTP/1.1\r\nHost: "+label+"."+hostSuffix+"\r\nCookie: "+CookieName+"="+tok+"; app=1\r\n\r\n")
+	if res, body := readResponse(t, bufio.NewReader(client), "GET"); res.StatusCode != 200 {
+		t.Fatalf("via a peer: %d %s", res.StatusCode, body)
+	}
+	if got, want := <-seen, "/"+tok+"/abs/x?q=1 cookie=app=1 backend="; got != want {
+		t.Errorf("the peer got %q, want %q", got, want)
+	}
+	if n := handOffs.Load(); n != 0 {
+		t.Errorf("%d hand-offs: the fast path did not serve it", n)
 	}
 }

@@ -78,9 +78,10 @@ type ServerConfig struct {
 	// NoEventLoop serves every connection from a goroutine of its own, as
 	// on systems other than Linux, instead of from the event loops.
 	NoEventLoop bool
-	// HostSuffix is the edge's (Proxy.Hosts): ServeConn hands a request
-	// for <label>.<suffix> to its hooks' HandOff, since the fast path
-	// routes by path only.
+	// HostSuffix is the edge's (Proxy.Hosts): ServeConn routes a request
+	// for <label>.<suffix> by its host, as hostRouter does, and hands to
+	// its hooks' HandOff what only hostRouter handles (a path to clean).
+	// Serve's connections route by path only.
 	HostSuffix string
 }
 
@@ -492,7 +493,7 @@ func (cc *clientConn) forward(req *request, n int) (keep bool) {
 	var redirect bool
 	var err error
 	if req.label != nil {
-		err = p.admitHost(req, &cc.host, &cc.verified, fw)
+		redirect, err = p.admitHost(req, &cc.host, &cc.verified, fw)
 	} else {
 		redirect, err = p.admit(req, &cc.verified, fw)
 	}
@@ -715,20 +716,31 @@ func (p *Proxy) admit(req *request, v *verified, fw *forward) (redirect bool, er
 }
 
 // admitHost is admit for a request on a backend's host, as hostRouter
-// admits a later request of a session: the token is its cookie's, and
-// must be for the host's backend. It sets req.token to it.
-func (p *Proxy) admitHost(req *request, hb *hostBackend, v *verified, fw *forward) error {
+// admits it: a first segment that is a token for the host's backend asks
+// for the redirect that sets the cookie; otherwise the token is the
+// cookie's, which must be for the host's backend, and req.token is set to
+// it. fw's claims are set for a redirect too.
+func (p *Proxy) admitHost(req *request, hb *hostBackend, v *verified, fw *forward) (redirect bool, err error) {
 	id, err := hb.backend(p.cfg.Signer, req.label)
 	if err != nil {
-		return errUnknownHost
+		return false, errUnknownHost
+	}
+	if len(req.token) > 0 {
+		if claims, err := v.verify(p.cfg.Signer, req.token, p.cfg.Now()); err == nil {
+			if claims.BackendID != id {
+				return false, errOtherBackend
+			}
+			*fw = forward{claims: claims}
+			return true, nil
+		}
 	}
 	claims, err := p.cookieToken(req, id, v)
 	if err != nil {
-		return err
+		return false, err
 	}
 	route, _ := p.resolveReady(claims.BackendID)
 	*fw = forward{route: route, claims: claims}
-	return nil
+	return false, nil
 }
 
 // hostBackend is the backend of the last host label a client connection
@@ -874,9 +886,14 @@ func (p *Proxy) writeFastError(bw h1.Writer, req *request, err error) {
 	}
 }
 
-// redirect answers a URL that ends with its token, as Proxy.serve does.
+// redirect answers a URL that ends with its token, as Proxy.serve does,
+// or on a backend's host, one that starts with it, as hostRouter does.
 func (cc *clientConn) redirect(bw *bufio.Writer, req *request) bool {
-	writeRedirect(bw, req)
+	if req.label != nil {
+		writeHostRedirect(bw, req, string(req.token), cc.fwd.claims.Expires, cc.s.p.cfg.Now())
+	} else {
+		writeRedirect(bw, req)
+	}
 	return bw.Flush() == nil
 }
 
