@@ -45,6 +45,8 @@ import (
 // ServeConn serves a connection accepted elsewhere the same way: the
 // edge's TLS connections that speak HTTP/1.1, whose requests the edge
 // admits (ConnHooks) and whose hand-off goes back to the edge's net/http.
+// There a request for a backend's host (ServerConfig.HostSuffix) is routed
+// by its host and its cookie, as Proxy.Hosts routes it.
 //
 // On Linux, event loops (loop_linux.go) serve the fast path instead of a
 // goroutine per connection: they save the read that finds nothing and the
