@@ -241,10 +241,14 @@ var (
 
 // run runs wrk with threads and conns against url for d. body, if set,
 // makes it a POST with that JSON body and authorization header.
-func (w *wrk) run(ctx context.Context, url string, threads, conns int, d time.Duration, auth string, body []byte) (loadResult, error) {
+// run loads url; headers ("Name: value") go with every request.
+func (w *wrk) run(ctx context.Context, url string, threads, conns int, d time.Duration, auth string, body []byte, headers ...string) (loadResult, error) {
 	// wrk counts time in whole seconds.
 	d = max(time.Second, d.Round(time.Second))
 	args := []string{"-t", strconv.Itoa(threads), "-c", strconv.Itoa(conns), "-d", fmt.Sprintf("%ds", int(d.Seconds()))}
+	for _, h := range headers {
+		args = append(args, "-H", h)
+	}
 	if body != nil {
 		f, err := os.CreateTemp(w.dir, "wrk-*.lua")
 		if err != nil {

@@ -280,6 +280,7 @@ func TestServer_H1(t *testing.T) {
 	t.Run("host routing", func(t *testing.T) {
 		label, _ := f.signer.HostLabel(h1Backend)
 		host := label + "." + h1Suffix
+		a0, h0 := f.h1.admits.Load(), f.h1.handOffs.Load()
 		c, br := f.dialTLS(t, nil)
 		res, _ := roundTrip(t, c, br, "GET /"+f.tok+"/x HTTP/1.1\r\nHost: "+host+"\r\n\r\n")
 		ck := res.Header.Get("Set-Cookie")
@@ -290,6 +291,17 @@ func TestServer_H1(t *testing.T) {
 		res, body := roundTrip(t, c, br, "GET /x HTTP/1.1\r\nHost: "+host+"\r\nCookie: "+cookie+"; app=1\r\n\r\n")
 		if res.StatusCode != 200 || body != "GET /x xff=127.0.0.1 xfp=https cookie=app=1 body=" {
 			t.Errorf("with the cookie: %d %q", res.StatusCode, body)
+		}
+		// A session's requests take the fast path, the first included.
+		c, br = f.dialTLS(t, nil)
+		for _, path := range []string{"/", "/_next/app.js?v=1"} {
+			res, body = roundTrip(t, c, br, "GET "+path+" HTTP/1.1\r\nHost: "+host+"\r\nCookie: app=1; "+cookie+"\r\n\r\n")
+			if res.StatusCode != 200 || body != "GET "+path+" xff=127.0.0.1 xfp=https cookie=app=1 body=" {
+				t.Errorf("%s with the cookie, fast path: %d %q", path, res.StatusCode, body)
+			}
+		}
+		if a, h := f.h1.admits.Load()-a0, f.h1.handOffs.Load()-h0; a != 4 || h != 0 {
+			t.Errorf("the fast path admitted %d requests and handed off %d connections, want 4 and 0", a, h)
 		}
 	})
 	t.Run("metrics", func(t *testing.T) {

@@ -1,6 +1,9 @@
 package proxy
 
 import (
+	"github.com/berthhq/berth/proxy/internal/h1"
+	"github.com/berthhq/berth/token"
+
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -94,6 +97,63 @@ func BenchmarkRequestParse(b *testing.B) {
 				if !r.parse(head) {
 					b.Fatal("parse refused the head")
 				}
+			}
+		})
+	}
+}
+
+// BenchmarkAdmitAndWrite is what the fast path does with a browser's
+// request head before the backend answers — parse, admit (token checked
+// against the connection's cache), write the request to the backend —
+// routed by path and by host (label, cookie read and cut from the Cookie
+// header). Neither may allocate.
+func BenchmarkAdmitAndWrite(b *testing.B) {
+	signer, err := token.NewSigner(testKey)
+	if err != nil {
+		b.Fatal(err)
+	}
+	tok := signer.Issue(hostA, "alice@example.com", now.Add(time.Hour))
+	label, _ := signer.HostLabel(hostA)
+	p := New(Config{Resolver: &resolver{
+		routes:   map[string]Route{hostA: {BackendID: hostA, Addr: "127.0.0.1:1", Secret: "s"}},
+		errs:     map[string]error{},
+		starting: map[string]chan struct{}{},
+	}, Signer: signer, Now: func() time.Time { return now }})
+	defer p.Close()
+	const rest = "User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n" +
+		"Accept: */*\r\nAccept-Language: en-US,en;q=0.5\r\nAccept-Encoding: gzip, deflate, br\r\nConnection: keep-alive\r\n"
+	byPath := []byte("GET /" + tok + "/static/js/app.4f3a9c.js?v=12 HTTP/1.1\r\nHost: " + hostSuffix + "\r\n" + rest + "\r\n")
+	byHost := []byte("GET /static/js/app.4f3a9c.js?v=12 HTTP/1.1\r\nHost: " + label + "." + hostSuffix + "\r\n" + rest +
+		"Cookie: theme=dark; " + CookieName + "=" + tok + "; _ga=GA1.1.123\r\n\r\n")
+	dot := "." + hostSuffix
+	for _, bm := range []struct {
+		name string
+		head []byte
+	}{{"path", byPath}, {"host", byHost}} {
+		b.Run(bm.name, func(b *testing.B) {
+			var (
+				r  request
+				v  verified
+				hb hostBackend
+				fw forward
+				wr h1.OutBuf
+			)
+			b.ReportAllocs()
+			for b.Loop() {
+				if !r.parseRouted(bm.head, dot) {
+					b.Fatal("parse refused the head")
+				}
+				var err error
+				if r.label != nil {
+					_, err = p.admitHost(&r, &hb, &v, &fw)
+				} else {
+					_, err = p.admit(&r, &v, &fw)
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+				wr.B = wr.B[:0]
+				writeFastRequest(&wr, &r, &fw, "203.0.113.9", true)
 			}
 		})
 	}

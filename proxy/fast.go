@@ -5,6 +5,8 @@ import (
 
 	"bytes"
 	"fmt"
+
+	"github.com/berthhq/berth/token"
 )
 
 // request is a request head parsed in place by the Server's fast path,
@@ -12,8 +14,15 @@ import (
 // connection's read buffer and are valid until the head is discarded.
 type request struct {
 	h1.Request
-	token    []byte
-	rest     []byte // the path after the token, from its slash; raw
+	// label is the host label, as written, of a request routed by its
+	// host (<label>.<suffix>); nil for one routed by its path.
+	label []byte
+	// token is the path's first segment; on a backend's host, the
+	// cookie's token once admitHost has found it.
+	token []byte
+	// rest is the path after the token, from its slash; raw. On a
+	// backend's host, the whole path.
+	rest     []byte
 	hasRest  bool
 	query    []byte // raw, without '?'
 	hasQuery bool
@@ -26,6 +35,21 @@ func (r *request) parse(b []byte) bool {
 	return r.Request.Parse(b) && r.parseTarget()
 }
 
+// parseRouted is parse on a server that routes <label><dotSuffix> by its
+// host (Proxy.Hosts): such a request's target is the backend's path as it
+// is; any other request is routed by its path.
+func (r *request) parseRouted(b []byte, dotSuffix string) bool {
+	if !r.Request.Parse(b) {
+		return false
+	}
+	label, ok := hostLabel(dotSuffix, r.Host)
+	if !ok {
+		return r.parseTarget()
+	}
+	r.label = label
+	return r.parseHostTarget()
+}
+
 // parseTarget splits /<token>/<rest>?<query>. It leaves to net/http what
 // net/http would treat differently (escapes inside the token) and what the
 // Proxy normalizes or refuses there (see path.go): dot-segments, empty
@@ -35,7 +59,7 @@ func (r *request) parseTarget() bool {
 	if len(t) < 2 {
 		return false
 	}
-	r.token, r.rest, r.hasRest, r.query, r.hasQuery = nil, nil, false, nil, false
+	r.label, r.token, r.rest, r.hasRest, r.query, r.hasQuery = nil, nil, nil, false, nil, false
 	path := t
 	if q := bytes.IndexByte(t, '?'); q >= 0 {
 		path, r.query, r.hasQuery = t[:q], t[q+1:], true
@@ -46,6 +70,22 @@ func (r *request) parseTarget() bool {
 		r.token = path[1:]
 	}
 	return bytes.IndexByte(r.token, '%') < 0 && !(r.OddPath && oddPath(r.rest))
+}
+
+// parseHostTarget splits <path>?<query> for a request on a backend's host.
+// A first segment that may be a token (token.Plausible) goes in token:
+// the first request of a session, if it verifies. It leaves to net/http
+// (hostRouter) a path it would clean.
+func (r *request) parseHostTarget() bool {
+	t := r.Target
+	r.token, r.rest, r.hasRest, r.query, r.hasQuery = nil, t, true, nil, false
+	if q := bytes.IndexByte(t, '?'); q >= 0 {
+		r.rest, r.query, r.hasQuery = t[:q], t[q+1:], true
+	}
+	if first, _, _ := bytes.Cut(r.rest[1:], []byte{'/'}); token.Plausible(first) {
+		r.token = first
+	}
+	return !(r.OddPath && oddPath(r.rest))
 }
 
 // dropRequestHeaderBytes is dropRequestHeader for a name in any case.
@@ -70,9 +110,16 @@ var droppedRequestHeaders = [...]string{
 func writeFastRequest(bw h1.Writer, req *request, fw *forward, clientIP string, https bool) {
 	bw.Write(req.Method)
 	bw.WriteByte(' ')
-	if fw.route.Peer {
+	switch {
+	case req.label != nil && fw.route.Peer:
+		// As net/http's path: the peer routes by the token, which the
+		// cookie that carried it no longer holds.
+		bw.WriteByte('/')
+		bw.Write(req.token)
 		bw.Write(req.Target)
-	} else {
+	case req.label != nil, fw.route.Peer:
+		bw.Write(req.Target)
+	default:
 		bw.Write(req.rest)
 		if req.hasQuery {
 			bw.WriteByte('?')
@@ -84,6 +131,10 @@ func writeFastRequest(bw h1.Writer, req *request, fw *forward, clientIP string, 
 	bw.WriteString("\r\n")
 	for _, h := range req.Headers {
 		if h1.FoldIs(h.Name, "Host") || dropRequestHeaderBytes(h.Name) || h1.ListedInAny(req.Connection, h.Name) {
+			continue
+		}
+		if req.label != nil && h1.FoldIs(h.Name, "Cookie") {
+			writeCookieHeader(bw, h.Name, h.Value) // Berth's never reaches the backend
 			continue
 		}
 		bw.Write(h.Name)

@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bytes"
 	"net"
 	"net/http"
 	"net/url"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/berthhq/berth/api"
+	"github.com/berthhq/berth/proxy/internal/h1"
 	"github.com/berthhq/berth/token"
 )
 
@@ -67,23 +69,60 @@ func HostURL(s *token.Signer, base *url.URL, suffix, backendID, tok string) (str
 	return base.Scheme + "://" + host + "/" + tok + "/", true
 }
 
-// label returns the label of host if host is <label>.<suffix>.
+// label returns the label of host, lowercased, if host is <label>.<suffix>.
 func (h *hostRouter) label(host string) (string, bool) {
-	if h.dotSuffix == "" {
-		return "", false
+	label, ok := hostLabel(h.dotSuffix, host)
+	return strings.ToLower(label), ok
+}
+
+// hostLabel returns the label of host, in the case it was written, if host
+// is <label><dotSuffix>, a port and a final dot aside; dotSuffix is
+// lowercase and starts with a dot. It is hostRouter.label for both paths:
+// the fast path's Host is bytes in the read buffer.
+func hostLabel[T string | []byte](dotSuffix string, host T) (T, bool) {
+	var none T
+	if dotSuffix == "" {
+		return none, false
 	}
-	if i := strings.LastIndexByte(host, ':'); i >= 0 && !strings.HasSuffix(host, "]") {
-		host = host[:i]
+	if n := len(host); n > 0 && host[n-1] != ']' {
+		for i := n - 1; i >= 0; i-- {
+			if host[i] == ':' {
+				host = host[:i]
+				break
+			}
+		}
 	}
-	host = strings.TrimSuffix(host, ".")
-	if len(host) <= len(h.dotSuffix) || !strings.EqualFold(host[len(host)-len(h.dotSuffix):], h.dotSuffix) {
-		return "", false
+	if n := len(host); n > 0 && host[n-1] == '.' {
+		host = host[:n-1]
 	}
-	label := host[:len(host)-len(h.dotSuffix)]
-	if strings.IndexByte(label, '.') >= 0 {
-		return "", false
+	if len(host) <= len(dotSuffix) || !foldIsASCII(host[len(host)-len(dotSuffix):], dotSuffix) {
+		return none, false
 	}
-	return strings.ToLower(label), true
+	label := host[:len(host)-len(dotSuffix)]
+	for i := 0; i < len(label); i++ {
+		if label[i] == '.' {
+			return none, false
+		}
+	}
+	return label, true
+}
+
+// foldIsASCII reports whether b equals the lowercase s, ASCII letters in
+// any case. (A Host header is ASCII: both servers refuse any other.)
+func foldIsASCII[T string | []byte](b T, s string) bool {
+	if len(b) != len(s) {
+		return false
+	}
+	for i := 0; i < len(b); i++ {
+		c := b[i]
+		if 'A' <= c && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		if c != s[i] {
+			return false
+		}
+	}
+	return true
 }
 
 func (h *hostRouter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -181,7 +220,12 @@ func (h *hostRouter) cookieToken(r *http.Request, id string, now time.Time) (str
 }
 
 func setTokenCookie(w http.ResponseWriter, tok string, expires, now time.Time) {
-	http.SetCookie(w, &http.Cookie{
+	http.SetCookie(w, tokenCookie(tok, expires, now))
+}
+
+// tokenCookie is the cookie that carries tok on its backend's host.
+func tokenCookie(tok string, expires, now time.Time) *http.Cookie {
+	return &http.Cookie{
 		Name:     CookieName,
 		Value:    tok,
 		Path:     "/",
@@ -189,11 +233,38 @@ func setTokenCookie(w http.ResponseWriter, tok string, expires, now time.Time) {
 		Secure:   true,
 		HttpOnly: true,
 		SameSite: http.SameSiteLaxMode,
-	})
+	}
+}
+
+// writeHostRedirect answers the first request of a session on a
+// backend's host, whose path starts with tok, as hostRouter does: a
+// redirect to the same URL without the token, and the cookie.
+func writeHostRedirect(bw h1.Writer, req *request, tok string, expires, now time.Time) {
+	bw.WriteString("HTTP/1.1 303 See Other\r\nCache-Control: no-store\r\nLocation: ")
+	if rest := req.rest[1+len(req.token):]; len(rest) > 0 {
+		bw.Write(rest)
+	} else {
+		bw.WriteByte('/')
+	}
+	if len(req.query) > 0 {
+		bw.WriteByte('?')
+		bw.Write(req.query)
+	}
+	bw.WriteString("\r\n")
+	h1.WriteHeader(bw, "Set-Cookie", tokenCookie(tok, expires, now).String())
+	if !req.Head {
+		bw.WriteString("Content-Length: 0\r\n") // net/http says nothing to a HEAD
+	}
+	if req.Close {
+		bw.WriteString("Connection: close\r\n")
+	}
+	bw.WriteString("\r\n")
 }
 
 // dropTokenCookie removes Berth's cookie from r: the backend gets only its
-// own cookies.
+// own cookies. A Cookie header that names it keeps its other cookies,
+// joined by "; ", or goes when none is left; one that does not is left as
+// it is. writeCookieHeader does the same on the fast path.
 func dropTokenCookie(r *http.Request) {
 	vv := r.Header["Cookie"]
 	if len(vv) == 0 {
@@ -206,10 +277,9 @@ func dropTokenCookie(r *http.Request) {
 			continue
 		}
 		var parts []string
-		for _, c := range strings.Split(v, ";") {
-			name, _, _ := strings.Cut(strings.TrimSpace(c), "=")
-			if name != CookieName {
-				parts = append(parts, strings.TrimSpace(c))
+		for c := range strings.SplitSeq(v, ";") {
+			if c = strings.TrimSpace(c); c != "" && !isTokenCookie(c) {
+				parts = append(parts, c)
 			}
 		}
 		if len(parts) > 0 {
@@ -222,6 +292,54 @@ func dropTokenCookie(r *http.Request) {
 	}
 	r.Header["Cookie"] = kept
 }
+
+// isTokenCookie reports whether the cookie-pair c is Berth's cookie. Its
+// name is trimmed, as net/http trims it when it reads cookies: whatever
+// Request.Cookies counts as the token is dropped.
+func isTokenCookie(c string) bool {
+	name, _, _ := strings.Cut(c, "=")
+	return strings.TrimSpace(name) == CookieName
+}
+
+// isTokenCookieBytes is isTokenCookie for the fast path.
+func isTokenCookieBytes(c []byte) bool {
+	name, _, _ := bytes.Cut(c, []byte{'='})
+	return string(bytes.TrimSpace(name)) == CookieName
+}
+
+// writeCookieHeader writes the Cookie header line name: v as
+// dropTokenCookie leaves it: without Berth's cookie, and not at all when
+// no other cookie is left.
+func writeCookieHeader(bw h1.Writer, name, v []byte) {
+	if !bytes.Contains(v, cookieNameBytes) {
+		bw.Write(name)
+		bw.WriteString(": ")
+		bw.Write(v)
+		bw.WriteString("\r\n")
+		return
+	}
+	written := false
+	for rest, more := v, true; more; {
+		var c []byte
+		c, rest, more = bytes.Cut(rest, []byte{';'})
+		if c = bytes.TrimSpace(c); len(c) == 0 || isTokenCookieBytes(c) {
+			continue
+		}
+		if written {
+			bw.WriteString("; ")
+		} else {
+			bw.Write(name)
+			bw.WriteString(": ")
+			written = true
+		}
+		bw.Write(c)
+	}
+	if written {
+		bw.WriteString("\r\n")
+	}
+}
+
+var cookieNameBytes = []byte(CookieName)
 
 // noBodyH2 marks an HTTP/2 request whose stream ended with its headers as
 // bodiless, as net/http's HTTP/1 server does, so that a GET takes the

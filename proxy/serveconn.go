@@ -17,8 +17,8 @@ type ConnHooks interface {
 	// before its token is looked at.
 	Admit(h Head) Admission
 	// HandOff takes the connection over for good, for a request the fast
-	// path does not serve (a body, an upgrade, HTTP/1.0, a backend's
-	// host, a head too large for it, or one Admit handed off): c reads
+	// path does not serve (a body, an upgrade, HTTP/1.0, a path to
+	// clean, a head too large for it, or one Admit handed off): c reads
 	// first the bytes of that request already read. The owner serves it
 	// with net/http and Proxy.Hosts (or the Proxy) as handler.
 	HandOff(c net.Conn)

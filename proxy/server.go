@@ -16,6 +16,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -44,6 +45,8 @@ import (
 // ServeConn serves a connection accepted elsewhere the same way: the
 // edge's TLS connections that speak HTTP/1.1, whose requests the edge
 // admits (ConnHooks) and whose hand-off goes back to the edge's net/http.
+// There a request for a backend's host (ServerConfig.HostSuffix) is routed
+// by its host and its cookie, as Proxy.Hosts routes it.
 //
 // On Linux, event loops (loop_linux.go) serve the fast path instead of a
 // goroutine per connection: they save the read that finds nothing and the
@@ -77,9 +80,10 @@ type ServerConfig struct {
 	// NoEventLoop serves every connection from a goroutine of its own, as
 	// on systems other than Linux, instead of from the event loops.
 	NoEventLoop bool
-	// HostSuffix is the edge's (Proxy.Hosts): ServeConn hands a request
-	// for <label>.<suffix> to its hooks' HandOff, since the fast path
-	// routes by path only.
+	// HostSuffix is the edge's (Proxy.Hosts): ServeConn routes a request
+	// for <label>.<suffix> by its host, as hostRouter does, and hands to
+	// its hooks' HandOff what only hostRouter handles (a path to clean).
+	// Serve's connections route by path only.
 	HostSuffix string
 }
 
@@ -278,6 +282,7 @@ type clientConn struct {
 	idleSince atomic.Int64 // unix nanoseconds
 	clientIP  string       // for X-Forwarded-For, computed once
 	verified  verified     // the connection's last good token
+	host      hostBackend  // the connection's last backend host
 
 	// The watcher of a request in flight (see watch).
 	watchTimer *time.Timer
@@ -361,7 +366,7 @@ func (cc *clientConn) serve() {
 			return // the sweeper or Shutdown closed it
 		}
 		head, _ := cc.br.Peek(n)
-		if n == 0 || !req.parse(head) || cc.hostRouted(&req) {
+		if n == 0 || !cc.parse(&req, head) {
 			handedOff = cc.handOff()
 			return
 		}
@@ -433,14 +438,13 @@ func (cc *clientConn) handOff() bool {
 	return true
 }
 
-// hostRouted reports whether req is for a backend's host, which only
-// net/http's path (hostRouter) routes.
-func (cc *clientConn) hostRouted(req *request) bool {
+// parse parses a request head: on the edge with a host suffix, a request
+// for a backend's host is routed by its host, any other by its path.
+func (cc *clientConn) parse(req *request, head []byte) bool {
 	if cc.hooks == nil || cc.s.hosts.dotSuffix == "" {
-		return false
+		return req.parse(head)
 	}
-	_, ok := cc.s.hosts.label(string(req.Host))
-	return ok
+	return req.parseRouted(head, cc.s.hosts.dotSuffix)
 }
 
 // refuse answers the request whose head is the first n buffered bytes
@@ -488,7 +492,13 @@ func (cc *clientConn) forward(req *request, n int) (keep bool) {
 
 	fw := &cc.fwd
 	defer func() { cc.fwd = forward{} }() // holds nothing of a backend between requests
-	redirect, err := p.admit(req, &cc.verified, fw)
+	var redirect bool
+	var err error
+	if req.label != nil {
+		redirect, err = p.admitHost(req, &cc.host, &cc.verified, fw)
+	} else {
+		redirect, err = p.admit(req, &cc.verified, fw)
+	}
 	switch {
 	case err != nil:
 		cc.br.Discard(n)
@@ -707,6 +717,130 @@ func (p *Proxy) admit(req *request, v *verified, fw *forward) (redirect bool, er
 	return false, nil
 }
 
+// admitHost is admit for a request on a backend's host, as hostRouter
+// admits it: a first segment that is a token for the host's backend asks
+// for the redirect that sets the cookie; otherwise the token is the
+// cookie's, which must be for the host's backend, and req.token is set to
+// it. fw's claims are set for a redirect too.
+func (p *Proxy) admitHost(req *request, hb *hostBackend, v *verified, fw *forward) (redirect bool, err error) {
+	id, err := hb.backend(p.cfg.Signer, req.label)
+	if err != nil {
+		return false, errUnknownHost
+	}
+	if len(req.token) > 0 {
+		if claims, err := v.verify(p.cfg.Signer, req.token, p.cfg.Now()); err == nil {
+			if claims.BackendID != id {
+				return false, errOtherBackend
+			}
+			*fw = forward{claims: claims}
+			return true, nil
+		}
+	}
+	claims, err := p.cookieToken(req, id, v)
+	if err != nil {
+		return false, err
+	}
+	route, _ := p.resolveReady(claims.BackendID)
+	*fw = forward{route: route, claims: claims}
+	return false, nil
+}
+
+// hostBackend is the backend of the last host label a client connection
+// asked for: a browser asks the same host on every request of a
+// connection, and BackendOfLabel computes a MAC.
+type hostBackend struct {
+	label string // lowercase
+	id    string
+}
+
+func (hb *hostBackend) backend(s *token.Signer, label []byte) (string, error) {
+	if hb.label != "" && foldIsASCII(label, hb.label) {
+		return hb.id, nil
+	}
+	lower := strings.ToLower(string(label))
+	id, err := s.BackendOfLabel(lower)
+	if err != nil {
+		return "", err
+	}
+	hb.label, hb.id = lower, id
+	return id, nil
+}
+
+// maxCookies is net/http's limit on the cookies of a request: Request.Cookies
+// returns none beyond it.
+const maxCookies = 3000
+
+// cookieToken is hostRouter.cookieToken for a request the fast path
+// parsed: it reads the Cookie headers as Request.Cookies does, and takes
+// the first of Berth's cookies that verifies for backend id.
+func (p *Proxy) cookieToken(req *request, id string, v *verified) (token.Claims, error) {
+	n := 0
+	for _, h := range req.Headers {
+		if h1.FoldIs(h.Name, "Cookie") {
+			n += bytes.Count(h.Value, []byte{';'}) + 1
+		}
+	}
+	if n > maxCookies {
+		return token.Claims{}, errMissingToken
+	}
+	now := p.cfg.Now()
+	var first error
+	for _, h := range req.Headers {
+		if !h1.FoldIs(h.Name, "Cookie") {
+			continue
+		}
+		for line, more := h.Value, true; more; {
+			var c []byte
+			c, line, more = bytes.Cut(line, []byte{';'})
+			name, val, _ := bytes.Cut(trimCookieSpace(c), []byte{'='})
+			if string(trimCookieSpace(name)) != CookieName {
+				continue
+			}
+			val, ok := cookieValue(val)
+			if !ok {
+				continue
+			}
+			claims, err := v.verify(p.cfg.Signer, val, now)
+			switch {
+			case err != nil:
+				err = tokenError(err)
+			case claims.BackendID != id:
+				err = errOtherBackend
+			default:
+				req.token = val
+				return claims, nil
+			}
+			if first == nil {
+				first = err
+			}
+		}
+	}
+	if first == nil {
+		first = errMissingToken
+	}
+	return token.Claims{}, first
+}
+
+// trimCookieSpace trims what net/http trims around a cookie's name and
+// value (textproto.TrimString).
+func trimCookieSpace(b []byte) []byte {
+	return bytes.Trim(b, " \t\r\n")
+}
+
+// cookieValue is a cookie's value as net/http reads it: unquoted, and not
+// ok when it has a byte a cookie value may not have.
+func cookieValue(v []byte) ([]byte, bool) {
+	if len(v) > 1 && v[0] == '"' && v[len(v)-1] == '"' {
+		v = v[1 : len(v)-1]
+	}
+	for _, c := range v {
+		if c < 0x20 || c >= 0x7f || c == '"' || c == ';' || c == '\\' {
+			return nil, false
+		}
+	}
+	return v, true
+}
+
 // verified is the last token a client connection presented that verified,
 // with its claims. A browser sends the same token on every request of a
 // keep-alive connection, and checking its signature again is most of what
@@ -754,9 +888,14 @@ func (p *Proxy) writeFastError(bw h1.Writer, req *request, err error) {
 	}
 }
 
-// redirect answers a URL that ends with its token, as Proxy.serve does.
+// redirect answers a URL that ends with its token, as Proxy.serve does,
+// or on a backend's host, one that starts with it, as hostRouter does.
 func (cc *clientConn) redirect(bw *bufio.Writer, req *request) bool {
-	writeRedirect(bw, req)
+	if req.label != nil {
+		writeHostRedirect(bw, req, string(req.token), cc.fwd.claims.Expires, cc.s.p.cfg.Now())
+	} else {
+		writeRedirect(bw, req)
+	}
 	return bw.Flush() == nil
 }
 

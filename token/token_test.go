@@ -112,6 +112,32 @@ func TestSigner_Long(t *testing.T) {
 	}
 }
 
+func TestPlausible(t *testing.T) {
+	s := newSigner(t, testKey)
+	tok := s.Issue("", "", now) // the smallest there is
+	for _, tt := range []struct {
+		in   string
+		want bool
+	}{
+		{tok, true},
+		{s.Issue("bk_"+strings.Repeat("x", 200), strings.Repeat("u", 300), now), true},
+		{tok[:len(tok)-1], false}, // one byte short of the smallest token
+		{"B" + tok[1:], false},    // another version
+		{tok[:40] + "." + tok[41:], false},
+		{tok[:40] + "%" + tok[41:], false},
+		{"", false},
+		{"index.html", false},
+		{"assets", false},
+	} {
+		if got := Plausible(tt.in); got != tt.want {
+			t.Errorf("Plausible(%q) = %v, want %v", tt.in, got, tt.want)
+		}
+		if _, err := s.Verify(tt.in, now.Add(-time.Second)); !tt.want && !errors.Is(err, ErrMalformed) {
+			t.Errorf("Verify(%q) = %v, want ErrMalformed", tt.in, err)
+		}
+	}
+}
+
 func FuzzVerify(f *testing.F) {
 	s := newSigner(f, testKey)
 	f.Add(s.Issue("bk_1", "alice", now.Add(time.Hour)), "bk_1", "alice", now.Unix()+3600)
@@ -124,10 +150,16 @@ func FuzzVerify(f *testing.F) {
 		if c, err := s.Verify(tok, now); err == nil && (c.BackendID != "bk_1" || c.User != "alice") {
 			t.Fatalf("Verify accepted %q: %+v", tok, c)
 		}
+		if _, err := s.Verify(tok, now); !Plausible(tok) && !errors.Is(err, ErrMalformed) {
+			t.Fatalf("Plausible(%q) = false, but Verify = %v, not ErrMalformed", tok, err)
+		}
 
 		exp %= 1 << 40 // keep time.Unix(exp, 0).Unix() == exp
 		expires := time.Unix(exp, 0)
 		issued := s.Issue(backendID, user, expires)
+		if !Plausible(issued) || !Plausible([]byte(issued)) {
+			t.Fatalf("Plausible(Issue(%q, %q, %d)) = false", backendID, user, exp)
+		}
 		c, err := s.Verify(issued, expires.Add(-time.Second))
 		if err != nil {
 			t.Fatalf("Verify(Issue(%q, %q, %d)) = %v", backendID, user, exp, err)

@@ -101,7 +101,22 @@ func (r *Request) Parse(b []byte) bool {
 		}
 		r.Headers = append(r.Headers, Header{name, value})
 	}
-	return len(b) == 0 && hosts == 1 && httpguts.ValidHostHeader(string(r.Host))
+	return len(b) == 0 && hosts == 1 && validHost(r.Host)
+}
+
+// validHost is httpguts.ValidHostHeader, net/http's check, without
+// allocating: it checks each byte alone, so it can take the host in
+// pieces no longer than the stack buffer a string conversion may use (a
+// backend's host, <label>.<suffix>, is longer).
+func validHost(h []byte) bool {
+	for len(h) > 0 {
+		n := min(len(h), 32)
+		if !httpguts.ValidHostHeader(string(h[:n])) {
+			return false
+		}
+		h = h[n:]
+	}
+	return true
 }
 
 // parseTarget accepts an origin-form target: a '/', then visible ASCII

@@ -3,7 +3,9 @@ package h1
 import (
 	"bufio"
 	"bytes"
+	"golang.org/x/net/http/httpguts"
 	"net/http"
+	"strings"
 	"testing"
 )
 
@@ -65,4 +67,20 @@ func FuzzParseRequest(f *testing.F) {
 				head, req.Method, req.RequestURI, req.Host, req.ContentLength, req.Close, r.Method, r.Target, r.Host, r.Close)
 		}
 	})
+}
+
+func TestValidHost(t *testing.T) {
+	long := strings.Repeat("abcdefghij", 7) // 70 bytes: pieces of 32
+	for c := 0; c < 256; c++ {
+		for _, at := range []int{0, 31, 32, 69} {
+			h := []byte(long)
+			h[at] = byte(c)
+			if got, want := validHost(h), httpguts.ValidHostHeader(string(h)); got != want {
+				t.Errorf("validHost with %q at %d = %v, want %v", byte(c), at, got, want)
+			}
+		}
+	}
+	if !validHost(nil) || !validHost([]byte("[::1]:8443")) {
+		t.Error("validHost refused a valid host")
+	}
 }
