@@ -186,10 +186,10 @@ func (s *Server) Serve(ln net.Listener) error {
 }
 
 // serveTLS accepts ln's connections and finishes each one's handshake on
-// a goroutine of its own while the connection lasts (a handshaker); then
-// HTTP/1.1 goes to the H1 server, anything else (HTTP/2, a connection
-// over its address's limit, a protocol the H1 server does not speak) to
-// srv, as does any connection H1 hands back.
+// the goroutine that accepted it, which then serves the connection while
+// it lasts (a handshaker); HTTP/1.1 goes to the H1 server, anything else
+// (HTTP/2, a connection over its address's limit, a protocol the H1
+// server does not speak) to srv, as does any connection H1 hands back.
 func (s *Server) serveTLS(ln net.Listener, srv *http.Server) error {
 	s.mu.Lock()
 	if s.closing {
@@ -209,18 +209,68 @@ func (s *Server) serveTLS(ln net.Listener, srv *http.Server) error {
 	q := connqueue.New(ln.Addr())
 	srvDone := make(chan error, 1)
 	go func() { srvDone <- srv.Serve(q) }()
-	// Connections go to an idle handshaker if one waits, else to a new
-	// one; see handshaker.
-	work := make(chan *conn)
+	a := &acceptor{s: s, ln: ln, q: q, failed: make(chan error, 1)}
+	if !a.spawn() {
+		q.Close()
+		<-srvDone
+		return http.ErrServerClosed
+	}
+	err := <-a.failed
+	q.Close()
+	<-srvDone
+	return err
+}
+
+// acceptor is serveTLS's: its handshakers take turns in ln.Accept (which
+// lets one in at a time), and the one whose Accept returns a connection
+// handshakes and serves it itself, after making sure another is
+// accepting. A connection used to go from one accept loop to a waiting
+// handshaker, a goroutine hand-off on every handshake's path.
+type acceptor struct {
+	s      *Server
+	ln     net.Listener
+	q      *connqueue.Queue
+	failed chan error // the error that ended accepting (buffered: the first)
+}
+
+// spawn starts a handshaker, unless the server is closing.
+func (a *acceptor) spawn() bool {
+	s := a.s
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing { // Shutdown waits for tlsConns: no Add after it
+		return false
+	}
+	s.tlsConns.Add(1)
+	go a.handshaker()
+	return true
+}
+
+// maxIdleHandshakers bounds the goroutines that wait in Accept after
+// serving a connection: each keeps a stack grown for a handshake.
+const maxIdleHandshakers = 64
+
+// handshaker accepts a connection and serves it, then accepts the next,
+// for as long as the listener accepts and no more than
+// maxIdleHandshakers others wait in Accept. A new goroutine per
+// connection grew its stack through crypto/tls's handshake every time:
+// newproc and copystack were 8 % of the edge's CPU per handshake in a
+// profile (BENCHMARKS.md).
+func (a *acceptor) handshaker() {
+	s := a.s
+	defer s.tlsConns.Done()
 	var backoff time.Duration
 	for {
-		c, err := ln.Accept()
+		s.idleHandshakers.Add(1)
+		c, err := a.ln.Accept()
+		idle := s.idleHandshakers.Add(-1)
 		if err != nil {
 			s.mu.Lock()
 			closing := s.closing
 			s.mu.Unlock()
 			if closing {
-				return http.ErrServerClosed
+				a.fail(http.ErrServerClosed)
+				return
 			}
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
@@ -229,54 +279,28 @@ func (s *Server) serveTLS(ln net.Listener, srv *http.Server) error {
 				time.Sleep(backoff)
 				continue
 			}
-			q.Close()
-			<-srvDone
-			return err
+			a.fail(err)
+			return
 		}
 		backoff = 0
+		if idle == 0 && !a.spawn() { // someone must be accepting meanwhile
+			c.Close()
+			return
+		}
 		s.m.conns.Inc()
-		ec := &conn{Conn: proxy.RawConn(c), sock: c, s: s, tls: true, own: true, q: q}
-		select {
-		case work <- ec:
-			continue
-		default:
+		ec := &conn{Conn: proxy.RawConn(c), sock: c, s: s, tls: true, own: true, q: a.q}
+		ec.serveTLS()
+		if s.idleHandshakers.Load() >= maxIdleHandshakers {
+			return
 		}
-		s.mu.Lock()
-		if s.closing { // Shutdown waits for tlsConns: no Add after it
-			s.mu.Unlock()
-			ec.Close()
-			return http.ErrServerClosed
-		}
-		s.tlsConns.Add(1)
-		s.mu.Unlock()
-		go s.handshaker(ec, work)
 	}
 }
 
-// maxIdleHandshakers bounds the goroutines that wait for a connection
-// after serving one: each keeps a stack grown for a handshake.
-const maxIdleHandshakers = 64
-
-// handshaker serves c, then waits for the next connection from work, for
-// as long as the server runs and no more than maxIdleHandshakers others
-// wait. A new goroutine per connection grew its stack through
-// crypto/tls's handshake every time: newproc and copystack were 8 % of
-// the edge's CPU per handshake in a profile (BENCHMARKS.md).
-func (s *Server) handshaker(c *conn, work <-chan *conn) {
-	defer s.tlsConns.Done()
-	for {
-		c.serveTLS()
-		if s.idleHandshakers.Add(1) > maxIdleHandshakers {
-			s.idleHandshakers.Add(-1)
-			return
-		}
-		select {
-		case c = <-work:
-			s.idleHandshakers.Add(-1)
-		case <-s.stop:
-			s.idleHandshakers.Add(-1)
-			return
-		}
+// fail ends serveTLS with err, the first handshaker's that stops accepting.
+func (a *acceptor) fail(err error) {
+	select {
+	case a.failed <- err:
+	default:
 	}
 }
 
