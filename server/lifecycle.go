@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	goruntime "runtime"
 	"strconv"
 	"time"
 
@@ -119,9 +120,26 @@ func (m *Manager) start(ctx context.Context, inst *instance, b *berth.Backend, l
 	// backend's id alone (runtime.Lister): a crash before this write leaves
 	// the backend scheduled without a handle, and Reconcile stops the
 	// instance its runtime lists for it before recording it lost.
+	//
+	// A runtime that has a handle before its instance runs (a Pod, made
+	// and then waited for) gives it to spec.Created: the write then runs
+	// while Start waits, instead of after it, where the probe and the
+	// first request wait for it.
 	at := time.Now().UTC()
+	var early chan error // the record of spec.Created's handle, once made
+	spec.Created = func(h *runtime.Handle) {
+		if early != nil {
+			return
+		}
+		early = make(chan error, 1)
+		handle := encodeHandle(h)
+		go func() { early <- m.record(inst, store.Transition{To: berth.StateStarting, At: at, Handle: handle}) }()
+	}
 	h, err := inst.rt.Start(ctx, spec)
 	if err != nil {
+		if early != nil {
+			<-early
+		}
 		// The history still reads scheduled, starting, terminated.
 		m.transition(inst, store.Transition{To: berth.StateStarting, At: at})
 		return nil, nil, err
@@ -129,7 +147,17 @@ func (m *Manager) start(ctx context.Context, inst *instance, b *berth.Backend, l
 	inst.setAddr(h.Addr)
 	recorded := make(chan struct{})
 	rd := m.probeReady(ctx, inst, b, h, recorded)
-	if err := m.record(inst, store.Transition{To: berth.StateStarting, At: at, Handle: encodeHandle(h)}); err != nil {
+	// The probe's goroutine first: its connect and request take
+	// microseconds, and then it waits for the backend. Left to the
+	// scheduler, it often ran only after this goroutine had recorded the
+	// start (or, with the start recorded already, had started waiting for
+	// the backend's exit), end to end with the probe.
+	goruntime.Gosched()
+	if early == nil {
+		early = make(chan error, 1)
+		early <- m.record(inst, store.Transition{To: berth.StateStarting, At: at, Handle: encodeHandle(h)})
+	}
+	if err := <-early; err != nil {
 		// Without a persisted handle a restarted Berth could not find this
 		// backend again, so do not let it run (nor route to it: the probe
 		// ends without opening the route).

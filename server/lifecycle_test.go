@@ -210,3 +210,83 @@ func (s *startGate) Transition(ctx context.Context, id string, t store.Transitio
 	}
 	return s.Store.Transition(ctx, id, t)
 }
+
+// earlyRuntime is the process runtime with a Start that gives its handle,
+// without the address, to spec.Created and then waits, as the kubernetes
+// runtime waits for its Pod to run, until the store has the start
+// recorded with it, or 5 s.
+type earlyRuntime struct {
+	runtime.Runtime
+	st       store.Store
+	recorded chan bool // per Start: whether the record came before it returned
+}
+
+func (r *earlyRuntime) Start(ctx context.Context, spec runtime.Spec) (*runtime.Handle, error) {
+	h, err := r.Runtime.Start(ctx, spec)
+	if err != nil || spec.Created == nil {
+		r.recorded <- false
+		return h, err
+	}
+	early := *h
+	early.Addr = ""
+	spec.Created(&early)
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		b, err := r.st.Backend(ctx, spec.BackendID)
+		if err == nil && b.State == berth.StateStarting && len(b.Handle) > 0 {
+			r.recorded <- true
+			return h, nil
+		}
+	}
+	r.recorded <- false
+	return h, nil
+}
+
+// A runtime that has its handle before the instance runs (spec.Created)
+// has the start recorded with that handle while its Start still waits;
+// the backend is then probed and routed at the address Start returns.
+func TestManager_StartRecordedWhileRuntimeWaits(t *testing.T) {
+	bin := runtimetest.BuildTestBackend(t)
+	st, err := sqlite.Open(filepath.Join(t.TempDir(), "berth.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	prt, err := process.New(process.Config{Dir: t.TempDir()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rt := &earlyRuntime{Runtime: prt, st: st, recorded: make(chan bool, 1)}
+	signer, _ := token.NewSigner(bytes.Repeat([]byte("k"), token.MinKeyLen))
+	m, err := New(Config{Store: st, Runtimes: map[string]runtime.Runtime{"process": rt}, Logs: logs.New(logs.Config{}),
+		Signer: signer, FreePort: process.FreePort})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Shutdown(context.Background()) })
+	if err := m.Reconcile(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+
+	res, err := m.Connect(t.Context(), &api.ConnectRequest{Key: "early", Spawn: &berth.SpawnConfig{Command: []string{bin}}, Wait: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !<-rt.recorded {
+		t.Fatal("the start was not recorded with the handle given to spec.Created while Start waited")
+	}
+	if res.State != berth.StateReady {
+		t.Fatalf("state %s, want ready", res.State)
+	}
+	b, err := st.Backend(t.Context(), res.BackendID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := decodeHandle(b.Handle)
+	if err != nil || h.Addr != "" || len(h.State) == 0 {
+		t.Errorf("recorded handle %+v (%v), want the one given to spec.Created (no address)", h, err)
+	}
+	if err := m.Terminate(t.Context(), res.BackendID, true); err != nil {
+		t.Fatal(err)
+	}
+	waitTerminated(t, m, res.BackendID)
+}

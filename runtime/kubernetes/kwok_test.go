@@ -121,6 +121,49 @@ func TestRuntime_kwok(t *testing.T) {
 	}
 }
 
+// Start gives spec.Created the handle of its Pod as soon as the Pod is
+// made, before it runs (so without an address), and Recover, in a Berth
+// restarted with only that handle, finds the Pod's address.
+func TestRuntime_Start_created(t *testing.T) {
+	t.Parallel()
+	r, port := kwokRuntime(t)
+	spec := kwokSpec(testID(), port)
+	var early *runtime.Handle
+	var phase corev1.PodPhase
+	spec.Created = func(h *runtime.Handle) {
+		if early != nil {
+			t.Error("Created called twice")
+		}
+		early = h
+		if st, err := handleState(h); err == nil {
+			if pod, err := r.cs.CoreV1().Pods(st.Namespace).Get(context.Background(), st.Pod, metav1.GetOptions{}); err == nil && pod.UID == st.UID {
+				phase = pod.Status.Phase
+			}
+		}
+	}
+	s := start(t, r, spec)
+	if early == nil {
+		t.Fatal("Start never called spec.Created")
+	}
+	if early.Addr != "" || phase != corev1.PodPending {
+		t.Errorf("Created got address %q with the Pod %q; want the handle of a Pod still pending, without an address", early.Addr, phase)
+	}
+	if string(early.State) != string(s.h.State) || early.BackendID != s.h.BackendID {
+		t.Errorf("Created got %+v, Start returned %+v: want the same Pod", early, s.h)
+	}
+
+	restarted := newRuntime(t, Config{Instance: r.cfg.Instance, NodeSelector: kwokLabels, Port: port})
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
+	defer cancel()
+	recovered := *early
+	if err := restarted.Recover(ctx, &recovered, nil); err != nil {
+		t.Fatalf("Recover: %v", err)
+	}
+	if recovered.Addr != s.h.Addr {
+		t.Errorf("Recover set the address to %q, want %q", recovered.Addr, s.h.Addr)
+	}
+}
+
 // BenchmarkStartReady_kwok measures the runtime's Start until the first
 // HTTP 200 from the Pod's address, side by side with a bare client-go Pod
 // create watched until Running (no HTTP), on the kwok node, and reports the
