@@ -146,18 +146,27 @@ func (m *Manager) start(ctx context.Context, inst *instance, b *berth.Backend, l
 	}
 	inst.setAddr(h.Addr)
 	recorded := make(chan struct{})
+	var recErr error
+	if early != nil {
+		// Made while Start waited: done by now, as a rule, and then the
+		// route need not wait for this goroutine.
+		if recErr = <-early; recErr == nil {
+			close(recorded)
+		}
+	}
 	rd := m.probeReady(ctx, inst, b, h, recorded)
 	// The probe's goroutine first: its connect and request take
 	// microseconds, and then it waits for the backend. Left to the
-	// scheduler, it often ran only after this goroutine had recorded the
-	// start (or, with the start recorded already, had started waiting for
-	// the backend's exit), end to end with the probe.
+	// scheduler, it often ran only after this goroutine had made the
+	// record below, or had started waiting for the backend's exit (run),
+	// end to end with the probe.
 	goruntime.Gosched()
 	if early == nil {
-		early = make(chan error, 1)
-		early <- m.record(inst, store.Transition{To: berth.StateStarting, At: at, Handle: encodeHandle(h)})
+		if recErr = m.record(inst, store.Transition{To: berth.StateStarting, At: at, Handle: encodeHandle(h)}); recErr == nil {
+			close(recorded)
+		}
 	}
-	if err := <-early; err != nil {
+	if recErr != nil {
 		// Without a persisted handle a restarted Berth could not find this
 		// backend again, so do not let it run (nor route to it: the probe
 		// ends without opening the route).
@@ -165,9 +174,8 @@ func (m *Manager) start(ctx context.Context, inst *instance, b *berth.Backend, l
 		<-rd.done
 		inst.rt.Stop(context.Background(), h, "", 0)
 		inst.rt.Cleanup(context.Background(), h)
-		return nil, nil, fmt.Errorf("record the start and runtime handle: %w", err)
+		return nil, nil, fmt.Errorf("record the start and runtime handle: %w", recErr)
 	}
-	close(recorded)
 	log.Debug("started", "addr", h.Addr)
 	return h, rd, nil
 }
