@@ -3,6 +3,7 @@ package kubernetes
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net"
 	"net/http"
 	"net/netip"
@@ -161,6 +162,34 @@ func TestRuntime_Start_created(t *testing.T) {
 	}
 	if recovered.Addr != s.h.Addr {
 		t.Errorf("Recover set the address to %q, want %q", recovered.Addr, s.h.Addr)
+	}
+}
+
+// A handle recorded before its Pod ran, whose Pod still has no IP when a
+// restarted Berth recovers it (not scheduled: no node matches), is not
+// recovered: Berth then stops it and records the backend lost.
+func TestRuntime_Recover_podWithoutIP(t *testing.T) {
+	t.Parallel()
+	r, port := kwokRuntime(t)
+	spec := kwokSpec(testID(), port)
+	name, _ := podName(spec.BackendID)
+	pod, _, err := r.podFor(name, spec, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pod.Spec.NodeSelector = map[string]string{"berth.test/node": "none"}
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
+	defer cancel()
+	created, err := r.cs.CoreV1().Pods(r.cfg.Namespace).Create(ctx, pod, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.deletePod(name, created.UID, 0) })
+	st, _ := json.Marshal(state{Namespace: r.cfg.Namespace, Pod: name, UID: created.UID})
+	h := &runtime.Handle{BackendID: spec.BackendID, Runtime: Name, State: st}
+	err = r.Recover(ctx, h, nil)
+	if err == nil || errors.Is(err, runtime.ErrGone) || h.Addr != "" {
+		t.Errorf("Recover of a pending Pod: %v, address %q; want an error other than ErrGone, and no address", err, h.Addr)
 	}
 }
 
