@@ -66,8 +66,10 @@ type Spec struct {
 	// Addr: Berth records the start with it while Start waits, not after.
 	// A runtime whose Start calls Created fills in a missing Addr in
 	// Recover (or fails Recover when the instance still has none). The
-	// handle Start returns is used for everything else.
-	Created func(h *Handle)
+	// handle Start returns is used for everything else. Not encoded: a
+	// Spec goes to JSON whole (the process runtime's tests hand one to a
+	// helper process that way).
+	Created func(h *Handle) `json:"-"`
 }
 
 // Handle describes one running instance. Addr and State are persisted with the
