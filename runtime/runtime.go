@@ -59,17 +59,6 @@ type Spec struct {
 	VolumeLock string
 	// Logs receives the backend's stdout and stderr, interleaved as written.
 	Logs io.Writer
-	// Created, if set, is called at most once by a Start that goes on
-	// waiting once the instance exists (a Pod the platform has yet to
-	// schedule and run), from Start's goroutine, with a handle that
-	// Recover, Stop and Cleanup can use from then on but that may lack
-	// Addr: Berth records the start with it while Start waits, not after.
-	// A runtime whose Start calls Created fills in a missing Addr in
-	// Recover (or fails Recover when the instance still has none). The
-	// handle Start returns is used for everything else. Not encoded: a
-	// Spec goes to JSON whole (the process runtime's tests hand one to a
-	// helper process that way).
-	Created func(h *Handle) `json:"-"`
 }
 
 // Handle describes one running instance. Addr and State are persisted with the
@@ -116,8 +105,7 @@ type Runtime interface {
 	// once the instance is gone. Stopping a gone instance is not an error.
 	Stop(ctx context.Context, h *Handle, signal string, grace time.Duration) error
 	// Recover re-attaches to an instance after a Berth restart, resuming log
-	// capture into logs. Returns ErrGone if it is no longer running. It
-	// sets h.Addr when the handle was recorded without one (Spec.Created).
+	// capture into logs. Returns ErrGone if it is no longer running.
 	Recover(ctx context.Context, h *Handle, logs io.Writer) error
 	// Cleanup removes what the runtime keeps for an instance once it has
 	// exited (log files, stopped containers). Safe to call more than once.

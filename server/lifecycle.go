@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	goruntime "runtime"
 	"strconv"
 	"time"
 
@@ -120,53 +119,17 @@ func (m *Manager) start(ctx context.Context, inst *instance, b *berth.Backend, l
 	// backend's id alone (runtime.Lister): a crash before this write leaves
 	// the backend scheduled without a handle, and Reconcile stops the
 	// instance its runtime lists for it before recording it lost.
-	//
-	// A runtime that has a handle before its instance runs (a Pod, made
-	// and then waited for) gives it to spec.Created: the write then runs
-	// while Start waits, instead of after it, where the probe and the
-	// first request wait for it.
 	at := time.Now().UTC()
-	var early chan error // the record of spec.Created's handle, once made
-	spec.Created = func(h *runtime.Handle) {
-		if early != nil {
-			return
-		}
-		early = make(chan error, 1)
-		handle := encodeHandle(h)
-		go func() { early <- m.record(inst, store.Transition{To: berth.StateStarting, At: at, Handle: handle}) }()
-	}
 	h, err := inst.rt.Start(ctx, spec)
 	if err != nil {
-		if early != nil {
-			<-early
-		}
 		// The history still reads scheduled, starting, terminated.
 		m.transition(inst, store.Transition{To: berth.StateStarting, At: at})
 		return nil, nil, err
 	}
 	inst.setAddr(h.Addr)
 	recorded := make(chan struct{})
-	var recErr error
-	if early != nil {
-		// Made while Start waited: done by now, as a rule, and then the
-		// route need not wait for this goroutine.
-		if recErr = <-early; recErr == nil {
-			close(recorded)
-		}
-	}
 	rd := m.probeReady(ctx, inst, b, h, recorded)
-	// The probe's goroutine first: its connect and request take
-	// microseconds, and then it waits for the backend. Left to the
-	// scheduler, it often ran only after this goroutine had made the
-	// record below, or had started waiting for the backend's exit (run),
-	// end to end with the probe.
-	goruntime.Gosched()
-	if early == nil {
-		if recErr = m.record(inst, store.Transition{To: berth.StateStarting, At: at, Handle: encodeHandle(h)}); recErr == nil {
-			close(recorded)
-		}
-	}
-	if recErr != nil {
+	if err := m.record(inst, store.Transition{To: berth.StateStarting, At: at, Handle: encodeHandle(h)}); err != nil {
 		// Without a persisted handle a restarted Berth could not find this
 		// backend again, so do not let it run (nor route to it: the probe
 		// ends without opening the route).
@@ -174,8 +137,9 @@ func (m *Manager) start(ctx context.Context, inst *instance, b *berth.Backend, l
 		<-rd.done
 		inst.rt.Stop(context.Background(), h, "", 0)
 		inst.rt.Cleanup(context.Background(), h)
-		return nil, nil, fmt.Errorf("record the start and runtime handle: %w", recErr)
+		return nil, nil, fmt.Errorf("record the start and runtime handle: %w", err)
 	}
+	close(recorded)
 	log.Debug("started", "addr", h.Addr)
 	return h, rd, nil
 }

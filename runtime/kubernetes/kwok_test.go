@@ -3,7 +3,6 @@ package kubernetes
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"net"
 	"net/http"
 	"net/netip"
@@ -119,77 +118,6 @@ func TestRuntime_kwok(t *testing.T) {
 				t.Errorf("Wait = %+v, want %+v", e, tt.want)
 			}
 		})
-	}
-}
-
-// Start gives spec.Created the handle of its Pod as soon as the Pod is
-// made, before it runs (so without an address), and Recover, in a Berth
-// restarted with only that handle, finds the Pod's address.
-func TestRuntime_Start_created(t *testing.T) {
-	t.Parallel()
-	r, port := kwokRuntime(t)
-	spec := kwokSpec(testID(), port)
-	var early *runtime.Handle
-	var phase corev1.PodPhase
-	spec.Created = func(h *runtime.Handle) {
-		if early != nil {
-			t.Error("Created called twice")
-		}
-		early = h
-		if st, err := handleState(h); err == nil {
-			if pod, err := r.cs.CoreV1().Pods(st.Namespace).Get(context.Background(), st.Pod, metav1.GetOptions{}); err == nil && pod.UID == st.UID {
-				phase = pod.Status.Phase
-			}
-		}
-	}
-	s := start(t, r, spec)
-	if early == nil {
-		t.Fatal("Start never called spec.Created")
-	}
-	if early.Addr != "" || phase != corev1.PodPending {
-		t.Errorf("Created got address %q with the Pod %q; want the handle of a Pod still pending, without an address", early.Addr, phase)
-	}
-	if string(early.State) != string(s.h.State) || early.BackendID != s.h.BackendID {
-		t.Errorf("Created got %+v, Start returned %+v: want the same Pod", early, s.h)
-	}
-
-	restarted := newRuntime(t, Config{Instance: r.cfg.Instance, NodeSelector: kwokLabels, Port: port})
-	ctx, cancel := context.WithTimeout(context.Background(), patience)
-	defer cancel()
-	recovered := *early
-	if err := restarted.Recover(ctx, &recovered, nil); err != nil {
-		t.Fatalf("Recover: %v", err)
-	}
-	if recovered.Addr != s.h.Addr {
-		t.Errorf("Recover set the address to %q, want %q", recovered.Addr, s.h.Addr)
-	}
-}
-
-// A handle recorded before its Pod ran, whose Pod still has no IP when a
-// restarted Berth recovers it (not scheduled: no node matches), is not
-// recovered: Berth then stops it and records the backend lost.
-func TestRuntime_Recover_podWithoutIP(t *testing.T) {
-	t.Parallel()
-	r, port := kwokRuntime(t)
-	spec := kwokSpec(testID(), port)
-	name, _ := podName(spec.BackendID)
-	pod, _, err := r.podFor(name, spec, "")
-	if err != nil {
-		t.Fatal(err)
-	}
-	pod.Spec.NodeSelector = map[string]string{"berth.test/node": "none"}
-	ctx, cancel := context.WithTimeout(context.Background(), patience)
-	defer cancel()
-	created, err := r.cs.CoreV1().Pods(r.cfg.Namespace).Create(ctx, pod, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { r.deletePod(name, created.UID, 0) })
-	st, _ := json.Marshal(state{Namespace: r.cfg.Namespace, Pod: name, UID: created.UID})
-	h := &runtime.Handle{BackendID: spec.BackendID, Runtime: Name, State: st}
-	err = r.Recover(ctx, h, nil)
-	if err == nil || errors.Is(err, runtime.ErrGone) || h.Addr != "" {
-		t.Errorf("Recover of a pending Pod: %v, address %q; want an error other than ErrGone, and no address", err, h.Addr)
 	}
 }
 

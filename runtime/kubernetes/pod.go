@@ -82,18 +82,13 @@ func (r *Runtime) Start(ctx context.Context, spec runtime.Spec) (*runtime.Handle
 		}
 		return nil, fmt.Errorf("kubernetes: start %s: create Pod: %w", id, err)
 	}
-	st, _ := json.Marshal(state{Namespace: r.cfg.Namespace, Pod: name, UID: created.UID})
-	if spec.Created != nil {
-		// The Pod is what Recover, Stop and Cleanup work on: Berth can
-		// record it while the Pod is scheduled and run.
-		spec.Created(&runtime.Handle{BackendID: id, Runtime: Name, State: st})
-	}
 	timeout := spec.Spawn.StartupTimeout()
 	running, err := r.awaitRunning(ctx, created, timeout)
 	if err != nil {
 		r.deletePod(name, created.UID, 0)
 		return nil, fmt.Errorf("kubernetes: start %s: %w", id, err)
 	}
+	st, _ := json.Marshal(state{Namespace: r.cfg.Namespace, Pod: name, UID: created.UID})
 	h := &runtime.Handle{BackendID: id, Runtime: Name, State: st}
 	if running.Status.PodIP != "" {
 		h.Addr = net.JoinHostPort(running.Status.PodIP, strconv.Itoa(port))
@@ -468,9 +463,7 @@ func (r *Runtime) Stop(ctx context.Context, h *runtime.Handle, signal string, gr
 	}
 }
 
-// Recover checks that the Pod runs and follows its logs from its start. A
-// handle recorded before the Pod ran (Spec.Created) gets the Pod's address;
-// a Pod that has none yet is not recovered (an error, not ErrGone).
+// Recover checks that the Pod runs and follows its logs from its start.
 func (r *Runtime) Recover(ctx context.Context, h *runtime.Handle, logs io.Writer) error {
 	st, err := handleState(h)
 	if err != nil {
@@ -486,25 +479,10 @@ func (r *Runtime) Recover(ctx context.Context, h *runtime.Handle, logs io.Writer
 	if _, ended := podExit(pod); ended {
 		return runtime.ErrGone
 	}
-	if h.Addr == "" {
-		if pod.Status.PodIP == "" {
-			return fmt.Errorf("kubernetes: recover %s: the Pod has no IP yet (phase %s)", h.BackendID, pod.Status.Phase)
-		}
-		h.Addr = net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(podPort(pod, r.cfg.Port)))
-	}
 	if logs != nil {
 		r.follow(st.Pod, logs)
 	}
 	return nil
-}
-
-// podPort is the port the Pod's backend listens on: its container's first
-// port, else def.
-func podPort(pod *corev1.Pod, def int) int {
-	if len(pod.Spec.Containers) > 0 && len(pod.Spec.Containers[0].Ports) > 0 {
-		return int(pod.Spec.Containers[0].Ports[0].ContainerPort)
-	}
-	return def
 }
 
 // Cleanup deletes the Pod (the claim of mode volume stays, for the key's
@@ -543,7 +521,11 @@ func (r *Runtime) List(ctx context.Context) ([]*runtime.Handle, error) {
 		st, _ := json.Marshal(state{Namespace: pod.Namespace, Pod: pod.Name, UID: pod.UID})
 		h := &runtime.Handle{BackendID: id, Runtime: Name, State: st}
 		if pod.Status.PodIP != "" {
-			h.Addr = net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(podPort(&pod, r.cfg.Port)))
+			port := r.cfg.Port
+			if len(pod.Spec.Containers) > 0 && len(pod.Spec.Containers[0].Ports) > 0 {
+				port = int(pod.Spec.Containers[0].Ports[0].ContainerPort)
+			}
+			h.Addr = net.JoinHostPort(pod.Status.PodIP, strconv.Itoa(port))
 		}
 		hs = append(hs, h)
 	}
