@@ -568,42 +568,26 @@ func (cc *clientConn) forward(req *request, n int) (keep bool) {
 		cc.relay.Reset(req.Head)
 		cc.relay.ForceClose = !keep || s.closing.Load()
 		res, err := h1.RelayResponse(&cc.relay, bw, bc.br)
-		// A whole response goes to the client before a watcher that has
-		// started (the request waited for its backend to start, or is a
-		// long poll) is stopped: that waits for its goroutine to run,
-		// which on a busy host can take a millisecond.
-		var flushErr error
-		flushed := false
-		if err == nil && cc.watchStarted() {
-			flushErr, flushed = bw.Flush(), true
-		}
 		// The watcher may have cut the backend connection: stop it before
 		// deciding whether the connection can be reused.
 		gone = cc.disarmWatch()
-		if err != nil {
+		if err != nil || gone {
 			bc.Close()
-			if !res.Started && !gone {
+			if err != nil && !res.Started && !gone {
 				return cc.writeError(bw, req, badGateway(fw, err)) && keep
 			}
 			p.log.Debug("proxy: response aborted", "backend", claims.BackendID, "err", err, "client_gone", gone)
 			return false
-		}
-		if gone {
-			// The client left once it had the whole response (one that
-			// closes its connection after reading it): the backend
-			// connection ended the response whole all the same, and only
-			// the deadline the watcher set stands in its way.
-			bc.SetDeadline(time.Time{})
 		}
 		if res.BackendReusable && bc.br.Buffered() == 0 {
 			p.fwd.put(bc)
 		} else {
 			bc.Close()
 		}
-		if !flushed {
-			flushErr = bw.Flush()
+		if err := bw.Flush(); err != nil {
+			return false
 		}
-		return flushErr == nil && !gone && keep && !res.ClientClose
+		return keep && !res.ClientClose
 	}
 }
 
@@ -621,15 +605,6 @@ func (cc *clientConn) armWatch() {
 		return
 	}
 	cc.watchTimer.Reset(watchAfter)
-}
-
-// watchStarted stops the watcher's timer if it has not fired yet, and
-// reports whether the watcher has started: then disarmWatch waits for it.
-func (cc *clientConn) watchStarted() bool {
-	if cc.armed && cc.watchTimer.Stop() {
-		cc.armed = false // never started: nothing to wait for
-	}
-	return cc.armed
 }
 
 // disarmWatch stops the watcher, waiting for it if it had started, and

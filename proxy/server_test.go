@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 )
@@ -333,50 +332,4 @@ func FuzzParseTarget(f *testing.F) {
 				head, req.Method, req.RequestURI, req.Host, req.ContentLength, req.Close, r.Method, target, r.Host, r.Close)
 		}
 	})
-}
-
-// A client that closes its connection as soon as it has a response that
-// took longer than watchAfter (so the watcher had started) leaves the
-// backend connection for the next request all the same: the response was
-// whole. Requests for a starting backend take the goroutine path, which
-// has the watcher.
-func TestServer_SlowResponseThenClientCloses(t *testing.T) {
-	var mu sync.Mutex
-	conns := map[string]bool{} // the backend connections requests came on
-	f := newFixture(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		mu.Lock()
-		conns[r.RemoteAddr] = true
-		mu.Unlock()
-		if r.URL.Path == "/slow" {
-			time.Sleep(2 * watchAfter)
-		}
-		echoURI(w, r)
-	}))
-	close(f.starting("bk_1")) // every request waits, if not for long
-	tok := f.token("bk_1")
-	for i := range 10 {
-		c, br := f.rawConn(t)
-		io.WriteString(c, "GET /"+tok+"/slow HTTP/1.1\r\nHost: x\r\n\r\n")
-		if res, body := readResponse(t, br, "GET"); res.StatusCode != 200 || body != "/slow" {
-			t.Fatalf("request %d: got %d %q, want 200 %q", i, res.StatusCode, body, "/slow")
-		}
-		c.Close()
-		// The client has its answer before the proxy is done with the
-		// backend connection.
-		waitFor(t, "the backend connection to be idle", func() bool {
-			f.proxy.fwd.mu.Lock()
-			defer f.proxy.fwd.mu.Unlock()
-			return len(f.proxy.fwd.idle[f.resolver.routes["bk_1"].Addr]) == 1
-		})
-	}
-	c, br := f.rawConn(t)
-	io.WriteString(c, "GET /"+tok+"/last HTTP/1.1\r\nHost: x\r\n\r\n")
-	if res, body := readResponse(t, br, "GET"); res.StatusCode != 200 || body != "/last" {
-		t.Fatalf("last request: got %d %q, want 200 %q", res.StatusCode, body, "/last")
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	if len(conns) != 1 {
-		t.Errorf("the requests came on %d backend connections, want 1", len(conns))
-	}
 }
