@@ -300,7 +300,12 @@ func TestRuntime_PIDReuse(t *testing.T) {
 // exited (or was killed) would have, and returns the handle it made.
 func startInHelper(t *testing.T, dir string, spec runtime.Spec) runtime.Handle {
 	t.Helper()
-	req, _ := json.Marshal(helperRequest{Dir: dir, Spec: spec})
+	req, err := json.Marshal(helperRequest{Dir: dir, Spec: spec})
+	if err != nil {
+		// An empty request would make the helper run every test again,
+		// and each of them another helper.
+		t.Fatal(err)
+	}
 	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), helperEnv+"="+string(req), "GORACE=atexit_sleep_ms=0")
 	cmd.Stderr = os.Stderr
