@@ -83,37 +83,62 @@ func selfSigned(dir string) (certFile, keyFile string, err error) {
 	return certFile, keyFile, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600)
 }
 
-func runHTTPS(ctx context.Context, e *env, r *runCtx) (*result, error) {
-	dir := filepath.Join(e.dir, fmt.Sprintf("https-%d", r.n))
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
+// edgeServer is a Berth server with its edge on HTTPS (a self-signed
+// certificate, limits off) and one ready bench backend.
+type edgeServer struct {
+	dir, certFile, keyFile, tlsAddr string
+	srv                             *berthServer
+	res                             *api.ConnectResponse
+}
+
+// startEdgeServer starts an edgeServer named name (its files in
+// e.dir/name) with extra flags, and connects key. Stop srv when done,
+// also on an error (then srv may be nil).
+func (e *env) startEdgeServer(ctx context.Context, name, key string, extra ...string) (*edgeServer, error) {
+	es := &edgeServer{dir: filepath.Join(e.dir, name)}
+	if err := os.MkdirAll(es.dir, 0o755); err != nil {
+		return es, err
 	}
-	certFile, keyFile, err := selfSigned(dir)
-	if err != nil {
-		return nil, err
+	var err error
+	if es.certFile, es.keyFile, err = selfSigned(es.dir); err != nil {
+		return es, err
 	}
 	port, err := freePort()
 	if err != nil {
-		return nil, err
+		return es, err
 	}
-	tlsAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	es.tlsAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 	keyb := make([]byte, 16)
 	rand.Read(keyb)
-	srv, err := e.startServer(ctx, fmt.Sprintf("edge-%d", r.n), hex.EncodeToString(keyb),
-		"--proxy-tls-addr", tlsAddr, "--proxy-tls-cert", certFile, "--proxy-tls-key", keyFile,
-		"--edge-conns-per-ip", "0", "--edge-rate", "0")
+	args := append([]string{"--proxy-tls-addr", es.tlsAddr, "--proxy-tls-cert", es.certFile, "--proxy-tls-key", es.keyFile,
+		"--edge-conns-per-ip", "0", "--edge-rate", "0"}, extra...)
+	if es.srv, err = e.startServer(ctx, name, hex.EncodeToString(keyb), args...); err != nil {
+		return es, err
+	}
+	c := api.NewClient(es.srv.API, es.srv.apiKey, e.hc)
+	if es.res, err = c.Connect(ctx, api.ConnectRequest{Key: key, Spawn: e.spawnConfig(3600), User: liveUser, Wait: true}); err != nil {
+		return es, fmt.Errorf("connect through the edge's server: %w", err)
+	}
+	if es.res.State != berth.StateReady {
+		return es, fmt.Errorf("the bench backend is %s, not ready", es.res.State)
+	}
+	return es, nil
+}
+
+// stop stops the server, if it started.
+func (es *edgeServer) stop() {
+	if es.srv != nil {
+		es.srv.stop()
+	}
+}
+
+func runHTTPS(ctx context.Context, e *env, r *runCtx) (*result, error) {
+	es, err := e.startEdgeServer(ctx, fmt.Sprintf("edge-%d", r.n), "bench-https")
+	defer es.stop()
 	if err != nil {
 		return nil, err
 	}
-	defer srv.stop()
-	c := api.NewClient(srv.API, srv.apiKey, e.hc)
-	res, err := c.Connect(ctx, api.ConnectRequest{Key: "bench-https", Spawn: e.spawnConfig(3600), User: liveUser, Wait: true})
-	if err != nil {
-		return nil, fmt.Errorf("connect through the edge's server: %w", err)
-	}
-	if res.State != berth.StateReady {
-		return nil, fmt.Errorf("the bench backend is %s, not ready", res.State)
-	}
+	dir, certFile, keyFile, srv, res := es.dir, es.certFile, es.keyFile, es.srv, es.res
 	u, err := url.Parse(res.URL)
 	if err != nil {
 		return nil, err

@@ -2,21 +2,15 @@ package bench
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
-	"encoding/hex"
 	"fmt"
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
-	"github.com/berthhq/berth"
-	"github.com/berthhq/berth/api"
 	"github.com/berthhq/berth/proxy"
 )
 
@@ -51,36 +45,12 @@ func init() {
 }
 
 func runHTTPSHost(ctx context.Context, e *env, r *runCtx) (*result, error) {
-	dir := filepath.Join(e.dir, fmt.Sprintf("https-host-%d", r.n))
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, err
-	}
-	certFile, keyFile, err := selfSigned(dir)
+	es, err := e.startEdgeServer(ctx, fmt.Sprintf("edge-host-%d", r.n), "bench-https-host", "--public-host-suffix", benchHostSuffix)
+	defer es.stop()
 	if err != nil {
 		return nil, err
 	}
-	port, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	tlsAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	keyb := make([]byte, 16)
-	rand.Read(keyb)
-	srv, err := e.startServer(ctx, fmt.Sprintf("edge-host-%d", r.n), hex.EncodeToString(keyb),
-		"--proxy-tls-addr", tlsAddr, "--proxy-tls-cert", certFile, "--proxy-tls-key", keyFile,
-		"--public-host-suffix", benchHostSuffix, "--edge-conns-per-ip", "0", "--edge-rate", "0")
-	if err != nil {
-		return nil, err
-	}
-	defer srv.stop()
-	c := api.NewClient(srv.API, srv.apiKey, e.hc)
-	res, err := c.Connect(ctx, api.ConnectRequest{Key: "bench-https-host", Spawn: e.spawnConfig(3600), User: liveUser, Wait: true})
-	if err != nil {
-		return nil, fmt.Errorf("connect through the edge's server: %w", err)
-	}
-	if res.State != berth.StateReady {
-		return nil, fmt.Errorf("the bench backend is %s, not ready", res.State)
-	}
+	dir, certFile, keyFile, tlsAddr, srv, res := es.dir, es.certFile, es.keyFile, es.tlsAddr, es.srv, es.res
 	// https://<label>.bench.test:PORT/<token>/
 	u, err := url.Parse(res.URL)
 	if err != nil {

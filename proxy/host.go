@@ -201,12 +201,7 @@ func (h *hostRouter) cookieToken(r *http.Request, id string, now time.Time) (str
 	var first error
 	for _, c := range r.CookiesNamed(CookieName) {
 		claims, err := h.p.cfg.Signer.Verify(c.Value, now)
-		switch {
-		case err != nil:
-			err = tokenError(err)
-		case claims.BackendID != id:
-			err = errOtherBackend
-		default:
+		if err = forBackend(claims, err, id); err == nil {
 			return c.Value, claims, nil
 		}
 		if first == nil {
@@ -217,6 +212,19 @@ func (h *hostRouter) cookieToken(r *http.Request, id string, now time.Time) (str
 		first = errMissingToken
 	}
 	return "", token.Claims{}, first
+}
+
+// forBackend is the answer to a cookie's token whose verification gave
+// claims and err, on the host of backend id: nil when it admits the
+// request.
+func forBackend(claims token.Claims, err error, id string) error {
+	switch {
+	case err != nil:
+		return tokenError(err)
+	case claims.BackendID != id:
+		return errOtherBackend
+	}
+	return nil
 }
 
 func setTokenCookie(w http.ResponseWriter, tok string, expires, now time.Time) {

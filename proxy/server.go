@@ -801,12 +801,7 @@ func (p *Proxy) cookieToken(req *request, id string, v *verified) (token.Claims,
 				continue
 			}
 			claims, err := v.verify(p.cfg.Signer, val, now)
-			switch {
-			case err != nil:
-				err = tokenError(err)
-			case claims.BackendID != id:
-				err = errOtherBackend
-			default:
+			if err = forBackend(claims, err, id); err == nil {
 				req.token = val
 				return claims, nil
 			}
