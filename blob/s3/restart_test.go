@@ -18,6 +18,7 @@ import (
 	"github.com/berthhq/berth/blob"
 	"github.com/berthhq/berth/blob/blobtest"
 	"github.com/berthhq/berth/blob/s3"
+	"github.com/berthhq/berth/internal/testbin"
 )
 
 // privateServer runs a versitygw of this test's own (the binary named in
@@ -60,12 +61,7 @@ func (p *privateServer) kill() {
 // carries on.
 func TestStore_ServerRestart(t *testing.T) {
 	cmdline := blobtest.Env(t, "BERTH_TEST_S3_CMD", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")[0]
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
+	addr := testbin.FreeAddr(t)
 	srv := &privateServer{t: t, bin: strings.Fields(cmdline)[0], dir: t.TempDir(), addr: addr}
 	srv.start()
 	t.Cleanup(srv.kill)

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -207,30 +206,15 @@ func (b *berthProc) stop() error {
 	}
 }
 
-// freeAddr returns a loopback address nobody listens on right now, and
-// that no other test of this process was given (see e2e's freeAddr).
+// freeAddr returns a loopback address nobody listens on right now (see
+// testbin.FreeAddr).
 func freeAddr() string {
-	for {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			panic(fmt.Sprintf("find a free port: %v", err))
-		}
-		addr := ln.Addr().String()
-		ln.Close()
-		givenAddrs.Lock()
-		given := givenAddrs.m[addr]
-		givenAddrs.m[addr] = true
-		givenAddrs.Unlock()
-		if !given {
-			return addr
-		}
+	addr, err := testbin.PickAddr()
+	if err != nil {
+		panic(err)
 	}
+	return addr
 }
-
-var givenAddrs = struct {
-	sync.Mutex
-	m map[string]bool
-}{m: map[string]bool{}}
 
 func tailFile(path string, lines int) string {
 	b, err := os.ReadFile(path)

@@ -8,10 +8,12 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -122,12 +124,35 @@ var given = struct {
 // the same twice in this process: a server must be given concrete ports to
 // hand out its URLs, and the kernel may offer a port it just offered
 // another parallel test, whose server has not bound it yet.
+//
+// The port is taken below the kernel's ephemeral range where there is room:
+// a port from that range can be taken by any outgoing connection on the
+// machine (another test package's clients) between this check and the
+// server's bind, which fails the server with "address already in use".
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	for {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := PickAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return addr
+}
+
+// PickAddr is FreeAddr for code without a testing.TB (test clusters,
+// package-level helpers).
+func PickAddr() (string, error) {
+	lo, hi := quietPorts()
+	for range 1000 {
+		port := 0
+		if hi > lo {
+			port = lo + mrand.IntN(hi-lo)
+		}
+		ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
 		if err != nil {
-			t.Fatalf("find a free port: %v", err)
+			if port == 0 {
+				return "", fmt.Errorf("find a free port: %w", err)
+			}
+			continue
 		}
 		addr := ln.Addr().String()
 		ln.Close()
@@ -136,9 +161,29 @@ func FreeAddr(t testing.TB) string {
 		given.m[addr] = true
 		given.Unlock()
 		if !seen {
-			return addr
+			return addr, nil
 		}
 	}
+	return "", fmt.Errorf("find a free port: 1000 tries found none")
+}
+
+// quietPorts is the range FreeAddr draws from: from 20000 up to the start
+// of the ephemeral range, or none (the kernel chooses) when that range
+// starts lower.
+func quietPorts() (lo, hi int) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0, 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return 0, 0
+	}
+	start, err := strconv.Atoi(f[0])
+	if err != nil || start <= 21000 {
+		return 0, 0
+	}
+	return 20000, start
 }
 
 // CleanEnv is this process's environment without BERTH_* settings, which

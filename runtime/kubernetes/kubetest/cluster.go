@@ -39,6 +39,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"github.com/berthhq/berth/internal/testbin"
 )
 
 // DefaultTools is where .ci/k8s-tools.sh caches the binaries;
@@ -383,13 +385,17 @@ func (c *Cluster) Impersonate(user string, groups ...string) (kubernetes.Interfa
 	return kubernetes.NewForConfig(cfg)
 }
 
+// freePort is a loopback port below the ephemeral range, where another
+// process's outgoing connection cannot take it before etcd or the API
+// server binds it (see testbin.PickAddr).
 func freePort() int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := testbin.PickAddr()
 	if err != nil {
 		panic(err)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	_, port, _ := net.SplitHostPort(addr)
+	n, _ := strconv.Atoi(port)
+	return n
 }
 
 func tail(b []byte, n int) []byte {
