@@ -200,7 +200,7 @@ func TestDashboard(t *testing.T) {
 		resp := connect(t, b, "keyboard-1", tb(nil), true)
 		open(t, br, "#/")
 		br.waitFor(t, "the backend in the list", fmt.Sprintf(`document.querySelector('tr[data-id=%q]')?.dataset.state === "ready"`, resp.BackendID))
-		tabTo(t, br, "the backend's link", fmt.Sprintf(`document.activeElement.closest("tr")?.dataset.id === %q`, resp.BackendID))
+		tabTo(t, br, "the backend's link", fmt.Sprintf(`document.activeElement.matches("a.bk") && document.activeElement.closest("tr")?.dataset.id === %q`, resp.BackendID))
 		if style := eval[string](t, br, `getComputedStyle(document.activeElement).outlineStyle`); style == "none" {
 			t.Errorf("the focused link shows no outline")
 		}
@@ -369,7 +369,14 @@ func tabTo(t *testing.T, br *browser, what, focused string) {
 		if eval[bool](t, br, focused) {
 			return
 		}
+		// Each press is judged only once focus has moved: a condition
+		// read before the browser moved it would press again, past the
+		// element sought.
+		eval[bool](t, br, `(window.__tabFrom = document.activeElement, true)`)
 		br.do(t, "press Tab", chromedp.KeyEvent(kb.Tab))
+		ctx, cancel := context.WithTimeout(br.tab, 2*time.Second)
+		chromedp.Run(ctx, chromedp.Poll[chromedp.Void](`document.activeElement !== window.__tabFrom`, chromedp.WithPollingInterval(5*time.Millisecond)))
+		cancel() // focus that stays (it left the page) is judged as it is
 	}
 	t.Fatalf("40 presses of Tab never reached %s; focus is on %s", what, eval[string](t, br, `document.activeElement.outerHTML.slice(0, 200)`))
 }

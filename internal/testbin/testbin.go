@@ -17,6 +17,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/berthhq/berth/runtime/process"
 )
 
 // Binaries are the paths Build wrote.
@@ -125,10 +127,12 @@ var given = struct {
 // hand out its URLs, and the kernel may offer a port it just offered
 // another parallel test, whose server has not bound it yet.
 //
-// The port is taken below the kernel's ephemeral range where there is room:
-// a port from that range can be taken by any outgoing connection on the
-// machine (another test package's clients) between this check and the
-// server's bind, which fails the server with "address already in use".
+// The port is taken from below the process runtime's backend ports, which
+// are below the kernel's ephemeral range: a port from that range can be
+// taken by any outgoing connection on the machine (another test package's
+// clients) between this check and the server's bind, and one from the
+// backend range by a backend another test's Berth starts; either fails
+// the server with "address already in use".
 func FreeAddr(t testing.TB) string {
 	t.Helper()
 	addr, err := PickAddr()
@@ -167,23 +171,15 @@ func PickAddr() (string, error) {
 	return "", fmt.Errorf("find a free port: 1000 tries found none")
 }
 
-// quietPorts is the range FreeAddr draws from: from 20000 up to the start
-// of the ephemeral range, or none (the kernel chooses) when that range
-// starts lower.
+// quietPorts is the range FreeAddr draws from: the 10,000 ports below the
+// process runtime's, or none (the kernel chooses) when there is no room.
 func quietPorts() (lo, hi int) {
-	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
-	if err != nil {
+	backends, _ := process.PortRange()
+	lo = max(1024, backends-10000)
+	if backends-lo < 1000 {
 		return 0, 0
 	}
-	f := strings.Fields(string(b))
-	if len(f) != 2 {
-		return 0, 0
-	}
-	start, err := strconv.Atoi(f[0])
-	if err != nil || start <= 21000 {
-		return 0, 0
-	}
-	return 20000, start
+	return lo, backends
 }
 
 // CleanEnv is this process's environment without BERTH_* settings, which

@@ -271,6 +271,11 @@ var nextPort = func() *atomic.Uint32 {
 // once: FreePort runs on every spawn.
 var portRange = sync.OnceValues(readPortRange)
 
+// PortRange is the range, inclusive, that FreePort draws backend ports
+// from; whatever else picks loopback ports on the machine (tests) keeps
+// out of it.
+func PortRange() (lo, hi int) { return portRange() }
+
 func readPortRange() (lo, hi int) {
 	lo, hi = 20000, 32767
 	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
