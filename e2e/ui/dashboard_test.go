@@ -79,6 +79,11 @@ func TestDashboard(t *testing.T) {
 			t.Fatal(err)
 		}
 		br.waitFor(t, "the backend terminated in the list", row+`?.dataset.state === "terminated"`)
+		// The row was updated in place (starting, ready, terminated) and
+		// still links to its backend.
+		if got := eval[string](t, br, row+`.querySelector("td:first-child a.bk")?.textContent ?? "(none)"`); got != resp.BackendID {
+			t.Errorf("the updated row's first cell links to %q, want its backend %s", got, resp.BackendID)
+		}
 		if !eval[bool](t, br, `window.sameDocument === true`) {
 			t.Errorf("the page reloaded; changes must arrive in the same document")
 		}

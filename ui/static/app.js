@@ -237,7 +237,9 @@ function fillRow(tr, b, now) {
   tr.dataset.state = b.state;
   const link = tr.querySelector("a.bk");
   const cells = [
-    el("td", {}, link || el("a", { class: "bk", href: `#/backends/${encodeURIComponent(b.backend_id)}` }, el("code", {}, b.backend_id))),
+    // Only a new row's: an existing link put in a new cell would leave
+    // the row's own first cell empty.
+    link ? null : el("td", {}, el("a", { class: "bk", href: `#/backends/${encodeURIComponent(b.backend_id)}` }, el("code", {}, b.backend_id))),
     el("td", {}, b.key ? el("a", { href: `#/state/${encodeURIComponent(b.key)}`, title: `State history of ${b.key}` }, b.key) : el("span", { class: "muted" }, "—")),
     el("td", {}, el("span", { class: "state", dataset: { state: b.state } }, stateText(b))),
     el("td", {}, reasonText(b)),
