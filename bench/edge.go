@@ -41,7 +41,7 @@ func init() {
 			{name: "HTTPS throughput, 32 conns", unit: "/s", baseline: "nginx", target: target{ratioAtLeast, 1.0},
 				method: "GET / of the bench backend over 32 keep-alive HTTPS (HTTP/1.1, TLS 1.3) connections from wrk, through Berth's edge (--proxy-tls-addr, path-prefix mode, limits off) and through nginx (ssl, same certificate and suite, upstream keepalive) to the same backend process; 2 s warm-up each, then 5 blocks of 2 s each, taking turns; median of the runs"},
 			{name: "TLS handshakes/s, 16 clients", unit: "/s", baseline: "nginx", target: target{ratioAtLeast, 1.0},
-				method: "full TLS 1.3 handshakes (no resumption) from 16 concurrent Go clients, each connection closed once its handshake is done, against Berth's edge and nginx in turns of 2 s, 5 blocks each; both servers issue one session ticket per handshake (Go's default; nginx with session tickets on and NumTickets 1), so each does the same work"},
+				method: "full TLS 1.3 handshakes (no resumption) from 16 concurrent Go clients, each connection closed once its handshake is done, against Berth's edge and nginx in turns of 2 s, 5 blocks each; the clients offer resumption (psk_key_exchange_modes, as browsers do) from an empty session cache per connection, so both servers issue one session ticket per handshake (Go's default; nginx with session tickets on and NumTickets 1) and each does the same work"},
 		},
 		skip: func(ctx context.Context, e *env) string {
 			if e.wrk == nil {
@@ -190,9 +190,9 @@ func runHTTPS(ctx context.Context, e *env, r *runCtx) (*result, error) {
 		}
 	}
 	type sums struct {
-		reqs, secs, hs, hsSecs float64
-		cpu, hsCPU, backend    time.Duration
-		errs                   int64
+		reqs, secs, hs, hsSecs, hsBusy float64
+		cpu, hsCPU, hsClient, backend  time.Duration
+		errs                           int64
 	}
 	got := make([]sums, len(targets))
 	for i := range blocks {
@@ -237,15 +237,18 @@ func runHTTPS(ctx context.Context, e *env, r *runCtx) (*result, error) {
 			if i == 0 && k == 0 {
 				r.cpuProfileOf(e, srv, "https-handshakes", block-time.Second/2)
 			}
-			m := meterCPU(t.pids...)
+			m, mc := meterCPU(t.pids...), meterCPU(os.Getpid())
 			n, err := handshakes(ctx, t.addr, 16, block)
 			used, _ := m.stop()
+			client, busy := mc.stop()
 			if err != nil {
 				return nil, fmt.Errorf("%s handshakes: %w", t.name, err)
 			}
 			got[k].hs += float64(n)
 			got[k].hsSecs += block.Seconds()
 			got[k].hsCPU += used
+			got[k].hsClient += client
+			got[k].hsBusy += busy * block.Seconds()
 		}
 	}
 	out := newResult()
@@ -257,7 +260,8 @@ func runHTTPS(ctx context.Context, e *env, r *runCtx) (*result, error) {
 	out.notes[figT] = fmt.Sprintf("negotiated: Berth %s, nginx %s (%s, %d workers); CPU per request: Berth %.1f µs, nginx %.1f µs; backend %.1f / %.1f µs; errors Berth %d, nginx %d",
 		negB, negN, ng.version, len(ng.pids())-1, perReq(b.cpu, b.reqs), perReq(n.cpu, n.reqs),
 		perReq(b.backend, b.reqs), perReq(n.backend, n.reqs), b.errs, n.errs)
-	out.notes[figH] = fmt.Sprintf("CPU per handshake (server side): Berth %.0f µs, nginx %.0f µs", perReq(b.hsCPU, b.hs), perReq(n.hsCPU, n.hs))
+	out.notes[figH] = fmt.Sprintf("CPU per handshake, server side: Berth %.0f µs, nginx %.0f µs; clients' (this process): %.0f / %.0f µs; machine busy %.0f %% / %.0f %%",
+		perReq(b.hsCPU, b.hs), perReq(n.hsCPU, n.hs), perReq(b.hsClient, b.hs), perReq(n.hsClient, n.hs), 100*b.hsBusy/b.hsSecs, 100*n.hsBusy/n.hsSecs)
 	return out, nil
 }
 
@@ -278,10 +282,14 @@ func askWith(ctx context.Context, c *http.Client, u string) (string, error) {
 	return strings.TrimSpace(string(b)), nil
 }
 
-// clientTLS is what the handshake clients offer: X25519 only (what wrk's
-// OpenSSL offers too), no session cache (full handshakes).
+// clientTLS is what a handshake client offers: X25519 only (what wrk's
+// OpenSSL offers too), and resumption, as browsers do, from a session
+// cache of its own that holds nothing (a full handshake). Offering it is
+// what makes Go's server issue a session ticket (it sends none to a
+// client without psk_key_exchange_modes); OpenSSL issues one either way.
 func clientTLS() *tls.Config {
-	return &tls.Config{InsecureSkipVerify: true, CurvePreferences: []tls.CurveID{tls.X25519}, NextProtos: []string{"http/1.1"}}
+	return &tls.Config{InsecureSkipVerify: true, CurvePreferences: []tls.CurveID{tls.X25519}, NextProtos: []string{"http/1.1"},
+		ClientSessionCache: tls.NewLRUClientSessionCache(1)}
 }
 
 // negotiated describes the TLS parameters addr picks for clientTLS.
@@ -306,10 +314,9 @@ func handshakes(ctx context.Context, addr string, clients int, d time.Duration) 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cfg := clientTLS()
 			dialer := &net.Dialer{Timeout: 5 * time.Second}
 			for time.Now().Before(deadline) && ctx.Err() == nil {
-				c, err := tls.DialWithDialer(dialer, "tcp", addr, cfg)
+				c, err := tls.DialWithDialer(dialer, "tcp", addr, clientTLS())
 				if err != nil {
 					firstErr.CompareAndSwap(nil, err)
 					continue
