@@ -171,15 +171,29 @@ func PickAddr() (string, error) {
 	return "", fmt.Errorf("find a free port: 1000 tries found none")
 }
 
-// quietPorts is the range FreeAddr draws from: the 10,000 ports below the
-// process runtime's, or none (the kernel chooses) when there is no room.
+// quietPorts is the range FreeAddr draws from, [lo, hi): up to 10,000
+// ports outside both the kernel's ephemeral range and the process
+// runtime's backend range (below both where there is room, else above
+// both), or none (the kernel chooses) when neither side has 1,000.
 func quietPorts() (lo, hi int) {
-	backends, _ := process.PortRange()
-	lo = max(1024, backends-10000)
-	if backends-lo < 1000 {
-		return 0, 0
+	bLo, bHi := process.PortRange()
+	eLo, eHi := bLo, bHi
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			l, err1 := strconv.Atoi(f[0])
+			h, err2 := strconv.Atoi(f[1])
+			if err1 == nil && err2 == nil {
+				eLo, eHi = l, h
+			}
+		}
 	}
-	return lo, backends
+	if below := min(bLo, eLo); below-1024 >= 1000 {
+		return max(1024, below-10000), below
+	}
+	if above := max(bHi, eHi) + 1; 65536-above >= 1000 {
+		return above, min(65536, above+10000)
+	}
+	return 0, 0
 }
 
 // CleanEnv is this process's environment without BERTH_* settings, which
