@@ -190,9 +190,9 @@ func runHTTPS(ctx context.Context, e *env, r *runCtx) (*result, error) {
 		}
 	}
 	type sums struct {
-		reqs, secs, hs, hsSecs, hsBusy float64
-		cpu, hsCPU, hsClient, backend  time.Duration
-		errs                           int64
+		httpsSums
+		hs, hsSecs, hsBusy       float64
+		hsCPU, hsClient, backend time.Duration
 	}
 	got := make([]sums, len(targets))
 	for i := range blocks {
@@ -205,24 +205,13 @@ func runHTTPS(ctx context.Context, e *env, r *runCtx) (*result, error) {
 			if i == 0 && k == 0 {
 				r.cpuProfileOf(e, srv, "https", block-time.Second/2)
 			}
-			m := meterCPU(t.pids...)
 			var mb *cpuMeter
 			if backendPID > 0 {
 				mb = meterCPU(backendPID)
 			}
-			lr, err := e.wrk.run(ctx, t.url, 2, conns, block, "", nil)
-			used, _ := m.stop()
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", t.name, err)
+			if err := got[k].wrkBlock(ctx, e, t.name, t.url, t.pids, conns, block); err != nil {
+				return nil, err
 			}
-			if lr.Requests == 0 {
-				return nil, fmt.Errorf("%s: no successful HTTPS requests (%d non-2xx, %d errors)", t.name, lr.Non2xx, lr.Errors)
-			}
-			secs := max(time.Second, block.Round(time.Second)).Seconds()
-			got[k].reqs += lr.Requests * secs
-			got[k].secs += secs
-			got[k].cpu += used
-			got[k].errs += lr.Non2xx + lr.Errors
 			if mb != nil {
 				bu, _ := mb.stop()
 				got[k].backend += bu
@@ -421,4 +410,31 @@ http {
 			return nil, fmt.Errorf("nginx (TLS) did not answer within 10s (%v):\n%s", err, tail(filepath.Join(dir, "error.log"), 2000))
 		}
 	}
+}
+
+// httpsSums adds up an HTTPS throughput figure's blocks for one server.
+type httpsSums struct {
+	reqs, secs float64
+	cpu        time.Duration // the server's
+	errs       int64
+}
+
+// wrkBlock runs one block of wrk against url (with headers), metering the
+// CPU of pids, the server's processes, and adds it to s.
+func (s *httpsSums) wrkBlock(ctx context.Context, e *env, name, url string, pids []int, conns int, block time.Duration, headers ...string) error {
+	m := meterCPU(pids...)
+	lr, err := e.wrk.run(ctx, url, 2, conns, block, "", nil, headers...)
+	used, _ := m.stop()
+	if err != nil {
+		return fmt.Errorf("%s: %w", name, err)
+	}
+	if lr.Requests == 0 {
+		return fmt.Errorf("%s: no successful HTTPS requests (%d non-2xx, %d errors)", name, lr.Non2xx, lr.Errors)
+	}
+	secs := max(time.Second, block.Round(time.Second)).Seconds()
+	s.reqs += lr.Requests * secs
+	s.secs += secs
+	s.cpu += used
+	s.errs += lr.Non2xx + lr.Errors
+	return nil
 }

@@ -107,12 +107,7 @@ func runHTTPSHost(ctx context.Context, e *env, r *runCtx) (*result, error) {
 			}
 		}
 	}
-	type sums struct {
-		reqs, secs float64
-		cpu        time.Duration
-		errs       int64
-	}
-	got := make([]sums, len(targets))
+	got := make([]httpsSums, len(targets))
 	for i := range blocks {
 		for j := range targets {
 			k := (j + i + r.n) % len(targets) // each takes each place in turn
@@ -120,27 +115,16 @@ func runHTTPSHost(ctx context.Context, e *env, r *runCtx) (*result, error) {
 			if i == 0 && k == 0 {
 				r.cpuProfileOf(e, srv, "https-host", block-time.Second/2)
 			}
-			m := meterCPU(t.pids...)
-			lr, err := e.wrk.run(ctx, t.url, 2, conns, block, "", nil, t.headers...)
-			used, _ := m.stop()
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", t.name, err)
+			if err := got[k].wrkBlock(ctx, e, t.name, t.url, t.pids, conns, block, t.headers...); err != nil {
+				return nil, err
 			}
-			if lr.Requests == 0 {
-				return nil, fmt.Errorf("%s: no successful HTTPS requests (%d non-2xx, %d errors)", t.name, lr.Non2xx, lr.Errors)
-			}
-			secs := max(time.Second, block.Round(time.Second)).Seconds()
-			got[k].reqs += lr.Requests * secs
-			got[k].secs += secs
-			got[k].cpu += used
-			got[k].errs += lr.Non2xx + lr.Errors
 		}
 	}
 	out := newResult()
 	const fig = "HTTPS by hostname, 32 conns"
 	h, n, p := &got[0], &got[1], &got[2]
 	out.values[fig] = RunFigure{Berth: h.reqs / h.secs, Baseline: n.reqs / n.secs}
-	perReq := func(s *sums) float64 { return us(time.Duration(float64(s.cpu) / s.reqs)) }
+	perReq := func(s *httpsSums) float64 { return us(time.Duration(float64(s.cpu) / s.reqs)) }
 	out.notes[fig] = fmt.Sprintf("negotiated: Berth %s; by path on the same server: %.0f/s (by hostname %.2f× that); CPU per request: Berth by hostname %.1f µs, by path %.1f µs, nginx %.1f µs (%s, %d workers); errors %d, %d, %d",
 		negB, p.reqs/p.secs, (h.reqs/h.secs)/(p.reqs/p.secs), perReq(h), perReq(p), perReq(n), ng.version, len(ng.pids())-1, h.errs, p.errs, n.errs)
 	return out, nil

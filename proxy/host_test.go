@@ -252,21 +252,10 @@ func TestHosts_OtherHostsUsePaths(t *testing.T) {
 // Berth's cookie.
 func TestHosts_PeerGetsTokenPath(t *testing.T) {
 	f := newHostFixture(t)
-	seen := make(chan string, 1)
-	peer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		seen <- r.URL.RequestURI() + " cookie=" + r.Header.Get("Cookie") + " backend=" + r.Header.Get(HeaderBackend)
-	}))
-	t.Cleanup(peer.Close)
-	const remote = "bk_rrrrrrrrrrrrrrrr"
-	p := New(Config{Resolver: &resolver{
-		routes:   map[string]Route{remote: {BackendID: remote, Addr: peer.Listener.Addr().String(), Peer: true}},
-		errs:     map[string]error{},
-		starting: map[string]chan struct{}{},
-	}, Signer: f.signer, Now: func() time.Time { return now }})
-	t.Cleanup(func() { p.Close() })
+	p, seen := peerProxy(t, f.signer)
 	f.srv.Config.Handler = p.Hosts(hostSuffix)
-	tok := f.signer.Issue(remote, "alice", now.Add(time.Hour))
-	label, _ := f.signer.HostLabel(remote)
+	tok := f.signer.Issue(peerBackend, "alice", now.Add(time.Hour))
+	label, _ := f.signer.HostLabel(peerBackend)
 	_, port, _ := net.SplitHostPort(f.base.Host)
 	status, body, _ := f.get(t, "https://"+label+"."+hostSuffix+":"+port+"/abs/x?q=1", "Cookie", CookieName+"="+tok+"; app=1")
 	if status != 200 {
@@ -275,4 +264,26 @@ func TestHosts_PeerGetsTokenPath(t *testing.T) {
 	if got, want := <-seen, "/"+tok+"/abs/x?q=1 cookie=app=1 backend="; got != want {
 		t.Errorf("the peer got %q, want %q", got, want)
 	}
+}
+
+// peerBackend is the backend peerProxy's proxy finds on another replica.
+const peerBackend = "bk_rrrrrrrrrrrrrrrr"
+
+// peerProxy is a proxy whose one route, peerBackend, runs on another
+// replica: a server that sends what it got on seen (the request URI, the
+// Cookie header, the backend header).
+func peerProxy(t *testing.T, signer *token.Signer) (p *Proxy, seen chan string) {
+	t.Helper()
+	seen = make(chan string, 1)
+	peer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		seen <- r.URL.RequestURI() + " cookie=" + r.Header.Get("Cookie") + " backend=" + r.Header.Get(HeaderBackend)
+	}))
+	t.Cleanup(peer.Close)
+	p = New(Config{Resolver: &resolver{
+		routes:   map[string]Route{peerBackend: {BackendID: peerBackend, Addr: peer.Listener.Addr().String(), Peer: true}},
+		errs:     map[string]error{},
+		starting: map[string]chan struct{}{},
+	}, Signer: signer, Now: func() time.Time { return now }})
+	t.Cleanup(func() { p.Close() })
+	return p, seen
 }

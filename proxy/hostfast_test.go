@@ -82,6 +82,8 @@ func TestServer_HostRoutedLikeNetHTTP(t *testing.T) {
 	// The fast path: the edge's ServeConn, plain HTTP too.
 	var handOffs atomic.Int32
 	srv := p.NewServer(ServerConfig{NoEventLoop: true, HostSuffix: hostSuffix})
+	// Not rawListener: ServeConn returns when it hands a connection off,
+	// which must then stay open.
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -96,6 +98,7 @@ func TestServer_HostRoutedLikeNetHTTP(t *testing.T) {
 			go srv.ServeConn(c, hostHooks{h: p.Hosts(hostSuffix), handOffs: &handOffs})
 		}
 	}()
+	addr := ln.Addr().String()
 
 	label := func(id string) string { l, _ := signer.HostLabel(id); return l + "." + hostSuffix }
 	tokA := signer.Issue(hostA, "alice", now.Add(time.Hour))
@@ -155,7 +158,7 @@ func TestServer_HostRoutedLikeNetHTTP(t *testing.T) {
 			wantRes, want := readResponse(t, br, method)
 
 			h0 := handOffs.Load()
-			c, br = dialRaw(t, ln.Addr().String())
+			c, br = dialRaw(t, addr)
 			io.WriteString(c, tt.head)
 			gotRes, got := readResponse(t, br, method)
 			if fast := handOffs.Load() == h0; fast != tt.fast {
@@ -175,7 +178,7 @@ func TestServer_HostRoutedLikeNetHTTP(t *testing.T) {
 		})
 	}
 	// The same connection: the fast path serves one request after another.
-	c, br := dialRaw(t, ln.Addr().String())
+	c, br := dialRaw(t, addr)
 	h0 := handOffs.Load()
 	for i := range 3 {
 		io.WriteString(c, "GET /n HTTP/1.1\r\nHost: "+label(hostA)+"\r\nCookie: "+ck+"\r\n\r\n")
@@ -280,26 +283,15 @@ func TestServer_HostRoutedToPeer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	seen := make(chan string, 1)
-	peer := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		seen <- r.URL.RequestURI() + " cookie=" + r.Header.Get("Cookie") + " backend=" + r.Header.Get(HeaderBackend)
-	}))
-	t.Cleanup(peer.Close)
-	const remote = "bk_rrrrrrrrrrrrrrrr"
-	p := New(Config{Resolver: &resolver{
-		routes:   map[string]Route{remote: {BackendID: remote, Addr: peer.Listener.Addr().String(), Peer: true}},
-		errs:     map[string]error{},
-		starting: map[string]chan struct{}{},
-	}, Signer: signer, Now: func() time.Time { return now }})
-	t.Cleanup(func() { p.Close() })
+	p, seen := peerProxy(t, signer)
 	srv := p.NewServer(ServerConfig{NoEventLoop: true, HostSuffix: hostSuffix})
 	client, server := net.Pipe()
 	t.Cleanup(func() { client.Close() })
 	var handOffs atomic.Int32
 	go srv.ServeConn(server, hostHooks{h: p.Hosts(hostSuffix), handOffs: &handOffs})
 
-	tok := signer.Issue(remote, "alice", now.Add(time.Hour))
-	label, _ := signer.HostLabel(remote)
+	tok := signer.Issue(peerBackend, "alice", now.Add(time.Hour))
+	label, _ := signer.HostLabel(peerBackend)
 	client.SetDeadline(time.Now().Add(10 * time.Second))
 	go io.WriteString(client, "GET /abs/x?q=1 HTTP/1.1\r\nHost: "+label+"."+hostSuffix+"\r\nCookie: "+CookieName+"="+tok+"; app=1\r\n\r\n")
 	if res, body := readResponse(t, bufio.NewReader(client), "GET"); res.StatusCode != 200 {
