@@ -43,16 +43,8 @@ func init() {
 			{name: "TLS handshakes/s, 16 clients", unit: "/s", baseline: "nginx", target: target{ratioAtLeast, 1.0},
 				method: "full TLS 1.3 handshakes (no resumption) from 16 concurrent Go clients, each connection closed once its handshake is done, against Berth's edge and nginx in turns of 2 s, 5 blocks each; the clients offer resumption (psk_key_exchange_modes, as browsers do) from an empty session cache per connection, so both servers issue one session ticket per handshake (Go's default; nginx with session tickets on and NumTickets 1) and each does the same work"},
 		},
-		skip: func(ctx context.Context, e *env) string {
-			if e.wrk == nil {
-				return "wrk is not installed (apt-get install wrk): the HTTPS load needs it"
-			}
-			if _, err := findNginx(); err != nil {
-				return err.Error()
-			}
-			return ""
-		},
-		run: runHTTPS,
+		skip: skipNoHTTPSLoad,
+		run:  runHTTPS,
 	})
 }
 
@@ -437,4 +429,16 @@ func (s *httpsSums) wrkBlock(ctx context.Context, e *env, name, url string, pids
 	s.cpu += used
 	s.errs += lr.Non2xx + lr.Errors
 	return nil
+}
+
+// skipNoHTTPSLoad says why the HTTPS scenarios cannot run here: they need
+// wrk for the load and nginx for the baseline.
+func skipNoHTTPSLoad(ctx context.Context, e *env) string {
+	if e.wrk == nil {
+		return "wrk is not installed (apt-get install wrk): the HTTPS load needs it"
+	}
+	if _, err := findNginx(); err != nil {
+		return err.Error()
+	}
+	return ""
 }

@@ -31,16 +31,8 @@ func init() {
 			{name: "HTTPS by hostname, 32 conns", unit: "/s", baseline: "nginx", target: target{ratioAtLeast, 1.0},
 				method: "GET / of the bench backend over 32 keep-alive HTTPS (HTTP/1.1, TLS 1.3) connections from wrk to 127.0.0.1 with Host: <label>." + benchHostSuffix + " and the backend's __Host-berth cookie, through Berth's edge (--public-host-suffix " + benchHostSuffix + ", limits off) and through nginx (as in https, sent the same headers) to the same backend process; 2 s warm-up each, then 5 blocks of 2 s each, taking turns with the same server's path-prefix URL (in the note); median of the runs"},
 		},
-		skip: func(ctx context.Context, e *env) string {
-			if e.wrk == nil {
-				return "wrk is not installed (apt-get install wrk): the HTTPS load needs it"
-			}
-			if _, err := findNginx(); err != nil {
-				return err.Error()
-			}
-			return ""
-		},
-		run: runHTTPSHost,
+		skip: skipNoHTTPSLoad,
+		run:  runHTTPSHost,
 	})
 }
 
