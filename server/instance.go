@@ -1,8 +1,6 @@
 package server
 
 import (
-	"context"
-	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,11 +35,6 @@ type instance struct {
 	lastActive atomic.Int64 // monoNow() of the last activity
 	waiting    atomic.Int64 // proxied GETs and HEADs waiting for answered
 	fz         freezeHold   // idle_action freeze (freeze.go)
-
-	// claiming is set while a pooled backend's claim is delivered after
-	// its key was recorded (pool.go): the proxy holds the key's requests
-	// until the backend answered it. nil once it has.
-	claiming atomic.Pointer[claimGate]
 
 	mu         sync.Mutex
 	b          *berth.Backend
@@ -102,43 +95,6 @@ func (i *instance) state() berth.State {
 func (i *instance) terminating() bool {
 	s := i.state()
 	return s == berth.StateTerminating || s == berth.StateTerminated
-}
-
-// claimGate is a claim being delivered: done is closed once the backend
-// answered it, err says how (nil: a 2xx).
-type claimGate struct {
-	done chan struct{}
-	err  error
-}
-
-// claimFailed reports whether the backend failed the claim that gave it
-// its key: it is being stopped, and the key passes on once it terminated.
-func (i *instance) claimFailed() bool {
-	g := i.claiming.Load()
-	if g == nil {
-		return false
-	}
-	select {
-	case <-g.done:
-		return g.err != nil
-	default:
-		return false
-	}
-}
-
-// awaitClaim waits until the backend answered the claim that gave it its
-// key, if one is being delivered, and returns the claim's failure.
-func (i *instance) awaitClaim(ctx context.Context) error {
-	g := i.claiming.Load()
-	if g == nil {
-		return nil
-	}
-	select {
-	case <-g.done:
-		return g.err
-	case <-ctx.Done():
-		return fmt.Errorf("backend %s is still taking its claim: %w", i.id, ctx.Err())
-	}
 }
 
 // setAddr sets where the backend listens, before its route can open.

@@ -205,9 +205,6 @@ func (m *Manager) Connect(ctx context.Context, req *api.ConnectRequest) (*api.Co
 			case <-h.inst.readyRecorded:
 			case <-wctx.Done():
 			}
-			if err := h.inst.awaitClaim(wctx); err != nil && wctx.Err() == nil {
-				continue // it failed its claim: the key's next backend serves this connect
-			}
 			break
 		}
 		if rb, err := m.waitRemote(wctx, b.ID); err == nil {
@@ -310,7 +307,7 @@ func (m *Manager) getOrSpawn(ctx context.Context, req *api.ConnectRequest) (held
 		}
 		if inst := m.byKey[req.Key]; inst != nil {
 			m.mu.Unlock()
-			if inst.terminating() || inst.claimFailed() {
+			if inst.terminating() {
 				// The key is still held until the old backend's final save
 				// completes; wait for that, then take the key afresh.
 				if err := waitDone(ctx, inst); err != nil {

@@ -499,9 +499,8 @@ func (m *Manager) resolvePool(req *api.ConnectRequest) error {
 // claim gives req.Key a ready pooled backend, if req names a pool (or
 // asks for a pool's template) and one is ready: ok says whether it did.
 // It runs where spawn would, so concurrent connects for the key wait for
-// it (getOrSpawn's pending), and returns once the store gave the backend
-// the key; the claim itself is delivered meanwhile (answerClaim). When
-// none is ready, the caller spawns cold.
+// it (getOrSpawn's pending). A backend that fails its claim is stopped,
+// and the next one is tried; when none is left, the caller spawns cold.
 func (m *Manager) claim(ctx context.Context, req *api.ConnectRequest) (h held, ok bool, err error) {
 	ps := m.pools
 	if ps == nil || req.Key == "" || req.Spawn == nil {
@@ -559,48 +558,28 @@ func (m *Manager) claim(ctx context.Context, req *api.ConnectRequest) (h held, o
 		inst.mu.Lock()
 		inst.b.Key, inst.b.User, inst.b.FencingToken = b.Key, b.User, b.FencingToken
 		inst.mu.Unlock()
-		// The key is the backend's from here: connects for it find the
-		// backend, and the proxy holds its requests until the backend
-		// answered its claim (claiming). A connect with wait: false is
-		// answered now, as one that spawns is before the start, and the
-		// backend's answer overlaps the connect's own; one with wait:
-		// true waits for the answer (Connect).
-		g := &claimGate{done: make(chan struct{})}
-		inst.claiming.Store(g)
+		m.publish(inst.id)
+		started := time.Now()
+		if err := m.deliverClaim(ctx, inst, call); err != nil {
+			m.log.Warn("pool: claim failed; stopping the backend", "pool", name, "backend", inst.id, "key", req.Key, "err", err)
+			m.recordEvent(inst, "claim failed: "+err.Error())
+			ps.metrics.failed(name)
+			inst.requestStop(berth.ReasonSpawnFailed, true)
+			// The key is the failed backend's until it is terminated.
+			if err := waitDone(ctx, inst); err != nil {
+				return held{}, false, err
+			}
+			continue
+		}
 		m.mu.Lock()
 		inst.key = req.Key
 		m.byKey[req.Key] = inst
 		m.mu.Unlock()
-		m.publish(inst.id)
-		m.wg.Add(1)
-		go func() {
-			defer m.wg.Done()
-			m.answerClaim(context.WithoutCancel(ctx), name, inst, call, g)
-		}()
+		inst.End() // idle from now on, as any backend
+		ps.metrics.claimed(name, time.Since(started))
+		time.AfterFunc(refillDelay, ps.kick)
 		return held{inst: inst}, true, nil
 	}
-}
-
-// answerClaim delivers inst's claim and opens g with the outcome. A
-// backend that fails it is stopped; its key passes on once it terminated
-// (getOrSpawn), and its requests are told to connect again.
-func (m *Manager) answerClaim(ctx context.Context, name string, inst *instance, call *claimCall, g *claimGate) {
-	ps := m.pools
-	started := time.Now()
-	if err := m.deliverClaim(ctx, inst, call); err != nil {
-		m.log.Warn("pool: claim failed; stopping the backend", "pool", name, "backend", inst.id, "key", inst.key, "err", err)
-		m.recordEvent(inst, "claim failed: "+err.Error())
-		ps.metrics.failed(name)
-		inst.requestStop(berth.ReasonSpawnFailed, true)
-		g.err = err
-		close(g.done)
-		return
-	}
-	inst.End() // idle from now on, as any backend
-	inst.claiming.CompareAndSwap(g, nil)
-	close(g.done)
-	ps.metrics.claimed(name, time.Since(started))
-	time.AfterFunc(refillDelay, ps.kick)
 }
 
 // claimToken is what a pooled backend gets as BERTH_CLAIM_TOKEN and Berth
@@ -627,7 +606,8 @@ func pooledEnv(env map[string]string, b *berth.Backend) {
 // its state.
 const maxClaimWait = 30 * time.Second
 
-// maxClaimTime bounds a connect's claims in the store.
+// maxClaimTime bounds a connect's claims, the wait for failed ones to
+// give their key back included.
 const maxClaimTime = 2 * time.Minute
 
 // deliverClaim fences inst's new key, prepares its state URL and POSTs the

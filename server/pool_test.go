@@ -2,10 +2,8 @@ package server
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,7 +14,6 @@ import (
 
 	"github.com/berthhq/berth"
 	"github.com/berthhq/berth/api"
-	"github.com/berthhq/berth/proxy"
 	"github.com/berthhq/berth/runtime/runtimetest"
 	"github.com/berthhq/berth/store"
 	"github.com/berthhq/berth/store/sqlite"
@@ -141,87 +138,6 @@ func TestManager_PoolClaimRefused(t *testing.T) {
 }
 
 func storeFilterKey(key string) store.Filter { return store.Filter{Key: key} }
-
-// A connect with wait: false is answered once the store gave the pooled
-// backend its key, before the backend answered its claim; the proxy holds
-// the backend's requests until it has, so none reaches it unclaimed.
-func TestManager_PoolClaimAnsweredEarly(t *testing.T) {
-	bin := runtimetest.BuildTestBackend(t)
-	m := newProcessManager(t, nil)
-	tmpl := berth.SpawnConfig{Command: []string{bin}, Env: map[string]string{"TB_CLAIM_DELAY_MS": "300"}}
-	if err := m.StartPools(t.Context(), []berth.Pool{{Name: "slow", Spawn: tmpl, MinReady: 1}}); err != nil {
-		t.Fatal(err)
-	}
-	waitPoolReady(t, m, "slow", 1)
-	r, err := m.Connect(t.Context(), &api.ConnectRequest{Key: "k", Pool: "slow"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r.Pool != "slow" || r.Key != "k" {
-		t.Fatalf("connect = %+v; want a claim from pool slow", r)
-	}
-	if _, ok := m.ResolveReady(r.BackendID); ok {
-		t.Fatal("the proxy may route to the backend before it answered its claim")
-	}
-	// A connect that waits is answered once the claim is.
-	w, err := m.Connect(t.Context(), &api.ConnectRequest{Key: "k", Pool: "slow", Wait: true})
-	if err != nil || w.BackendID != r.BackendID {
-		t.Fatalf("waiting connect = %+v, %v; want %s", w, err, r.BackendID)
-	}
-	if _, ok := m.ResolveReady(r.BackendID); !ok {
-		t.Error("a waiting connect was answered before the proxy may route to the backend")
-	}
-	route, err := m.Resolve(t.Context(), r.BackendID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := http.Get("http://" + route.Addr + "/identity")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var id struct {
-		Key     string `json:"key"`
-		Claimed bool   `json:"claimed"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&id); err != nil || id.Key != "k" || !id.Claimed {
-		t.Errorf("the routed backend says %+v, %v; want claimed for k", id, err)
-	}
-}
-
-// A backend that fails the claim of a connect answered early (wait:
-// false) is stopped; requests for it are told it is gone, and the key's
-// next connect is served by another backend.
-func TestManager_PoolClaimFailsAfterAnswer(t *testing.T) {
-	bin := runtimetest.BuildTestBackend(t)
-	m := newProcessManager(t, nil)
-	tmpl := berth.SpawnConfig{Command: []string{bin}, Env: map[string]string{"TB_CLAIM_FAIL": "1", "TB_CLAIM_DELAY_MS": "100"}}
-	if err := m.StartPools(t.Context(), []berth.Pool{{Name: "bad", Spawn: tmpl, MinReady: 1}}); err != nil {
-		t.Fatal(err)
-	}
-	waitPoolReady(t, m, "bad", 1)
-	r, err := m.Connect(t.Context(), &api.ConnectRequest{Key: "k", Pool: "bad"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if r.Pool != "bad" {
-		t.Fatalf("connect = %+v; want a claim from pool bad", r)
-	}
-	if _, err := m.Resolve(t.Context(), r.BackendID); !errors.Is(err, proxy.ErrGone) {
-		t.Errorf("resolve the backend that failed its claim: %v; want ErrGone", err)
-	}
-	next, err := m.Connect(t.Context(), &api.ConnectRequest{Key: "k", Pool: "bad", Wait: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if next.BackendID == r.BackendID || next.State != berth.StateReady {
-		t.Errorf("next connect = %+v; want another ready backend", next)
-	}
-	b, err := m.Backend(t.Context(), r.BackendID)
-	if err != nil || b.State != berth.StateTerminated || b.Reason != berth.ReasonSpawnFailed {
-		t.Errorf("failed backend: %+v, %v; want terminated, spawn_failed", b, err)
-	}
-}
 
 // failingClaims is a store whose claims fail, as a commit that errs: the
 // claim's head has gone out to the backend by then.

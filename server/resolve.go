@@ -31,9 +31,6 @@ func (m *Manager) ResolveReady(id string) (proxy.Route, bool) {
 	if inst.fz.frozen.Load() {
 		return proxy.Route{}, false // Resolve thaws it
 	}
-	if inst.claiming.Load() != nil {
-		return proxy.Route{}, false // Resolve waits for its claim's answer
-	}
 	return inst.route()
 }
 
@@ -69,13 +66,6 @@ func (m *Manager) Resolve(ctx context.Context, id string) (proxy.Route, error) {
 	case <-inst.answered:
 	case <-ctx.Done():
 		return proxy.Route{}, fmt.Errorf("backend %s is still starting: %w", id, ctx.Err())
-	}
-	if err := inst.awaitClaim(ctx); err != nil {
-		if ctx.Err() != nil {
-			return proxy.Route{}, err
-		}
-		// It is being stopped; the key's next connect gets another.
-		return proxy.Route{}, fmt.Errorf("backend %s failed its claim (%v): %w", id, err, proxy.ErrGone)
 	}
 	if err := inst.awaitThaw(ctx); err != nil {
 		return proxy.Route{}, err
