@@ -348,6 +348,9 @@ func TestServer_H1Limits(t *testing.T) {
 	})
 	t.Run("sizes", func(t *testing.T) {
 		advance(time.Hour)
+		// The rate test's connection counts against ConnsPerIP until the
+		// edge has seen it close.
+		waitFor(t, "earlier connections to close", func() bool { return testutil.ToFloat64(f.metrics.conns) == 0 })
 		c, br := f.dialTLS(t, nil)
 		if res, _ := roundTrip(t, c, br, "GET /"+f.tok+"/"+strings.Repeat("a", 300)+" HTTP/1.1\r\nHost: edge.test\r\n\r\n"); res.StatusCode != http.StatusRequestURITooLong {
 			t.Errorf("long URL: %d, want 414", res.StatusCode)
