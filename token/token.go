@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"strings"
 	"sync"
 	"time"
 )
@@ -110,6 +111,11 @@ func (s *Signer) Issue(backendID, user string, expires time.Time) string {
 func (s *Signer) Verify(tok string, now time.Time) (Claims, error) {
 	n := enc.DecodedLen(len(tok))
 	if n < minRawLen {
+		return Claims{}, ErrMalformed
+	}
+	// The decoder skips CR and LF; a token never holds them, so one that
+	// does is not a token, however it decodes.
+	if strings.IndexByte(tok, '\r') >= 0 || strings.IndexByte(tok, '\n') >= 0 {
 		return Claims{}, ErrMalformed
 	}
 	sc := s.pool.Get().(*scratch)

@@ -125,6 +125,8 @@ func TestPlausible(t *testing.T) {
 		{"B" + tok[1:], false},    // another version
 		{tok[:40] + "." + tok[41:], false},
 		{tok[:40] + "%" + tok[41:], false},
+		{tok[:40] + "\r" + tok[40:], false}, // the decoder would skip it
+		{tok[:40] + "\n" + tok[40:], false},
 		{"", false},
 		{"index.html", false},
 		{"assets", false},
