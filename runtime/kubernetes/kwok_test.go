@@ -121,6 +121,34 @@ func TestRuntime_kwok(t *testing.T) {
 	}
 }
 
+// TestWait_noLogStream_kwok: a kwok node has no kubelet API, so a Pod's log
+// stream never opens. Once the Pod ended, Wait lets its follower ask once
+// more and returns when it gave up, rather than waiting out drainWait
+// while the follower keeps asking the API server for a Pod that is gone.
+func TestWait_noLogStream_kwok(t *testing.T) {
+	t.Parallel()
+	r, port := kwokRuntime(t)
+	s := start(t, r, kwokSpec(testID(), port))
+	st, _ := handleState(s.h)
+	r.mu.Lock()
+	f := r.follows[st.Pod]
+	r.mu.Unlock()
+	if f == nil {
+		t.Fatal("Start with Spec.Logs set left no log follower")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
+	defer cancel()
+	if err := r.Stop(ctx, s.h, "", 0); err != nil {
+		t.Fatal(err)
+	}
+	s.wait(t)
+	select {
+	case <-f.done:
+	default:
+		t.Fatal("Wait returned while the log follower of the ended Pod was still asking for a stream")
+	}
+}
+
 // BenchmarkStartReady_kwok measures the runtime's Start until the first
 // HTTP 200 from the Pod's address, side by side with a bare client-go Pod
 // create watched until Running (no HTTP), on the kwok node, and reports the

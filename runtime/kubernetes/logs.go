@@ -3,27 +3,43 @@ package kubernetes
 import (
 	"context"
 	"io"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 )
 
 // follower copies one Pod's log stream (from the container's start) into
 // a writer, until the stream ends (the container exited), Cleanup, or Close.
 type follower struct {
-	cancel context.CancelFunc
-	done   chan struct{}
+	cancel  context.CancelFunc
+	done    chan struct{}
+	ended   chan struct{} // closed by drain: the Pod ended
+	endOnce sync.Once
 }
+
+// followDelay is how long after the Pod runs its log stream is first asked
+// for. The kubelet keeps a container's output from its start, so a later
+// first request loses nothing. One at the moment the Pod runs reaches the
+// API server (which proxies it to the kubelet) while the start keeps it
+// busiest, and delayed the readiness probe and the first request behind
+// it: by 0.5–0.9 ms of a 12 ms cold start on kwok (BENCHMARKS.md).
+const followDelay = 100 * time.Millisecond
 
 // drainWait bounds how long Wait lets a follower catch up with the end of
 // the stream once the Pod ended.
 const drainWait = 2 * time.Second
 
-// drain waits until the stream ended, or drainWait, or ctx. f may be nil.
+// drain tells f the Pod ended and waits until its stream ended, or
+// drainWait, or ctx. A follower that has no stream yet asks once more at
+// once (a container that ended quickly still has its output on the
+// kubelet) and then gives up. f may be nil.
 func (f *follower) drain(ctx context.Context) {
 	if f == nil {
 		return
 	}
+	f.endOnce.Do(func() { close(f.ended) })
 	select {
 	case <-f.done:
 	case <-time.After(drainWait):
@@ -34,7 +50,7 @@ func (f *follower) drain(ctx context.Context) {
 // follow starts copying pod's logs into w, replacing an earlier follower.
 func (r *Runtime) follow(pod string, w io.Writer) {
 	ctx, cancel := context.WithCancel(r.ctx)
-	f := &follower{cancel: cancel, done: make(chan struct{})}
+	f := &follower{cancel: cancel, done: make(chan struct{}), ended: make(chan struct{})}
 	r.mu.Lock()
 	old := r.follows[pod]
 	r.follows[pod] = f
@@ -46,16 +62,26 @@ func (r *Runtime) follow(pod string, w io.Writer) {
 	go func() {
 		defer r.wg.Done()
 		defer close(f.done)
-		r.copyLogs(ctx, pod, w)
+		r.copyLogs(ctx, f, pod, w)
 	}()
 }
 
-// copyLogs streams the logs, retrying while the container has not started
-// (the kubelet answers 400 until it has) with a growing pause, for about
-// half a minute: a node without a kubelet API (kwok) never answers.
-func (r *Runtime) copyLogs(ctx context.Context, pod string, w io.Writer) {
-	pause := 50 * time.Millisecond
+// copyLogs streams the logs, first after followDelay, then retrying while
+// the container has not started (the kubelet answers 400 until it has)
+// with a growing pause, for about half a minute: a node without a kubelet
+// API (kwok) never answers. It stops asking once the Pod is gone, or has
+// ended and one more request found no stream.
+func (r *Runtime) copyLogs(ctx context.Context, f *follower, pod string, w io.Writer) {
+	pause, retry := followDelay, 50*time.Millisecond
+	t := time.NewTimer(pause)
+	defer t.Stop()
 	for waited := time.Duration(0); ; waited += pause {
+		select {
+		case <-ctx.Done():
+			return
+		case <-f.ended:
+		case <-t.C:
+		}
 		req := r.cs.CoreV1().Pods(r.cfg.Namespace).GetLogs(pod, &corev1.PodLogOptions{Container: containerName, Follow: true})
 		rc, err := req.Stream(ctx)
 		if err == nil {
@@ -66,16 +92,19 @@ func (r *Runtime) copyLogs(ctx context.Context, pod string, w io.Writer) {
 			}
 			return
 		}
-		if ctx.Err() != nil || waited > 30*time.Second {
+		select {
+		case <-f.ended:
+			r.log.Debug("no log stream; the Pod ended", "pod", pod, "err", err)
+			return
+		default:
+		}
+		if ctx.Err() != nil || apierrors.IsNotFound(err) || waited > 30*time.Second {
 			r.log.Debug("no log stream", "pod", pod, "err", err)
 			return
 		}
-		pause = min(2*pause, 2*time.Second)
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(pause):
-		}
+		retry = min(2*retry, 2*time.Second)
+		pause = retry
+		t.Reset(pause)
 	}
 }
 
