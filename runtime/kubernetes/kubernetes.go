@@ -59,7 +59,8 @@
 //
 // Logs are read through pods/log from the container's start, at Start and
 // at Recover, so a recovered backend's logs repeat what an earlier Berth
-// captured.
+// captured. Stop opens the stream before it deletes the Pod, if it is not
+// open yet: a deleted Pod's output goes once its node has removed it.
 package kubernetes
 
 import (

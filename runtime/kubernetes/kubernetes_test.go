@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -344,4 +345,61 @@ func TestRuntime_volume(t *testing.T) {
 	if err != nil || string(b) != "kept" {
 		t.Errorf("the second backend reads %q, %v in BERTH_STATE_DIR %s, want what the first wrote", b, err, env["BERTH_STATE_DIR"])
 	}
+}
+
+// TestRuntime_Stop_youngPodKeepsItsLogs: a Pod stopped before its log
+// stream was first asked for (followDelay after it runs) still has its
+// output to the end, even when its node has removed it before Wait: Stop
+// opens the stream before it deletes the Pod.
+func TestRuntime_Stop_youngPodKeepsItsLogs(t *testing.T) {
+	t.Parallel()
+	r := newRuntime(t, Config{})
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
+	defer cancel()
+	logs := &lockedBuffer{}
+	spec := testSpec(t, testID(), nil)
+	spec.Logs = logs
+	h, err := r.Start(ctx, spec)
+	if err != nil {
+		t.Fatalf("Start: %v", err)
+	}
+	if err := r.Stop(ctx, h, "SIGINT", 20*time.Second); err != nil {
+		t.Fatalf("Stop: %v", err)
+	}
+	st, _ := handleState(h)
+	for {
+		_, err := r.cs.CoreV1().Pods(st.Namespace).Get(ctx, st.Pod, metav1.GetOptions{})
+		if apierrors.IsNotFound(err) {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the Pod was not removed after its stop: %v", err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if _, err := r.Wait(ctx, h); err != nil {
+		t.Fatalf("Wait: %v", err)
+	}
+	if out := logs.String(); !strings.Contains(out, "got SIGINT") {
+		t.Errorf("logs = %q, want them to end with the backend's \"got SIGINT\"", out)
+	}
+}
+
+// lockedBuffer is a log writer that a test can read while a follower
+// writes.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

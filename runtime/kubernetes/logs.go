@@ -17,6 +17,11 @@ type follower struct {
 	done    chan struct{}
 	ended   chan struct{} // closed by drain: the Pod ended
 	endOnce sync.Once
+	// hurry, closed by open, has the follower ask at once; asked is
+	// closed once it has a stream or, after hurry, one more request found
+	// none.
+	hurry, asked         chan struct{}
+	hurryOnce, askedOnce sync.Once
 }
 
 // followDelay is how long after the Pod runs its log stream is first asked
@@ -47,10 +52,32 @@ func (f *follower) drain(ctx context.Context) {
 	}
 }
 
+// openLogs has pod's follower ask for the stream now, if it has none yet,
+// and waits until it has one, found none, or drainWait passed. Stop calls
+// it before deleting the Pod: once the node has removed a deleted Pod, its
+// output can no longer be read, and a Pod stopped within followDelay of
+// running would take the output of its last moments with it.
+func (r *Runtime) openLogs(ctx context.Context, pod string) {
+	r.mu.Lock()
+	f := r.follows[pod]
+	r.mu.Unlock()
+	if f == nil {
+		return
+	}
+	f.hurryOnce.Do(func() { close(f.hurry) })
+	select {
+	case <-f.asked:
+	case <-f.done:
+	case <-time.After(drainWait):
+	case <-ctx.Done():
+	}
+}
+
 // follow starts copying pod's logs into w, replacing an earlier follower.
 func (r *Runtime) follow(pod string, w io.Writer) {
 	ctx, cancel := context.WithCancel(r.ctx)
-	f := &follower{cancel: cancel, done: make(chan struct{}), ended: make(chan struct{})}
+	f := &follower{cancel: cancel, done: make(chan struct{}), ended: make(chan struct{}),
+		hurry: make(chan struct{}), asked: make(chan struct{})}
 	r.mu.Lock()
 	old := r.follows[pod]
 	r.follows[pod] = f
@@ -66,24 +93,32 @@ func (r *Runtime) follow(pod string, w io.Writer) {
 	}()
 }
 
-// copyLogs streams the logs, first after followDelay, then retrying while
-// the container has not started (the kubelet answers 400 until it has)
-// with a growing pause, for about half a minute: a node without a kubelet
-// API (kwok) never answers. It stops asking once the Pod is gone, or has
-// ended and one more request found no stream.
+// copyLogs streams the logs, first after followDelay (or at once when
+// hurried), then retrying while the container has not started (the
+// kubelet answers 400 until it has) with a growing pause, for about half a
+// minute: a node without a kubelet API (kwok) never answers. It stops
+// asking once the Pod is gone, or has ended and one more request found no
+// stream.
 func (r *Runtime) copyLogs(ctx context.Context, f *follower, pod string, w io.Writer) {
 	pause, retry := followDelay, 50*time.Millisecond
 	t := time.NewTimer(pause)
 	defer t.Stop()
+	hurry := f.hurry
 	for waited := time.Duration(0); ; waited += pause {
 		select {
 		case <-ctx.Done():
 			return
 		case <-f.ended:
+		case <-hurry:
+			hurry = nil // once: later attempts keep their pause
 		case <-t.C:
 		}
+		hurried := isClosed(f.hurry)
 		req := r.cs.CoreV1().Pods(r.cfg.Namespace).GetLogs(pod, &corev1.PodLogOptions{Container: containerName, Follow: true})
 		rc, err := req.Stream(ctx)
+		if err == nil || hurried {
+			f.askedOnce.Do(func() { close(f.asked) })
+		}
 		if err == nil {
 			_, err = io.Copy(w, rc)
 			rc.Close()
@@ -105,6 +140,16 @@ func (r *Runtime) copyLogs(ctx context.Context, f *follower, pod string, w io.Wr
 		retry = min(2*retry, 2*time.Second)
 		pause = retry
 		t.Reset(pause)
+	}
+}
+
+// isClosed reports whether c is closed.
+func isClosed(c <-chan struct{}) bool {
+	select {
+	case <-c:
+		return true
+	default:
+		return false
 	}
 }
 

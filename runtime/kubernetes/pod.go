@@ -438,6 +438,7 @@ func (r *Runtime) Stop(ctx context.Context, h *runtime.Handle, signal string, gr
 			return fmt.Errorf("kubernetes: stop %s: annotate the stop signal: %w", h.BackendID, err)
 		}
 	}
+	r.openLogs(ctx, st.Pod)
 	secs := max(int64(math.Ceil(grace.Seconds())), 1)
 	err = pods.Delete(ctx, st.Pod, metav1.DeleteOptions{GracePeriodSeconds: &secs, Preconditions: &metav1.Preconditions{UID: &st.UID}})
 	if err != nil && !apierrors.IsNotFound(err) && !apierrors.IsConflict(err) {
