@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/berthhq/berth"
+	"github.com/berthhq/berth/internal/testbin"
 	"github.com/berthhq/berth/runtime"
 )
 
@@ -356,7 +356,7 @@ func TestRuntime_Stop_youngPodKeepsItsLogs(t *testing.T) {
 	r := newRuntime(t, Config{})
 	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
-	logs := &lockedBuffer{}
+	logs := &testbin.SyncBuffer{}
 	spec := testSpec(t, testID(), nil)
 	spec.Logs = logs
 	h, err := r.Start(ctx, spec)
@@ -383,23 +383,4 @@ func TestRuntime_Stop_youngPodKeepsItsLogs(t *testing.T) {
 	if out := logs.String(); !strings.Contains(out, "got SIGINT") {
 		t.Errorf("logs = %q, want them to end with the backend's \"got SIGINT\"", out)
 	}
-}
-
-// lockedBuffer is a log writer that a test can read while a follower
-// writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
