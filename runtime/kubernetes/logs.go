@@ -17,7 +17,7 @@ type follower struct {
 	done    chan struct{}
 	ended   chan struct{} // closed by drain: the Pod ended
 	endOnce sync.Once
-	// hurry, closed by open, has the follower ask at once; asked is
+	// hurry, closed by openLogs, has the follower ask at once; asked is
 	// closed once it has a stream or, after hurry, one more request found
 	// none.
 	hurry, asked         chan struct{}
